@@ -1,0 +1,130 @@
+"""The slice of the Kubernetes core/v1 API that image volumes touch, as frozen values.
+
+Field names follow the Go structs in snake case. Only what the kubelet path reads is modelled;
+other volume sources are kept by name (``Volume.other_sources``) so that validation and the
+container view can still see them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+MOUNT_PROPAGATIONS = ("Bidirectional", "HostToContainer", "None")
+RECURSIVE_READ_ONLY = ("Disabled", "Enabled", "IfPossible")
+
+
+@attrs.frozen
+class ObjectMeta:
+    name: str = ""
+    namespace: str = ""
+    uid: str = ""
+    generate_name: str = ""
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    annotations: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class ImageVolumeSource:
+    """``spec.volumes[].image`` (R1.1)."""
+
+    reference: str = ""
+    pull_policy: str = ""
+
+
+@attrs.frozen
+class Volume:
+    name: str
+    image: ImageVolumeSource | None = None
+    #: Names of other volume sources set on this entry (``emptyDir``, ``configMap``, ...).
+    other_sources: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class VolumeMount:
+    name: str
+    mount_path: str
+    sub_path: str = ""
+    sub_path_expr: str = ""
+    read_only: bool = False
+    mount_propagation: str | None = None
+    recursive_read_only: str | None = None
+
+
+@attrs.frozen
+class ObjectFieldSelector:
+    field_path: str
+    api_version: str = "v1"
+
+
+@attrs.frozen
+class EnvVar:
+    name: str
+    value: str = ""
+    field_ref: ObjectFieldSelector | None = None
+    #: Other ``valueFrom`` kinds (secretKeyRef, ...) that this simulator cannot resolve.
+    unsupported_source: str = ""
+
+
+@attrs.frozen
+class Container:
+    name: str
+    image: str = ""
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: tuple[EnvVar, ...] = ()
+    volume_mounts: tuple[VolumeMount, ...] = ()
+    image_pull_policy: str = ""
+    #: ``Always`` marks a sidecar (restartable) init container (R5.7).
+    restart_policy: str = ""
+    privileged: bool = False
+
+
+@attrs.frozen
+class PodSpec:
+    containers: tuple[Container, ...] = ()
+    init_containers: tuple[Container, ...] = ()
+    ephemeral_containers: tuple[Container, ...] = ()
+    volumes: tuple[Volume, ...] = ()
+    image_pull_secrets: tuple[str, ...] = ()
+    restart_policy: str = ""
+    node_name: str = ""
+    service_account_name: str = ""
+
+    def volume(self, name: str) -> Volume | None:
+        for v in self.volumes:
+            if v.name == name:
+                return v
+        return None
+
+    def all_containers(self) -> tuple[Container, ...]:
+        return (*self.init_containers, *self.containers, *self.ephemeral_containers)
+
+
+@attrs.frozen
+class Pod:
+    metadata: ObjectMeta
+    spec: PodSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace or "default"
+
+    @property
+    def uid(self) -> str:
+        return self.metadata.uid
+
+
+@attrs.frozen
+class Secret:
+    """A Secret; only ``kubernetes.io/dockerconfigjson`` ones matter here (pull secrets)."""
+
+    metadata: ObjectMeta
+    type: str = "Opaque"
+    data: Mapping[str, bytes] = attrs.field(factory=dict)

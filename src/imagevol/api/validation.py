@@ -1,0 +1,266 @@
+"""API-server validation of Pods, in upstream wording and with upstream field paths (R1.3, R2.2 to
+R2.7). Messages are formatted like ``field.Error.Error()`` in k8s.io/apimachinery.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from .._text import goquote
+from ..errors import ValidationError
+from .features import FeatureGates
+from .models import (
+    MOUNT_PROPAGATIONS,
+    PULL_POLICIES,
+    RECURSIVE_READ_ONLY,
+    Container,
+    Pod,
+    Volume,
+    VolumeMount,
+)
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+
+
+def required(path: str, detail: str = "") -> str:
+    return f"{path}: Required value" + (f": {detail}" if detail else "")
+
+
+def invalid(path: str, value: str, detail: str) -> str:
+    return f"{path}: Invalid value: {goquote(value)}: {detail}"
+
+
+def not_supported(path: str, value: str, supported: Iterable[str]) -> str:
+    values = ", ".join(goquote(v) for v in supported)
+    return f"{path}: Unsupported value: {goquote(value)}: supported values: {values}"
+
+
+def forbidden(path: str, detail: str) -> str:
+    return f"{path}: Forbidden: {detail}"
+
+
+def duplicate(path: str, value: str) -> str:
+    return f"{path}: Duplicate value: {goquote(value)}"
+
+
+def not_found(path: str, value: str) -> str:
+    return f"{path}: Not found: {goquote(value)}"
+
+
+def _dns_label(path: str, value: str) -> list[str]:
+    if len(value) > 63:
+        return [invalid(path, value, "must be no more than 63 characters")]
+    if not _DNS1123_LABEL.match(value):
+        return [
+            invalid(
+                path,
+                value,
+                "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
+                "and must start and end with an alphanumeric character (e.g. 'my-name',  or "
+                "'123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
+            )
+        ]
+    return []
+
+
+def validate_local_descending_path(value: str, path: str) -> list[str]:
+    """``validateLocalDescendingPath`` (R2.7): relative, and no element equal to ``..``."""
+    errors = []
+    if value.startswith("/"):
+        errors.append(invalid(path, value, "must be a relative path"))
+    if ".." in value.split("/"):
+        errors.append(invalid(path, value, "must not contain '..'"))
+    return errors
+
+
+def validate_pull_policy(value: str, path: str) -> list[str]:
+    if value in PULL_POLICIES:
+        return []
+    if not value:
+        return [required(path)]
+    return [not_supported(path, value, PULL_POLICIES)]
+
+
+def _validate_volumes(volumes: tuple[Volume, ...], is_pod: bool) -> list[str]:
+    errors: list[str] = []
+    seen: set[str] = set()
+    for i, vol in enumerate(volumes):
+        path = f"spec.volumes[{i}]"
+        if not vol.name:
+            errors.append(required(f"{path}.name"))
+        else:
+            errors += _dns_label(f"{path}.name", vol.name)
+            if vol.name in seen:
+                errors.append(duplicate(f"{path}.name", vol.name))
+            seen.add(vol.name)
+        sources = len(vol.other_sources) + (vol.image is not None)
+        if sources == 0:
+            errors.append(required(path, "must specify a volume type"))
+        if vol.image is not None:
+            if sources > 1:
+                # R1.3: the image source is checked last, so the error lands on it.
+                errors.append(forbidden(f"{path}.image", "may not specify more than 1 volume type"))
+                continue
+            # R2.2: the reference is only required for Pods, not for pod templates.
+            if is_pod and not vol.image.reference:
+                errors.append(required(f"{path}.image.reference"))
+            errors += validate_pull_policy(vol.image.pull_policy, f"{path}.image.pullPolicy")
+    return errors
+
+
+def _validate_mounts(
+    container: Container, path: str, volumes: dict[str, Volume], gates: FeatureGates
+) -> list[str]:
+    errors: list[str] = []
+    mounts_path = f"{path}.volumeMounts"
+    mount_points: set[str] = set()
+    for j, mnt in enumerate(container.volume_mounts):
+        idx = f"{mounts_path}[{j}]"
+        if not mnt.name:
+            errors.append(required(f"{idx}.name"))
+        if mnt.name not in volumes:
+            errors.append(not_found(f"{idx}.name", mnt.name))
+        if not mnt.mount_path:
+            errors.append(required(f"{idx}.mountPath"))
+        if mnt.mount_path in mount_points:
+            errors.append(invalid(f"{idx}.mountPath", mnt.mount_path, "must be unique"))
+        mount_points.add(mnt.mount_path)
+        vol = volumes.get(mnt.name)
+        if vol is not None and vol.image is not None and not gates.image_volume_sub_path_allowed:
+            # R2.6: before 1.33 the API server refuses sub paths on image volumes.
+            if mnt.sub_path:
+                errors.append(invalid(f"{idx}.subPath", mnt.sub_path, "not allowed in image volume sources"))
+            if mnt.sub_path_expr:
+                errors.append(
+                    invalid(f"{idx}.subPathExpr", mnt.sub_path_expr, "not allowed in image volume sources")
+                )
+        # R2.7 quirk: these two errors carry the list path without the index, upstream's bug.
+        if mnt.sub_path:
+            errors += validate_local_descending_path(mnt.sub_path, f"{mounts_path}.subPath")
+        if mnt.sub_path_expr:
+            if mnt.sub_path:
+                errors.append(
+                    invalid(
+                        f"{idx}.subPathExpr",
+                        mnt.sub_path_expr,
+                        "subPathExpr and subPath are mutually exclusive",
+                    )
+                )
+            errors += validate_local_descending_path(mnt.sub_path_expr, f"{mounts_path}.subPathExpr")
+        if mnt.mount_propagation is not None:
+            errors += _validate_propagation(mnt, container, f"{mounts_path}.mountPropagation")
+        errors += _validate_rro(mnt, f"{idx}.recursiveReadOnly")
+    return errors
+
+
+def _validate_propagation(mnt: VolumeMount, container: Container, path: str) -> list[str]:
+    value = mnt.mount_propagation or ""
+    if value not in MOUNT_PROPAGATIONS:
+        return [not_supported(path, value, MOUNT_PROPAGATIONS)]
+    if value == "Bidirectional" and not container.privileged:
+        return [forbidden(path, "Bidirectional mount propagation is available only to privileged containers")]
+    return []
+
+
+def _validate_rro(mnt: VolumeMount, path: str) -> list[str]:
+    value = mnt.recursive_read_only
+    if value is None or value == "Disabled":
+        return []
+    if value not in RECURSIVE_READ_ONLY:
+        return [not_supported(path, value, RECURSIVE_READ_ONLY)]
+    errors = []
+    if not mnt.read_only:
+        errors.append(forbidden(path, "may only be specified when readOnly is true"))
+    if mnt.mount_propagation not in (None, "None"):
+        errors.append(forbidden(path, "may only be specified when mountPropagation is None or not specified"))
+    return errors
+
+
+def _validate_env(container: Container, path: str) -> list[str]:
+    errors = []
+    for i, env in enumerate(container.env):
+        epath = f"{path}.env[{i}]"
+        if not env.name:
+            errors.append(required(f"{epath}.name"))
+        elif not _ENV_NAME.match(env.name):
+            errors.append(
+                invalid(
+                    f"{epath}.name",
+                    env.name,
+                    "a valid environment variable name must consist of alphabetic characters, digits, "
+                    "'_', '-', or '.', and must not start with a digit (e.g. 'my.env-name',  or "
+                    "'MY_ENV.NAME',  or 'MyEnvName1', regex used for validation is "
+                    "'[-._a-zA-Z][-._a-zA-Z0-9]*')",
+                )
+            )
+        if env.field_ref is not None and env.value:
+            errors.append(
+                invalid(f"{epath}.valueFrom", "", "may not be specified when `value` is not empty")
+            )
+    return errors
+
+
+def _validate_containers(
+    containers: tuple[Container, ...],
+    key: str,
+    volumes: dict[str, Volume],
+    gates: FeatureGates,
+    names: set[str],
+) -> list[str]:
+    errors: list[str] = []
+    for i, c in enumerate(containers):
+        path = f"spec.{key}[{i}]"
+        if not c.name:
+            errors.append(required(f"{path}.name"))
+        else:
+            errors += _dns_label(f"{path}.name", c.name)
+            if c.name in names:
+                errors.append(duplicate(f"{path}.name", c.name))
+            names.add(c.name)
+        if not c.image:
+            errors.append(required(f"{path}.image"))
+        elif c.image != c.image.strip():
+            errors.append(invalid(f"{path}.image", c.image, "must not have leading or trailing whitespace"))
+        if c.image_pull_policy:
+            errors += validate_pull_policy(c.image_pull_policy, f"{path}.imagePullPolicy")
+        errors += _validate_env(c, path)
+        errors += _validate_mounts(c, path, volumes, gates)
+    return errors
+
+
+def validate_pod(pod: Pod, gates: FeatureGates, *, is_pod: bool = True) -> None:
+    """Raise ``ValidationError`` (all field errors at once) if the API server would reject ``pod``.
+    Call after defaulting and field dropping, as the API server does."""
+    errors: list[str] = []
+    meta = pod.metadata
+    if not meta.name and not meta.generate_name:
+        errors.append(required("metadata.name", "name or generateName is required"))
+    elif meta.name and (len(meta.name) > 253 or not _DNS1123_SUBDOMAIN.match(meta.name)):
+        errors.append(
+            invalid(
+                "metadata.name",
+                meta.name,
+                "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
+                "'-' or '.', and must start and end with an alphanumeric character (e.g. "
+                "'example.com', regex used for validation is "
+                "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+            )
+        )
+    if meta.namespace:
+        errors += _dns_label("metadata.namespace", meta.namespace)
+    spec = pod.spec
+    errors += _validate_volumes(spec.volumes, is_pod)
+    volumes = {v.name: v for v in spec.volumes if v.name}
+    if not spec.containers:
+        errors.append(required("spec.containers"))
+    names: set[str] = set()
+    errors += _validate_containers(spec.containers, "containers", volumes, gates, names)
+    errors += _validate_containers(spec.init_containers, "initContainers", volumes, gates, names)
+    errors += _validate_containers(spec.ephemeral_containers, "ephemeralContainers", volumes, gates, names)
+    if spec.restart_policy not in ("", "Always", "OnFailure", "Never"):
+        errors.append(not_supported("spec.restartPolicy", spec.restart_policy, ("Always", "Never", "OnFailure")))
+    if errors:
+        raise ValidationError("Pod", meta.name, errors)

@@ -1,0 +1,159 @@
+"""One error hierarchy for the whole library.
+
+Every error carries the Kubernetes reason it maps to (``reason``) so that the kubelet can put it in a
+container state or an event without guessing, and a message in the upstream wording where one exists.
+Messages never contain host paths of the node's state directory: they are shown to Pod authors.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ImageVolError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+    reason: ClassVar[str] = "Error"
+
+
+# --- references, manifests, content -------------------------------------------------------------
+
+
+class InvalidReferenceError(ImageVolError, ValueError):
+    """A reference does not follow the distribution grammar (kubelet reason ``InvalidImageName``)."""
+
+    reason = "InvalidImageName"
+
+
+class ManifestError(ImageVolError):
+    """A manifest or index is malformed, too large, or of an unknown media type."""
+
+    reason = "ErrImagePull"
+
+
+class ContentError(ImageVolError):
+    """Content failed verification (digest or size) or the store is inconsistent."""
+
+    reason = "ErrImagePull"
+
+
+class DigestMismatchError(ContentError):
+    """Bytes received do not hash to the digest that was asked for."""
+
+
+class SizeMismatchError(ContentError):
+    """More or fewer bytes arrived than the descriptor promised, or a configured limit was hit."""
+
+
+class BlobNotFoundError(ContentError):
+    """The content store has no blob with that digest."""
+
+
+# --- pulling --------------------------------------------------------------------------------------
+
+
+class PullError(ImageVolError):
+    """A pull failed; the kubelet maps it to ``ErrImagePull`` (R3.6)."""
+
+    reason = "ErrImagePull"
+
+
+class ImageNotFoundError(PullError):
+    """No source knows the reference (manifest unknown, repository unknown, or no mirror has it)."""
+
+
+class AuthenticationError(PullError):
+    """The registry refused the credentials, or asked for credentials that were not given."""
+
+
+class RegistryUnavailableError(PullError):
+    """The registry could not be reached or kept failing. The message starts with the CRI sentinel
+    ``RegistryUnavailable`` so the kubelet maps it like a real one (R3.6, ``evalCRIPullErr``)."""
+
+    reason = "RegistryUnavailable"
+
+
+class BlockedRegistryError(PullError):
+    """registries.conf marks the registry ``blocked = true``."""
+
+
+class PlatformError(PullError):
+    """An index has no manifest for the node's platform."""
+
+
+# --- layers and sub paths ----------------------------------------------------------------------
+
+
+class LayerError(ImageVolError):
+    """A layer cannot be applied safely. ``kind`` is one of the classes of ``vectors/layers.json``:
+    invalid_name, invalid_whiteout, invalid_link, notfound, notdir, loop, toolong, too_large,
+    unsupported."""
+
+    reason = "CreateContainerError"
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class SubPathError(ImageVolError):
+    """A sub path cannot be resolved inside an image volume. ``kind`` is one of the classes of
+    ``vectors/subpath.json``: invalid, escape, notfound, notdir, loop, toolong."""
+
+    reason = "CreateContainerError"
+
+    def __init__(self, kind: str, message: str, errno_name: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.errno_name = errno_name
+
+
+# --- kubelet / runtime ---------------------------------------------------------------------------
+
+
+class ImageVolumeMountFailedError(ImageVolError):
+    """The runtime could not mount an image volume. ``str()`` starts with the CRI sentinel
+    ``ImageVolumeMountFailed`` (R5.5); the kubelet turns it into ``CreateContainerError`` (R5.4)."""
+
+    reason = "CreateContainerError"
+    sentinel: ClassVar[str] = "ImageVolumeMountFailed"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"{self.sentinel}: {detail}")
+        self.detail = detail
+
+
+class CreateContainerError(ImageVolError):
+    """The runtime refused to create a container for a reason unrelated to image-volume mounts."""
+
+    reason = "CreateContainerError"
+
+
+class CreateContainerConfigError(ImageVolError):
+    """The kubelet could not build the container's config (R4.4, R4.5, R5.3)."""
+
+    reason = "CreateContainerConfigError"
+
+
+class ImageInUseError(ImageVolError):
+    """An image cannot be removed because a container still mounts it (R7.3)."""
+
+
+class PodNotFoundError(ImageVolError):
+    """The node has no Pod of that name."""
+
+
+class ValidationError(ImageVolError):
+    """The API server rejected an object. ``errors`` are the field errors in upstream wording."""
+
+    reason = "Invalid"
+
+    def __init__(self, kind: str, name: str, errors: list[str]) -> None:
+        self.kind = kind
+        self.name = name
+        self.errors = list(errors)
+        if len(errors) == 1:
+            detail = errors[0]
+        else:
+            detail = "[" + ", ".join(errors) + "]"
+        super().__init__(f'{kind} "{name}" is invalid: {detail}')

@@ -1,0 +1,32 @@
+"""What every content source offers the resolver.
+
+A source only moves bytes. It is not trusted: the resolver verifies every manifest and blob against
+its digest and size before anything reaches the content store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from ..oci import Descriptor
+
+
+class Source(Protocol):
+    """A place that can serve one repository's manifests and blobs."""
+
+    #: Human-readable origin for messages, without credentials (e.g. ``oci-layout:v2``).
+    description: str
+
+    def resolve(self) -> Descriptor:
+        """The descriptor (media type, digest, size) of the manifest or index the reference names.
+        Raises ``ImageNotFoundError`` when the source does not have it."""
+        ...
+
+    def fetch_manifest(self, desc: Descriptor) -> bytes:
+        """The raw bytes of a manifest or index (at most 4 MiB; unverified)."""
+        ...
+
+    def fetch_blob(self, desc: Descriptor) -> Iterator[bytes]:
+        """The blob's bytes in chunks (unverified; the store verifies while writing)."""
+        ...
