@@ -1,1 +1,82 @@
-"""imagevol"""
+"""imagevol: simulate the Kubernetes kubelet and container runtime for image volumes (KEP-4639).
+
+The public API re-exported here is the one users import; each name lives in a module of its own.
+"""
+
+from __future__ import annotations
+
+from .api import FeatureGates, Pod, admit, load_documents
+from .errors import (
+    ContentError,
+    CreateContainerConfigError,
+    ImageVolError,
+    ImageVolumeMountFailedError,
+    InvalidReferenceError,
+    LayerError,
+    PullError,
+    SubPathError,
+    ValidationError,
+)
+from .events import Event
+from .kubelet import ContainerState, Kubelet, PodRecord
+from .layers import ApplyOptions, LayerLimits, apply_layers
+from .metrics import KubeletMetrics
+from .node import Node, NodeConfig
+from .oci import Descriptor, Digest, Index, Manifest, Platform, parse_manifest
+from .reference import Reference, parse, parse_normalized
+from .resolver import Resolver
+from .runtime import ContainerdRuntime, CrioRuntime, LegacyRuntime, Runtime
+from .snapshots import Snapshots
+from .sources.mirrors import RegistriesConfig
+from .store import ContentStore
+from .subpath import Backend, Policy, Resolved, resolve
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ApplyOptions",
+    "Backend",
+    "ContainerState",
+    "ContainerdRuntime",
+    "ContentError",
+    "ContentStore",
+    "CreateContainerConfigError",
+    "CrioRuntime",
+    "Descriptor",
+    "Digest",
+    "Event",
+    "FeatureGates",
+    "ImageVolError",
+    "ImageVolumeMountFailedError",
+    "Index",
+    "InvalidReferenceError",
+    "Kubelet",
+    "KubeletMetrics",
+    "LayerError",
+    "LayerLimits",
+    "LegacyRuntime",
+    "Manifest",
+    "Node",
+    "NodeConfig",
+    "Platform",
+    "Pod",
+    "PodRecord",
+    "Policy",
+    "PullError",
+    "Reference",
+    "RegistriesConfig",
+    "Resolved",
+    "Resolver",
+    "Runtime",
+    "Snapshots",
+    "SubPathError",
+    "ValidationError",
+    "__version__",
+    "admit",
+    "apply_layers",
+    "load_documents",
+    "parse",
+    "parse_manifest",
+    "parse_normalized",
+    "resolve",
+]

@@ -152,8 +152,5 @@ class ValidationError(ImageVolError):
         self.kind = kind
         self.name = name
         self.errors = list(errors)
-        if len(errors) == 1:
-            detail = errors[0]
-        else:
-            detail = "[" + ", ".join(errors) + "]"
+        detail = errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
         super().__init__(f'{kind} "{name}" is invalid: {detail}')

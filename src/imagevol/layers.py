@@ -85,8 +85,8 @@ def open_layer(blob: IO[bytes], limits: LayerLimits = LayerLimits()) -> IO[bytes
     """The uncompressed tar stream of a layer blob. The compression is sniffed from the magic
     bytes, as containerd does, so a mislabelled media type cannot smuggle another format past."""
     head = blob.read(4)
-    rest = _Prefixed(head, blob)
-    inner: IO[bytes]
+    rest: Any = _Prefixed(head, blob)
+    inner: Any
     if head[:2] == _GZIP_MAGIC:
         inner = gzip.GzipFile(fileobj=rest, mode="rb")
     elif head == _ZSTD_MAGIC:
@@ -335,7 +335,7 @@ class _LayerApplier:
 
     def apply(self, stream: IO[bytes]) -> None:
         try:
-            tf = tarfile.open(fileobj=stream, mode="r|", errorlevel=2)
+            tf = tarfile.open(fileobj=stream, mode="r|", errorlevel=2)  # noqa: SIM115 - closed below
         except tarfile.ReadError as exc:
             raise LayerError("invalid_archive", f"not a tar archive: {exc}") from None
         try:
@@ -403,7 +403,12 @@ class _LayerApplier:
             os.chmod(base, _mode(m.mode), dir_fd=dir_fd, follow_symlinks=True)  # a fifo, just made
             os.utime(base, ns=(int(m.mtime * 1e9),) * 2, dir_fd=dir_fd, follow_symlinks=False)
         elif m.isreg():
-            fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+            fd = os.open(
+                base,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=dir_fd,
+            )
             try:
                 src = tf.extractfile(m)
                 if src is not None:
@@ -533,11 +538,16 @@ def _copy(src: IO[bytes], fd: int, size: int) -> None:
         chunk = src.read(min(_COPY_CHUNK, remaining))
         if not chunk:
             raise LayerError("invalid_archive", "unexpected end of layer data")
-        view = memoryview(chunk)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
+        write_all(fd, chunk)
         remaining -= len(chunk)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written (a write may be short)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
 
 
 def _members(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:

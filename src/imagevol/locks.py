@@ -63,3 +63,19 @@ class NamedLocks:
         """True when somebody (another thread or process) holds ``name`` right now."""
         with self.hold(name, blocking=False) as acquired:
             return not acquired
+
+
+def process_alive(pid: int) -> bool:
+    """True when a process with ``pid`` exists: the owner of a temporary file or staging
+    directory named after its pid. A dead owner means a crash whose leftovers may be removed."""
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -179,9 +179,7 @@ def _annotations(obj: Mapping[str, Any]) -> dict[str, str]:
     value = obj.get("annotations")
     if value is None:
         return {}
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise ManifestError("annotations must map strings to strings")
     return dict(value)
 
@@ -192,7 +190,7 @@ class Descriptor:
 
     media_type: str
     digest: Digest
-    size: int
+    size: int = attrs.field()
     annotations: Mapping[str, str] = attrs.field(factory=dict, eq=False)
     platform: Platform | None = None
     artifact_type: str = ""

@@ -123,16 +123,12 @@ def parse_normalized(text: str) -> Reference:
     """Parse and normalise as Docker and the kubelet do (``ParseNormalizedNamed``):
     ``busybox`` becomes ``docker.io/library/busybox``; no default tag is added."""
     if _ANCHORED_ID_RE.match(text):
-        raise InvalidReferenceError(
-            f"invalid repository name ({text}), cannot specify 64-byte hexadecimal strings"
-        )
+        raise InvalidReferenceError(f"invalid repository name ({text}), cannot specify 64-byte hexadecimal strings")
     domain, remainder = _split_docker_domain(text)
     remote = remainder.split(":", 1)[0] if ":" in remainder else remainder
     remote = remote.split("@", 1)[0]
     if remote.lower() != remote:
-        raise InvalidReferenceError(
-            f"invalid reference format: repository name ({remote}) must be lowercase"
-        )
+        raise InvalidReferenceError(f"invalid reference format: repository name ({remote}) must be lowercase")
     return parse(f"{domain}/{remainder}")
 
 

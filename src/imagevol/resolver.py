@@ -115,7 +115,7 @@ class Resolver:
         if last is None:
             raise ImageNotFoundError(
                 f"failed to pull and unpack image {goquote(str(ref))}: failed to resolve reference "
-                f"{goquote(str(ref))}: {str(ref)}: not found"
+                f"{goquote(str(ref))}: {ref!s}: not found"
             )
         raise type(last)(message) if isinstance(last, PullError) else PullError(message)
 
@@ -139,9 +139,7 @@ class Resolver:
             raise ManifestError(f"manifest {desc.digest}: {len(raw)} bytes, descriptor says {desc.size}")
         return raw, parse_manifest(raw, desc.media_type)
 
-    def _pull_from(
-        self, ref: Reference, source: Source, keyring: Keyring, spec: PullSource
-    ) -> tuple[ImageRecord, int]:
+    def _pull_from(self, ref: Reference, source: Source, keyring: Keyring, spec: PullSource) -> tuple[ImageRecord, int]:
         top = source.resolve()
         if ref.digest and str(top.digest) != ref.digest:
             raise DigestMismatchError(f"{source.description}: resolved {top.digest}, reference pins {ref.digest}")
@@ -183,9 +181,7 @@ class Resolver:
         return record, fetched
 
     def manifest_of(self, record: ImageRecord) -> Manifest:
-        doc = self.store.read_manifest(
-            Descriptor("", record.manifest_digest, self.store.size(record.manifest_digest))
-        )
+        doc = self.store.read_manifest(Descriptor("", record.manifest_digest, self.store.size(record.manifest_digest)))
         if not isinstance(doc, Manifest):
             raise ManifestError(f"{record.manifest_digest} is not an image manifest")
         return doc

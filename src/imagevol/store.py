@@ -28,7 +28,7 @@ import attrs
 import fsspec
 
 from .errors import BlobNotFoundError, ContentError, DigestMismatchError, SizeMismatchError
-from .locks import NamedLocks
+from .locks import NamedLocks, process_alive
 from .oci import (
     ANNOTATION_REF_NAME,
     INDEX_TYPES,
@@ -105,7 +105,9 @@ class ContentStore:
         if not self.fs.exists(self._p("oci-layout")):
             self._atomic_write("oci-layout", json.dumps({"imageLayoutVersion": OCI_LAYOUT_VERSION}).encode())
         if not self.fs.exists(self._p("index.json")):
-            self._write_index({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []})
+            self._write_index(
+                {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}
+            )
         self.recover()
 
     def _atomic_write(self, name: str, data: bytes) -> None:
@@ -152,8 +154,7 @@ class ContentStore:
         thread or process that wins the blob's lock; others wait and then return."""
         if desc.size > self.max_blob_size:
             raise SizeMismatchError(
-                f"blob {desc.digest} of {desc.size} bytes exceeds the maximum blob size of "
-                f"{self.max_blob_size} bytes"
+                f"blob {desc.digest} of {desc.size} bytes exceeds the maximum blob size of {self.max_blob_size} bytes"
             )
         if self.has(desc.digest):
             return
@@ -193,8 +194,7 @@ class ContentStore:
                     written += len(chunk)
                     if written > desc.size:
                         raise SizeMismatchError(
-                            f"blob {desc.digest}: received more than the {desc.size} bytes its "
-                            "descriptor declares"
+                            f"blob {desc.digest}: received more than the {desc.size} bytes its descriptor declares"
                         )
                     hasher.update(chunk)
                     f.write(chunk)
@@ -278,11 +278,7 @@ class ContentStore:
         annotations[ANNOTATION_REF_NAME] = name
         entry = attrs.evolve(desc, annotations=annotations, data=None).to_json()
         with self._index_update() as obj:
-            kept = [
-                e
-                for e in obj["manifests"]
-                if (e.get("annotations") or {}).get(ANNOTATION_REF_NAME) != name
-            ]
+            kept = [e for e in obj["manifests"] if (e.get("annotations") or {}).get(ANNOTATION_REF_NAME) != name]
             kept.append(entry)
             kept.sort(key=lambda e: (e.get("annotations") or {}).get(ANNOTATION_REF_NAME, ""))
             obj["manifests"] = kept
@@ -291,9 +287,7 @@ class ContentStore:
         with self._index_update() as obj:
             before = len(obj["manifests"])
             obj["manifests"] = [
-                e
-                for e in obj["manifests"]
-                if (e.get("annotations") or {}).get(ANNOTATION_REF_NAME) != name
+                e for e in obj["manifests"] if (e.get("annotations") or {}).get(ANNOTATION_REF_NAME) != name
             ]
             return len(obj["manifests"]) != before
 
@@ -346,9 +340,7 @@ class ContentStore:
                     if repair:
                         self.delete_blob(digest)
             present, missing = self.reachable()
-            orphaned = [
-                str(d) for d in self.blobs() if d not in present and str(d) not in corrupt
-            ]
+            orphaned = [str(d) for d in self.blobs() if d not in present and str(d) not in corrupt]
             if repair:
                 for d in orphaned:
                     self.delete_blob(Digest.parse(d))
@@ -374,7 +366,7 @@ class ContentStore:
                 continue
             parts = name.split(".")
             pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else -1
-            if not _alive(pid):
+            if not process_alive(pid):
                 stale.append(path)
         return stale
 
@@ -396,20 +388,6 @@ class ContentStore:
             for d in removed:
                 self.delete_blob(d)
             return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fsync(f: Any) -> None:

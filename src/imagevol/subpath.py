@@ -235,9 +235,7 @@ def reopen_beneath(root_fd: int, real_path: str) -> int:
     instead of following it."""
     path = real_path or "."
     if _openat2.available():
-        return _openat2.openat2(
-            root_fd, path, O_PATH, _openat2.RESOLVE_BENEATH | _openat2.RESOLVE_NO_SYMLINKS
-        )
+        return _openat2.openat2(root_fd, path, O_PATH, _openat2.RESOLVE_BENEATH | _openat2.RESOLVE_NO_SYMLINKS)
     fd = os.open(".", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
     for name in path.split("/"):
         if name in ("", "."):

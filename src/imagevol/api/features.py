@@ -43,9 +43,7 @@ def _minor(version: str) -> int:
     minor = int(m.group(1))
     low, high = _minor_range()
     if not low <= minor <= high:
-        raise ValueError(
-            f"Kubernetes version {version} is not simulated: supported 1.{low} to 1.{high}"
-        )
+        raise ValueError(f"Kubernetes version {version} is not simulated: supported 1.{low} to 1.{high}")
     return minor
 
 

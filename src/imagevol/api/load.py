@@ -51,14 +51,14 @@ class _Decoder:
             raise self.fail(path, f"Invalid value: expected an object, got {type(value).__name__}")
         return value
 
-    def list(self, value: object, path: str) -> list[Any]:
+    def seq(self, value: object, path: str) -> list[Any]:
         if value is None:
             return []
         if not isinstance(value, list):
             raise self.fail(path, f"Invalid value: expected a list, got {type(value).__name__}")
         return value
 
-    def str(self, value: object, path: str) -> str:
+    def string(self, value: object, path: str) -> str:
         if value is None:
             return ""
         if not isinstance(value, str):
@@ -66,9 +66,9 @@ class _Decoder:
         return value
 
     def opt_str(self, value: object, path: str) -> str | None:
-        return None if value is None else self.str(value, path)
+        return None if value is None else self.string(value, path)
 
-    def bool(self, value: object, path: str) -> bool:
+    def boolean(self, value: object, path: str) -> bool:
         if value is None:
             return False
         if not isinstance(value, bool):
@@ -77,18 +77,18 @@ class _Decoder:
 
     def str_map(self, value: object, path: str) -> dict[str, str]:
         m = self.obj(value, path)
-        return {str(k): self.str(v, f"{path}[{k}]") for k, v in m.items()}
+        return {str(k): self.string(v, f"{path}[{k}]") for k, v in m.items()}
 
     def str_list(self, value: object, path: str) -> tuple[str, ...]:
-        return tuple(self.str(v, f"{path}[{i}]") for i, v in enumerate(self.list(value, path)))
+        return tuple(self.string(v, f"{path}[{i}]") for i, v in enumerate(self.seq(value, path)))
 
     def meta(self, value: object) -> ObjectMeta:
         m = self.obj(value, "metadata")
         return ObjectMeta(
-            name=self.str(m.get("name"), "metadata.name"),
-            namespace=self.str(m.get("namespace"), "metadata.namespace"),
-            uid=self.str(m.get("uid"), "metadata.uid"),
-            generate_name=self.str(m.get("generateName"), "metadata.generateName"),
+            name=self.string(m.get("name"), "metadata.name"),
+            namespace=self.string(m.get("namespace"), "metadata.namespace"),
+            uid=self.string(m.get("uid"), "metadata.uid"),
+            generate_name=self.string(m.get("generateName"), "metadata.generateName"),
             labels=self.str_map(m.get("labels"), "metadata.labels"),
             annotations=self.str_map(m.get("annotations"), "metadata.annotations"),
         )
@@ -99,83 +99,78 @@ class _Decoder:
         if v.get("image") is not None:
             iv = self.obj(v["image"], f"{path}.image")
             image = ImageVolumeSource(
-                reference=self.str(iv.get("reference"), f"{path}.image.reference"),
-                pull_policy=self.str(iv.get("pullPolicy"), f"{path}.image.pullPolicy"),
+                reference=self.string(iv.get("reference"), f"{path}.image.reference"),
+                pull_policy=self.string(iv.get("pullPolicy"), f"{path}.image.pullPolicy"),
             )
         others = tuple(k for k in _VOLUME_SOURCES if v.get(k) is not None)
-        return Volume(self.str(v.get("name"), f"{path}.name"), image, others)
+        return Volume(self.string(v.get("name"), f"{path}.name"), image, others)
 
     def mount(self, value: object, path: str) -> VolumeMount:
         m = self.obj(value, path)
         return VolumeMount(
-            name=self.str(m.get("name"), f"{path}.name"),
-            mount_path=self.str(m.get("mountPath"), f"{path}.mountPath"),
-            sub_path=self.str(m.get("subPath"), f"{path}.subPath"),
-            sub_path_expr=self.str(m.get("subPathExpr"), f"{path}.subPathExpr"),
-            read_only=self.bool(m.get("readOnly"), f"{path}.readOnly"),
+            name=self.string(m.get("name"), f"{path}.name"),
+            mount_path=self.string(m.get("mountPath"), f"{path}.mountPath"),
+            sub_path=self.string(m.get("subPath"), f"{path}.subPath"),
+            sub_path_expr=self.string(m.get("subPathExpr"), f"{path}.subPathExpr"),
+            read_only=self.boolean(m.get("readOnly"), f"{path}.readOnly"),
             mount_propagation=self.opt_str(m.get("mountPropagation"), f"{path}.mountPropagation"),
             recursive_read_only=self.opt_str(m.get("recursiveReadOnly"), f"{path}.recursiveReadOnly"),
         )
 
     def env(self, value: object, path: str) -> EnvVar:
         e = self.obj(value, path)
-        name = self.str(e.get("name"), f"{path}.name")
+        name = self.string(e.get("name"), f"{path}.name")
         source = self.obj(e.get("valueFrom"), f"{path}.valueFrom")
         field_ref = None
         unsupported = ""
         if source.get("fieldRef") is not None:
             fr = self.obj(source["fieldRef"], f"{path}.valueFrom.fieldRef")
             field_ref = ObjectFieldSelector(
-                field_path=self.str(fr.get("fieldPath"), f"{path}.valueFrom.fieldRef.fieldPath"),
-                api_version=self.str(fr.get("apiVersion"), "") or "v1",
+                field_path=self.string(fr.get("fieldPath"), f"{path}.valueFrom.fieldRef.fieldPath"),
+                api_version=self.string(fr.get("apiVersion"), "") or "v1",
             )
         elif source:
             unsupported = sorted(source)[0]
-        return EnvVar(name, self.str(e.get("value"), f"{path}.value"), field_ref, unsupported)
+        return EnvVar(name, self.string(e.get("value"), f"{path}.value"), field_ref, unsupported)
 
     def container(self, value: object, path: str) -> Container:
         c = self.obj(value, path)
         sc = self.obj(c.get("securityContext"), f"{path}.securityContext")
         return Container(
-            name=self.str(c.get("name"), f"{path}.name"),
-            image=self.str(c.get("image"), f"{path}.image"),
+            name=self.string(c.get("name"), f"{path}.name"),
+            image=self.string(c.get("image"), f"{path}.image"),
             command=self.str_list(c.get("command"), f"{path}.command"),
             args=self.str_list(c.get("args"), f"{path}.args"),
-            env=tuple(
-                self.env(e, f"{path}.env[{i}]") for i, e in enumerate(self.list(c.get("env"), f"{path}.env"))
-            ),
+            env=tuple(self.env(e, f"{path}.env[{i}]") for i, e in enumerate(self.seq(c.get("env"), f"{path}.env"))),
             volume_mounts=tuple(
                 self.mount(m, f"{path}.volumeMounts[{i}]")
-                for i, m in enumerate(self.list(c.get("volumeMounts"), f"{path}.volumeMounts"))
+                for i, m in enumerate(self.seq(c.get("volumeMounts"), f"{path}.volumeMounts"))
             ),
-            image_pull_policy=self.str(c.get("imagePullPolicy"), f"{path}.imagePullPolicy"),
-            restart_policy=self.str(c.get("restartPolicy"), f"{path}.restartPolicy"),
-            privileged=self.bool(sc.get("privileged"), f"{path}.securityContext.privileged"),
+            image_pull_policy=self.string(c.get("imagePullPolicy"), f"{path}.imagePullPolicy"),
+            restart_policy=self.string(c.get("restartPolicy"), f"{path}.restartPolicy"),
+            privileged=self.boolean(sc.get("privileged"), f"{path}.securityContext.privileged"),
         )
 
     def containers(self, spec: Mapping[str, Any], key: str) -> tuple[Container, ...]:
         path = f"spec.{key}"
-        return tuple(
-            self.container(c, f"{path}[{i}]") for i, c in enumerate(self.list(spec.get(key), path))
-        )
+        return tuple(self.container(c, f"{path}[{i}]") for i, c in enumerate(self.seq(spec.get(key), path)))
 
     def pod_spec(self, value: object) -> PodSpec:
         s = self.obj(value, "spec")
         secrets = []
-        for i, ref in enumerate(self.list(s.get("imagePullSecrets"), "spec.imagePullSecrets")):
-            secrets.append(self.str(self.obj(ref, f"spec.imagePullSecrets[{i}]").get("name"), "name"))
+        for i, ref in enumerate(self.seq(s.get("imagePullSecrets"), "spec.imagePullSecrets")):
+            secrets.append(self.string(self.obj(ref, f"spec.imagePullSecrets[{i}]").get("name"), "name"))
         return PodSpec(
             containers=self.containers(s, "containers"),
             init_containers=self.containers(s, "initContainers"),
             ephemeral_containers=self.containers(s, "ephemeralContainers"),
             volumes=tuple(
-                self.volume(v, f"spec.volumes[{i}]")
-                for i, v in enumerate(self.list(s.get("volumes"), "spec.volumes"))
+                self.volume(v, f"spec.volumes[{i}]") for i, v in enumerate(self.seq(s.get("volumes"), "spec.volumes"))
             ),
             image_pull_secrets=tuple(secrets),
-            restart_policy=self.str(s.get("restartPolicy"), "spec.restartPolicy"),
-            node_name=self.str(s.get("nodeName"), "spec.nodeName"),
-            service_account_name=self.str(s.get("serviceAccountName"), "spec.serviceAccountName"),
+            restart_policy=self.string(s.get("restartPolicy"), "spec.restartPolicy"),
+            node_name=self.string(s.get("nodeName"), "spec.nodeName"),
+            service_account_name=self.string(s.get("serviceAccountName"), "spec.serviceAccountName"),
         )
 
 
@@ -193,12 +188,12 @@ def secret_from_dict(doc: Mapping[str, Any]) -> Secret:
     data: dict[str, bytes] = {}
     for key, value in d.obj(doc.get("data"), "data").items():
         try:
-            data[str(key)] = base64.b64decode(d.str(value, f"data[{key}]"), validate=True)
+            data[str(key)] = base64.b64decode(d.string(value, f"data[{key}]"), validate=True)
         except binascii.Error:
             raise d.fail(f"data[{key}]", "Invalid value: illegal base64 data") from None
     for key, value in d.obj(doc.get("stringData"), "stringData").items():
-        data[str(key)] = d.str(value, f"stringData[{key}]").encode()
-    return Secret(d.meta(meta), d.str(doc.get("type"), "type") or "Opaque", data)
+        data[str(key)] = d.string(value, f"stringData[{key}]").encode()
+    return Secret(d.meta(meta), d.string(doc.get("type"), "type") or "Opaque", data)
 
 
 def load_documents(text: str) -> Iterator[Pod | Secret]:
@@ -216,6 +211,8 @@ def load_documents(text: str) -> Iterator[Pod | Secret]:
         api_version = doc.get("apiVersion")
         if api_version != "v1" or kind not in ("Pod", "Secret"):
             raise ValidationError(
-                str(kind or "Object"), "", [f"unsupported object {api_version}/{kind}: only v1 Pod and Secret"]
+                str(kind or "Object"),
+                "",
+                [f"unsupported object {api_version}/{kind}: only v1 Pod and Secret"],
             )
         yield pod_from_dict(doc) if kind == "Pod" else secret_from_dict(doc)

@@ -111,9 +111,7 @@ def _validate_volumes(volumes: tuple[Volume, ...], is_pod: bool) -> list[str]:
     return errors
 
 
-def _validate_mounts(
-    container: Container, path: str, volumes: dict[str, Volume], gates: FeatureGates
-) -> list[str]:
+def _validate_mounts(container: Container, path: str, volumes: dict[str, Volume], gates: FeatureGates) -> list[str]:
     errors: list[str] = []
     mounts_path = f"{path}.volumeMounts"
     mount_points: set[str] = set()
@@ -134,9 +132,7 @@ def _validate_mounts(
             if mnt.sub_path:
                 errors.append(invalid(f"{idx}.subPath", mnt.sub_path, "not allowed in image volume sources"))
             if mnt.sub_path_expr:
-                errors.append(
-                    invalid(f"{idx}.subPathExpr", mnt.sub_path_expr, "not allowed in image volume sources")
-                )
+                errors.append(invalid(f"{idx}.subPathExpr", mnt.sub_path_expr, "not allowed in image volume sources"))
         # R2.7 quirk: these two errors carry the list path without the index, upstream's bug.
         if mnt.sub_path:
             errors += validate_local_descending_path(mnt.sub_path, f"{mounts_path}.subPath")
@@ -197,9 +193,7 @@ def _validate_env(container: Container, path: str) -> list[str]:
                 )
             )
         if env.field_ref is not None and env.value:
-            errors.append(
-                invalid(f"{epath}.valueFrom", "", "may not be specified when `value` is not empty")
-            )
+            errors.append(invalid(f"{epath}.valueFrom", "", "may not be specified when `value` is not empty"))
     return errors
 
 

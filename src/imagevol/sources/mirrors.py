@@ -148,9 +148,7 @@ class RegistriesConfig:
         if entry is None:
             return [PullSource(Endpoint(ref.domain), ref.path, ref, is_mirror=False)]
         if entry.blocked:
-            raise BlockedRegistryError(
-                f"registry {entry.prefix} is blocked in {self.source or 'registries.conf'}"
-            )
+            raise BlockedRegistryError(f"registry {entry.prefix} is blocked in {self.source or 'registries.conf'}")
         by_digest = bool(ref.digest)
         out = []
         for mirror in entry.mirrors:

@@ -93,8 +93,10 @@ def build_layer(entries: Iterable[TarEntry]) -> bytes:
     out = io.BytesIO()
     for entry in entries:
         info = _tarinfo(entry)
-        fmt = tarfile.GNU_FORMAT if entry.format == "gnu" else tarfile.PAX_FORMAT
-        out.write(info.tobuf(fmt, "utf-8", "surrogateescape"))
+        if entry.format == "gnu":
+            out.write(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
+        else:
+            out.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
         if info.size:
             out.write(entry.data)
             pad = (-info.size) % tarfile.BLOCKSIZE

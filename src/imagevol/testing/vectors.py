@@ -1,7 +1,8 @@
 """Run test vectors in the format of ``vectors/README.md`` against this library.
 
     python -m imagevol.testing.vectors layers FILE
-    python -m imagevol.testing.vectors subpath FILE [--profile containerd|crio] [--backend all|kernel|userspace]
+    python -m imagevol.testing.vectors subpath FILE [--profile containerd|crio]
+                                                    [--backend all|kernel|userspace]
 
 Prints one line per failing vector and ends with ``N passed, M failed``; exits 1 if any failed.
 Layer vectors also check that nothing outside the tree root was created or changed.
