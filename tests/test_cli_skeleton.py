@@ -9,9 +9,10 @@ import sys
 
 import pytest
 import yaml
-from conftest import EXAMPLES
 
 from imagevol.cli import main
+
+from conftest import EXAMPLES
 
 POD = os.path.join(EXAMPLES, "image-volume.yaml")
 REGISTRIES = os.path.join(EXAMPLES, "registries.conf")
