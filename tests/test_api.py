@@ -163,7 +163,8 @@ def test_gate_off_even_invalid_image_volume_is_dropped_without_error() -> None:
         (
             {"recursiveReadOnly": "Enabled"},
             [
-                "spec.containers[0].volumeMounts[0].recursiveReadOnly: Forbidden: may only be specified when readOnly is true"
+                "spec.containers[0].volumeMounts[0].recursiveReadOnly: Forbidden: "
+                "may only be specified when readOnly is true"
             ],
         ),
         ({"recursiveReadOnly": "Enabled", "readOnly": True}, []),

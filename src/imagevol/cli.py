@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=sorted(PROFILES), default=DEFAULT_PROFILE, help="runtime profile")
     p.add_argument("--k8s-version", default=DEFAULT_VERSION, help="Kubernetes version to simulate")
     p.add_argument("--feature-gates", default=DEFAULT_FEATURE_GATES, help="A=true,B=false (default: %(default)s)")
+    p.add_argument(
+        "--kubelet-feature-gates",
+        default=None,
+        help="the kubelet's gates when they differ from the API server's (R5.8), e.g. ImageVolume=false",
+    )
     p.add_argument("--metrics-mode", choices=("upstream", "fixed"), default="upstream",
                    help="count image-volume metrics like upstream (R6.4 over-count) or corrected")  # fmt: skip
     p.add_argument("--platform", default=None, help="node platform os/arch[/variant] (default: the host's)")
@@ -81,6 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("metrics", help="print the kubelet metrics (Prometheus text format)")
 
+    sm = sub.add_parser("serve-metrics", help="serve /metrics on 127.0.0.1 (Prometheus text format)")
+    sm.add_argument("--port", type=int, default=10255)
+
+    gc = sub.add_parser("gc", help="image garbage collection (never removes an image in use)")
+    gc.add_argument("--high", type=int, default=85, help="start above this disk usage percent")
+    gc.add_argument("--low", type=int, default=80, help="free down to this disk usage percent")
+    gc.add_argument(
+        "--capacity", type=int, default=None, help="image storage capacity in bytes (default: the filesystem's)"
+    )
+    gc.add_argument("--all-unused", action="store_true", help="remove every unused image, whatever the usage")
+
+    rmi = sub.add_parser("rmi", help="remove an image (refused while a container mounts it)")
+    rmi.add_argument("reference")
+
     f = sub.add_parser("fixtures", help="write the project's deterministic OCI fixtures to a directory")
     f.add_argument("directory")
     f.add_argument("--demo", action="store_true", help="only the quay.io/crio/artifact:v2 image")
@@ -100,6 +119,7 @@ def _node(args: argparse.Namespace) -> Node:
             runtime=args.runtime,
             k8s_version=args.k8s_version,
             feature_gates=args.feature_gates,
+            kubelet_feature_gates=args.kubelet_feature_gates,
             metrics_mode=args.metrics_mode,
             platform=platform,
         )
@@ -215,6 +235,24 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return _cmd_sync(node, args, out)
         if args.command == "metrics":
             out.write(node.metrics().exposition().decode())
+            return EXIT_OK
+        if args.command == "serve-metrics":
+            from .metrics import serve
+
+            serve(node.metrics, args.port, out)
+            return EXIT_OK
+        if args.command == "gc":
+            from .image_gc import ImageGC, filesystem_capacity
+
+            gc = ImageGC(node.runtime, clock=node.now)
+            capacity = args.capacity or filesystem_capacity(node.root)
+            result = gc.collect(capacity=capacity, high_percent=args.high, low_percent=args.low, force=args.all_unused)
+            out.write(result.describe())
+            return EXIT_OK
+        if args.command == "rmi":
+            record = node.runtime.remove_image(args.reference)
+            node.store.garbage_collect()
+            out.write(f"Deleted: {record.name}\n")
             return EXIT_OK
     except ValidationError as exc:
         sys.stderr.write(f"The {exc}\n")

@@ -63,6 +63,8 @@ class NodeConfig:
     runtime: str = DEFAULT_PROFILE
     k8s_version: str = DEFAULT_VERSION
     feature_gates: str = DEFAULT_FEATURE_GATES
+    #: The kubelet's gates, when they differ from the API server's (R0.3, R5.8).
+    kubelet_feature_gates: str | None = None
     metrics_mode: str = "upstream"
     platform: Platform | None = None
     clock: Callable[[], float] | None = None
@@ -84,6 +86,10 @@ class Node:
             os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
         self.locks = NamedLocks(os.path.join(self.root, "locks"))
         self.gates = FeatureGates.for_version(self.config.k8s_version, self.config.feature_gates)
+        kubelet_spec = self.config.kubelet_feature_gates
+        self.kubelet_gates = (
+            self.gates if kubelet_spec is None else FeatureGates.for_version(self.config.k8s_version, kubelet_spec)
+        )
         content_root = self.config.content_root or os.path.join(self.root, "content")
         self.store = ContentStore(
             content_root,
@@ -146,13 +152,13 @@ class Node:
                 backoff,
                 metrics,
                 clock=self.now,
-                ensure_secret_pulled_images=self.gates.enabled("KubeletEnsureSecretPulledImages"),
+                ensure_secret_pulled_images=self.kubelet_gates.enabled("KubeletEnsureSecretPulledImages"),
             )
             kubelet = Kubelet(
                 self.runtime,
                 manager,
                 metrics,
-                self.gates,
+                self.kubelet_gates,
                 clock=self.now,
                 metrics_mode=self.config.metrics_mode,
             )
