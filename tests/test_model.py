@@ -80,6 +80,7 @@ def _real_listing(root: str) -> dict[str, tuple[object, ...]]:
     out: dict[str, tuple[object, ...]] = {}
     for rel, st_ in sorted(entries.items()):
         full = os.path.join(root, rel)
+        payload: str | bytes
         if stat.S_ISDIR(st_.st_mode):
             kind, payload = "dir", ""
         elif stat.S_ISLNK(st_.st_mode):
