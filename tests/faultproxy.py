@@ -101,7 +101,8 @@ def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
                 if key.lower() in ("content-length", "connection", "transfer-encoding"):
                     continue
                 if key.lower() == "location" and value.startswith(f"http://{proxy.upstream}"):
-                    value = value.replace(proxy.upstream, proxy.host, 1)
+                    self.send_header(key, value.replace(proxy.upstream, proxy.host, 1))
+                    continue
                 self.send_header(key, value)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

@@ -31,7 +31,7 @@ SUB_PATHS = {"v2": ["", "dir"], "kitten": ["", "etc"], "layers": ["", "a", "e/de
 
 
 def _expected(tag: str) -> dict[str, tuple[object, ...]]:
-    out = {}
+    out: dict[str, tuple[object, ...]] = {}
     for path, (kind, mode, payload, group) in listing(apply_layers_model(IMAGES[tag])).items():
         # Published trees carry no write bits.
         out[path] = (kind, None if mode is None else int(mode) & ~0o222, payload, group)
