@@ -34,7 +34,8 @@ def _expected(tag: str) -> dict[str, tuple[object, ...]]:
     out: dict[str, tuple[object, ...]] = {}
     for path, (kind, mode, payload, group) in listing(apply_layers_model(IMAGES[tag])).items():
         # Published trees carry no write bits.
-        out[path] = (kind, None if mode is None else int(mode) & ~0o222, payload, group)
+        stripped = mode & ~0o222 if isinstance(mode, int) else None
+        out[path] = (kind, stripped, payload, group)
     return out
 
 
