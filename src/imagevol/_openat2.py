@@ -81,17 +81,23 @@ def openat2(
     raise OSError(err, os.strerror(err))
 
 
+#: Errnos of a probe that mean "no usable openat2 here": missing syscall, seccomp refusal, flags
+#: or struct size this kernel does not know.
+_UNUSABLE = (errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG)
+
+
 @functools.cache
 def available() -> bool:
-    """True when openat2 works here with the scoping flags this project relies on."""
-    try:
-        root = os.open("/", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return False
+    """True when openat2 works here with the scoping flags this project relies on. Any other
+    failure of the probe (no fds or memory left) is raised, not taken as "unavailable": a transient
+    error must not switch the process to the fallback for good (the answer is cached)."""
+    root = os.open("/", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fd = openat2(root, ".", O_PATH, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS, retry=())
-    except OSError:
-        return False
+    except OSError as exc:
+        if exc.errno in _UNUSABLE:
+            return False
+        raise
     finally:
         os.close(root)
     os.close(fd)
