@@ -59,29 +59,42 @@ class ContainerView:
         self.open_mount = open_mount
         self._points = {tuple(_components(m.container_path)): m for m in self.mounts}
 
+    def _covering(self, parts: list[str]) -> tuple[MountStatus, list[str]] | None:
+        """The innermost mount whose mount point is a prefix of ``parts``, and the rest."""
+        for n in range(len(parts), -1, -1):
+            found = self._points.get(tuple(parts[:n]))
+            if found is not None:
+                return found, parts[n:]
+        return None
+
     def _target(self, cmd: str, path: str) -> _Target:
-        """Find the mount ``path`` enters. Outside every mount, ``..`` is applied lexically (the
-        container's own filesystem is not modelled); inside a mount the rest is kept verbatim for
-        the scoped resolver, unless it walks (without ``..``) onto a nested mount point."""
+        """Find the mount ``path`` ends in. Mount points are plain directories of the container's
+        own filesystem (not modelled), so outside every mount and at a mount's root ``..`` is
+        lexical; inside a volume the rest is kept verbatim for the scoped resolver (links and
+        ``..`` there depend on the volume's content), unless it walks onto a nested mount point."""
         if not path.startswith("/"):
             raise ViewError(f"{cmd}: {path}: paths in a container view must be absolute")
-        prefix: list[str] = []
+        prefix: list[str] = []  # container path of the current mount point (or position outside)
         mount: MountStatus | None = None
-        rest: list[str] = []
+        rest: list[str] = []  # components inside the current mount, verbatim
         for c in path.split("/"):
-            if mount is None:
-                if c == "..":
-                    if prefix:
-                        prefix.pop()
-                elif c not in ("", "."):
-                    prefix.append(c)
-                mount = self._points.get(tuple(prefix))
+            if mount is not None and (c != ".." or _components("/".join(rest))):
+                rest.append(c)
+                if ".." not in rest:
+                    nested = self._points.get(tuple(prefix + _components("/".join(rest))))
+                    if nested is not None:
+                        mount, prefix, rest = nested, prefix + _components("/".join(rest)), []
                 continue
-            rest.append(c)
-            if ".." not in rest:
-                nested = self._points.get(tuple(prefix + _components("/".join(rest))))
-                if nested is not None:
-                    mount, prefix, rest = nested, prefix + _components("/".join(rest)), []
+            if c == "..":
+                prefix = prefix[:-1]
+                covering = self._covering(prefix) if mount is not None else None
+                if covering is not None:  # back from a nested mount's root into its parent mount
+                    mount, extra = covering
+                    prefix, rest = prefix[: len(prefix) - len(extra)], extra
+                    continue
+            elif c not in ("", "."):
+                prefix.append(c)
+            mount, rest = self._points.get(tuple(prefix)), []
         if mount is None:
             listed = ", ".join(sorted(m.container_path for m in self.mounts)) or "none"
             raise ViewError(
