@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import attrs
+
 from imagevol.node import Node, NodeConfig
-from imagevol.testing.images import Layer, LayoutBuilder, build_artifact_v2
-from imagevol.testing.tarbuild import TarEntry
+from imagevol.oci import ANNOTATION_TITLE, OCI_EMPTY, OCI_LAYER_GZIP
+from imagevol.testing.images import ARTIFACT_V2_ENTRIES, Layer, LayoutBuilder, build_artifact_v2
+from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes
 
 REGISTRY = "example.test/vols"
 
@@ -57,6 +60,11 @@ def build_layout(path: str) -> None:
         artifact_type="application/x.test.test.test.v1",
         tag="subpath",
     )
+    # An artifact whose one layer is a tar (laid out by extraction): dir/file, file, empty/.
+    tar = gzip_bytes(build_layer((*ARTIFACT_V2_ENTRIES, _d("empty/"))))
+    layer = builder.add_blob(tar, OCI_LAYER_GZIP, {ANNOTATION_TITLE: "content.tar.gz"})
+    empty = attrs.evolve(builder.add_blob(b"{}", OCI_EMPTY), data=b"{}")
+    builder.add_manifest(empty, [layer], tag="tar-artifact", artifact_type="application/vnd.example.lab+type")
     builder.save()
 
 

@@ -181,6 +181,17 @@ def test_crio_artifact_sub_path_must_prefix_a_file_name(nodes: dict[str, Node], 
     )
 
 
+def test_crio_tar_artifact_prefix_is_checked_on_the_extracted_tree(nodes: dict[str, Node]) -> None:
+    node = nodes["crio"]
+    _, state = _start(node, "tar", image=f"{REGISTRY}:tar-artifact", sub_path="dir")
+    assert state.state == "running", state.message
+    view = ContainerView("c", _mounts(node, state), node.runtime.open_mount)
+    assert view.cat("/volume/file") == b"1\n"
+    for sub_path in ("empty", "file", "nope"):  # no regular file below / not a directory / missing
+        _, state = _start(node, f"tar-{sub_path}", image=f"{REGISTRY}:tar-artifact", sub_path=sub_path)
+        assert "does not exist in OCI artifact volume" in state.message, sub_path
+
+
 @pytest.mark.parametrize("profile", ["containerd", "legacy"])
 def test_containerd_cannot_mount_artifacts(nodes: dict[str, Node], profile: str) -> None:
     _, state = _start(nodes[profile], "art", image=f"{REGISTRY}:subpath")

@@ -77,9 +77,20 @@ _ERRNO_KIND = {
 }
 
 
+_KIND_ERRNO = {
+    "invalid": "EINVAL",
+    "escape": "EXDEV",
+    "notfound": "ENOENT",
+    "notdir": "ENOTDIR",
+    "loop": "ELOOP",
+    "toolong": "ENAMETOOLONG",
+    "denied": "EACCES",
+}
+
+
 def _error(kind: str, shown: str, detail: str = "") -> SubPathError:
     msg = MESSAGES.get(kind, kind)
-    return SubPathError(kind, f"openat {shown}: {msg}{': ' + detail if detail else ''}", kind)
+    return SubPathError(kind, f"openat {shown}: {msg}{': ' + detail if detail else ''}", _KIND_ERRNO.get(kind, ""))
 
 
 def _os_error(exc: OSError, shown: str) -> SubPathError:
@@ -87,7 +98,7 @@ def _os_error(exc: OSError, shown: str) -> SubPathError:
     kind = _ERRNO_KIND.get(code)
     if kind is None:
         return SubPathError("failed", f"openat {shown}: {os.strerror(code).lower()}", errno.errorcode.get(code, ""))
-    return _error(kind, shown)
+    return SubPathError(kind, f"openat {shown}: {MESSAGES[kind]}", errno.errorcode.get(code, ""))
 
 
 # --- validation ------------------------------------------------------------------------------------
@@ -192,8 +203,9 @@ def lookup(
 ) -> Resolved:
     """Resolve ``path`` below ``root_fd`` without the sub-path string rules: ``..`` and a leading
     ``/`` are allowed and scoped by ``policy`` exactly like a symlink target would be (the
-    container view resolves paths typed by a user this way)."""
+    container view resolves paths typed by a user this way). The empty path is the root."""
     shown = path if shown is None else shown
+    path = path or "."
     if backend is Backend.AUTO:
         backend = Backend.KERNEL if _openat2.available() else Backend.USERSPACE
     fd = (
