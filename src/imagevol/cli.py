@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sys
@@ -10,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from . import __version__
+from . import __version__, mounts
 from .api.features import DEFAULT_VERSION
 from .describe import describe_pod, format_event_line, get_pods
 from .errors import ImageVolError, PodNotFoundError, ValidationError
@@ -74,10 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("kind", choices=("pod", "pods", "po"))
     rm.add_argument("name")
 
-    e = sub.add_parser("exec", help="run cat/ls/stat/readlink in a container's view of its mounts")
+    e = sub.add_parser(
+        "exec", help="run cat/ls/stat/readlink in a container's view of its mounts (or, with --real, any command)"
+    )
     e.add_argument("pod")
     e.add_argument("-c", "--container", default=None)
-    e.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND PATH...")
+    e.add_argument(
+        "--real",
+        action="store_true",
+        help="run a real command with the image volumes bind-mounted ro,nosuid,nodev in a private mount "
+        "namespace (root, or unprivileged user namespaces)",
+    )
+    # `main` cuts everything after `--` off before parsing, so options may follow POD (`-c`, `--real`).
+    e.add_argument("argv", nargs="*", help="-- COMMAND ARGS...")
 
     s = sub.add_parser("sync", help="run one kubelet pass over every Pod (retries, backoff)")
     s.add_argument("--advance", type=_duration, default=0.0, help="advance the node clock first (e.g. 30s)")
@@ -171,7 +181,11 @@ def _cmd_exec(node: Node, args: argparse.Namespace, out: TextIO) -> int:
     container = node.runtime.container_status(state.container_id)
     if container is None:
         raise ViewError(f"container {name!r} has no runtime record")
-    view = ContainerView(name, container.mounts, node.snapshots)
+    if args.real:
+        binds = [mounts.Bind(m.container_path, functools.partial(node.runtime.open_mount, m)) for m in container.mounts]
+        out.flush()
+        return mounts.run(binds, argv)
+    view = ContainerView(name, container.mounts, node.runtime.open_mount)
     for chunk in view.run(argv):
         out.flush()
         sys.stdout.buffer.write(chunk) if out is sys.stdout else out.write(chunk.decode(errors="replace"))
@@ -260,6 +274,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except PodNotFoundError as exc:
         sys.stderr.write(f"Error from server (NotFound): {exc}\n")
         return EXIT_FAIL
+    except mounts.RealExecError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
     except (ImageVolError, ValueError, OSError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return EXIT_FAIL
