@@ -133,7 +133,7 @@ def test_real_resolver_agrees_with_the_model(entries: list[tuple[str, str, str]]
             for backend in (sp.Backend.KERNEL, sp.Backend.USERSPACE):
                 try:
                     resolved = sp.resolve(root_fd, sub, pol, backend)
-                    got = "ok:" + resolved.real_path
+                    got = "ok:" + resolved.relative_path(root_fd)
                     resolved.close()
                 except SubPathError as exc:
                     got = "error:" + exc.kind

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from conftest import VECTORS
 from imagevol import subpath as sp
 from imagevol.testing import vectors
+
+from conftest import VECTORS
 
 with open(os.path.join(VECTORS, "subpath.json")) as _f:
     SUBPATH: list[dict[str, Any]] = json.load(_f)
