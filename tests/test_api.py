@@ -312,3 +312,31 @@ def test_unknown_gates_and_versions_are_refused() -> None:
         FeatureGates.for_version("1.33", "ImageVolumeWithDigest=true")  # added in 1.35
     with pytest.raises(ValueError, match="not simulated"):
         FeatureGates.for_version("1.29")
+
+
+@pytest.mark.parametrize(
+    ("field_path", "expected"),
+    [
+        ("metadata.name", []),
+        ("metadata.labels['app']", []),
+        ("status.podIP", []),
+        (
+            "metadata.foo",
+            [
+                'spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: Invalid value: "metadata.foo": '
+                "error converting fieldPath: field label not supported: metadata.foo"
+            ],
+        ),
+        (
+            "status.phase",
+            [
+                'spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: Unsupported value: "status.phase": '
+                'supported values: "metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName", '
+                '"spec.serviceAccountName", "status.hostIP", "status.hostIPs", "status.podIP", "status.podIPs"'
+            ],
+        ),
+    ],
+)
+def test_env_field_paths_are_validated(field_path: str, expected: list[str]) -> None:
+    env = [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": field_path}}}]
+    assert errors_of(pod_doc(env=env)) == expected

@@ -300,7 +300,6 @@ def test_pod_name_from_the_downward_api_selects_the_directory(node: Node) -> Non
         ("$(POD)", [], "missing value for POD"),
         ("$(X)", [{"name": "X", "value": "/etc"}], "error SubPath `/etc` must not be an absolute path"),
         ("$(X)/b", [{"name": "X", "value": "a/.."}], "unable to provision SubPath `a/../b`: must not contain '..'"),
-        ("$(X)", [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodename"}}}], "not supported"),
     ],
 )
 def test_kubelet_side_errors_are_create_container_config_errors(
@@ -316,3 +315,13 @@ def test_kubelet_side_errors_are_create_container_config_errors(
     metrics = node.metrics()
     # R6.4 (upstream over-count): a kubelet-side failure lands in the success counter.
     assert (metrics.requested, metrics.succeeded, metrics.errors) == (1, 1, 0)
+
+
+def test_unknown_field_paths_are_refused_by_the_api_server(node: Node) -> None:
+    """validateObjectFieldSelector rejects them at admission; the kubelet never sees them."""
+    from imagevol.errors import ValidationError
+
+    env = [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodename"}}}]
+    with pytest.raises(ValidationError, match=r"field label not supported: spec\.nodename"):
+        _apply(node, "bad", "$(X)", env)
+    assert node.pods() == []
