@@ -321,7 +321,7 @@ def test_unknown_field_paths_are_refused_by_the_api_server(node: Node) -> None:
     """validateObjectFieldSelector rejects them at admission; the kubelet never sees them."""
     from imagevol.errors import ValidationError
 
-    env = [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodename"}}}]
+    env: list[dict[str, object]] = [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodename"}}}]
     with pytest.raises(ValidationError, match=r"field label not supported: spec\.nodename"):
         _apply(node, "bad", "$(X)", env)
     assert node.pods() == []
