@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import IO
 
 from .errors import LayerError
-from .layers import ApplyOptions, _Tree, apply_layer_fd, clean_name, write_all
+from .layers import ApplyOptions, Tree, apply_layer_fd, clean_name, write_all
 from .oci import ANNOTATION_MODEL_FILEPATH, ANNOTATION_TITLE, Descriptor, Manifest
 
 _CHUNK = 1024 * 1024
@@ -51,7 +51,7 @@ def lay_out_artifact(
         parts = clean_name(name)
         if not parts:
             raise LayerError("invalid_name", f"artifact file name {name!r} names the root")
-        tree = _Tree(root_fd)
+        tree = Tree(root_fd)
         try:
             found = tree.parent(parts[:-1], create=True)
             assert found is not None
