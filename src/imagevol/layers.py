@@ -56,6 +56,14 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOE
 _XATTR_NAMESPACES = ("user.",)
 
 
+class LayerEntryError(LayerError):
+    """A :class:`LayerError` raised while applying one member; ``member`` is its decoded name."""
+
+    def __init__(self, kind: str, message: str, member: str) -> None:
+        super().__init__(kind, message)
+        self.member = member
+
+
 @attrs.frozen
 class LayerLimits:
     """Bounds that stop decompression bombs and pathological archives."""
@@ -438,6 +446,10 @@ class _LayerApplier:
             self.current = m.name
             try:
                 self.entry(m, reader)
+            except LayerEntryError:
+                raise
+            except LayerError as exc:
+                raise LayerEntryError(exc.kind, str(exc), m.name) from None
             finally:
                 self.tree.end_entry()
         self.current = ""
@@ -753,5 +765,6 @@ def _os_error(exc: OSError, member: str) -> LayerError:
         errno.ENAMETOOLONG: "toolong",
         errno.ENOENT: "notfound",
     }.get(exc.errno or 0, "io")
-    where = f" at {member!r}" if member else ""
-    return LayerError(kind, f"applying layer{where}: {os.strerror(exc.errno or 0)}")
+    if member:
+        return LayerEntryError(kind, f"applying layer at {member!r}: {os.strerror(exc.errno or 0)}", member)
+    return LayerError(kind, f"applying layer: {os.strerror(exc.errno or 0)}")
