@@ -20,7 +20,7 @@ from __future__ import annotations
 import queue
 import threading
 import zlib
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from types import ModuleType
 from typing import IO, Any
 
@@ -116,7 +116,8 @@ def _gunzip(blob: IO[bytes], head: bytes, module: ModuleType) -> Iterator[bytes]
 def _unzstd(blob: IO[bytes], head: bytes) -> Iterator[bytes]:
     import zstandard
 
-    source: Any = _Prefixed(head, blob)
+    frames = ZstdFrames()
+    source: Any = _Prefixed(head, blob, frames.feed)
     reader: Any = zstandard.ZstdDecompressor().stream_reader(source, read_size=CHUNK, read_across_frames=True)
     try:
         while True:
@@ -125,24 +126,91 @@ def _unzstd(blob: IO[bytes], head: bytes) -> Iterator[bytes]:
             except zstandard.ZstdError as exc:
                 raise LayerError("invalid_archive", f"corrupt layer stream: {exc}") from None
             if not out:
-                return
+                break
             yield out
     finally:
         reader.close()
+    # The stream reader stops quietly at the end of its input, even inside a frame.
+    if not frames.complete():
+        raise LayerError("invalid_archive", "corrupt layer stream: truncated zstd data")
+
+
+class ZstdFrames:
+    """Follows the frame and block structure of a zstd stream as its bytes go by (RFC 8878 3.1), so
+    that a stream cut inside a frame is detected; it never decodes anything."""
+
+    def __init__(self) -> None:
+        self._pending = b""  # bytes of a structure not complete yet
+        self._need = 4  # size of the structure being collected
+        self._state = "magic"
+        self._skip = 0  # content bytes to pass over
+        self._checksum = False
+
+    def complete(self) -> bool:
+        return self._state == "magic" and not self._pending and not self._skip
+
+    def feed(self, data: bytes) -> None:
+        pos = 0
+        n = len(data)
+        while pos < n:
+            if self._skip:
+                step = min(self._skip, n - pos)
+                self._skip -= step
+                pos += step
+                continue
+            take = min(self._need - len(self._pending), n - pos)
+            self._pending += data[pos : pos + take]
+            pos += take
+            if len(self._pending) == self._need:
+                unit, self._pending = self._pending, b""
+                self._step(unit)
+
+    def _step(self, unit: bytes) -> None:
+        state = self._state
+        if state == "magic":
+            magic = int.from_bytes(unit, "little")
+            if magic == 0xFD2FB528:
+                self._state, self._need = "descriptor", 1
+            elif magic & 0xFFFFFFF0 == 0x184D2A50:
+                self._state, self._need = "skippable", 4
+            else:
+                raise LayerError("invalid_archive", "corrupt layer stream: bad zstd frame magic")
+        elif state == "skippable":
+            self._skip = int.from_bytes(unit, "little")
+            self._state, self._need = "magic", 4
+        elif state == "descriptor":
+            d = unit[0]
+            single = (d >> 5) & 1
+            self._checksum = bool((d >> 2) & 1)
+            fcs = (1 if single else 0, 2, 4, 8)[d >> 6]
+            self._skip = (0 if single else 1) + (0, 1, 2, 4)[d & 3] + fcs
+            self._state, self._need = "block", 3
+        else:  # block header
+            header = int.from_bytes(unit, "little")
+            kind = (header >> 1) & 3
+            if kind == 3:
+                raise LayerError("invalid_archive", "corrupt layer stream: reserved zstd block type")
+            self._skip = 1 if kind == 1 else header >> 3
+            if header & 1:  # last block of the frame
+                self._skip += 4 if self._checksum else 0
+                self._state, self._need = "magic", 4
 
 
 class _Prefixed:
-    """``head`` followed by the rest of ``inner`` (the sniffed bytes put back)."""
+    """``head`` followed by the rest of ``inner`` (the sniffed bytes put back), shown to ``tap``."""
 
-    def __init__(self, head: bytes, inner: IO[bytes]) -> None:
+    def __init__(self, head: bytes, inner: IO[bytes], tap: Callable[[bytes], None]) -> None:
         self.head = head
         self.inner = inner
+        self.tap = tap
 
     def read(self, n: int = -1) -> bytes:
         if self.head:
             out, self.head = self.head, b""
-            return out
-        return self.inner.read(n)
+        else:
+            out = self.inner.read(n)
+        self.tap(out)
+        return out
 
 
 def decompressed(blob: IO[bytes], limit: int, gzip_module: ModuleType | None = None) -> Generator[bytes, None, None]:
