@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from .errors import LayerError
 
-CHUNK = 1024 * 1024
+CHUNK = 256 * 1024  # small enough that the bounded queue and allocator stay a few MiB
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
