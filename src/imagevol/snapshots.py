@@ -25,8 +25,8 @@ import io
 import os
 import stat
 import uuid
-from collections.abc import Callable, Iterator
-from typing import IO, Any
+from collections.abc import Callable
+from typing import IO, Any, TypeVar
 
 import attrs
 
@@ -149,40 +149,23 @@ class Snapshots:
                 return Snapshot(digest, existing, artifact)
             if on_build is not None:
                 on_build(digest)
-            with self._staged(digest) as staging:
-                warnings = self._build(staging, manifest)
-                seal(staging)
-                os.rename(staging, self.path(digest))
+            staging = os.path.join(self._staging, f"{digest.hex}.{os.getpid()}.{uuid.uuid4().hex}")
+            warnings = publish_tree(self.path(digest), staging, lambda root_fd: self._build(root_fd, manifest))
             return Snapshot(digest, self.path(digest), artifact, tuple(warnings))
 
-    @contextlib.contextmanager
-    def _staged(self, digest: Digest) -> Iterator[str]:
-        """A fresh staging directory, removed again unless it was renamed away."""
-        staging = os.path.join(self._staging, f"{digest.hex}.{os.getpid()}.{uuid.uuid4().hex}")
-        os.mkdir(staging, 0o700)
-        os.chmod(staging, 0o755)  # an image root is 0755 unless a layer says otherwise
-        try:
-            yield staging
-        finally:
-            rmtree(staging)  # a no-op after a successful rename
-
-    def _build(self, staging: str, manifest: Manifest) -> list[str]:
-        root_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            if not manifest.is_image:
-                return lay_out_artifact(root_fd, manifest, self._open_blob, self.options)
-            warnings = []
-            for layer in manifest.layers:
-                with self._open_blob(layer) as blob:
-                    stats = apply_layer_fd(root_fd, blob, self.options)
-                if stats.skipped_devices:
-                    warnings.append(
-                        f"layer {layer.digest}: skipped {len(stats.skipped_devices)} device node(s)"
-                        f" ({', '.join(stats.skipped_devices[:3])})"
-                    )
-            return warnings
-        finally:
-            os.close(root_fd)
+    def _build(self, root_fd: int, manifest: Manifest) -> list[str]:
+        if not manifest.is_image:
+            return lay_out_artifact(root_fd, manifest, self._open_blob, self.options)
+        warnings = []
+        for layer in manifest.layers:
+            with self._open_blob(layer) as blob:
+                stats = apply_layer_fd(root_fd, blob, self.options)
+            if stats.skipped_devices:
+                warnings.append(
+                    f"layer {layer.digest}: skipped {len(stats.skipped_devices)} device node(s)"
+                    f" ({', '.join(stats.skipped_devices[:3])})"
+                )
+        return warnings
 
     # --- crash recovery ---------------------------------------------------------------------------
 
@@ -247,6 +230,29 @@ class Snapshots:
             os.rename(path, doomed)
             rmtree(doomed)
             return True
+
+
+T = TypeVar("T")
+
+
+def publish_tree(dest: str, staging: str, build: Callable[[int], T], *, read_only: bool = True) -> T:
+    """Build a tree in the new private directory ``staging`` with ``build(root_fd)``, seal it
+    (``read_only``) and rename it to ``dest``. On any error the staging directory is removed and
+    nothing appears at ``dest``. ``staging`` must be on the same filesystem as ``dest``."""
+    os.mkdir(staging, 0o700)
+    try:
+        os.chmod(staging, 0o755)  # an image root is 0755 unless a layer says otherwise
+        root_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            result = build(root_fd)
+        finally:
+            os.close(root_fd)
+        if read_only:
+            seal(staging)
+        os.rename(staging, dest)
+        return result
+    finally:
+        rmtree(staging)  # a no-op after the rename
 
 
 def _safe(holder: str) -> str:
