@@ -140,8 +140,12 @@ class Sandbox:
                 seen[full] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_ino)
         return seen
 
-    def check_outside(self) -> None:
+    def check_outside(self, ignore: Sequence[str] = ()) -> None:
+        """Nothing outside the root changed (``ignore``: paths whose own metadata may change)."""
         after = self.outside()
+        for path in ignore:
+            after.pop(path, None)
+            self._before.pop(path, None)
         assert after == self._before, (
             f"outside the root changed: {sorted(set(after.items()) ^ set(self._before.items()))}"
         )

@@ -373,3 +373,16 @@ def test_hardlink_into_what_it_replaces_is_notfound(box: Sandbox) -> None:
 def test_apply_returns_stats(box: Sandbox) -> None:
     (stats,) = box.apply([D("d"), F("d/a", "12345"), F("b", "")])
     assert (stats.entries, stats.files, stats.bytes) == (3, 2, 5)
+
+
+@pytest.mark.parametrize("whiteout", [W(".wh.d"), W(".wh..wh..opq")])
+def test_whiteout_position_does_not_change_attributes(tmp_path: object, whiteout: TarEntry) -> None:
+    """A lower directory that the layer writes below and then whites out (or hides with an opaque
+    marker above it) ends up exactly as with the whiteout first: an implicit 0755 directory."""
+    results = []
+    for i, upper in enumerate(([F("d/new", "n"), whiteout], [whiteout, F("d/new", "n")])):
+        box = Sandbox.make(os.path.join(str(tmp_path), str(i)))
+        box.apply([D("d", 0o700, uid=7, gid=8, mtime=FIXED_MTIME - 9), F("d/old", "o")], upper)
+        st = os.lstat(box.path("d"))
+        results.append((box.names(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime > FIXED_MTIME))
+    assert results[0] == results[1] == (["d", "d/new"], 0o755, os.geteuid(), os.getegid(), True)

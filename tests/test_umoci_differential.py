@@ -10,6 +10,9 @@ of docs/security.md, each folded here in one named place:
   lower entries removed below it by an opaque whiteout) keeps umoci's "now" time; imagevol applies
   directory attributes after the layer's last entry, so it has the entry's time;
 * a whiteout under a non-directory parent: umoci ignores it, imagevol reports ``notdir`` (C2.3);
+* a lower directory that survives a later whiteout only because the layer wrote below it first:
+  umoci keeps its lower attributes, imagevol gives it those of an implicit directory (0755, root,
+  now), as if the whiteout had come first;
 * when umoci fails (hardlink to a missing file or a directory, a file parent, a symlink loop),
   imagevol must fail too.
 """
@@ -52,6 +55,15 @@ def _fold(ours: dict[str, Item], theirs: dict[str, Item], since_ns: int) -> tupl
             x = attrs.evolve(x, mtime_ns=-1)
         if x is not None and y is not None and x.type == "dir" and y.mtime_ns == -1:
             x = attrs.evolve(x, mtime_ns=-1)  # umoci changed the directory after its entry
+        if (
+            x is not None
+            and y is not None
+            and x.type == y.type == "dir"
+            and (x.mode, x.uid, x.gid, x.mtime_ns) == (0o755, os.geteuid(), os.getegid(), -1)
+        ):
+            # A lower directory kept only because the layer wrote below it before a whiteout:
+            # imagevol makes it the implicit directory it would be had the whiteout come first.
+            y = attrs.evolve(y, mode=x.mode, uid=x.uid, gid=x.gid, mtime_ns=-1)
         if x is not None:
             a[path] = x
         if y is not None:

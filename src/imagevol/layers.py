@@ -29,7 +29,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import IO
 
 import attrs
@@ -136,6 +136,9 @@ class Tree:
         self.max_depth = max_depth
         self._cache: dict[tuple[str, ...], tuple[int, tuple[str, ...]]] = {}
         self._retired: list[int] = []
+        #: Called as (dir fd, real path of the dir, real path of the new child) before a missing
+        #: parent is created in an existing directory.
+        self.on_implicit_mkdir: Callable[[int, tuple[str, ...], tuple[str, ...]], None] | None = None
 
     def close(self) -> None:
         self.invalidate()
@@ -194,6 +197,9 @@ class Tree:
                 except FileNotFoundError:
                     if not create:
                         return None
+                    if self.on_implicit_mkdir is not None:
+                        here = tuple(n for _, n in stack)
+                        self.on_implicit_mkdir(cur, here, (*here, name))
                     _mkdir_exact(cur, name, 0o755)
                     fd = os.open(name, _PATH_FLAGS | os.O_DIRECTORY, dir_fd=cur)
                 mode = os.fstat(fd).st_mode
@@ -398,7 +404,14 @@ class _LayerApplier:
         self.dirs: dict[tuple[str, ...], _DirAttrs] = {}
         #: Directories this layer changed: their times are put back unless the layer names them.
         self.touched: dict[tuple[str, ...], tuple[int, int]] = {}
+        #: Directories this layer created (named or implicit).
+        self.created: set[tuple[str, ...]] = set()
         self.current = ""
+        tree.on_implicit_mkdir = self._implicit_mkdir
+
+    def _implicit_mkdir(self, dir_fd: int, real: tuple[str, ...], child: tuple[str, ...]) -> None:
+        self.touch(dir_fd, real)
+        self.created.add(child)
 
     # --- bookkeeping -----------------------------------------------------------------------------
 
@@ -496,6 +509,7 @@ class _LayerApplier:
                     self.replace(dir_fd, base, real)
                     os.mkdir(base, 0o700, dir_fd=dir_fd)
             self.dirs[real] = _DirAttrs(m.mode, m.uid, m.gid, m.mtime_ns, m.xattrs)
+            self.created.add(real)
         elif kind == SYMLINK:
             self.symlink(m, dir_fd, base, real)
         elif kind == LINK:
@@ -621,9 +635,11 @@ class _LayerApplier:
             self.tree.remove(dir_fd, victim, st)
             self.forget(real, stat.S_ISDIR(st.st_mode))
         elif stat.S_ISDIR(st.st_mode):
-            # This layer already wrote below it: remove only what came from lower layers.
+            # This layer already wrote below it: remove only what came from lower layers, and
+            # make it what it would be had the whiteout come first (an implicit directory).
             sub = os.open(victim, _PATH_FLAGS | os.O_DIRECTORY, dir_fd=dir_fd)
             try:
+                self._as_implicit(sub, real)
                 self._clear_lower(sub, real)
             finally:
                 os.close(sub)
@@ -644,6 +660,7 @@ class _LayerApplier:
                         elif is_dir:
                             sub = os.open(name, _PATH_FLAGS | os.O_DIRECTORY, dir_fd=dir_fd)
                             work.append((sub, child, True))
+                            self._as_implicit(sub, child)
                 finally:
                     if owned:
                         os.close(dir_fd)
@@ -651,6 +668,19 @@ class _LayerApplier:
             for fd, _, owned in work:
                 if owned:
                     os.close(fd)
+
+    def _as_implicit(self, fd: int, real: tuple[str, ...]) -> None:
+        """A lower directory survives a whiteout only because this layer wrote below it before the
+        whiteout. Had the whiteout come first (its position must not matter), the directory would
+        have been removed and created again implicitly: give it those attributes (0755, our owner,
+        the time of this unpack) unless this layer names it."""
+        if real in self.created or real in self.dirs:
+            return
+        self.created.add(real)
+        self.touched.pop(real, None)
+        os.chmod(f"/proc/self/fd/{fd}", 0o755)  # an O_PATH|O_NOFOLLOW handle on this very inode
+        os.chown(f"/proc/self/fd/{fd}", os.geteuid(), os.getegid())
+        os.utime(f"/proc/self/fd/{fd}")
 
     # --- end of layer ----------------------------------------------------------------------------
 
