@@ -222,3 +222,12 @@ def test_removal_while_building_waits(tmp_path: object) -> None:
     assert snaps.remove(digest) is True  # waited for the build, then removed the complete tree
     t.join()
     assert snaps.get(digest) is None and _staging(snaps) == []
+
+
+def test_acquire_materialises_and_leases(tmp_path: object) -> None:
+    store, digest, manifest = _image(f"{tmp_path}/layout", GOOD)
+    snaps = Snapshots(f"{tmp_path}/snaps", store)
+    snap = snaps.acquire(digest, manifest, "c1")
+    assert snaps.holders(digest) == ["c1"] and os.path.isdir(snap.path)
+    with pytest.raises(ImageInUseError):
+        snaps.remove(digest)

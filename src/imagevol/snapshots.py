@@ -167,6 +167,19 @@ class Snapshots:
                 )
         return warnings
 
+    def acquire(self, digest: Digest, manifest: Manifest, holder: str) -> Snapshot:
+        """Materialise (if needed) and lease in one step, so that no removal can slip in between
+        (``materialise`` then ``lease`` leaves that window; ``lease`` then fails cleanly)."""
+        while True:
+            snap = self.materialise(digest, manifest)
+            try:
+                self.lease(digest, holder)
+            except ImageVolError:
+                if self.get(digest) is None:
+                    continue  # removed in between: build it again
+                raise
+            return snap
+
     # --- crash recovery ---------------------------------------------------------------------------
 
     def recover(self) -> list[str]:
