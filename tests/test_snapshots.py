@@ -231,3 +231,60 @@ def test_acquire_materialises_and_leases(tmp_path: object) -> None:
     assert snaps.holders(digest) == ["c1"] and os.path.isdir(snap.path)
     with pytest.raises(ImageInUseError):
         snaps.remove(digest)
+
+
+_UNPRIVILEGED = r"""
+import os, sys
+sys.path.insert(0, sys.argv[2])
+from test_snapshots import GOOD, _image, _write_bits
+from layerkit import D, F, W
+from imagevol.snapshots import Snapshots
+base = sys.argv[1]
+layers = ([D("z", 0o000), F("z/f", "1")], [F("z/g", "2"), D("e", 0o555), F("e/x", "x"), W("z/.wh.f")])
+store, digest, manifest = _image(base + "/layout", GOOD, *layers)
+snap = Snapshots(base + "/snaps", store).materialise(digest, manifest)
+assert sorted(os.listdir(snap.path)) == ["d", "e", "exe", "l", "p", "z"]
+assert os.stat(snap.path + "/z").st_mode & 0o777 == 0
+assert os.stat(snap.path + "/e").st_mode & 0o777 == 0o555
+os.chmod(snap.path + "/z", 0o500)
+assert sorted(os.listdir(snap.path + "/z")) == ["g"]
+os.chmod(snap.path + "/z", 0)
+assert os.listdir(base + "/snaps/.staging") == []
+print("ok")
+"""
+
+
+def test_unprivileged_build_with_closed_directories_across_layers() -> None:
+    """An unprivileged builder keeps directories open to itself until the last layer, then gives
+    them their modes (a 0000 directory written into by a later layer)."""
+    import shutil
+    import tempfile
+
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to drop to an unprivileged user")
+    base = tempfile.mkdtemp(prefix="imagevol-unpriv-")
+    try:
+        os.chmod(base, 0o777)
+        here = os.path.dirname(os.path.abspath(__file__))
+        proc = subprocess.run(
+            [
+                setpriv,
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                _UNPRIVILEGED,
+                base,
+                here,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+    finally:
+        subprocess.run(["chmod", "-R", "u+rwx", base], check=False)
+        shutil.rmtree(base, ignore_errors=True)

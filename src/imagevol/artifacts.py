@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import IO
 
 from .errors import LayerError
-from .layers import ApplyOptions, Tree, apply_layer_fd, clean_name, lstat_at, write_all
+from .layers import ApplyOptions, BuildState, Tree, apply_layer_fd, clean_name, lstat_at, write_all
 from .oci import ANNOTATION_MODEL_FILEPATH, ANNOTATION_TITLE, Descriptor, Manifest
 
 _CHUNK = 1024 * 1024
@@ -46,15 +46,18 @@ def lay_out_artifact(
     manifest: Manifest,
     open_blob: Callable[[Descriptor], IO[bytes]],
     options: ApplyOptions | None = None,
+    state: BuildState | None = None,
 ) -> list[str]:
     """Write the artifact's files below ``root_fd``; return warnings for skipped layers."""
     options = options or ApplyOptions()
+    own = state is None
+    state = state or BuildState()
     mode = ARTIFACT_FILE_MODE & ~0o111 & ~(0o222 if options.strip_write_bits else 0)
     warnings: list[str] = []
     for layer in manifest.layers:
         if is_tar_layer(layer.media_type):
             with open_blob(layer) as blob:
-                stats = apply_layer_fd(root_fd, blob, options)
+                stats = apply_layer_fd(root_fd, blob, options, state)
             if stats.skipped_devices:
                 warnings.append(f"layer {layer.digest}: skipped {len(stats.skipped_devices)} device node(s)")
             continue
@@ -64,6 +67,8 @@ def lay_out_artifact(
             continue
         with open_blob(layer) as blob:
             _write_file(root_fd, name, blob, mode, options)
+    if own:
+        state.finish(root_fd)
     return warnings
 
 

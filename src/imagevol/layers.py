@@ -94,6 +94,35 @@ class LayerStats:
     skipped_devices: list[str] = attrs.field(factory=list)
 
 
+class BuildState:
+    """What outlives one layer of a build: the modes of directories that an unprivileged builder
+    must keep open to itself (owner ``rwx``) until the last layer is applied, because a later layer
+    may write into them. Privileged builders (root) apply every mode at once and defer nothing."""
+
+    def __init__(self, *, defer: bool | None = None) -> None:
+        self.defer = os.geteuid() != 0 if defer is None else defer
+        self.deferred: dict[tuple[str, ...], int] = {}
+
+    def forget(self, real: tuple[str, ...]) -> None:
+        n = len(real)
+        for key in [k for k in self.deferred if k[:n] == real]:
+            del self.deferred[key]
+
+    def finish(self, root_fd: int, *, strip_write: bool = False) -> None:
+        """Apply the deferred modes (without write bits when ``strip_write``), deepest first, so
+        that no directory is closed to us before its children are done."""
+        tree = Tree(root_fd)
+        for real in sorted(self.deferred, key=len, reverse=True):
+            fd = tree.open_real(real)
+            if fd is None:
+                continue
+            try:
+                os.fchmod(fd, self.deferred[real] & ~(_WRITE_BITS if strip_write else 0))
+            finally:
+                os.close(fd)
+        self.deferred.clear()
+
+
 # --- names ---------------------------------------------------------------------------------------
 
 
@@ -383,10 +412,11 @@ class _DirAttrs:
 
 
 class _LayerApplier:
-    def __init__(self, tree: Tree, options: ApplyOptions, stats: LayerStats) -> None:
+    def __init__(self, tree: Tree, options: ApplyOptions, stats: LayerStats, state: BuildState) -> None:
         self.tree = tree
         self.options = options
         self.stats = stats
+        self.state = state
         self.umask = _umask()
         self.owner = options.preserve_owner
         # chown of a new file is skipped when it would not change anything: it is created with our
@@ -434,6 +464,7 @@ class _LayerApplier:
         self.dirs.pop(real, None)
         self.touched.pop(real, None)
         if was_dir:
+            self.state.forget(real)
             n = len(real)
             for table in (self.dirs, self.touched):
                 for key in [k for k in table if k[:n] == real]:
@@ -695,7 +726,13 @@ class _LayerApplier:
             try:
                 if self.owner:
                     os.fchown(fd, a.uid, a.gid)
-                os.fchmod(fd, a.mode & 0o7777 & ~_SETID)
+                mode = a.mode & 0o7777 & ~_SETID
+                if self.state.defer and mode & 0o700 != 0o700:
+                    self.state.deferred[real] = mode
+                    mode |= 0o700
+                else:
+                    self.state.deferred.pop(real, None)
+                os.fchmod(fd, mode)
                 if a.xattrs:
                     _set_xattrs(fd, a.xattrs)
                 os.utime(fd, ns=(a.mtime_ns, a.mtime_ns))
@@ -762,20 +799,31 @@ def apply_layers(root: str, layers: Iterable[IO[bytes]], options: ApplyOptions =
     (see :mod:`imagevol.snapshots`); nothing outside ``root`` is ever touched."""
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        return [apply_layer_fd(root_fd, blob, options) for blob in layers]
+        state = BuildState()
+        stats = [apply_layer_fd(root_fd, blob, options, state) for blob in layers]
+        state.finish(root_fd)
+        return stats
     finally:
         os.close(root_fd)
 
 
-def apply_layer_fd(root_fd: int, blob: IO[bytes], options: ApplyOptions = ApplyOptions()) -> LayerStats:
-    """Apply one layer blob below ``root_fd``."""
+def apply_layer_fd(
+    root_fd: int, blob: IO[bytes], options: ApplyOptions = ApplyOptions(), state: BuildState | None = None
+) -> LayerStats:
+    """Apply one layer blob below ``root_fd``. Pass one ``state`` to every layer of a build and call
+    its ``finish`` after the last (without one, the layer is finished on its own)."""
+    if state is None:
+        own = BuildState()
+        stats = apply_layer_fd(root_fd, blob, options, own)
+        own.finish(root_fd)
+        return stats
     stats = LayerStats()
     tree = Tree(root_fd, max_depth=options.limits.max_depth)
     pipe = ChunkPipe(blob, options.limits.max_bytes, threaded=options.threaded)
     applier: _LayerApplier | None = None
     try:
         reader = TarReader(pipe.read)
-        applier = _LayerApplier(tree, options, stats)
+        applier = _LayerApplier(tree, options, stats, state)
         applier.run(reader)
         reader.drain()  # the rest of the blob is read too: it is hashed and gzip-checked to its end
     except OSError as exc:

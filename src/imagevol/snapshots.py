@@ -32,7 +32,7 @@ import attrs
 
 from .artifacts import lay_out_artifact
 from .errors import DigestMismatchError, ImageInUseError, ImageVolError
-from .layers import ApplyOptions, Tree, apply_layer_fd, rmtree
+from .layers import ApplyOptions, BuildState, Tree, apply_layer_fd, rmtree
 from .locks import NamedLocks
 from .oci import Descriptor, Digest, Manifest
 from .store import ContentStore
@@ -150,21 +150,25 @@ class Snapshots:
             if on_build is not None:
                 on_build(digest)
             staging = os.path.join(self._staging, f"{digest.hex}.{os.getpid()}.{uuid.uuid4().hex}")
-            warnings = publish_tree(self.path(digest), staging, lambda root_fd: self._build(root_fd, manifest))
+            state = BuildState()
+            warnings = publish_tree(
+                self.path(digest), staging, lambda root_fd: self._build(root_fd, manifest, state), state=state
+            )
             return Snapshot(digest, self.path(digest), artifact, tuple(warnings))
 
-    def _build(self, root_fd: int, manifest: Manifest) -> list[str]:
+    def _build(self, root_fd: int, manifest: Manifest, state: BuildState) -> list[str]:
         if not manifest.is_image:
-            return lay_out_artifact(root_fd, manifest, self._open_blob, self.options)
-        warnings = []
-        for layer in manifest.layers:
-            with self._open_blob(layer) as blob:
-                stats = apply_layer_fd(root_fd, blob, self.options)
-            if stats.skipped_devices:
-                warnings.append(
-                    f"layer {layer.digest}: skipped {len(stats.skipped_devices)} device node(s)"
-                    f" ({', '.join(stats.skipped_devices[:3])})"
-                )
+            warnings = lay_out_artifact(root_fd, manifest, self._open_blob, self.options, state)
+        else:
+            warnings = []
+            for layer in manifest.layers:
+                with self._open_blob(layer) as blob:
+                    stats = apply_layer_fd(root_fd, blob, self.options, state)
+                if stats.skipped_devices:
+                    warnings.append(
+                        f"layer {layer.digest}: skipped {len(stats.skipped_devices)} device node(s)"
+                        f" ({', '.join(stats.skipped_devices[:3])})"
+                    )
         return warnings
 
     def acquire(self, digest: Digest, manifest: Manifest, holder: str) -> Snapshot:
@@ -248,21 +252,44 @@ class Snapshots:
 T = TypeVar("T")
 
 
-def publish_tree(dest: str, staging: str, build: Callable[[int], T], *, read_only: bool = True) -> T:
+def publish_tree(
+    dest: str,
+    staging: str,
+    build: Callable[[int], T],
+    *,
+    read_only: bool = True,
+    state: BuildState | None = None,
+) -> T:
     """Build a tree in the new private directory ``staging`` with ``build(root_fd)``, seal it
-    (``read_only``) and rename it to ``dest``. On any error the staging directory is removed and
-    nothing appears at ``dest``. ``staging`` must be on the same filesystem as ``dest``."""
+    (``read_only``), apply the modes ``state`` deferred, and rename it to ``dest``. On any error the
+    staging directory is removed and nothing appears at ``dest``. ``staging`` must be on the same
+    filesystem as ``dest``."""
     os.mkdir(staging, 0o700)
     try:
         os.chmod(staging, 0o755)  # an image root is 0755 unless a layer says otherwise
         root_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             result = build(root_fd)
+            if read_only:
+                seal(staging, skip_root=True)
+            root_mode = stat.S_IMODE(os.fstat(root_fd).st_mode)
+            if state is not None:
+                root_mode = state.deferred.pop((), root_mode)
+                state.finish(root_fd, strip_write=read_only)
+            if read_only:
+                root_mode &= ~_WRITE_BITS
+            # Moving a directory to another parent needs write permission on it (its ".." entry
+            # changes) unless one is privileged. Root seals the tree's root before the rename, so
+            # nothing writable ever appears under the final name; an unprivileged builder must do
+            # it just after (for that instant the root is writable by the builder alone).
+            privileged = os.geteuid() == 0
+            if privileged:
+                os.fchmod(root_fd, root_mode)
+            os.rename(staging, dest)
+            if not privileged:
+                os.fchmod(root_fd, root_mode)
         finally:
             os.close(root_fd)
-        if read_only:
-            seal(staging)
-        os.rename(staging, dest)
         return result
     finally:
         rmtree(staging)  # a no-op after the rename
@@ -272,7 +299,7 @@ def _safe(holder: str) -> str:
     return hashlib.sha256(holder.encode()).hexdigest()[:32] if "/" in holder or holder.startswith(".") else holder
 
 
-def seal(root: str) -> None:
+def seal(root: str, *, skip_root: bool = False) -> None:
     """Remove the write bits of every directory of the tree (C2.11). Files, FIFOs and artifact
     files were created without them (``strip_write_bits``); symlinks have no mode of their own.
 
@@ -296,6 +323,8 @@ def seal(root: str) -> None:
                 os.close(fd)
             order.append(parts)
         for parts in reversed(order):
+            if skip_root and not parts:
+                continue
             fd = tree.open_real(parts)
             if fd is None:  # pragma: no cover
                 continue

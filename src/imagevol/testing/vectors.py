@@ -24,7 +24,7 @@ import attrs
 
 from .. import subpath as sp
 from ..errors import LayerError, SubPathError
-from ..layers import apply_layer_fd
+from ..layers import BuildState, apply_layer_fd
 from ..snapshots import publish_tree
 from .tarbuild import TarEntry, build_layer
 
@@ -164,8 +164,10 @@ def run_layer_vector(vector: Mapping[str, Any]) -> Outcome:
         error = ""
 
         def build(root_fd: int) -> None:
+            state = BuildState()
             for blob in blobs:
-                apply_layer_fd(root_fd, blob)
+                apply_layer_fd(root_fd, blob, state=state)
+            state.finish(root_fd)
 
         try:
             publish_tree(root, staging, build, read_only=False)
