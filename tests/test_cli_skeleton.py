@@ -10,6 +10,7 @@ import sys
 import pytest
 import yaml
 
+from conftest import EXAMPLES
 from imagevol.cli import main
 
 from conftest import EXAMPLES
