@@ -26,6 +26,7 @@ from imagevol.oci import (
 from imagevol.snapshots import Snapshots
 from imagevol.store import ContentStore
 from imagevol.testing.tarbuild import build_layer, gzip_bytes
+
 from layerkit import F, S, Sandbox
 
 

@@ -10,7 +10,6 @@ import sys
 import pytest
 import yaml
 
-from conftest import EXAMPLES
 from imagevol.cli import main
 
 from conftest import EXAMPLES

@@ -14,6 +14,7 @@ import pytest
 
 from imagevol.layers import ApplyOptions
 from imagevol.testing.tarbuild import FIXED_MTIME, TarEntry
+
 from layerkit import D, F, H, S, Sandbox, W
 
 

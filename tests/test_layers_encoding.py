@@ -15,6 +15,7 @@ from imagevol.errors import LayerError
 from imagevol.layers import ApplyOptions, LayerLimits
 from imagevol.tarstream import TarReader, parse_number, parse_pax_time
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes, zstd_bytes
+
 from layerkit import (
     D,
     F,

@@ -22,6 +22,7 @@ from imagevol.layers import ApplyOptions, apply_layer_fd, apply_layers
 from imagevol.snapshots import publish_tree
 from imagevol.testing.listing import listing, render
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes, zstd_bytes
+
 from layer_strategies import NAMES, Stack, entry_st, path_st, stack_st
 from layerkit import Sandbox
 

@@ -8,8 +8,9 @@ import os
 import subprocess
 import sys
 
-from conftest import VECTORS
 from imagevol.testing.vectors import main
+
+from conftest import VECTORS
 
 
 def test_shipped_layer_vectors_pass(capsys: object) -> None:

@@ -19,6 +19,7 @@ from imagevol.snapshots import Snapshots
 from imagevol.store import ContentStore
 from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.tarbuild import TarEntry
+
 from layerkit import D, F, S
 
 

@@ -34,6 +34,7 @@ from imagevol.layers import LayerEntryError, apply_layers
 from imagevol.oci import Manifest
 from imagevol.store import ContentStore
 from imagevol.testing.listing import Item, listing, render
+
 from layer_strategies import Outcome, Stack, now_ns, run_imagevol, run_umoci, stack_st
 from peers import require
 
@@ -237,6 +238,7 @@ def test_difference_whiteout_under_a_file() -> None:
 
 def test_difference_devices() -> None:
     from imagevol.testing.tarbuild import TarEntry
+
     from layerkit import F
 
     ours, theirs = _both(_stack([F("keep", "x")], [TarEntry("keep", "chardev", devmajor=1, devminor=3)]))
