@@ -29,6 +29,7 @@ from imagevol import _openat2
 from imagevol import subpath as sp
 from imagevol.cri import ContainerConfig, ImageSpec, Mount
 from imagevol.node import Node, NodeConfig
+from imagevol.oci import Digest
 from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.tarbuild import TarEntry
 
@@ -124,7 +125,8 @@ def bench_second_mount(files: int = 20000, number: int = 200) -> dict[str, Any]:
                 first_ms = (time.perf_counter() - start) * 1e3
 
                 def second(m: Mount = mount) -> None:
-                    runtime.mount_image_volume("sandbox", m)
+                    status = runtime.mount_image_volume("sandbox", m, "bench-holder")
+                    runtime.snapshots.release(Digest.parse(status.snapshot), "bench-holder")
 
                 mounts = _timings(second, number)
 

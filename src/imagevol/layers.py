@@ -613,6 +613,10 @@ class _LayerApplier:
         target = clean_name(m.linkname, what="link target")
         if not target:
             raise LayerError("invalid_link", f"{m.name!r}: hardlink to the root directory")
+        # Replace first, as containerd and umoci do: what the entry replaces is gone before the
+        # target is looked up (a link to itself, or to a path below what it replaces, is notfound).
+        if lstat_at(dir_fd, base) is not None:
+            self.replace(dir_fd, base, real)
         # The target is looked up in the tree only (its parent in root, its last component not
         # followed): a host inode can never be linked in (C2.6).
         found = self.tree.parent(target[:-1], create=False)

@@ -139,9 +139,7 @@ class Runtime:
             for mount in config.mounts:
                 if mount.image is None:
                     continue  # other volume types are not modelled by this simulator
-                status = self.mount_image_volume(sandbox_id, mount)
-                self.snapshots.lease(Digest.parse(status.snapshot), container_id)
-                mounted.append(status)
+                mounted.append(self.mount_image_volume(sandbox_id, mount, container_id))
         except BaseException:
             for status in mounted:
                 self.snapshots.release(Digest.parse(status.snapshot), container_id)
@@ -195,23 +193,32 @@ class Runtime:
             raise ImageVolumeMountFailedError(self.not_local_message(ref))
         return records[0]
 
-    def _materialise(self, record: ImageRecord) -> tuple[Snapshot, Manifest]:
+    def _acquire(self, record: ImageRecord, holder: str) -> tuple[Snapshot, Manifest]:
+        """The image's published tree, leased to ``holder`` with no window for a removal."""
         try:
             manifest = self.resolver.manifest_of(record)
-            return self.snapshots.materialise(record.manifest_digest, manifest), manifest
+            return self.snapshots.acquire(record.manifest_digest, manifest, holder), manifest
         except BlobNotFoundError as exc:
             raise ImageVolumeMountFailedError(self.not_local_message(record.name) + f": {exc}") from None
         except ImageVolError as exc:
             raise ImageVolumeMountFailedError(f"failed to unpack image volume {goquote(record.name)}: {exc}") from None
 
-    def mount_image_volume(self, sandbox_id: str, mount: Mount) -> MountStatus:
-        """Mount one image volume: materialise its tree (once per image; a second mount only opens
-        the published tree) and resolve the sub path from the tree's root fd."""
+    def mount_image_volume(self, sandbox_id: str, mount: Mount, holder: str) -> MountStatus:
+        """Mount one image volume for the container ``holder``: materialise its tree (once per
+        image; a second mount only opens the published tree), lease it, and resolve the sub path
+        from the tree's root fd. On failure the lease is released."""
         self.check_mount(mount)
         record = self._local_image(mount)
         if record.artifact and not self.supports_artifacts:
             raise ImageVolumeMountFailedError(self.artifact_message(record))
-        snap, manifest = self._materialise(record)
+        snap, manifest = self._acquire(record, holder)
+        try:
+            return self._mount_leased(snap, manifest, record, mount)
+        except BaseException:
+            self.snapshots.release(snap.digest, holder)
+            raise
+
+    def _mount_leased(self, snap: Snapshot, manifest: Manifest, record: ImageRecord, mount: Mount) -> MountStatus:
         assert mount.image is not None
         sub_path = mount.image_sub_path if self.honours_sub_path else ""
         base = MountStatus(

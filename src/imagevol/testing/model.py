@@ -120,6 +120,7 @@ def apply_layers_model(layers: Sequence[Sequence[TarEntry]]) -> MemTree:
 
 def _apply_layer(tree: MemTree, entries: Iterable[TarEntry]) -> None:
     upper: set[Path] = set()
+    declared: set[Path] = set()  # paths an entry of this layer named explicitly
 
     def mark(path: Path) -> None:
         for i in range(len(path) + 1):
@@ -141,10 +142,12 @@ def _apply_layer(tree: MemTree, entries: Iterable[TarEntry]) -> None:
         if base.startswith(".wh."):
             opaque = base == ".wh..wh..opq"
             victim = base[4:]
-            if not opaque and (victim in ("", ".", "..") or victim.startswith(".wh.")):
+            if not opaque and victim in ("", ".", ".."):
                 raise ModelError("invalid_whiteout")
             parent = _resolve_dir(tree, parts[:-1], create=False)
-            if parent is None:
+            if parent is None or (not opaque and victim.startswith(".wh.")):
+                # Nothing to white out under a missing directory; `.wh..wh.*` names are AUFS
+                # metadata that cannot exist in a tree: no-ops.
                 continue
             if opaque:
                 clear_lower(parent)
@@ -156,6 +159,10 @@ def _apply_layer(tree: MemTree, entries: Iterable[TarEntry]) -> None:
                 tree.remove(real)
             elif tree.entries[real].type == "dir":
                 clear_lower(real)
+                if real not in declared:
+                    # The position of a whiteout never matters: as if it had come first, the lower
+                    # directory is gone and what this layer wrote below it recreated it plainly.
+                    tree.entries[real].mode = 0o755
             continue
         if not parts:
             if e.type != "dir":
@@ -175,6 +182,7 @@ def _apply_layer(tree: MemTree, entries: Iterable[TarEntry]) -> None:
             if existing is None:
                 tree.entries[real] = tree.new("dir")
             tree.entries[real].mode = _mode(e, "dir")
+            declared.add(real)
             mark(real)
             continue
         if e.type == "hardlink":
@@ -192,6 +200,7 @@ def _apply_layer(tree: MemTree, entries: Iterable[TarEntry]) -> None:
             if inode.type == "dir":
                 raise ModelError("invalid_link")
             tree.entries[real] = inode  # the same object: a hard link
+            declared.add(real)
             mark(real)
             continue
         if existing is not None:
@@ -206,6 +215,7 @@ def _apply_layer(tree: MemTree, entries: Iterable[TarEntry]) -> None:
             tree.entries[real] = tree.new("file", data=e.data, mode=_mode(e, "file"))
         else:
             raise ModelError("unsupported")
+        declared.add(real)
         mark(real)
 
 
