@@ -45,7 +45,7 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, dict[str
     with open(conf, "w") as f:
         f.write('[[registry]]\nprefix = "crash.example/big"\nlocation = "crash.example/big"\n')
         f.write(f'[[registry.mirror]]\nlocation = "oci-layout:{path}"\n')
-    expected = {
+    expected: dict[str, tuple[object, ...]] = {
         p: (kind, mode & ~0o222 if isinstance(mode, int) else None, payload, group)
         for p, (kind, mode, payload, group) in listing(apply_layers_model(layers)).items()
     }
