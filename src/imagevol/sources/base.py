@@ -30,3 +30,7 @@ class Source(Protocol):
     def fetch_blob(self, desc: Descriptor) -> Iterator[bytes]:
         """The blob's bytes in chunks (unverified; the store verifies while writing)."""
         ...
+
+    def close(self) -> None:
+        """Release connections and files (the resolver calls it when done with the source)."""
+        ...

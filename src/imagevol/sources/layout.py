@@ -88,3 +88,6 @@ class OCILayoutSource:
         with f:
             while chunk := f.read(_CHUNK):
                 yield chunk
+
+    def close(self) -> None:
+        return None
