@@ -197,7 +197,8 @@ class Resolver:
         self.store.ingest(manifest_desc, [manifest_raw])
         if manifest_desc != top:
             self.store.ingest(top, [raw])
-        auth = keyring_fingerprint(keyring, spec)
+        used = source.credentials_used()
+        auth = used.fingerprint() if used is not None else ANONYMOUS
         size = manifest_desc.size + sum(b.size for b in blobs) + (top.size if manifest_desc != top else 0)
         record = ImageRecord(
             name=store_name(ref),
@@ -275,8 +276,8 @@ class _Meter:
 
 
 def keyring_fingerprint(keyring: Keyring, spec: PullSource) -> str:
-    """Which credentials a pull used, for KEP-2535 (R7.4): the first matching entry's fingerprint
-    (the one a registry source tries first), else ``anonymous``."""
+    """Which credentials a pull would try first, for KEP-2535 (R7.4): the first matching entry's
+    fingerprint, else ``anonymous``. (A pull records what the source really used.)"""
     if spec.endpoint.is_layout:
         return ANONYMOUS
     creds = keyring.for_host(spec.endpoint.location)

@@ -137,8 +137,12 @@ class ContentStore:
 
     def read_blob(self, digest: Digest, max_size: int | None = None) -> bytes:
         limit = self.max_blob_size if max_size is None else max_size
+        # Ask for the size first: read(limit + 1) would make Python allocate the whole limit.
+        size = self.size(digest)
+        if size > limit:
+            raise SizeMismatchError(f"blob {digest} exceeds the {limit}-byte limit")
         with self.open_blob(digest) as f:
-            data = f.read(limit + 1)
+            data = f.read(min(size, limit) + 1)
         if len(data) > limit:
             raise SizeMismatchError(f"blob {digest} exceeds the {limit}-byte limit")
         return data

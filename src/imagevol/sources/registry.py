@@ -32,7 +32,7 @@ from ..errors import (
 )
 from ..oci import INDEX_TYPES, MANIFEST_ACCEPT, MANIFEST_TYPES, MAX_MANIFEST_BYTES, Descriptor, Digest
 from ..reference import Reference
-from .auth import Keyring
+from .auth import Credentials, Keyring
 from .client import RegistryClient, RetryPolicy, Timeouts, describe
 from .mirrors import PullSource
 
@@ -225,6 +225,10 @@ class RegistrySource:
                 )
             return 0
         raise PullError(f"unexpected status from GET request to {url}: {resp.status_code} {resp.reason}")
+
+    def credentials_used(self) -> Credentials | None:
+        auth = self.client.auth
+        return auth.current if auth.challenge is not None else None
 
     def close(self) -> None:
         self.client.close()
