@@ -41,7 +41,8 @@ class Fault:
     registry; otherwise the registry's answer is forwarded, with ``set_headers`` applied (``None``
     removes a header) and ``body`` replaced when given, then: ``drop_after`` body bytes the
     connection is cut; ``stall_after`` body bytes nothing more is sent; ``trickle`` sends
-    ``(bytes, every seconds)``. ``no_length`` sends the body delimited by closing the connection."""
+    ``(bytes, every seconds)``. ``no_length`` sends the body delimited by closing the connection.
+    ``drop_request_headers`` are not forwarded (a registry that ignores ``Range``)."""
 
     respond: tuple[int, Mapping[str, str], bytes] | None = None
     set_headers: Mapping[str, str | None] = attrs.field(factory=dict)
@@ -51,6 +52,7 @@ class Fault:
     stall_headers: bool = False
     trickle: tuple[int, float] | None = None
     no_length: bool = False
+    drop_request_headers: tuple[str, ...] = ()
 
 
 Rule = Callable[[Request], Fault | None]
@@ -64,7 +66,7 @@ class FaultProxy:
         self.stopping = threading.Event()
         self.httpd = http.server.ThreadingHTTPServer((LOOPBACK, 0), self._handler())
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     @property
@@ -105,7 +107,7 @@ class FaultProxy:
                 if fault.respond is not None:
                     status, headers, body = fault.respond
                 else:
-                    status, headers, body = self._forward(req)
+                    status, headers, body = self._forward(req, fault.drop_request_headers)
                 headers = dict(headers)
                 for k, v in fault.set_headers.items():
                     headers = {hk: hv for hk, hv in headers.items() if hk.lower() != k.lower()}
@@ -162,10 +164,11 @@ class FaultProxy:
                 except OSError:
                     self.close_connection = True
 
-            def _forward(self, req: Request) -> tuple[int, dict[str, str], bytes]:
+            def _forward(self, req: Request, drop: tuple[str, ...]) -> tuple[int, dict[str, str], bytes]:
                 conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
                 try:
-                    headers = {k: v for k, v in req.headers.items() if k.lower() not in _HOP_BY_HOP | {"host"}}
+                    skip = _HOP_BY_HOP | {"host"} | {d.lower() for d in drop}
+                    headers = {k: v for k, v in req.headers.items() if k.lower() not in skip}
                     conn.request(req.method, req.path, headers=headers)
                     resp = conn.getresponse()
                     body = resp.read()

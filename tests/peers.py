@@ -175,7 +175,7 @@ class TokenServer:
         self.user, self.password, self.anonymous_pull = user, password, anonymous_pull
         self.requests: list[tuple[str, bool]] = []  # (scope, authenticated)
         self.httpd = http.server.ThreadingHTTPServer((LOOPBACK, 0), self._handler())
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     @property

@@ -27,13 +27,16 @@ from typing import IO, Any
 import attrs
 import fsspec
 
+from ._text import goquote
 from .errors import BlobNotFoundError, ContentError, DigestMismatchError, SizeMismatchError
 from .locks import NamedLocks, process_alive
 from .oci import (
     ANNOTATION_REF_NAME,
+    IMAGE_CONFIG_TYPES,
     INDEX_TYPES,
     MANIFEST_TYPES,
     MAX_MANIFEST_BYTES,
+    OCI_EMPTY,
     Descriptor,
     Digest,
     Index,
@@ -192,23 +195,29 @@ class ContentStore:
         tmp = self._p("ingest", f"{desc.digest.hex}.{os.getpid()}.{uuid.uuid4().hex}.part")
         hasher = desc.digest.hasher()
         written = 0
+        ref = f"{_ref_kind(desc.media_type)}-{desc.digest}"
         try:
             with self.fs.open(tmp, "wb") as f:
                 for chunk in chunks:
                     written += len(chunk)
                     if written > desc.size:
                         raise SizeMismatchError(
-                            f"blob {desc.digest}: received more than the {desc.size} bytes its descriptor declares"
+                            f"failed commit on ref {goquote(ref)}: received more than the {desc.size} bytes "
+                            "its descriptor declares: failed precondition"
                         )
                     hasher.update(chunk)
                     f.write(chunk)
                 if written != desc.size:
                     raise SizeMismatchError(
-                        f"blob {desc.digest}: received {written} bytes, descriptor declares {desc.size}"
+                        f"failed commit on ref {goquote(ref)}: unexpected commit size {written}, expected "
+                        f"{desc.size}: failed precondition"
                     )
                 got = f"{desc.digest.algorithm}:{hasher.hexdigest()}"
                 if got != str(desc.digest):
-                    raise DigestMismatchError(f"blob {desc.digest}: content hashes to {got}")
+                    raise DigestMismatchError(
+                        f"failed commit on ref {goquote(ref)}: unexpected commit digest {got}, expected "
+                        f"{desc.digest}: failed precondition"
+                    )
                 _fsync(f)
             self.fs.mv(tmp, self.blob_path(desc.digest))
         except BaseException:
@@ -392,6 +401,17 @@ class ContentStore:
             for d in removed:
                 self.delete_blob(d)
             return removed
+
+
+def _ref_kind(media_type: str) -> str:
+    """containerd's ingest ref prefix for a media type (``layer-sha256:...`` and so on)."""
+    if media_type in INDEX_TYPES:
+        return "index"
+    if media_type in MANIFEST_TYPES:
+        return "manifest"
+    if media_type in IMAGE_CONFIG_TYPES - {""} or media_type == OCI_EMPTY or "config" in media_type:
+        return "config"
+    return "layer"
 
 
 def _fsync(f: Any) -> None:

@@ -32,6 +32,7 @@ import attrs
 import oras.auth.base
 import oras.provider
 import requests
+import urllib3.exceptions
 
 from .._text import goquote
 from ..errors import AuthenticationError, PullError, RegistryUnavailableError
@@ -412,8 +413,10 @@ def describe(exc: BaseException) -> str:
     """A short reason for a transport failure (requests' own messages run to several lines)."""
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return "i/o timeout (connect)"
-    if isinstance(exc, requests.exceptions.ReadTimeout):
-        return "i/o timeout (no response)"
+    if isinstance(exc, requests.exceptions.ReadTimeout | urllib3.exceptions.ReadTimeoutError | TimeoutError):
+        return "i/o timeout (no data)"
+    if isinstance(exc, urllib3.exceptions.ProtocolError) and exc.args and isinstance(exc.args[0], str):
+        return exc.args[0][:1].lower() + exc.args[0][1:200]  # "connection broken: IncompleteRead(...)"
     for cause in _causes(exc):
         if isinstance(cause, OSError) and cause.errno:
             return f"{os.strerror(cause.errno).lower()}" + (

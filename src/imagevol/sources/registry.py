@@ -96,7 +96,7 @@ class RegistrySource:
             if resp.status_code == 404:
                 raise ImageNotFoundError(f"{self.description}: not found")
             if resp.status_code != 200:
-                raise PullError(f"unexpected status from GET request to {url}: {resp.status_code} {resp.reason}")
+                raise _status_error(url, resp)
             length = _content_length(resp, url)
             if length is not None and length > MAX_MANIFEST_BYTES:
                 raise ManifestError(
@@ -224,7 +224,7 @@ class RegistrySource:
                     f"Content-Range {resp.headers.get('Content-Range', '')!r}"
                 )
             return 0
-        raise PullError(f"unexpected status from GET request to {url}: {resp.status_code} {resp.reason}")
+        raise _status_error(url, resp)
 
     def credentials_used(self) -> Credentials | None:
         auth = self.client.auth
@@ -241,6 +241,12 @@ def _read(resp: requests.Response, size: int) -> bytes:
     reader = getattr(raw, "read1", None)
     data = reader(size, decode_content=False) if reader is not None else raw.read(size, decode_content=False)
     return bytes(data)
+
+
+def _status_error(url: str, resp: requests.Response) -> PullError:
+    """containerd's wording; still overloaded or down after the retries means unavailable."""
+    text = f"unexpected status from GET request to {url}: {resp.status_code} {resp.reason}"
+    return RegistryUnavailableError(text) if resp.status_code in (429, 502, 503, 504) else PullError(text)
 
 
 def _content_length(resp: requests.Response, url: str) -> int | None:
