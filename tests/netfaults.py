@@ -27,6 +27,7 @@ class Request:
     method: str
     path: str
     headers: Mapping[str, str]
+    at: float = attrs.field(factory=time.monotonic, eq=False)
 
     def header(self, name: str) -> str:
         for k, v in self.headers.items():
@@ -42,7 +43,8 @@ class Fault:
     removes a header) and ``body`` replaced when given, then: ``drop_after`` body bytes the
     connection is cut; ``stall_after`` body bytes nothing more is sent; ``trickle`` sends
     ``(bytes, every seconds)``. ``no_length`` sends the body delimited by closing the connection.
-    ``drop_request_headers`` are not forwarded (a registry that ignores ``Range``)."""
+    ``drop_request_headers`` are not forwarded (a registry that ignores ``Range``); ``delay``
+    seconds pass before the answer (to make concurrent clients overlap)."""
 
     respond: tuple[int, Mapping[str, str], bytes] | None = None
     set_headers: Mapping[str, str | None] = attrs.field(factory=dict)
@@ -53,6 +55,7 @@ class Fault:
     trickle: tuple[int, float] | None = None
     no_length: bool = False
     drop_request_headers: tuple[str, ...] = ()
+    delay: float = 0.0
 
 
 Rule = Callable[[Request], Fault | None]
@@ -100,6 +103,8 @@ class FaultProxy:
                 req = Request(self.command, self.path, dict(self.headers.items()))
                 proxy.requests.append(req)
                 fault = proxy.rule(req) or Fault()
+                if fault.delay:
+                    proxy.stopping.wait(fault.delay)
                 if fault.stall_headers:
                     proxy.stopping.wait(30)
                     self.close_connection = True

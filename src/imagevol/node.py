@@ -41,7 +41,8 @@ from .runtime import DEFAULT_PROFILE, Runtime, runtime_class
 from .snapshots import Snapshots
 from .sources.auth import Keyring
 from .sources.mirrors import RegistriesConfig
-from .store import ContentStore
+from .sources.registry import RegistryAccess
+from .store import DEFAULT_MAX_BLOB_SIZE, ContentStore
 
 #: The CLI's default gates: a 1.33 node with image volumes enabled, as in the 1.33 announcement
 #: (upstream's 1.33 default is off, R0.1; pass ``--feature-gates ImageVolume=false`` to see R2.8).
@@ -74,6 +75,11 @@ class NodeConfig:
     #: An fsspec filesystem for the content store (local disk when None).
     content_fs: Any = None
     content_root: str | None = None
+    #: Talk plain HTTP to every registry (the CLI's ``--plain-http``); registries.conf's
+    #: ``insecure`` does it per registry. Only used by the default registry access.
+    plain_http: bool = False
+    #: The largest blob the content store accepts, in bytes.
+    max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
 
 
 class Node:
@@ -89,13 +95,15 @@ class Node:
             content_root,
             self.config.content_fs,
             lock_dir=os.path.join(self.root, "locks", "content"),
+            max_blob_size=self.config.max_blob_size,
         )
         registries = RegistriesConfig.load(self.config.registries) if self.config.registries else None
         self.resolver = Resolver(
             self.store,
             registries,
             platform=self.config.platform,
-            registry_factory=self.config.registry_factory,
+            # Without a factory of its own, the node reaches registries itself (oras-py, made safe).
+            registry_factory=self.config.registry_factory or RegistryAccess(plain_http=self.config.plain_http),
         )
         self.snapshots = Snapshots(os.path.join(self.root, "snapshots"), self.store)
         self.runtime: Runtime = runtime_class(self.config.runtime)(

@@ -59,10 +59,12 @@ class FsckReport:
     stale_ingests: tuple[str, ...]
     missing: tuple[str, ...]
     repaired: bool
+    #: Files under ``blobs/`` whose names are not digests (no OCI reader can address them).
+    invalid: tuple[str, ...] = ()
 
     @property
     def clean(self) -> bool:
-        return not (self.corrupt or self.orphaned or self.stale_ingests or self.missing)
+        return not (self.corrupt or self.orphaned or self.stale_ingests or self.missing or self.invalid)
 
 
 class ContentStore:
@@ -230,16 +232,29 @@ class ContentStore:
             self.fs.rm(self.blob_path(digest))
 
     def blobs(self) -> Iterator[Digest]:
+        for path in self._blob_files():
+            try:
+                yield _digest_of_path(path)
+            except ContentError:
+                continue
+
+    def _blob_files(self) -> list[str]:
+        out = []
         for alg in self.fs.ls(self._p("blobs"), detail=False):
-            algorithm = alg.rstrip("/").rsplit("/", 1)[-1]
-            for path in self.fs.ls(self._p("blobs", algorithm), detail=False):
-                name = path.rstrip("/").rsplit("/", 1)[-1]
-                try:
-                    yield Digest.parse(f"{algorithm}:{name}")
-                except ContentError:
-                    continue
-                except Exception:
-                    continue
+            if self.fs.isdir(alg):
+                out += [p.rstrip("/") for p in self.fs.ls(alg, detail=False)]
+            else:
+                out.append(alg.rstrip("/"))
+        return out
+
+    def _invalid_blob_files(self) -> list[str]:
+        bad = []
+        for path in self._blob_files():
+            try:
+                _digest_of_path(path)
+            except ContentError:
+                bad.append(path)
+        return bad
 
     def verify_blob(self, digest: Digest) -> bool:
         hasher = digest.hasher()
@@ -358,10 +373,11 @@ class ContentStore:
                 for d in orphaned:
                     self.delete_blob(Digest.parse(d))
             stale = self._stale_ingests()
+            invalid = self._invalid_blob_files()
             if repair:
-                for path in stale:
+                for path in stale + invalid:
                     with contextlib.suppress(FileNotFoundError):
-                        self.fs.rm(path)
+                        self.fs.rm(path, recursive=True)
             return FsckReport(
                 checked=checked,
                 corrupt=tuple(sorted(corrupt)),
@@ -369,6 +385,7 @@ class ContentStore:
                 stale_ingests=tuple(sorted(p.rsplit("/", 1)[-1] for p in stale)),
                 missing=tuple(sorted(str(d) for d in missing)),
                 repaired=repair,
+                invalid=tuple(sorted(p[len(self._p("blobs")) + 1 :] for p in invalid)),
             )
 
     def _stale_ingests(self) -> list[str]:
@@ -401,6 +418,17 @@ class ContentStore:
             for d in removed:
                 self.delete_blob(d)
             return removed
+
+
+def _digest_of_path(path: str) -> Digest:
+    """``.../blobs/<alg>/<hex>`` as a digest; ContentError for anything else."""
+    parts = path.rstrip("/").rsplit("/", 2)
+    if len(parts) < 3 or (parts[-3].rsplit("/", 1)[-1] != "blobs" and not parts[-3].endswith("blobs")):
+        raise ContentError(f"{path} is not a blob path")
+    try:
+        return Digest.parse(f"{parts[-2]}:{parts[-1]}")
+    except Exception:
+        raise ContentError(f"{path} is not named by a digest") from None
 
 
 def _ref_kind(media_type: str) -> str:
