@@ -237,3 +237,30 @@ def test_backoff_rules(steps: list[tuple[float, bool]]) -> None:
             assert got == want and got in (10, 20, 40, 80, 160, 300)
             duration, last = got, now
         assert Backoff.from_json(backoff.to_json()).entries == backoff.entries
+
+
+# --- KEP-2535: an image pulled with credentials is not handed to Pods without them (R7.4) --------------
+
+
+def test_secret_pulled_images_are_reverified_per_pod(fixtures_layout: str, tmp_path: object) -> None:
+    from imagevol.sources.auth import Credentials
+
+    with peers.registry(user="alice", password="s3cret") as reg:
+        peers.push_fixtures(fixtures_layout, reg, ("v2",))
+        node = Node(NodeConfig(root=os.path.join(str(tmp_path), "node"), plain_http=True))
+        clock = Clock()
+        manager = ImageManager(node.runtime, Backoff(), KubeletMetrics(), clock=clock, ensure_secret_pulled_images=True)
+        recorder = EventRecorder([], clock=clock)
+        image = f"{reg.host}/lab/v2:v1"
+        good = Keyring.single(reg.host, Credentials("alice", "s3cret"))
+        assert manager.ensure("with-secret", image, "IfNotPresent", good, recorder).ok
+        mark = reg.mark()
+        # Same credentials (another Pod): present, the registry is not asked again.
+        assert manager.ensure("same-secret", image, "IfNotPresent", good, recorder).ok
+        assert reg.access(mark) == []
+        # No credentials: the image is on disk but this Pod has not proven access; the registry says no.
+        res = manager.ensure("no-secret", image, "IfNotPresent", Keyring(), recorder)
+        assert res.reason == "ErrImagePull" and "pull access denied" in res.message
+        # Never cannot ask the registry, so the Pod does not get the image.
+        res = manager.ensure("no-secret-never", image, "Never", Keyring(), recorder)
+        assert res.reason == "ErrImageNeverPull"

@@ -102,8 +102,8 @@ class ImageManager:
         own credentials (or anonymous access) have been verified against the registry for it."""
         if not self.ensure_secret_pulled_images or not record.auth or ANONYMOUS in record.auth:
             return False
-        host = reference.split("/", 1)[0] if "/" in reference else "docker.io"
-        offered = {c.fingerprint() for c in keyring.for_host(host)} if keyring else set()
+        # Any host: with mirrors, the credentials that proved access may be a mirror's.
+        offered = {creds.fingerprint() for _, creds in keyring.entries}
         return not (offered & set(record.auth))
 
     def ensure(
