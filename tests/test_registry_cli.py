@@ -247,3 +247,12 @@ def test_apply_without_the_pull_secret_fails_to_pull(private: peers.Registry, no
     )  # fmt: skip
     assert proc.returncode == 1
     assert "shell: Waiting (ErrImagePull" in proc.stdout and "pull access denied" in proc.stdout
+
+
+def test_pull_refuses_a_blob_over_the_maximum(
+    reg: peers.Registry, node_root: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = imagevol(node_root, "pull", f"{reg.host}/lab/v2:v1", "--plain-http", "--max-blob-size", "100B")
+    assert (code, out) == (1, "")
+    assert "exceeds the maximum blob size of 100 bytes" in capsys.readouterr().err
+    assert not [n for n in os.listdir(os.path.join(node_root, "content", "blobs", "sha256"))]

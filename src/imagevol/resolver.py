@@ -275,15 +275,6 @@ class _Meter:
             self.progress(self.done, self.total)
 
 
-def keyring_fingerprint(keyring: Keyring, spec: PullSource) -> str:
-    """Which credentials a pull would try first, for KEP-2535 (R7.4): the first matching entry's
-    fingerprint, else ``anonymous``. (A pull records what the source really used.)"""
-    if spec.endpoint.is_layout:
-        return ANONYMOUS
-    creds = keyring.for_host(spec.endpoint.location)
-    return creds[0].fingerprint() if creds else ANONYMOUS
-
-
 def _fetch(source: Source, blob: Descriptor, meter: _Meter, cancel: threading.Event) -> Callable[[], Iterator[bytes]]:
     if blob.data is not None:
         data = blob.data

@@ -234,23 +234,20 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         with self._ping_lock:
             if self._pinged:
                 return
-            last: Exception | None = None
             for i, scheme in enumerate(self.schemes):
                 url = f"{scheme}://{self.host}/v2/"
                 try:
                     resp = self._send("GET", url, {}, stream=False)
-                except (RegistryUnavailableError, PullError) as exc:
-                    last = exc
+                except PullError as exc:
                     if i + 1 < len(self.schemes):
                         continue  # insecure registry: HTTPS failed, try plain HTTP
-                    raise
+                    raise type(exc)(f"pinging container registry {self.host}: {exc}") from None
                 self.prefix = self.auth.prefix = scheme
                 if resp.status_code == 401:
                     self.auth.challenge = _pick(parse_challenges(resp.headers.get("WWW-Authenticate", "")))
                 resp.close()
                 self._pinged = True
                 return
-            raise RegistryUnavailableError(f"pinging container registry {self.host}: {last}")
 
     def _authorization(self, scope: str) -> str:
         ch = self.auth.challenge
