@@ -49,14 +49,14 @@ def anon(fixtures_layout: str) -> Iterator[peers.Registry]:
 @pytest.fixture(scope="module")
 def basic(fixtures_layout: str) -> Iterator[peers.Registry]:
     with peers.registry(user=USER, password=PASSWORD) as reg:
-        peers.push_fixtures(fixtures_layout, reg, ("v2", "layers-mix"))
+        peers.push_fixtures(fixtures_layout, reg, TAGS)
         yield reg
 
 
 @pytest.fixture(scope="module")
 def bearer(fixtures_layout: str) -> Iterator[peers.Registry]:
     with peers.registry(user=USER, password=PASSWORD, token=True) as reg:
-        peers.push_fixtures(fixtures_layout, reg, ("v2", "multi"))
+        peers.push_fixtures(fixtures_layout, reg, TAGS)
         yield reg
 
 
@@ -77,15 +77,17 @@ def layer_file(store: ContentStore, manifest: Manifest, name: str) -> bytes:
         return member.read()
 
 
-# --- every fixture, anonymously ----------------------------------------------------------------
+# --- every fixture, from every kind of registry -----------------------------------------------------
 
 
+@pytest.mark.parametrize("kind", ["anon", "basic", "bearer"])
 @pytest.mark.parametrize("tag", TAGS)
 def test_every_fixture_pulls_with_the_layout_digests(
-    anon: peers.Registry, fixtures_layout: str, tmp_path: object, tag: str
+    request: pytest.FixtureRequest, fixtures_layout: str, tmp_path: object, tag: str, kind: str
 ) -> None:
+    reg: peers.Registry = request.getfixturevalue(kind)
     r = resolver(tmp_path)
-    result = r.pull(f"{anon.host}/lab/{tag}:v1")
+    result = r.pull(f"{reg.host}/lab/{tag}:v1", creds(reg) if reg.user else None)
     want = layout_refs(fixtures_layout)[tag]
     assert result.record.target.digest == want.digest
     assert result.record.target.media_type == want.media_type
