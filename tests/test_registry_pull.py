@@ -283,3 +283,21 @@ def test_bearer_anonymous_pull_when_the_token_server_allows(fixtures_layout: str
         before = len(reg.token_server.requests)
         assert resolver(tmp_path).pull(f"{reg.host}/lab/v2:v1").record.auth == ("anonymous",)
         assert reg.token_server.requests[before:] == [("repository:lab/v2:pull", False)]
+
+
+def test_oras_own_api_runs_through_the_safe_client(basic: peers.Registry) -> None:
+    """RegistryClient is oras-py's Registry: its methods work, with our auth, Accept and timeouts."""
+    from imagevol.sources.client import RegistryClient
+
+    client = RegistryClient(basic.host, plain_http=True, credentials=[Credentials(USER, PASSWORD)])
+    mark = basic.mark()
+    assert client.get_tags(f"{basic.host}/lab/v2") == ["v1"]
+    manifest = client.get_manifest(f"{basic.host}/lab/v2:v1")
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    entries = basic.access(mark)
+    assert [(e.path, e.status) for e in entries] == [
+        ("/v2/", 401),
+        ("/v2/lab/v2/tags/list", 200),
+        ("/v2/lab/v2/manifests/v1", 200),
+    ]
+    client.close()
