@@ -110,6 +110,8 @@ def test_processes_sharing_a_root_fetch_each_blob_once(reg: peers.Registry, tmp_
         first_blob_answered = min(r.at for r in proxy.seen("/blobs/")) + 1.0
     assert [p.returncode for p in procs] == [0] * 4, [o[1] for o in outs]
     assert len({o[0] for o in outs}) == 1 and outs[0][0].startswith(b"sha256:")
-    assert len(manifests) == 4 and all(m.at < first_blob_answered for m in manifests)  # they overlapped
+    assert len(manifests) == 4
+    # The pulls overlapped: others were resolving while the first blob was still on its way.
+    assert sum(m.at < first_blob_answered for m in manifests) >= 2
     counts = gets_per_blob(reg, mark)
     assert len(counts) == 4 and set(counts.values()) == {1}, counts
