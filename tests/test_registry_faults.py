@@ -513,3 +513,30 @@ def test_a_hostile_token_response_is_refused(setup: Setup, body: bytes) -> None:
             setup.resolver.pull(f"{server.host}/lab/v2:v1")
         assert not [r for r in server.requests if "X-Injected" in str(r.headers)]
     assert "failed to authorize" in str(exc.value)
+
+
+def test_a_blob_without_progress_for_the_deadline_is_given_up(
+    reg: peers.Registry, fixtures_layout: str, tmp_path: object
+) -> None:
+    _, manifest = layout_manifest(fixtures_layout, "layers-mix")
+    layer = manifest.layers[0]
+    setup = Setup(str(tmp_path), timeouts=Timeouts(connect=1, read=0.2), max_resumes=50)
+    setup.resolver.registry_factory = RegistryAccess(
+        plain_http=True,
+        timeouts=Timeouts(connect=1, read=0.2),
+        retry=RetryPolicy(attempts=3, initial=0.01, maximum=0.05, deadline=0.5),
+        max_resumes=50,
+        sleep=setup.sleeps.append,
+    )
+
+    def rule(req: Request) -> Fault | None:
+        if not req.path.endswith(f"/blobs/{layer.digest}"):
+            return None
+        return Fault(stall_after=0 if req.header("Range") else 20)
+
+    with fault_proxy(reg.host, rule) as proxy:
+        start = time.monotonic()
+        with pytest.raises(RegistryUnavailableError):
+            setup.resolver.pull(f"{proxy.host}/lab/layers-mix:v1")
+        elapsed = time.monotonic() - start
+    assert elapsed < 3, elapsed  # the deadline (0.5 s without a byte) ended it, not 50 resumes

@@ -143,6 +143,7 @@ class RegistrySource:
         clock = self.client.clock
         offset = 0
         drops = stalled = 0
+        progressed_at = clock()
         while True:
             before = offset
             headers = {"Range": f"bytes={offset}-"} if offset else {}
@@ -187,7 +188,12 @@ class RegistrySource:
                     failure = f"connection closed after {offset} of {desc.size} bytes"
             drops += 1
             stalled = 0 if offset > before else stalled + 1
-            if stalled >= self.max_resumes or drops > 4 * self.max_resumes:
+            if offset > before:
+                progressed_at = clock()
+            # Bounded three ways: consecutive attempts without a byte, attempts in all, and time
+            # without a byte (the retry deadline), so a stuck registry never holds a pull for minutes.
+            starved = clock() - progressed_at > self.client.retry.deadline
+            if stalled >= self.max_resumes or drops > 4 * self.max_resumes or starved:
                 raise RegistryUnavailableError(
                     f"failed to copy {desc.digest}: {failure} (gave up after {drops} attempts, "
                     f"{offset} of {desc.size} bytes received)"
