@@ -247,7 +247,8 @@ def test_secret_pulled_images_are_reverified_per_pod(fixtures_layout: str, tmp_p
 
     with peers.registry(user="alice", password="s3cret") as reg:
         peers.push_fixtures(fixtures_layout, reg, ("v2",))
-        node = Node(NodeConfig(root=os.path.join(str(tmp_path), "node"), plain_http=True))
+        access = RegistryAccess(plain_http=True)
+        node = Node(NodeConfig(root=os.path.join(str(tmp_path), "node"), registry_factory=access))
         clock = Clock()
         manager = ImageManager(node.runtime, Backoff(), KubeletMetrics(), clock=clock, ensure_secret_pulled_images=True)
         recorder = EventRecorder([], clock=clock)

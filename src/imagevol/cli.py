@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sys
@@ -10,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from . import __version__
+from . import __version__, mounts
 from .api import Secret, load_documents
 from .api.features import DEFAULT_VERSION
 from .describe import describe_pod, format_event_line, get_pods
@@ -23,6 +24,7 @@ from .progress import ProgressBar
 from .reference import parse_normalized
 from .runtime import DEFAULT_PROFILE, PROFILES
 from .sources.auth import Credentials, Keyring
+from .sources.registry import RegistryAccess
 from .view import ContainerView, ViewError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -56,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=sorted(PROFILES), default=DEFAULT_PROFILE, help="runtime profile")
     p.add_argument("--k8s-version", default=DEFAULT_VERSION, help="Kubernetes version to simulate")
     p.add_argument("--feature-gates", default=DEFAULT_FEATURE_GATES, help="A=true,B=false (default: %(default)s)")
+    p.add_argument(
+        "--kubelet-feature-gates",
+        default=None,
+        help="the kubelet's gates when they differ from the API server's (R5.8), e.g. ImageVolume=false",
+    )
     p.add_argument("--metrics-mode", choices=("upstream", "fixed"), default="upstream",
                    help="count image-volume metrics like upstream (R6.4 over-count) or corrected")  # fmt: skip
     p.add_argument("--platform", default=None, help="node platform os/arch[/variant] (default: the host's)")
@@ -75,10 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("kind", choices=("pod", "pods", "po"))
     rm.add_argument("name")
 
-    e = sub.add_parser("exec", help="run cat/ls/stat/readlink in a container's view of its mounts")
+    e = sub.add_parser(
+        "exec", help="run cat/ls/stat/readlink in a container's view of its mounts (or, with --real, any command)"
+    )
     e.add_argument("pod")
     e.add_argument("-c", "--container", default=None)
-    e.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND PATH...")
+    e.add_argument(
+        "--real",
+        action="store_true",
+        help="run a real command with the image volumes bind-mounted ro,nosuid,nodev in a private mount "
+        "namespace (root, or unprivileged user namespaces)",
+    )
+    # `main` cuts everything after `--` off before parsing, so options may follow POD (`-c`, `--real`).
+    e.add_argument("argv", nargs="*", help="-- COMMAND ARGS...")
 
     s = sub.add_parser("sync", help="run one kubelet pass over every Pod (retries, backoff)")
     s.add_argument("--advance", type=_duration, default=0.0, help="advance the node clock first (e.g. 30s)")
@@ -86,6 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--interval", type=_duration, default=10.0)
 
     sub.add_parser("metrics", help="print the kubelet metrics (Prometheus text format)")
+
+    sm = sub.add_parser("serve-metrics", help="serve /metrics on 127.0.0.1 (Prometheus text format)")
+    sm.add_argument("--port", type=int, default=10255)
+
+    gc = sub.add_parser("gc", help="image garbage collection (never removes an image in use)")
+    gc.add_argument("--high", type=int, default=85, help="start above this disk usage percent")
+    gc.add_argument("--low", type=int, default=80, help="free down to this disk usage percent")
+    gc.add_argument(
+        "--capacity", type=int, default=None, help="image storage capacity in bytes (default: the filesystem's)"
+    )
+    gc.add_argument("--all-unused", action="store_true", help="remove every unused image, whatever the usage")
+
+    rmi = sub.add_parser("rmi", help="remove an image (refused while a container mounts it)")
+    rmi.add_argument("reference")
 
     pl = sub.add_parser("pull", help="pull an image or artifact into the node's content store; print its digest")
     pl.add_argument("reference")
@@ -132,9 +162,12 @@ def _node(args: argparse.Namespace) -> Node:
             runtime=args.runtime,
             k8s_version=args.k8s_version,
             feature_gates=args.feature_gates,
+            kubelet_feature_gates=args.kubelet_feature_gates,
             metrics_mode=args.metrics_mode,
             platform=platform,
-            plain_http=bool(getattr(args, "plain_http", False)),
+            # The CLI's node reaches registries (oras-py, made safe: sources/registry.py); library
+            # nodes only do when given a registry_factory, so they stay hermetic by default.
+            registry_factory=RegistryAccess(plain_http=bool(getattr(args, "plain_http", False))),
             **({"max_blob_size": args.max_blob_size} if getattr(args, "max_blob_size", None) else {}),
         )
     )
@@ -185,7 +218,11 @@ def _cmd_exec(node: Node, args: argparse.Namespace, out: TextIO) -> int:
     container = node.runtime.container_status(state.container_id)
     if container is None:
         raise ViewError(f"container {name!r} has no runtime record")
-    view = ContainerView(name, container.mounts, node.snapshots)
+    if args.real:
+        binds = [mounts.Bind(m.container_path, functools.partial(node.runtime.open_mount, m)) for m in container.mounts]
+        out.flush()
+        return mounts.run(binds, argv)
+    view = ContainerView(name, container.mounts, node.runtime.open_mount)
     for chunk in view.run(argv):
         out.flush()
         sys.stdout.buffer.write(chunk) if out is sys.stdout else out.write(chunk.decode(errors="replace"))
@@ -314,12 +351,33 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         if args.command == "metrics":
             out.write(node.metrics().exposition().decode())
             return EXIT_OK
+        if args.command == "serve-metrics":
+            from .metrics import serve
+
+            serve(node.metrics, args.port, out)
+            return EXIT_OK
+        if args.command == "gc":
+            from .image_gc import ImageGC, filesystem_capacity
+
+            gc = ImageGC(node.runtime, clock=node.now)
+            capacity = args.capacity or filesystem_capacity(node.root)
+            result = gc.collect(capacity=capacity, high_percent=args.high, low_percent=args.low, force=args.all_unused)
+            out.write(result.describe())
+            return EXIT_OK
+        if args.command == "rmi":
+            record = node.runtime.remove_image(args.reference)
+            node.store.garbage_collect()
+            out.write(f"Deleted: {record.name}\n")
+            return EXIT_OK
     except ValidationError as exc:
         sys.stderr.write(f"The {exc}\n")
         return EXIT_FAIL
     except PodNotFoundError as exc:
         sys.stderr.write(f"Error from server (NotFound): {exc}\n")
         return EXIT_FAIL
+    except mounts.RealExecError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
     except (ImageVolError, ValueError, OSError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return EXIT_FAIL

@@ -22,8 +22,13 @@ from ._text import goquote
 from .api.dump import pod_to_dict
 from .api.features import FeatureGates
 from .api.load import pod_from_dict
-from .api.models import Container, Pod, VolumeMount
+from .api.models import Container, Pod
 from .cri import PROPAGATION, ContainerConfig, ImageSpec, Mount
+
+# Re-exported (explicitly, for mypy): these used to live here.
+from .envvars import container_env as container_env  # noqa: PLC0414
+from .envvars import effective_sub_path as effective_sub_path  # noqa: PLC0414
+from .envvars import expand as expand  # noqa: PLC0414
 from .errors import CreateContainerConfigError, ImageVolError, ImageVolumeMountFailedError
 from .events import NORMAL, WARNING, Event, EventRecorder, container_field_path
 from .image_manager import ImageManager
@@ -138,94 +143,7 @@ class PodRecord:
 
 
 # --- environment and subPathExpr --------------------------------------------------------------------
-
-
-def expand(text: str, mapping: Callable[[str], str]) -> str:
-    """Kubernetes ``$(VAR)`` expansion (third_party/forked/golang/expansion): ``$$`` is a literal
-    ``$``, an unterminated ``$(`` and any other ``$x`` are kept as written."""
-    out: list[str] = []
-    checkpoint = 0
-    cursor = 0
-    while cursor < len(text):
-        if text[cursor] == "$" and cursor + 1 < len(text):
-            out.append(text[checkpoint:cursor])
-            nxt = text[cursor + 1]
-            advance = 1
-            if nxt == "$":
-                out.append("$")
-            elif nxt == "(":
-                close = text.find(")", cursor + 2)
-                if close >= 0:
-                    out.append(mapping(text[cursor + 2 : close]))
-                    advance = close - cursor
-                else:
-                    out.append("$(")
-            else:
-                out.append("$" + nxt)
-            cursor += advance
-            checkpoint = cursor + 1
-        cursor += 1
-    return "".join(out) + text[checkpoint:]
-
-
-def _field_value(pod: Pod, field_path: str, node_name: str) -> str:
-    meta = pod.metadata
-    simple = {
-        "metadata.name": meta.name,
-        "metadata.namespace": pod.namespace,
-        "metadata.uid": meta.uid,
-        "spec.nodeName": pod.spec.node_name or node_name,
-        "spec.serviceAccountName": pod.spec.service_account_name or "default",
-        "status.hostIP": "127.0.0.1",
-        "status.hostIPs": "127.0.0.1",
-        "status.podIP": "",
-        "status.podIPs": "",
-    }
-    if field_path in simple:
-        return simple[field_path]
-    for prefix, source in (("metadata.labels", meta.labels), ("metadata.annotations", meta.annotations)):
-        if field_path.startswith(prefix + "['") and field_path.endswith("']"):
-            return source.get(field_path[len(prefix) + 2 : -2], "")
-    raise CreateContainerConfigError(f"unsupported fieldPath: {field_path}")
-
-
-def container_env(pod: Pod, container: Container, node_name: str = "imagevol-node") -> dict[str, str]:
-    """The container's environment as the kubelet resolves it (``makeEnvironmentVariables``):
-    values expand earlier variables; downward-API ``fieldRef`` values come from the Pod."""
-    env: dict[str, str] = {}
-    for var in container.env:
-        if var.field_ref is not None:
-            env[var.name] = _field_value(pod, var.field_ref.field_path, node_name)
-        elif var.unsupported_source:
-            raise CreateContainerConfigError(
-                f"couldn't resolve env var {var.name}: {var.unsupported_source} is not modelled by imagevol"
-            )
-        else:
-            env[var.name] = expand(var.value, lambda k: env.get(k, f"$({k})"))
-    return env
-
-
-def effective_sub_path(mount: VolumeMount, env: Mapping[str, str]) -> str:
-    """R4.4/R4.5: ``subPath``, or ``subPathExpr`` expanded (undefined *or empty* variables are an
-    error), then the node's own absolute and ``..`` checks."""
-    sub = mount.sub_path
-    if mount.sub_path_expr:
-        missing: set[str] = set()
-
-        def lookup(key: str) -> str:
-            value = env.get(key, "")
-            if not value:
-                missing.add(key)
-            return value
-
-        sub = expand(mount.sub_path_expr, lookup)
-        if missing:
-            raise CreateContainerConfigError(f"missing value for {', '.join(sorted(missing))}")
-    if sub.startswith("/"):
-        raise CreateContainerConfigError(f"error SubPath `{sub}` must not be an absolute path")
-    if ".." in sub.split("/"):
-        raise CreateContainerConfigError(f"unable to provision SubPath `{sub}`: must not contain '..'")
-    return sub
+# ``expand``, ``container_env`` and ``effective_sub_path`` live in envvars.py (re-exported here).
 
 
 # --- the kubelet ---------------------------------------------------------------------------------

@@ -29,12 +29,18 @@ class NamedLocks:
             os.makedirs(directory, mode=0o700, exist_ok=True)
 
     @contextlib.contextmanager
-    def hold(self, name: str, *, blocking: bool = True) -> Iterator[bool]:
+    def hold(self, name: str, *, blocking: bool = True, shared: bool = False) -> Iterator[bool]:
         """Hold ``name`` for the duration of the block. With ``blocking=False`` yields ``False``
-        immediately when somebody else holds it."""
+        immediately when somebody else holds it. ``shared`` holders exclude only exclusive ones
+        (many pulls at once, but never while a garbage collection runs)."""
         if not _SAFE_NAME.match(name):
             raise ValueError(f"invalid lock name {name!r}")
         if self.directory is None:
+            if shared:
+                # In-process stores: pulls and GC of one process are serialised by the caller's
+                # own structure; a shared hold is a no-op.
+                yield True
+                return
             with self._mutex:
                 lock = self._thread_locks.setdefault(name, threading.Lock())
             acquired = lock.acquire(blocking)
@@ -51,7 +57,8 @@ class NamedLocks:
         )
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+                fcntl.flock(fd, mode | (0 if blocking else fcntl.LOCK_NB))
                 acquired = True
             except BlockingIOError:
                 acquired = False

@@ -7,12 +7,12 @@ texts carry the stability level the way Kubernetes' component-base prints it (``
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TextIO
 
 import attrs
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 REQUESTED = "kubelet_image_volume_requested"
 SUCCEEDED = "kubelet_image_volume_mounted_succeed"
@@ -128,3 +128,35 @@ class _Collector:
 
     def collect(self) -> Iterator[Metric]:
         return self.metrics.collect()
+
+
+def serve(source: Callable[[], KubeletMetrics], port: int, log: TextIO | None = None) -> None:
+    """Serve ``GET /metrics`` on 127.0.0.1:``port`` until interrupted; every scrape reads the
+    node's current values through ``source``."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] != "/metrics":
+                self.send_error(404)
+                return
+            body = source().exposition()
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    if log is not None:
+        log.write(f"serving metrics on http://127.0.0.1:{server.server_address[1]}/metrics\n")
+        log.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -41,7 +41,6 @@ from .runtime import DEFAULT_PROFILE, Runtime, runtime_class
 from .snapshots import Snapshots
 from .sources.auth import Keyring
 from .sources.mirrors import RegistriesConfig
-from .sources.registry import RegistryAccess
 from .store import DEFAULT_MAX_BLOB_SIZE, ContentStore
 
 #: The CLI's default gates: a 1.33 node with image volumes enabled, as in the 1.33 announcement
@@ -64,6 +63,8 @@ class NodeConfig:
     runtime: str = DEFAULT_PROFILE
     k8s_version: str = DEFAULT_VERSION
     feature_gates: str = DEFAULT_FEATURE_GATES
+    #: The kubelet's gates, when they differ from the API server's (R0.3, R5.8).
+    kubelet_feature_gates: str | None = None
     metrics_mode: str = "upstream"
     platform: Platform | None = None
     clock: Callable[[], float] | None = None
@@ -75,9 +76,6 @@ class NodeConfig:
     #: An fsspec filesystem for the content store (local disk when None).
     content_fs: Any = None
     content_root: str | None = None
-    #: Talk plain HTTP to every registry (the CLI's ``--plain-http``); registries.conf's
-    #: ``insecure`` does it per registry. Only used by the default registry access.
-    plain_http: bool = False
     #: The largest blob the content store accepts, in bytes.
     max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
 
@@ -90,6 +88,10 @@ class Node:
             os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
         self.locks = NamedLocks(os.path.join(self.root, "locks"))
         self.gates = FeatureGates.for_version(self.config.k8s_version, self.config.feature_gates)
+        kubelet_spec = self.config.kubelet_feature_gates
+        self.kubelet_gates = (
+            self.gates if kubelet_spec is None else FeatureGates.for_version(self.config.k8s_version, kubelet_spec)
+        )
         content_root = self.config.content_root or os.path.join(self.root, "content")
         self.store = ContentStore(
             content_root,
@@ -102,8 +104,7 @@ class Node:
             self.store,
             registries,
             platform=self.config.platform,
-            # Without a factory of its own, the node reaches registries itself (oras-py, made safe).
-            registry_factory=self.config.registry_factory or RegistryAccess(plain_http=self.config.plain_http),
+            registry_factory=self.config.registry_factory,
         )
         self.snapshots = Snapshots(os.path.join(self.root, "snapshots"), self.store)
         self.runtime: Runtime = runtime_class(self.config.runtime)(
@@ -154,13 +155,13 @@ class Node:
                 backoff,
                 metrics,
                 clock=self.now,
-                ensure_secret_pulled_images=self.gates.enabled("KubeletEnsureSecretPulledImages"),
+                ensure_secret_pulled_images=self.kubelet_gates.enabled("KubeletEnsureSecretPulledImages"),
             )
             kubelet = Kubelet(
                 self.runtime,
                 manager,
                 metrics,
-                self.gates,
+                self.kubelet_gates,
                 clock=self.now,
                 metrics_mode=self.config.metrics_mode,
             )

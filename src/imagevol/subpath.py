@@ -13,14 +13,15 @@ Two policies:
 
 Two backends with identical results: the kernel (``openat2`` with ``RESOLVE_BENEATH`` or
 ``RESOLVE_IN_ROOT``, plus ``RESOLVE_NO_MAGICLINKS``) and a userspace walk that opens one component at a
-time with ``O_PATH|O_NOFOLLOW`` relative to the previous directory fd. Neither ever turns a
-partially resolved path back into a string.
+time with ``O_PATH|O_NOFOLLOW`` relative to the previous directory fd. Both follow at most 40 symlinks
+(the kernel's MAXSYMLINKS). Neither ever turns a partially resolved path back into a string.
 """
 
 from __future__ import annotations
 
 import enum
 import errno
+import functools
 import os
 import stat
 from collections import deque
@@ -36,6 +37,9 @@ MAX_SYMLINK_FOLLOWS = 40
 PATH_MAX = 4096
 NAME_MAX = 255
 
+_DIR_FLAGS = O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+_NOFOLLOW_FLAGS = O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
 
 class Policy(enum.Enum):
     BENEATH = "beneath"
@@ -48,19 +52,56 @@ class Backend(enum.Enum):
     USERSPACE = "userspace"
 
 
-_MESSAGES = {
+#: Error classes of ``vectors/subpath.json`` plus two for what the vectors do not cover.
+KINDS = ("invalid", "escape", "notfound", "notdir", "loop", "toolong", "denied", "failed")
+
+#: Go's strerror wording (what upstream runtimes print), by kind.
+MESSAGES = {
     "invalid": "invalid sub path",
     "escape": "path escapes from parent",
     "notfound": "no such file or directory",
     "notdir": "not a directory",
     "loop": "too many levels of symbolic links",
     "toolong": "file name too long",
+    "denied": "permission denied",
+}
+
+_ERRNO_KIND = {
+    errno.EXDEV: "escape",
+    errno.ELOOP: "loop",
+    errno.ENOENT: "notfound",
+    errno.ENOTDIR: "notdir",
+    errno.ENAMETOOLONG: "toolong",
+    errno.EACCES: "denied",
+    errno.EPERM: "denied",
 }
 
 
-def _error(kind: str, sub_path: str, detail: str = "") -> SubPathError:
-    msg = _MESSAGES[kind] if not detail else f"{_MESSAGES[kind]}: {detail}"
-    return SubPathError(kind, f"openat {sub_path}: {msg}")
+_KIND_ERRNO = {
+    "invalid": "EINVAL",
+    "escape": "EXDEV",
+    "notfound": "ENOENT",
+    "notdir": "ENOTDIR",
+    "loop": "ELOOP",
+    "toolong": "ENAMETOOLONG",
+    "denied": "EACCES",
+}
+
+
+def _error(kind: str, shown: str, detail: str = "") -> SubPathError:
+    msg = MESSAGES.get(kind, kind)
+    return SubPathError(kind, f"openat {shown}: {msg}{': ' + detail if detail else ''}", _KIND_ERRNO.get(kind, ""))
+
+
+def _os_error(exc: OSError, shown: str) -> SubPathError:
+    code = exc.errno or 0
+    kind = _ERRNO_KIND.get(code)
+    if kind is None:
+        return SubPathError("failed", f"openat {shown}: {os.strerror(code).lower()}", errno.errorcode.get(code, ""))
+    return SubPathError(kind, f"openat {shown}: {MESSAGES[kind]}", errno.errorcode.get(code, ""))
+
+
+# --- validation ------------------------------------------------------------------------------------
 
 
 def validate(sub_path: str) -> str:
@@ -70,14 +111,17 @@ def validate(sub_path: str) -> str:
     4096 bytes or more is ``toolong``. Names are raw bytes: no normalisation, ``\\`` is a character.
     """
     if "\x00" in sub_path:
-        raise _error("invalid", "?", "contains NUL")
-    if sub_path.startswith("/"):
+        raise _error("invalid", sub_path.replace("\x00", "\\x00"), "contains NUL")
+    if sub_path[:1] == "/":
         raise _error("invalid", sub_path, "must be a relative path")
     elements = sub_path.split("/")
     if ".." in elements:
         raise _error("invalid", sub_path, "must not contain '..'")
-    raw = os.fsencode(sub_path)
-    if len(raw) >= PATH_MAX or any(len(os.fsencode(e)) > NAME_MAX for e in elements):
+    if sub_path.isascii():
+        too_long = len(sub_path) >= PATH_MAX or max(map(len, elements)) > NAME_MAX
+    else:
+        too_long = len(os.fsencode(sub_path)) >= PATH_MAX or any(len(os.fsencode(e)) > NAME_MAX for e in elements)
+    if too_long:
         raise _error("toolong", sub_path[:64] + ("..." if len(sub_path) > 64 else ""))
     return sub_path
 
@@ -87,18 +131,51 @@ def is_whole_volume(sub_path: str) -> bool:
     return all(e in ("", ".") for e in sub_path.split("/"))
 
 
-@attrs.frozen
+# --- results -------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
 class Resolved:
     """An open ``O_PATH`` handle on the resolved entry. The caller owns ``fd`` and closes it."""
 
     fd: int
     is_dir: bool
-    #: The entry's real path relative to the root (``.`` for the root), for display and for
-    #: re-opening later with ``RESOLVE_NO_SYMLINKS`` (it contains no symlinks).
-    real_path: str
+    dev: int
+    ino: int
+
+    @property
+    def proc_path(self) -> str:
+        """The magic link that names exactly this handle (for mount(2) and re-opening)."""
+        return f"/proc/self/fd/{self.fd}"
+
+    def relative_path(self, root_fd: int) -> str:
+        """The entry's real path below ``root_fd`` (``.`` for the root), free of symlinks; for
+        display and for :func:`reopen_beneath`. Raises ``escape`` if it is not below the root."""
+        return relative_path(root_fd, self.fd)
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def relative_path(root_fd: int, fd: int) -> str:
+    """Where ``fd`` is now, relative to ``root_fd``, read back from the kernel and checked to lie
+    under it (libpathrs ``check_current``). Only ever used for display and containment checks."""
+    root = os.readlink(f"/proc/self/fd/{root_fd}")
+    here = os.readlink(f"/proc/self/fd/{fd}")
+    if here == root:
+        return "."
+    prefix = root.rstrip("/") + "/"
+    if not here.startswith(prefix) or root.endswith(" (deleted)"):
+        raise SubPathError("escape", "resolved handle is outside the volume root", "EXDEV")
+    return here[len(prefix) :]
+
+
+def open_root(path: str) -> int:
+    """Open a tree root as the anchor of resolutions."""
+    return os.open(path, _DIR_FLAGS)
+
+
+# --- resolution --------------------------------------------------------------------------------------
 
 
 def resolve(
@@ -111,97 +188,161 @@ def resolve(
 
     The final component is followed (Kubernetes semantics); the result may be a directory or any
     other file type, the caller decides what it accepts. Errors are ``SubPathError`` with ``kind``
-    in invalid, escape, notfound, notdir, loop, toolong."""
+    in :data:`KINDS`. The empty path is the root itself."""
     validate(sub_path)
+    return lookup(root_fd, sub_path or ".", policy, backend, shown=sub_path)
+
+
+def lookup(
+    root_fd: int,
+    path: str,
+    policy: Policy = Policy.BENEATH,
+    backend: Backend = Backend.AUTO,
+    *,
+    shown: str | None = None,
+) -> Resolved:
+    """Resolve ``path`` below ``root_fd`` without the sub-path string rules: ``..`` and a leading
+    ``/`` are allowed and scoped by ``policy`` exactly like a symlink target would be (the
+    container view resolves paths typed by a user this way). The empty path is the root."""
+    shown = path if shown is None else shown
+    path = path or "."
     if backend is Backend.AUTO:
         backend = Backend.KERNEL if _openat2.available() else Backend.USERSPACE
-    if backend is Backend.KERNEL:
-        fd = _resolve_kernel(root_fd, sub_path, policy)
-    else:
-        fd = _resolve_userspace(root_fd, sub_path, policy)
+    fd = (
+        _resolve_kernel(root_fd, path, policy, shown)
+        if backend is Backend.KERNEL
+        else _resolve_user(root_fd, path, policy, shown)
+    )
     try:
         st = os.fstat(fd)
-        real = _real_path(root_fd, fd)
     except BaseException:
         os.close(fd)
         raise
-    return Resolved(fd, stat.S_ISDIR(st.st_mode), real)
+    return Resolved(fd, stat.S_ISDIR(st.st_mode), st.st_dev, st.st_ino)
 
 
-_ERRNO_KIND = {
-    errno.EXDEV: "escape",
-    errno.ELOOP: "loop",
-    errno.ENOENT: "notfound",
-    errno.ENOTDIR: "notdir",
-    errno.ENAMETOOLONG: "toolong",
-}
-
-
-def _resolve_kernel(root_fd: int, sub_path: str, policy: Policy) -> int:
-    scope = _openat2.RESOLVE_BENEATH if policy is Policy.BENEATH else _openat2.RESOLVE_IN_ROOT
-    path = sub_path if sub_path else "."
+def _resolve_kernel(root_fd: int, path: str, policy: Policy, shown: str) -> int:
+    retry: tuple[int, ...]
+    if policy is Policy.BENEATH:
+        scope, retry = _openat2.RESOLVE_BENEATH, (errno.EAGAIN,)
+    else:
+        # Under IN_ROOT nothing is an escape by construction, so EXDEV can only come from the
+        # kernel's final "is it still under the root?" check after a concurrent rename: retry it
+        # like EAGAIN (libpathrs does the same), and report it if it persists.
+        scope, retry = _openat2.RESOLVE_IN_ROOT, (errno.EAGAIN, errno.EXDEV)
     try:
-        return _openat2.openat2(root_fd, path, O_PATH, scope | _openat2.RESOLVE_NO_MAGICLINKS)
+        return _openat2.openat2(root_fd, path, O_PATH, scope | _openat2.RESOLVE_NO_MAGICLINKS, retry=retry)
     except OSError as exc:
-        kind = _ERRNO_KIND.get(exc.errno or 0)
-        if kind is None:
-            raise SubPathError("notfound", f"openat {sub_path}: {os.strerror(exc.errno or 0).lower()}") from None
-        raise _error(kind, sub_path) from None
+        raise _os_error(exc, shown) from None
 
 
-def _resolve_userspace(root_fd: int, sub_path: str, policy: Policy) -> int:
-    """Walk one component at a time. Invariant: every fd on ``stack`` is an ``O_PATH`` handle on a
-    directory that was reached from ``root_fd`` without leaving it, so ``..`` is a pop (never a
-    lookup of ``..`` in the filesystem, which could climb out through a moved directory) and the
-    root is ``stack[0]``."""
-    stack = [os.open(".", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)]
-    pending: deque[str] = deque(sub_path.split("/"))
+def _open_component(dir_fd: int, name: str) -> int:
+    """One step of the userspace walk. ``O_NOFOLLOW`` returns a symlink itself, so the walk decides
+    what a link means; ``O_PATH`` needs no read permission and never triggers device opens."""
+    return os.open(name, _NOFOLLOW_FLAGS, dir_fd=dir_fd)
+
+
+@functools.cache
+def _protected_symlinks() -> bool:
+    try:
+        with open("/proc/sys/fs/protected_symlinks") as f:
+            return f.read().strip() not in ("", "0")
+    except OSError:
+        return False
+
+
+def _may_follow(dir_fd: int, link: os.stat_result) -> bool:
+    """The kernel's ``fs.protected_symlinks`` rule (``may_follow_link``), so both backends refuse the
+    same links: a *trailing* link in a sticky world-writable directory is followed only if the
+    follower or the directory's owner owns it."""
+    if not _protected_symlinks() or link.st_uid == os.geteuid():
+        return True
+    parent = os.fstat(dir_fd)
+    sticky_public = stat.S_ISVTX | stat.S_IWOTH
+    return (parent.st_mode & sticky_public) != sticky_public or parent.st_uid == link.st_uid
+
+
+def _is_magic(link_fd: int, target: str) -> bool:
+    """Emulates ``RESOLVE_NO_MAGICLINKS``: only procfs has magic links (``/proc/self/root``,
+    ``fd/N``, ``exe``); their text is absolute or a ``type:[inode]`` label, while procfs' plain
+    links (``self``, ``mounts``) are relative names."""
+    if not (target.startswith("/") or ":" in target):
+        return False
+    return _openat2.fs_type(link_fd) == _openat2.PROC_SUPER_MAGIC
+
+
+def _resolve_user(root_fd: int, path: str, policy: Policy, shown: str) -> int:
+    """Walk one component at a time.
+
+    Invariant: every fd on ``stack`` is an ``O_PATH`` handle on a directory reached from ``root_fd``
+    by name lookups that never followed a link, so ``..`` is a pop (never a filesystem ``..``
+    lookup, which could climb out through a directory moved away meanwhile) and the root is
+    ``stack[0]``. Symlink text is spliced in front of the remaining components and walked the same
+    way, so a link can redirect the walk only to places the policy allows. The one thing an
+    invariant on names cannot stop, a directory on the stack being renamed out of the tree while
+    we walk below it, is caught by the final containment check."""
+    stack = [os.open(".", _DIR_FLAGS, dir_fd=root_fd)]
+    pending: deque[str] = deque()
     follows = 0
     result: int | None = None
+
+    def splice(target: str) -> None:
+        if target.startswith("/"):
+            if policy is Policy.BENEATH:
+                raise _error("escape", shown)
+            while len(stack) > 1:  # IN_ROOT: an absolute target restarts at the root
+                os.close(stack.pop())
+        pending.extendleft(reversed(target.split("/")))
+
     try:
+        splice(path)  # the path itself is read like a link target (but costs no follow)
         while pending:
             name = pending.popleft()
             if result is not None:
-                # Something follows a non-directory (`file/`, `file/.`, `file/x`).
-                raise _error("notdir", sub_path)
+                # Anything after a non-directory (`file/`, `file/.`, `file/..`, `file/x`).
+                raise _error("notdir", shown)
             if name in ("", "."):
                 continue
             if name == "..":
                 if len(stack) == 1:
                     if policy is Policy.BENEATH:
-                        raise _error("escape", sub_path)
+                        raise _error("escape", shown)
                     continue  # IN_ROOT: `..` at the root stays at the root
                 os.close(stack.pop())
                 continue
             try:
-                fd = os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stack[-1])
+                fd = _open_component(stack[-1], name)
             except OSError as exc:
-                raise _error(_ERRNO_KIND.get(exc.errno or 0, "notfound"), sub_path) from None
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISLNK(mode):
+                raise _os_error(exc, shown) from None
+            st = os.fstat(fd)
+            if stat.S_ISLNK(st.st_mode):
                 try:
                     target = os.readlink("", dir_fd=fd)  # readlinkat(fd, ""): no second lookup
+                    magic = _is_magic(fd, target)
                 finally:
                     os.close(fd)
+                # Checks in the kernel's order (pick_link): budget, protected_symlinks (only
+                # for a trailing link), magic links, then the target itself.
                 follows += 1
                 if follows > MAX_SYMLINK_FOLLOWS:
-                    raise _error("loop", sub_path)
+                    raise _error("loop", shown)
+                if not any(pending) and not _may_follow(stack[-1], st):
+                    raise _error("denied", shown)
+                if magic:
+                    raise _error("loop", shown)
                 if not target:
-                    raise _error("notfound", sub_path)
-                if target.startswith("/"):
-                    if policy is Policy.BENEATH:
-                        raise _error("escape", sub_path)
-                    while len(stack) > 1:
-                        os.close(stack.pop())
-                pending.extendleft(reversed(target.split("/")))
-                continue
-            if stat.S_ISDIR(mode):
+                    raise _error("notfound", shown)
+                splice(target)
+            elif stat.S_ISDIR(st.st_mode):
                 stack.append(fd)
             else:
                 result = fd
-        if result is not None:
-            return result
-        return os.dup(stack[-1])
+        final = result if result is not None else os.dup(stack[-1])
+        result = final
+        # Equivalent of the kernel's last check in complete_walk(): whatever happened to the
+        # directories meanwhile, the handle we return lies below the root right now.
+        relative_path(root_fd, final)
+        return final
     except BaseException:
         if result is not None:
             os.close(result)
@@ -211,39 +352,39 @@ def _resolve_userspace(root_fd: int, sub_path: str, policy: Policy) -> int:
             os.close(fd)
 
 
-def _real_path(root_fd: int, fd: int) -> str:
-    """The path of ``fd`` relative to the root, read back from the kernel and checked to lie
-    under the root (libpathrs ``check_current``)."""
-    root = os.readlink(f"/proc/self/fd/{root_fd}")
-    here = os.readlink(f"/proc/self/fd/{fd}")
-    if here == root:
-        return "."
-    prefix = root.rstrip("/") + "/"
-    if not here.startswith(prefix):
-        raise SubPathError("escape", "resolved handle is outside the volume root")
-    return here[len(prefix) :]
+# --- re-opening a recorded path ------------------------------------------------------------------
 
 
-def open_root(path: str) -> int:
-    """Open a tree root as the anchor of resolutions."""
-    return os.open(path, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-
-
-def reopen_beneath(root_fd: int, real_path: str) -> int:
-    """Re-open a ``real_path`` recorded by :func:`resolve`. It contains no symlinks, so the lookup
-    refuses any (``RESOLVE_NO_SYMLINKS``): if somebody swapped a component since, this fails
-    instead of following it."""
+def reopen_beneath(root_fd: int, real_path: str, *, inode: int = 0) -> int:
+    """Re-open a path recorded from :meth:`Resolved.relative_path`. It contains no symlinks, so the
+    lookup refuses any (``RESOLVE_NO_SYMLINKS``): if somebody swapped a component since, this fails
+    instead of following it. With ``inode``, the entry must also be the very same inode (a
+    directory renamed over another would otherwise pass). Raises ``OSError``."""
     path = real_path or "."
     if _openat2.available():
-        return _openat2.openat2(root_fd, path, O_PATH, _openat2.RESOLVE_BENEATH | _openat2.RESOLVE_NO_SYMLINKS)
-    fd = os.open(".", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
-    for name in path.split("/"):
-        if name in ("", "."):
-            continue
-        nxt = os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        fd = _openat2.openat2(
+            root_fd,
+            path,
+            O_PATH,
+            _openat2.RESOLVE_BENEATH | _openat2.RESOLVE_NO_SYMLINKS | _openat2.RESOLVE_NO_MAGICLINKS,
+        )
+    else:
+        fd = os.open(".", _DIR_FLAGS, dir_fd=root_fd)
+        try:
+            for name in path.split("/"):
+                if name in ("", "."):
+                    continue
+                if name == "..":
+                    raise OSError(errno.EXDEV, "'..' in a recorded path", real_path)
+                nxt = _open_component(fd, name)
+                os.close(fd)
+                fd = nxt
+                if stat.S_ISLNK(os.fstat(fd).st_mode):
+                    raise OSError(errno.ELOOP, "symlink in a recorded path", real_path)
+        except BaseException:
+            os.close(fd)
+            raise
+    if inode and os.fstat(fd).st_ino != inode:
         os.close(fd)
-        if stat.S_ISLNK(os.fstat(nxt).st_mode):
-            os.close(nxt)
-            raise OSError(errno.ELOOP, "symlink in a recorded path", real_path)
-        fd = nxt
+        raise OSError(errno.ESTALE, "the entry was replaced since it was recorded", real_path)
     return fd

@@ -1,27 +1,25 @@
 """What a container sees through its image-volume mounts: read-only ``cat``/``ls``/``stat``/
-``readlink`` evaluated against the container's mount table.
+``readlink`` evaluated against the container's mount table, without any mount.
 
-Each mount is re-opened from its snapshot's root fd along the recorded symlink-free path with
-``RESOLVE_NO_SYMLINKS``, and paths inside a mount are resolved beneath the mount with the same
-safe resolver as sub paths: a symlink in a volume that points elsewhere in the container (outside the
-volume) is reported, never followed on the host.
+Each mount is re-opened by the runtime (:meth:`Runtime.open_mount`: the recorded symlink-free path,
+``RESOLVE_NO_SYMLINKS``, same inode), and paths inside a mount are resolved beneath the mount with the
+same safe resolver as sub paths: a symlink or ``..`` that leaves the volume is reported, never
+followed on the host. Only directories and regular files are ever opened for reading: a device node
+shipped in an image is refused here exactly as the ``nodev`` mount of ``exec --real`` refuses it.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-import posixpath
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 
 from . import subpath as sp
 from .errors import ImageVolError, SubPathError
-from .oci import Digest
 from .runtime import MountStatus
-from .snapshots import Snapshots
 
 COMMANDS = ("cat", "ls", "stat", "readlink")
 
@@ -36,93 +34,132 @@ _STRERROR = {
     "loop": "Too many levels of symbolic links",
     "toolong": "File name too long",
     "invalid": "Invalid argument",
+    "denied": "Permission denied",
 }
 
 
 @attrs.frozen
 class _Target:
     mount: MountStatus
-    #: Path inside the mount ("" for the mount point itself).
+    #: Path inside the mount, as typed (``..`` kept: it is resolved, scoped, not cleaned).
     rest: str
 
 
+def _components(path: str) -> list[str]:
+    return [c for c in path.split("/") if c not in ("", ".")]
+
+
 class ContainerView:
-    def __init__(self, container: str, mounts: Sequence[MountStatus], snapshots: Snapshots) -> None:
+    """``open_mount`` returns an ``O_PATH`` fd on what a mount status mounts (the runtime's
+    :meth:`~imagevol.runtime.Runtime.open_mount`)."""
+
+    def __init__(self, container: str, mounts: Sequence[MountStatus], open_mount: Callable[[MountStatus], int]) -> None:
         self.container = container
-        self.mounts = sorted(mounts, key=lambda m: len(m.container_path), reverse=True)
-        self.snapshots = snapshots
+        self.mounts = list(mounts)
+        self.open_mount = open_mount
+        self._points = {tuple(_components(m.container_path)): m for m in self.mounts}
+
+    def _covering(self, parts: list[str]) -> tuple[MountStatus, list[str]] | None:
+        """The innermost mount whose mount point is a prefix of ``parts``, and the rest."""
+        for n in range(len(parts), -1, -1):
+            found = self._points.get(tuple(parts[:n]))
+            if found is not None:
+                return found, parts[n:]
+        return None
 
     def _target(self, cmd: str, path: str) -> _Target:
+        """Find the mount ``path`` ends in. Mount points are plain directories of the container's
+        own filesystem (not modelled), so outside every mount and at a mount's root ``..`` is
+        lexical; inside a volume the rest is kept verbatim for the scoped resolver (links and
+        ``..`` there depend on the volume's content), unless it walks onto a nested mount point."""
         if not path.startswith("/"):
             raise ViewError(f"{cmd}: {path}: paths in a container view must be absolute")
-        norm = posixpath.normpath(path)
-        if norm.startswith("//"):
-            norm = "/" + norm.lstrip("/")
-        for m in self.mounts:
-            mp = posixpath.normpath(m.container_path)
-            if norm == mp or norm.startswith(mp.rstrip("/") + "/"):
-                return _Target(m, norm[len(mp) :].lstrip("/"))
-        listed = ", ".join(m.container_path for m in sorted(self.mounts, key=lambda m: m.container_path)) or "none"
-        raise ViewError(
-            f"{cmd}: {path}: not inside any image-volume mount of container {self.container!r} "
-            f"(imagevol models image-volume mounts only; mounts: {listed})"
-        )
+        prefix: list[str] = []  # container path of the current mount point (or position outside)
+        mount: MountStatus | None = None
+        rest: list[str] = []  # components inside the current mount, verbatim
+        for c in path.split("/"):
+            if mount is not None and (c != ".." or _components("/".join(rest))):
+                rest.append(c)
+                if ".." not in rest:
+                    nested = self._points.get(tuple(prefix + _components("/".join(rest))))
+                    if nested is not None:
+                        mount, prefix, rest = nested, prefix + _components("/".join(rest)), []
+                continue
+            if c == "..":
+                prefix = prefix[:-1]
+                covering = self._covering(prefix) if mount is not None else None
+                if covering is not None:  # back from a nested mount's root into its parent mount
+                    mount, extra = covering
+                    prefix, rest = prefix[: len(prefix) - len(extra)], extra
+                    continue
+            elif c not in ("", "."):
+                prefix.append(c)
+            mount, rest = self._points.get(tuple(prefix)), []
+        if mount is None:
+            listed = ", ".join(sorted(m.container_path for m in self.mounts)) or "none"
+            raise ViewError(
+                f"{cmd}: {path}: not inside any image-volume mount of container {self.container!r} "
+                f"(imagevol models image-volume mounts only; mounts: {listed})"
+            )
+        return _Target(mount, "/".join(rest))
 
     def _mount_fd(self, m: MountStatus) -> int:
-        tree = self.snapshots.get(Digest.parse(m.snapshot))
-        if tree is None:
-            raise ViewError(f"the snapshot of {m.container_path} is gone")
-        root_fd = sp.open_root(tree)
         try:
-            return sp.reopen_beneath(root_fd, m.real_path)
-        except OSError as exc:
-            raise ViewError(f"{m.container_path}: the mounted path changed since it was mounted: {exc}") from None
-        finally:
-            os.close(root_fd)
+            return self.open_mount(m)
+        except ImageVolError as exc:
+            raise ViewError(str(exc)) from None
 
-    def _open(self, cmd: str, path: str, *, follow: bool = True) -> tuple[int, str]:
-        """An O_PATH fd on ``path`` (the final symlink followed or not) and its name."""
+    def _open(self, cmd: str, path: str, *, follow: bool = True) -> int:
+        """An ``O_PATH`` fd on ``path``, the final symlink followed or not."""
         target = self._target(cmd, path)
         mfd = self._mount_fd(target.mount)
-        if not target.rest:
-            return mfd, posixpath.basename(path.rstrip("/")) or "/"
+        if not target.rest.strip("/"):
+            return mfd
         try:
             if not stat.S_ISDIR(os.fstat(mfd).st_mode):
                 raise ViewError(f"{cmd}: {path}: Not a directory")
             parent, _, name = target.rest.rpartition("/")
-            if follow:
-                return sp.resolve(mfd, target.rest, sp.Policy.BENEATH).fd, name
-            pfd = sp.resolve(mfd, parent, sp.Policy.BENEATH).fd if parent else os.dup(mfd)
+            if follow or name in ("", ".", ".."):
+                return sp.lookup(mfd, target.rest, sp.Policy.BENEATH, shown=path).fd
+            pfd = sp.lookup(mfd, parent or ".", sp.Policy.BENEATH, shown=path).fd
             try:
-                fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+                if not stat.S_ISDIR(os.fstat(pfd).st_mode):
+                    raise ViewError(f"{cmd}: {path}: Not a directory")
+                # The last name is looked up in a directory we hold, without following it.
+                return os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
             except FileNotFoundError:
                 raise ViewError(f"{cmd}: {path}: No such file or directory") from None
             finally:
                 os.close(pfd)
-            return fd, name
         except SubPathError as exc:
             if exc.kind == "escape":
                 raise ViewError(
-                    f"{cmd}: {path}: a symlink leads outside the volume mounted at "
-                    f"{target.mount.container_path} (into the container's own filesystem, which "
-                    "imagevol does not model)"
+                    f"{cmd}: {path}: leads outside the volume mounted at {target.mount.container_path} "
+                    "(into the container's own filesystem, which imagevol does not model)"
                 ) from None
             raise ViewError(f"{cmd}: {path}: {_STRERROR.get(exc.kind, exc.kind)}") from None
         finally:
             os.close(mfd)
 
     def cat(self, path: str) -> bytes:
-        fd, _ = self._open("cat", path)
+        fd = self._open("cat", path)
         try:
-            if stat.S_ISDIR(os.fstat(fd).st_mode):
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
                 raise ViewError(f"cat: {path}: Is a directory")
-            with open(f"/proc/self/fd/{fd}", "rb") as f:
+            if not stat.S_ISREG(mode):
+                # Never open a device node, FIFO or socket from an image: a block device would read
+                # the host's disk, a FIFO would block forever. Mounts are nodev for the same reason.
+                raise ViewError(f"cat: {path}: {_kind(mode)}: not opened (image volumes are mounted nodev)")
+            # Re-open the very inode we resolved, through its magic link (no name lookup).
+            rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+            with open(rfd, "rb") as f:
                 return f.read()
         finally:
             os.close(fd)
 
     def ls(self, path: str) -> list[str]:
-        fd, _ = self._open("ls", path)
+        fd = self._open("ls", path)
         try:
             if not stat.S_ISDIR(os.fstat(fd).st_mode):
                 return [path]
@@ -135,7 +172,7 @@ class ContainerView:
             os.close(fd)
 
     def readlink(self, path: str) -> str:
-        fd, _ = self._open("readlink", path, follow=False)
+        fd = self._open("readlink", path, follow=False)
         try:
             if not stat.S_ISLNK(os.fstat(fd).st_mode):
                 raise ViewError(f"readlink: {path}: not a symbolic link")
@@ -144,7 +181,7 @@ class ContainerView:
             os.close(fd)
 
     def stat(self, path: str) -> str:
-        fd, _ = self._open("stat", path, follow=False)
+        fd = self._open("stat", path, follow=False)
         try:
             st = os.fstat(fd)
         finally:
@@ -192,6 +229,12 @@ def _kind(mode: int) -> str:
         return "regular file"
     if stat.S_ISFIFO(mode):
         return "fifo"
+    if stat.S_ISCHR(mode):
+        return "character special file"
+    if stat.S_ISBLK(mode):
+        return "block special file"
+    if stat.S_ISSOCK(mode):
+        return "socket"
     return "special file"
 
 

@@ -194,7 +194,42 @@ def _validate_env(container: Container, path: str) -> list[str]:
             )
         if env.field_ref is not None and env.value:
             errors.append(invalid(f"{epath}.valueFrom", "", "may not be specified when `value` is not empty"))
+        if env.field_ref is not None:
+            errors += _validate_env_field_path(env.field_ref.field_path, f"{epath}.valueFrom.fieldRef")
     return errors
+
+
+#: Field labels ``ConvertDownwardAPIFieldLabel`` knows for v1 Pods, and the subset allowed in env.
+_DOWNWARD_API_LABELS = frozenset(
+    {
+        "metadata.annotations", "metadata.labels", "metadata.name", "metadata.namespace", "metadata.uid",
+        "spec.nodeName", "spec.restartPolicy", "spec.serviceAccountName", "spec.schedulerName",
+        "status.phase", "status.hostIP", "status.hostIPs", "status.podIP", "status.podIPs",
+    }
+)  # fmt: skip
+ENV_FIELD_PATHS = (
+    "metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName", "spec.serviceAccountName",
+    "status.hostIP", "status.hostIPs", "status.podIP", "status.podIPs",
+)  # fmt: skip
+_SUBSCRIPT = re.compile(r"^(metadata\.(?:labels|annotations))\['([^']*)'\]$")
+
+
+def _validate_env_field_path(field_path: str, path: str) -> list[str]:
+    """``validateObjectFieldSelector`` with the env expressions: labels and annotations only with a
+    subscript, the other paths from a fixed list."""
+    if not field_path:
+        return [required(f"{path}.fieldPath")]
+    sub = _SUBSCRIPT.match(field_path)
+    base = sub.group(1) if sub else field_path
+    if base not in _DOWNWARD_API_LABELS:
+        return [
+            invalid(f"{path}.fieldPath", field_path, f"error converting fieldPath: field label not supported: {base}")
+        ]
+    if sub:
+        return []
+    if field_path not in ENV_FIELD_PATHS:
+        return [not_supported(f"{path}.fieldPath", field_path, sorted(ENV_FIELD_PATHS))]
+    return []
 
 
 def _validate_containers(

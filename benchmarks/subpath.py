@@ -1,0 +1,186 @@
+"""Sub-path and mount benchmarks, as ratios measured in the same run.
+
+1. Resolving a 10-component sub path: imagevol's resolver (kernel backend, and the userspace walk)
+   against one bare ``openat2`` call with the same flags on the same path (a ctypes syscall with the
+   ``open_how`` prebuilt: the floor for any Python caller). Target: at most 3x the bare call.
+2. A second mount of an already materialised image: a 20,000-file image against a 1-file image,
+   through the containerd profile's ``mount_image_volume`` (what ``CreateContainer`` does per
+   volume) and a whole ``CreateContainer``/``RemoveContainer`` cycle. Target: under 5 ms, whatever
+   the image size.
+
+    .venv/bin/python -m benchmarks.subpath [--files N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import timeit
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from imagevol import _openat2
+from imagevol import subpath as sp
+from imagevol.cri import ContainerConfig, ImageSpec, Mount
+from imagevol.node import Node, NodeConfig
+from imagevol.testing.images import Layer, LayoutBuilder
+from imagevol.testing.tarbuild import TarEntry
+
+DEPTH = 10
+RESOLVE_TARGET = 3.0
+MOUNT_TARGET_MS = 5.0
+
+
+def _best(fn: Callable[[], object], number: int, repeat: int) -> float:
+    """Seconds per call: the minimum over ``repeat`` runs of ``number`` calls (timeit's advice)."""
+    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number
+
+
+def bench_resolve(number: int = 20000, repeat: int = 7) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="imagevol-bench-") as base:
+        parts = [f"d{i}" for i in range(DEPTH)]
+        os.makedirs(os.path.join(base, *parts))
+        sub = "/".join(parts)
+        root = sp.open_root(base)
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            syscall = libc.syscall
+            syscall.restype = ctypes.c_long
+            how = _openat2._OpenHow(
+                _openat2.O_PATH | os.O_CLOEXEC, 0, _openat2.RESOLVE_BENEATH | _openat2.RESOLVE_NO_MAGICLINKS
+            )
+            args = (437, root, sub.encode(), ctypes.byref(how), ctypes.sizeof(how))
+            close = os.close
+
+            def bare() -> None:
+                close(syscall(*args))
+
+            def kernel() -> None:
+                sp.resolve(root, sub, sp.Policy.BENEATH, sp.Backend.KERNEL).close()
+
+            def userspace() -> None:
+                sp.resolve(root, sub, sp.Policy.BENEATH, sp.Backend.USERSPACE).close()
+
+            bare_s = _best(bare, number, repeat)
+            kernel_s = _best(kernel, number, repeat)
+            user_s = _best(userspace, max(1, number // 4), repeat)
+        finally:
+            os.close(root)
+    return {
+        "openat2_us": bare_s * 1e6,
+        "imagevol_kernel_us": kernel_s * 1e6,
+        "imagevol_userspace_us": user_s * 1e6,
+        "kernel_ratio": kernel_s / bare_s,
+        "userspace_ratio": user_s / bare_s,
+    }
+
+
+def _build_layout(path: str, files: int) -> None:
+    big = [TarEntry("data/", "dir")]
+    per_dir = 1000
+    for d in range((files + per_dir - 1) // per_dir):
+        big.append(TarEntry(f"data/d{d:03}/", "dir"))
+    big += [TarEntry(f"data/d{i // per_dir:03}/f{i:05}", "file", b"x") for i in range(files)]
+    builder = LayoutBuilder(path)
+    builder.add_image([Layer(tuple(big), compression="none")], tag="big")
+    small = (TarEntry("data/", "dir"), TarEntry("data/f", "file", b"x"))
+    builder.add_image([Layer(small, compression="none")], tag="small")
+    builder.save()
+
+
+def _timings(fn: Callable[[], object], number: int) -> list[float]:
+    out = []
+    for _ in range(number):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def bench_second_mount(files: int = 20000, number: int = 200) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="imagevol-bench-") as base:
+        layout = os.path.join(base, "layout")
+        _build_layout(layout, files)
+        registries = os.path.join(base, "registries.conf")
+        with open(registries, "w") as f:
+            f.write('[[registry]]\nprefix = "bench.test/img"\nlocation = "bench.test/img"\n\n')
+            f.write(f'[[registry.mirror]]\nlocation = "oci-layout:{layout}"\n')
+        node = Node(NodeConfig(root=os.path.join(base, "node"), registries=registries, runtime="containerd"))
+        runtime = node.runtime
+        result: dict[str, Any] = {"files": files}
+        for tag in ("small", "big"):
+            image = runtime.pull_image(f"bench.test/img:{tag}").record.image_id
+            for sub_path in ("", "data"):
+                mount = Mount("/data", image=ImageSpec(image, f"bench.test/img:{tag}"), image_sub_path=sub_path)
+                config = ContainerConfig("c", "img", (mount,))
+                start = time.perf_counter()
+                first = runtime.create_container("sandbox", config)  # materialises the tree
+                first_ms = (time.perf_counter() - start) * 1e3
+
+                def second(m: Mount = mount) -> None:
+                    runtime.mount_image_volume("sandbox", m)
+
+                mounts = _timings(second, number)
+
+                def cycle(c: ContainerConfig = config) -> None:
+                    runtime.remove_container(runtime.create_container("sandbox", c).id)
+
+                cycles = _timings(cycle, max(1, number // 4))
+                runtime.remove_container(first.id)
+                key = f"{tag}{'_subpath' if sub_path else ''}"
+                result[key] = {
+                    "first_mount_ms": first_ms,
+                    "second_mount_ms_min": min(mounts) * 1e3,
+                    "second_mount_ms_median": statistics.median(mounts) * 1e3,
+                    "create_container_ms_median": statistics.median(cycles) * 1e3,
+                }
+        result["size_ratio_median"] = (
+            result["big"]["second_mount_ms_median"] / result["small"]["second_mount_ms_median"]
+        )
+        return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.subpath", description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=20000, help="files in the big image (default 20000)")
+    parser.add_argument("--number", type=int, default=20000, help="calls per timing run of the resolver")
+    parser.add_argument("--mounts", type=int, default=200, help="second mounts timed per image")
+    parser.add_argument("--json", action="store_true", help="print the raw numbers as JSON")
+    args = parser.parse_args(argv)
+    resolve = bench_resolve(args.number)
+    mount = bench_second_mount(args.files, args.mounts)
+    if args.json:
+        print(json.dumps({"resolve": resolve, "second_mount": mount}, indent=1))
+    else:
+        print(f"resolve a {DEPTH}-component sub path (best of 7 runs)")
+        print(f"  bare openat2            {resolve['openat2_us']:8.2f} us")
+        print(f"  imagevol, kernel        {resolve['imagevol_kernel_us']:8.2f} us  x{resolve['kernel_ratio']:.2f}")
+        print(
+            f"  imagevol, userspace     {resolve['imagevol_userspace_us']:8.2f} us  x{resolve['userspace_ratio']:.2f}"
+        )
+        print(f"second mount of an already materialised image ({args.mounts} mounts each)")
+        for key in ("small", "small_subpath", "big", "big_subpath"):
+            row = mount[key]
+            size = 1 if key.startswith("small") else args.files
+            label = f"{size}-file image" + (", sub path" if "sub" in key else "")
+            built = "" if "sub" in key else f"; first mount, building the tree: {row['first_mount_ms']:.1f} ms"
+            print(
+                f"  {label:28} median {row['second_mount_ms_median']:6.3f} ms  min {row['second_mount_ms_min']:6.3f} ms"
+                f"  (CreateContainer+Remove {row['create_container_ms_median']:6.3f} ms{built})"
+            )
+        print(f"  big / small (median)         x{mount['size_ratio_median']:.2f}")
+    ok = resolve["kernel_ratio"] <= RESOLVE_TARGET and all(
+        mount[k]["second_mount_ms_median"] < MOUNT_TARGET_MS for k in ("small", "small_subpath", "big", "big_subpath")
+    )
+    print("targets met" if ok else "TARGETS MISSED", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
