@@ -15,9 +15,9 @@ from imagevol.errors import ImageInUseError
 from imagevol.image_gc import ImageGC
 from imagevol.metrics import KubeletMetrics
 from imagevol.node import Node
-from test_kubelet import FakeClock, ctr, make_node, pod, vol
 
 from peers import free_port, require
+from test_kubelet import FakeClock, ctr, make_node, pod, vol
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import pytest
 
 from imagevol import mounts
 from imagevol import subpath as sp
+
 from subpath_support import REGISTRY, build_layout, make_node, pod_yaml, write_registries
 
 REASON = mounts.probe()

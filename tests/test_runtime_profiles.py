@@ -17,6 +17,7 @@ from imagevol.errors import ImageVolError, ImageVolumeMountFailedError
 from imagevol.node import Node
 from imagevol.oci import Digest
 from imagevol.view import ContainerView
+
 from subpath_support import REGISTRY, build_layout, make_node, pod_yaml
 
 OK = "ok"

@@ -20,6 +20,7 @@ import pytest
 from imagevol import _openat2
 from imagevol import subpath as sp
 from imagevol.errors import SubPathError
+
 from subpath_support import open_fds
 
 BACKENDS = [sp.Backend.KERNEL, sp.Backend.USERSPACE]

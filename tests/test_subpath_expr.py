@@ -18,6 +18,7 @@ from imagevol.api.models import Container, EnvVar, ObjectFieldSelector, ObjectMe
 from imagevol.errors import CreateContainerConfigError
 from imagevol.kubelet import container_env, effective_sub_path, expand
 from imagevol.node import Node
+
 from subpath_support import build_layout, make_node, pod_yaml
 
 # --- expansion ---------------------------------------------------------------------------------------

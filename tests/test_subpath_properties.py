@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from imagevol import subpath as sp
 from imagevol.errors import SubPathError
+
 from subpath_support import walk_inodes
 
 NAMES = ["a", "b", "c", "l", "m", "é"]

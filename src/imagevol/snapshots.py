@@ -1,13 +1,20 @@
 """Read-only materialised trees, one per manifest digest, shared by every mount.
 
-A tree is built in a private staging directory (``.staging/<hex>.<pid>.<nonce>``), every layer is
-applied and verified there, write bits are removed, and only then is it renamed to ``<hex>``: a tree
-under its final name is always complete. A crash mid-build leaves only a staging directory, which
-:meth:`Snapshots.recover` removes on the next start (its owner process is gone). Concurrent builds of
-one digest, from threads or processes, are single-flighted by a named lock.
-
-A tree is removed only when no lease holds it; a lease is an empty file
-``.leases/<hex>/<holder>`` created by the runtime for each container mount.
+* **Built in private, published by rename.** A tree is built in ``.staging/<hex>.<pid>.<nonce>``
+  (mode 0700, so nobody else looks in), every layer is applied and its blob re-hashed while it is
+  read, files are created without write bits and directories lose theirs at the end; only then is
+  the directory renamed to ``<hex>``. A tree under its final name is therefore always complete and
+  read-only, and a failed build (a bad layer, a corrupt blob) removes its staging directory and
+  publishes nothing.
+* **Single flight.** A build holds the flock ``snapshot-<hex>`` for its whole duration: concurrent
+  materialisations of one image, from threads or processes, wait for it and then find the tree.
+* **Crash recovery.** A builder that dies leaves only its staging directory, and the kernel drops its
+  flock. :meth:`Snapshots.recover` (run on every start) removes each staging directory whose digest
+  lock it can take: nobody is building it, so it is debris (this also holds when the dead builder's
+  pid has been reused).
+* **Leases.** A mount holds a tree with a lease (an empty file ``.leases/<hex>/<holder>``), taken and
+  checked under the same lock as removal: a tree is removed only when no lease holds it, and a lease
+  is never granted on a tree being removed.
 """
 
 from __future__ import annotations
@@ -19,14 +26,14 @@ import os
 import stat
 import uuid
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import attrs
 
 from .artifacts import lay_out_artifact
-from .errors import ContentError, DigestMismatchError, ImageInUseError, LayerError
-from .layers import ApplyOptions, apply_layer_fd, rmtree
-from .locks import NamedLocks, process_alive
+from .errors import DigestMismatchError, ImageInUseError, ImageVolError
+from .layers import ApplyOptions, BuildState, Tree, apply_layer_fd, rmtree
+from .locks import NamedLocks
 from .oci import Descriptor, Digest, Manifest
 from .store import ContentStore
 
@@ -58,8 +65,10 @@ class _VerifyingReader(io.RawIOBase):
         data = self.inner.read(len(buffer))
         n = len(data)
         if n:
-            self.hasher.update(data)
             self.count += n
+            if self.count > self.desc.size:
+                raise DigestMismatchError(f"blob {self.desc.digest} in the content store is larger than its descriptor")
+            self.hasher.update(data)
             buffer[:n] = data
             return n
         if self.count != self.desc.size or self.hasher.hexdigest() != self.desc.digest.hex:
@@ -84,7 +93,8 @@ class Snapshots:
     ) -> None:
         self.root = os.path.abspath(root)
         self.store = store
-        self.options = options or ApplyOptions()
+        base = options or ApplyOptions()
+        self.options = attrs.evolve(base, strip_write_bits=True)
         self.verify = verify
         self._staging = os.path.join(self.root, ".staging")
         self._leases = os.path.join(self.root, ".leases")
@@ -111,6 +121,9 @@ class Snapshots:
                 out.append(Digest.parse(f"sha256:{name}"))
         return out
 
+    def _lock(self, digest: Digest, *, blocking: bool = True) -> contextlib.AbstractContextManager[bool]:
+        return self.locks.hold(f"snapshot-{digest.hex}", blocking=blocking)
+
     # --- build --------------------------------------------------------------------------------
 
     def _open_blob(self, desc: Descriptor) -> IO[bytes]:
@@ -130,50 +143,66 @@ class Snapshots:
         existing = self.get(digest)
         if existing is not None:
             return Snapshot(digest, existing, artifact)
-        with self.locks.hold(f"snapshot-{digest.hex}"):
+        with self._lock(digest):
             existing = self.get(digest)
             if existing is not None:
                 return Snapshot(digest, existing, artifact)
             if on_build is not None:
                 on_build(digest)
             staging = os.path.join(self._staging, f"{digest.hex}.{os.getpid()}.{uuid.uuid4().hex}")
-            os.mkdir(staging, 0o700)
-            os.chmod(staging, 0o755)  # an image root is 0755 unless a layer says otherwise
-            try:
-                warnings = self._build(staging, manifest)
-                _make_read_only(staging)
-                os.rename(staging, self.path(digest))
-            except BaseException:
-                rmtree(staging)
-                raise
+            state = BuildState()
+            warnings = publish_tree(
+                self.path(digest), staging, lambda root_fd: self._build(root_fd, manifest, state), state=state
+            )
             return Snapshot(digest, self.path(digest), artifact, tuple(warnings))
 
-    def _build(self, staging: str, manifest: Manifest) -> list[str]:
-        root_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            if not manifest.is_image:
-                return lay_out_artifact(root_fd, manifest, self._open_blob, self.options)
+    def _build(self, root_fd: int, manifest: Manifest, state: BuildState) -> list[str]:
+        if not manifest.is_image:
+            warnings = lay_out_artifact(root_fd, manifest, self._open_blob, self.options, state)
+        else:
+            warnings = []
             for layer in manifest.layers:
                 with self._open_blob(layer) as blob:
-                    apply_layer_fd(root_fd, blob, self.options)
-            return []
-        except (ContentError, LayerError):
-            raise
-        finally:
-            os.close(root_fd)
+                    stats = apply_layer_fd(root_fd, blob, self.options, state)
+                if stats.skipped_devices:
+                    warnings.append(
+                        f"layer {layer.digest}: skipped {len(stats.skipped_devices)} device node(s)"
+                        f" ({', '.join(stats.skipped_devices[:3])})"
+                    )
+        return warnings
+
+    def acquire(self, digest: Digest, manifest: Manifest, holder: str) -> Snapshot:
+        """Materialise (if needed) and lease in one step, so that no removal can slip in between
+        (``materialise`` then ``lease`` leaves that window; ``lease`` then fails cleanly)."""
+        while True:
+            snap = self.materialise(digest, manifest)
+            try:
+                self.lease(digest, holder)
+            except ImageVolError:
+                if self.get(digest) is None:
+                    continue  # removed in between: build it again
+                raise
+            return snap
 
     # --- crash recovery ---------------------------------------------------------------------------
 
     def recover(self) -> list[str]:
-        """Remove staging directories whose builder process is gone."""
+        """Remove staging directories nobody is building (their builder crashed)."""
         removed = []
-        for name in os.listdir(self._staging):
-            parts = name.split(".")
-            pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else -1
-            if pid == os.getpid() or process_alive(pid):
+        for name in sorted(os.listdir(self._staging)):
+            hex_ = name.split(".", 1)[0]
+            try:
+                digest: Digest | None = Digest.parse(f"sha256:{hex_}")
+            except ImageVolError:
+                digest = None
+            if digest is None:
+                rmtree(os.path.join(self._staging, name))
+                removed.append(name)
                 continue
-            rmtree(os.path.join(self._staging, name))
-            removed.append(name)
+            with self._lock(digest, blocking=False) as free:
+                if free and os.path.lexists(os.path.join(self._staging, name)):
+                    rmtree(os.path.join(self._staging, name))
+                    removed.append(name)
         return removed
 
     # --- leases and removal -------------------------------------------------------------------------
@@ -182,16 +211,21 @@ class Snapshots:
         return os.path.join(self._leases, digest.hex)
 
     def lease(self, digest: Digest, holder: str) -> None:
-        d = self._lease_dir(digest)
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        with open(os.path.join(d, _safe(holder)), "w"):
-            pass
+        """Hold the published tree of ``digest`` for ``holder`` (a container)."""
+        with self._lock(digest):
+            if self.get(digest) is None:
+                raise ImageVolError(f"snapshot {digest} is not materialised")
+            d = self._lease_dir(digest)
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            with open(os.path.join(d, _safe(holder)), "w"):
+                pass
 
     def release(self, digest: Digest, holder: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self._lease_dir(digest), _safe(holder)))
-        with contextlib.suppress(OSError):
-            os.rmdir(self._lease_dir(digest))
+        with self._lock(digest):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self._lease_dir(digest), _safe(holder)))
+            with contextlib.suppress(OSError):
+                os.rmdir(self._lease_dir(digest))
 
     def holders(self, digest: Digest) -> list[str]:
         try:
@@ -201,61 +235,104 @@ class Snapshots:
 
     def remove(self, digest: Digest) -> bool:
         """Delete a published tree; refused while any lease holds it."""
-        with self.locks.hold(f"snapshot-{digest.hex}"):
-            if self.holders(digest):
-                raise ImageInUseError(f"snapshot {digest} is in use by {', '.join(self.holders(digest))}")
+        with self._lock(digest):
+            holders = self.holders(digest)
+            if holders:
+                raise ImageInUseError(f"snapshot {digest} is in use by {', '.join(holders)}")
             path = self.get(digest)
             if path is None:
                 return False
             # Rename first so that nobody ever sees a half-deleted tree under the digest.
-            doomed = os.path.join(self._staging, f"{digest.hex}.0.{uuid.uuid4().hex}")
+            doomed = os.path.join(self._staging, f"{digest.hex}.{os.getpid()}.{uuid.uuid4().hex}")
             os.rename(path, doomed)
             rmtree(doomed)
             return True
+
+
+T = TypeVar("T")
+
+
+def publish_tree(
+    dest: str,
+    staging: str,
+    build: Callable[[int], T],
+    *,
+    read_only: bool = True,
+    state: BuildState | None = None,
+) -> T:
+    """Build a tree in the new private directory ``staging`` with ``build(root_fd)``, seal it
+    (``read_only``), apply the modes ``state`` deferred, and rename it to ``dest``. On any error the
+    staging directory is removed and nothing appears at ``dest``. ``staging`` must be on the same
+    filesystem as ``dest``."""
+    os.mkdir(staging, 0o700)
+    try:
+        os.chmod(staging, 0o755)  # an image root is 0755 unless a layer says otherwise
+        root_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            result = build(root_fd)
+            if read_only:
+                seal(staging, skip_root=True)
+            root_mode = stat.S_IMODE(os.fstat(root_fd).st_mode)
+            if state is not None:
+                root_mode = state.deferred.pop((), root_mode)
+                state.finish(root_fd, strip_write=read_only)
+            if read_only:
+                root_mode &= ~_WRITE_BITS
+            # Moving a directory to another parent needs write permission on it (its ".." entry
+            # changes) unless one is privileged. Root seals the tree's root before the rename, so
+            # nothing writable ever appears under the final name; an unprivileged builder must do
+            # it just after (for that instant the root is writable by the builder alone).
+            privileged = os.geteuid() == 0
+            if privileged:
+                os.fchmod(root_fd, root_mode)
+            os.rename(staging, dest)
+            if not privileged:
+                os.fchmod(root_fd, root_mode)
+        finally:
+            os.close(root_fd)
+        return result
+    finally:
+        rmtree(staging)  # a no-op after the rename
 
 
 def _safe(holder: str) -> str:
     return hashlib.sha256(holder.encode()).hexdigest()[:32] if "/" in holder or holder.startswith(".") else holder
 
 
-def _make_read_only(root: str) -> None:
-    """Remove every write bit in the tree (C2.11): published trees are shared read-only."""
+def seal(root: str, *, skip_root: bool = False) -> None:
+    """Remove the write bits of every directory of the tree (C2.11). Files, FIFOs and artifact
+    files were created without them (``strip_write_bits``); symlinks have no mode of their own.
+
+    Directories are reached from the root one component at a time without following symlinks and
+    handled deepest first, so none is reopened after losing its bits (it does not matter to root,
+    but keeps the walk correct for an unprivileged builder too)."""
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        _strip_writes(root_fd)
+        tree = Tree(root_fd)
+        order: list[tuple[str, ...]] = []
+        pending: list[tuple[str, ...]] = [()]
+        while pending:
+            parts = pending.pop()
+            fd = tree.open_real(parts)
+            if fd is None:  # pragma: no cover - nothing changes a staging tree under us
+                continue
+            try:
+                with os.scandir(fd) as it:
+                    pending.extend((*parts, e.name) for e in it if e.is_dir(follow_symlinks=False))
+            finally:
+                os.close(fd)
+            order.append(parts)
+        for parts in reversed(order):
+            if skip_root and not parts:
+                continue
+            fd = tree.open_real(parts)
+            if fd is None:  # pragma: no cover
+                continue
+            try:
+                mode = stat.S_IMODE(os.fstat(fd).st_mode)
+                if mode & _WRITE_BITS:
+                    os.fchmod(fd, mode & ~_WRITE_BITS)
+            finally:
+                os.close(fd)
     finally:
         os.close(root_fd)
-
-
-def _strip_writes(dir_fd: int) -> None:
-    with os.scandir(dir_fd) as it:
-        entries = [(e.name, e.is_dir(follow_symlinks=False), e.is_symlink()) for e in it]
-    for name, is_dir, is_link in entries:
-        if is_link:
-            continue
-        if is_dir:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            if not st.st_mode & stat.S_IRUSR or not st.st_mode & stat.S_IXUSR:
-                os.chmod(name, st.st_mode | stat.S_IRUSR | stat.S_IXUSR, dir_fd=dir_fd, follow_symlinks=True)
-                restore: int | None = st.st_mode
-            else:
-                restore = None
-            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-            try:
-                _strip_writes(fd)
-                mode = (restore if restore is not None else os.fstat(fd).st_mode) & 0o7777
-                os.fchmod(fd, mode & ~_WRITE_BITS)
-            finally:
-                os.close(fd)
-        else:
-            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-            try:
-                mode = os.fstat(fd).st_mode
-                if mode & _WRITE_BITS:
-                    # chmod through the O_PATH handle's magic link: the inode we just checked,
-                    # not whatever a name might point to now.
-                    os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(mode) & ~_WRITE_BITS)
-            finally:
-                os.close(fd)
-    st = os.fstat(dir_fd)
-    os.fchmod(dir_fd, stat.S_IMODE(st.st_mode) & ~_WRITE_BITS)

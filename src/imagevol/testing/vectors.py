@@ -24,7 +24,8 @@ import attrs
 
 from .. import subpath as sp
 from ..errors import LayerError, SubPathError
-from ..layers import apply_layers
+from ..layers import BuildState, apply_layer_fd
+from ..snapshots import publish_tree
 from .tarbuild import TarEntry, build_layer
 
 
@@ -146,26 +147,40 @@ def _snapshot_outside(base: str, root: str) -> dict[str, tuple[int, int, float]]
 
 
 def run_layer_vector(vector: Mapping[str, Any]) -> Outcome:
+    """Apply a vector's layers through the library's own publication (staging, then rename) and
+    check the tree, or the error and that nothing was published, and that nothing outside changed."""
     with tempfile.TemporaryDirectory(prefix="imagevol-vec-") as base:
         # A decoy tree next to the root: a write outside the root would show here.
         os.makedirs(os.path.join(base, "etc"))
         with open(os.path.join(base, "etc", "passwd"), "w") as f:
             f.write("host\n")
         os.makedirs(os.path.join(base, "tmp"))
-        root = os.path.join(base, "root", "vol")
-        os.makedirs(root)
-        before = _snapshot_outside(base, root)
+        publish = os.path.join(base, "root")
+        os.makedirs(publish)
+        root = os.path.join(publish, "vol")
+        staging = os.path.join(publish, ".vol.staging")
+        before = _snapshot_outside(base, publish)
         blobs = [io.BytesIO(build_layer([TarEntry.from_vector(e) for e in layer])) for layer in vector["layers"]]
         error = ""
+
+        def build(root_fd: int) -> None:
+            state = BuildState()
+            for blob in blobs:
+                apply_layer_fd(root_fd, blob, state=state)
+            state.finish(root_fd)
+
         try:
-            apply_layers(root, blobs)
+            publish_tree(root, staging, build, read_only=False)
         except LayerError as exc:
             error = exc.kind
             message = str(exc)
-        after = _snapshot_outside(base, root)
+        after = _snapshot_outside(base, publish)
         if before != after:
             changed = sorted(set(before.items()) ^ set(after.items()))
             return Outcome(vector["id"], False, f"wrote outside the root: {changed[:3]}")
+        left = sorted(os.listdir(publish))
+        if left != (["vol"] if not error else []):
+            return Outcome(vector["id"], False, f"published {left} after {'error ' + error if error else 'success'}")
         expect = vector["expect"]
         if "error" in expect:
             if error == expect["error"]:

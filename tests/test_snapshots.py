@@ -1,0 +1,291 @@
+"""Snapshots: one read-only tree per manifest digest, built in staging, published by rename, built
+once under concurrency (threads and processes), cleaned after crashes, removed only when unleased."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from imagevol.errors import DigestMismatchError, ImageInUseError, ImageVolError, LayerError
+from imagevol.oci import Digest, Manifest
+from imagevol.snapshots import Snapshots
+from imagevol.store import ContentStore
+from imagevol.testing.images import Layer, LayoutBuilder
+from imagevol.testing.tarbuild import TarEntry
+
+from layerkit import D, F, S
+
+
+def _image(path: str, *layers: list[TarEntry], tag: str = "t") -> tuple[ContentStore, Digest, Manifest]:
+    b = LayoutBuilder(path)
+    desc = b.add_image([Layer(tuple(layer)) for layer in layers], tag=tag)
+    b.save()
+    store = ContentStore(path)
+    manifest = store.read_manifest(desc)
+    assert isinstance(manifest, Manifest)
+    return store, desc.digest, manifest
+
+
+def _write_bits(root: str) -> list[str]:
+    bad = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [".", *dirnames, *filenames]:
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o222:
+                bad.append(full)
+    return bad
+
+
+def _staging(snaps: Snapshots) -> list[str]:
+    return os.listdir(os.path.join(snaps.root, ".staging"))
+
+
+GOOD = [D("d", 0o777), F("d/f", "x", 0o666), F("exe", "#!", 0o775), S("l", "d/f"), TarEntry("p", "fifo", mode=0o666)]
+
+
+def test_published_tree_is_complete_and_read_only(tmp_path: object) -> None:
+    store, digest, manifest = _image(f"{tmp_path}/layout", GOOD, [F("d/g", "y"), D("e", 0o000), F("e/z", "z")])
+    snaps = Snapshots(f"{tmp_path}/snaps", store)
+    snap = snaps.materialise(digest, manifest)
+    assert snap.path == snaps.path(digest) and not snap.artifact
+    assert sorted(os.listdir(snap.path)) == ["d", "e", "exe", "l", "p"]
+    assert _write_bits(snap.path) == []
+    assert stat.S_IMODE(os.stat(f"{snap.path}/exe").st_mode) == 0o555
+    assert stat.S_IMODE(os.stat(f"{snap.path}/e").st_mode) == 0o000
+    assert _staging(snaps) == []
+    # Every mount shares the one tree.
+    again = snaps.materialise(digest, manifest)
+    assert again.path == snap.path
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [[F("../x", "evil")], [F("f", "x"), F("f/g", "y")], [S("l", "l"), F("l/x", "y")]],
+    ids=["dotdot", "notdir", "loop"],
+)
+def test_failed_layer_publishes_nothing(tmp_path: object, bad: list[TarEntry]) -> None:
+    store, digest, manifest = _image(f"{tmp_path}/layout", GOOD, bad)
+    snaps = Snapshots(f"{tmp_path}/snaps", store)
+    with pytest.raises(LayerError):
+        snaps.materialise(digest, manifest)
+    assert snaps.get(digest) is None
+    assert not os.path.exists(snaps.path(digest))
+    assert _staging(snaps) == []
+    assert snaps.digests() == []
+
+
+def test_corrupt_blob_publishes_nothing(tmp_path: object) -> None:
+    store, digest, manifest = _image(f"{tmp_path}/layout", GOOD)
+    blob = store.blob_path(manifest.layers[0].digest)
+    with open(blob, "rb") as f:
+        data = bytearray(f.read())
+    data[-5] ^= 0xFF  # inside the gzip trailer: the tar itself would still read fine
+    with open(blob, "wb") as f:
+        f.write(bytes(data))
+    snaps = Snapshots(f"{tmp_path}/snaps", store)
+    with pytest.raises((DigestMismatchError, LayerError)):
+        snaps.materialise(digest, manifest)
+    assert snaps.get(digest) is None and _staging(snaps) == []
+
+
+def test_threads_build_once(tmp_path: object) -> None:
+    store, digest, manifest = _image(f"{tmp_path}/layout", GOOD)
+    snaps = Snapshots(f"{tmp_path}/snaps", store)
+    builds: list[Digest] = []
+    results: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(snaps.materialise(digest, manifest, on_build=builds.append).path)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert builds == [digest]
+    assert set(results) == {snaps.path(digest)}
+
+
+_CHILD = r"""
+import os, sys, time
+from imagevol.snapshots import Snapshots
+from imagevol.store import ContentStore
+from imagevol.oci import Digest
+import imagevol.snapshots as s
+layout, snaps_root, digest, log, mode = sys.argv[1:6]
+store = ContentStore(layout)
+manifest = store.read_manifest(store.refs()["t"])
+d = Digest.parse(digest)
+snaps = Snapshots(snaps_root, store)
+if mode == "hang":
+    real = s.apply_layer_fd
+    def slow(*a, **k):
+        out = real(*a, **k)
+        print("building", flush=True)
+        time.sleep(600)
+        return out
+    s.apply_layer_fd = slow
+def on_build(_):
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(0.3)
+print(snaps.materialise(d, manifest, on_build=on_build).path, flush=True)
+"""
+
+
+def _child(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_processes_build_once(tmp_path: object) -> None:
+    _, digest, _ = _image(f"{tmp_path}/layout", GOOD)
+    log = f"{tmp_path}/builds.log"
+    args = [f"{tmp_path}/layout", f"{tmp_path}/snaps", str(digest), log, "normal"]
+    procs = [_child(args) for _ in range(3)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert {o.strip() for o, _ in outs} == {os.path.join(f"{tmp_path}/snaps", digest.hex)}
+    with open(log) as f:
+        assert len(f.read().split()) == 1
+
+
+def test_crash_mid_build_leaves_nothing_and_is_cleaned(tmp_path: object) -> None:
+    store, digest, manifest = _image(f"{tmp_path}/layout", GOOD, [F("second", "2")])
+    snaps_root = f"{tmp_path}/snaps"
+    proc = _child([f"{tmp_path}/layout", snaps_root, str(digest), f"{tmp_path}/log", "hang"])
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "building"  # first layer applied, second pending
+    staging = os.listdir(os.path.join(snaps_root, ".staging"))
+    assert len(staging) == 1 and staging[0].startswith(digest.hex)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(os.path.join(snaps_root, digest.hex))  # nothing visible
+    snaps = Snapshots(snaps_root, store)  # the next start cleans up
+    assert _staging(snaps) == []
+    assert sorted(os.listdir(snaps.materialise(digest, manifest).path)) == ["d", "exe", "l", "p", "second"]
+
+
+def test_recover_keeps_a_build_in_progress(tmp_path: object) -> None:
+    store, digest, _ = _image(f"{tmp_path}/layout", GOOD)
+    snaps = Snapshots(f"{tmp_path}/snaps", store)
+    busy = os.path.join(snaps.root, ".staging", f"{digest.hex}.{os.getpid()}.x")
+    os.mkdir(busy)
+    with snaps.locks.hold(f"snapshot-{digest.hex}"):
+        assert snaps.recover() == []
+        assert os.path.isdir(busy)
+    assert snaps.recover() == [os.path.basename(busy)]
+
+
+def test_leases_block_removal(tmp_path: object) -> None:
+    store, digest, manifest = _image(f"{tmp_path}/layout", GOOD)
+    snaps = Snapshots(f"{tmp_path}/snaps", store)
+    path = snaps.materialise(digest, manifest).path
+    snaps.lease(digest, "c1")
+    snaps.lease(digest, "c2")
+    with pytest.raises(ImageInUseError):
+        snaps.remove(digest)
+    snaps.release(digest, "c1")
+    with pytest.raises(ImageInUseError):
+        snaps.remove(digest)
+    assert os.path.isdir(path)
+    snaps.release(digest, "c2")
+    assert snaps.remove(digest) is True
+    assert not os.path.exists(path) and _staging(snaps) == []
+    assert snaps.remove(digest) is False
+    with pytest.raises(ImageVolError):
+        snaps.lease(digest, "late")  # no lease on a tree that is gone
+
+
+def test_removal_while_building_waits(tmp_path: object) -> None:
+    store, digest, manifest = _image(f"{tmp_path}/layout", GOOD)
+    snaps = Snapshots(f"{tmp_path}/snaps", store)
+    started = threading.Event()
+
+    def slow_build(_: Digest) -> None:
+        started.set()
+        time.sleep(0.3)
+
+    t = threading.Thread(target=snaps.materialise, args=(digest, manifest, slow_build))
+    t.start()
+    started.wait()
+    assert snaps.remove(digest) is True  # waited for the build, then removed the complete tree
+    t.join()
+    assert snaps.get(digest) is None and _staging(snaps) == []
+
+
+def test_acquire_materialises_and_leases(tmp_path: object) -> None:
+    store, digest, manifest = _image(f"{tmp_path}/layout", GOOD)
+    snaps = Snapshots(f"{tmp_path}/snaps", store)
+    snap = snaps.acquire(digest, manifest, "c1")
+    assert snaps.holders(digest) == ["c1"] and os.path.isdir(snap.path)
+    with pytest.raises(ImageInUseError):
+        snaps.remove(digest)
+
+
+_UNPRIVILEGED = r"""
+import os, sys
+sys.path.insert(0, sys.argv[2])
+from test_snapshots import GOOD, _image, _write_bits
+from layerkit import D, F, W
+from imagevol.snapshots import Snapshots
+base = sys.argv[1]
+layers = ([D("z", 0o000), F("z/f", "1")], [F("z/g", "2"), D("e", 0o555), F("e/x", "x"), W("z/.wh.f")])
+store, digest, manifest = _image(base + "/layout", GOOD, *layers)
+snap = Snapshots(base + "/snaps", store).materialise(digest, manifest)
+assert sorted(os.listdir(snap.path)) == ["d", "e", "exe", "l", "p", "z"]
+assert os.stat(snap.path + "/z").st_mode & 0o777 == 0
+assert os.stat(snap.path + "/e").st_mode & 0o777 == 0o555
+os.chmod(snap.path + "/z", 0o500)
+assert sorted(os.listdir(snap.path + "/z")) == ["g"]
+os.chmod(snap.path + "/z", 0)
+assert os.listdir(base + "/snaps/.staging") == []
+print("ok")
+"""
+
+
+def test_unprivileged_build_with_closed_directories_across_layers() -> None:
+    """An unprivileged builder keeps directories open to itself until the last layer, then gives
+    them their modes (a 0000 directory written into by a later layer)."""
+    import shutil
+    import tempfile
+
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to drop to an unprivileged user")
+    base = tempfile.mkdtemp(prefix="imagevol-unpriv-")
+    try:
+        os.chmod(base, 0o777)
+        here = os.path.dirname(os.path.abspath(__file__))
+        proc = subprocess.run(
+            [
+                setpriv,
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                _UNPRIVILEGED,
+                base,
+                here,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+    finally:
+        subprocess.run(["chmod", "-R", "u+rwx", base], check=False)
+        shutil.rmtree(base, ignore_errors=True)
