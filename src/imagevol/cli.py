@@ -12,12 +12,19 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from . import __version__, mounts
+from .api import Secret, load_documents
 from .api.features import DEFAULT_VERSION
 from .describe import describe_pod, format_event_line, get_pods
 from .errors import ImageVolError, PodNotFoundError, ValidationError
+from .events import EventRecorder
+from .image_manager import PULL_POLICIES, Backoff, ImageManager
 from .node import DEFAULT_FEATURE_GATES, Node, NodeConfig, default_root
 from .oci import Platform
+from .progress import ProgressBar
+from .reference import parse_normalized
 from .runtime import DEFAULT_PROFILE, PROFILES
+from .sources.auth import Credentials, Keyring
+from .sources.registry import RegistryAccess
 from .view import ContainerView, ViewError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -110,10 +117,36 @@ def build_parser() -> argparse.ArgumentParser:
     rmi = sub.add_parser("rmi", help="remove an image (refused while a container mounts it)")
     rmi.add_argument("reference")
 
+    pl = sub.add_parser("pull", help="pull an image or artifact into the node's content store; print its digest")
+    pl.add_argument("reference")
+    pl.add_argument("--policy", choices=PULL_POLICIES, default="Always",
+                    help="pull policy, as the kubelet applies it (default: %(default)s)")  # fmt: skip
+    pl.add_argument("--platform", default=argparse.SUPPRESS, help="os/arch[/variant] to pick from an index")
+    who = pl.add_mutually_exclusive_group()
+    who.add_argument("--creds", metavar="USER:PASS", help="credentials for the registry (and its mirrors)")
+    who.add_argument("--pull-secret", metavar="FILE",
+                     help="a kubernetes.io/dockerconfigjson Secret (YAML) or a .dockerconfigjson file")  # fmt: skip
+    pl.add_argument("--plain-http", action="store_true", help="talk HTTP, not HTTPS, to registries")
+    pl.add_argument("--max-blob-size", type=_size, default=None, help="refuse blobs larger than this (e.g. 2GiB)")
+
+    fk = sub.add_parser("fsck", help="verify every blob of the content store; report corrupt and orphaned ones")
+    fk.add_argument("--repair", action="store_true", help="remove corrupt and orphaned blobs and stale temp files")
+
     f = sub.add_parser("fixtures", help="write the project's deterministic OCI fixtures to a directory")
     f.add_argument("directory")
     f.add_argument("--demo", action="store_true", help="only the quay.io/crio/artifact:v2 image")
     return p
+
+
+def _size(text: str) -> int:
+    """``123``, ``10MiB``, ``2GiB``, ``500kB``."""
+    m = re.fullmatch(r"(\d+)\s*([KMGT]i?B|[kKMGT]B?|B)?", text.strip())
+    if m is None:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}")
+    unit = (m.group(2) or "B").upper().rstrip("B") or "B"
+    powers = {"B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
+              "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4}  # fmt: skip
+    return int(m.group(1)) * powers[unit]
 
 
 def _node(args: argparse.Namespace) -> Node:
@@ -132,6 +165,10 @@ def _node(args: argparse.Namespace) -> Node:
             kubelet_feature_gates=args.kubelet_feature_gates,
             metrics_mode=args.metrics_mode,
             platform=platform,
+            # The CLI's node reaches registries (oras-py, made safe: sources/registry.py); library
+            # nodes only do when given a registry_factory, so they stay hermetic by default.
+            registry_factory=RegistryAccess(plain_http=bool(getattr(args, "plain_http", False))),
+            **({"max_blob_size": args.max_blob_size} if getattr(args, "max_blob_size", None) else {}),
         )
     )
 
@@ -192,6 +229,66 @@ def _cmd_exec(node: Node, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _pull_keyring(node: Node, args: argparse.Namespace) -> Keyring:
+    """``--creds`` for every registry host the reference may be pulled from (mirrors included),
+    or the entries of ``--pull-secret``. Nothing else: no ~/.docker/config.json."""
+    if args.pull_secret:
+        with open(args.pull_secret, "rb") as f:
+            data = f.read()
+        if data.lstrip().startswith(b"{"):
+            return Keyring.from_docker_config(data)
+        secrets = [d for d in load_documents(data.decode()) if isinstance(d, Secret)]
+        if not secrets:
+            raise ValueError(f"{args.pull_secret}: no Secret found")
+        return Keyring.from_secrets(secrets)
+    if not args.creds:
+        return Keyring()
+    creds = Credentials.parse(args.creds)
+    try:
+        ref = parse_normalized(args.reference)
+        hosts = [s.endpoint.location for s in node.resolver.registries.pull_sources(ref) if not s.endpoint.is_layout]
+    except ImageVolError:
+        return Keyring()  # the pull reports the bad reference or the blocked registry
+    return Keyring(tuple((h, creds) for h in dict.fromkeys(hosts)))
+
+
+def _cmd_pull(node: Node, args: argparse.Namespace, out: TextIO) -> int:
+    """Pull with the kubelet's EnsureImageExists rules (policy, events, messages); print the
+    digest the reference resolved to (an index's digest for a multi-platform image)."""
+    keyring = _pull_keyring(node, args)
+    bar = ProgressBar(sys.stderr, args.reference) if sys.stderr.isatty() else None
+    node.resolver.progress = bar
+    recorder = EventRecorder([], clock=node.now)
+    manager = ImageManager(node.runtime, Backoff(), node.metrics(), clock=node.now)
+    try:
+        result = manager.ensure("imagevol-pull", args.reference, args.policy, keyring, recorder)
+    finally:
+        if bar is not None:
+            bar.close()
+        node.resolver.progress = None
+    if not result.ok or result.record is None:
+        sys.stderr.write(f"error: {result.reason}: {result.message}\n")
+        return EXIT_FAIL
+    out.write(f"{result.record.target.digest}\n")
+    return EXIT_OK
+
+
+def _cmd_fsck(node: Node, args: argparse.Namespace, out: TextIO) -> int:
+    report = node.store.fsck(repair=args.repair)
+    verb = "removed" if args.repair else "found"
+    out.write(f"checked {report.checked} blobs\n")
+    for label, items in (("corrupt", report.corrupt), ("orphaned", report.orphaned),
+                         ("stale ingest", report.stale_ingests), ("invalid", report.invalid)):  # fmt: skip
+        for item in items:
+            out.write(f"{verb} {label}: {item}\n")
+    for item in report.missing:
+        out.write(f"missing: {item}\n")
+    if report.clean:
+        out.write("content store is clean\n")
+        return EXIT_OK
+    return EXIT_OK if args.repair and not report.missing else EXIT_FAIL
+
+
 def _cmd_sync(node: Node, args: argparse.Namespace, out: TextIO) -> int:
     while True:
         if args.advance:
@@ -247,6 +344,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return _cmd_exec(node, args, out)
         if args.command == "sync":
             return _cmd_sync(node, args, out)
+        if args.command == "pull":
+            return _cmd_pull(node, args, out)
+        if args.command == "fsck":
+            return _cmd_fsck(node, args, out)
         if args.command == "metrics":
             out.write(node.metrics().exposition().decode())
             return EXIT_OK

@@ -24,6 +24,13 @@ from .sources.auth import ANONYMOUS, Keyring
 
 INITIAL_BACKOFF = 10.0
 MAX_BACKOFF = 300.0
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+
+def should_pull(policy: str, present: bool) -> bool:
+    """The kubelet's ``shouldPullImage``: ``Always`` pulls, ``IfNotPresent`` pulls what is absent,
+    ``Never`` (and any other value, which validation normally rejects) never pulls."""
+    return policy == "Always" or (policy == "IfNotPresent" and not present)
 
 
 @attrs.define
@@ -95,8 +102,8 @@ class ImageManager:
         own credentials (or anonymous access) have been verified against the registry for it."""
         if not self.ensure_secret_pulled_images or not record.auth or ANONYMOUS in record.auth:
             return False
-        host = reference.split("/", 1)[0] if "/" in reference else "docker.io"
-        offered = {c.fingerprint() for c in keyring.for_host(host)} if keyring else set()
+        # Any host: with mirrors, the credentials that proved access may be a mirror's.
+        offered = {creds.fingerprint() for _, creds in keyring.entries}
         return not (offered & set(record.auth))
 
     def ensure(
@@ -121,7 +128,7 @@ class ImageManager:
         present = record is not None
         if present and record is not None and policy != "Always" and self._must_reverify(record, keyring, image):
             present = False  # treated as absent for this Pod: the registry must be asked again
-        if policy == "Never" or (policy == "IfNotPresent" and present):
+        if not should_pull(policy, present):
             if present and record is not None:
                 log(NORMAL, "Pulled", f"Container image {goquote(requested)} already present on machine")
                 return EnsureResult(record.image_id, record=record)

@@ -41,7 +41,7 @@ from .runtime import DEFAULT_PROFILE, Runtime, runtime_class
 from .snapshots import Snapshots
 from .sources.auth import Keyring
 from .sources.mirrors import RegistriesConfig
-from .store import ContentStore
+from .store import DEFAULT_MAX_BLOB_SIZE, ContentStore
 
 #: The CLI's default gates: a 1.33 node with image volumes enabled, as in the 1.33 announcement
 #: (upstream's 1.33 default is off, R0.1; pass ``--feature-gates ImageVolume=false`` to see R2.8).
@@ -76,6 +76,8 @@ class NodeConfig:
     #: An fsspec filesystem for the content store (local disk when None).
     content_fs: Any = None
     content_root: str | None = None
+    #: The largest blob the content store accepts, in bytes.
+    max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
 
 
 class Node:
@@ -95,6 +97,7 @@ class Node:
             content_root,
             self.config.content_fs,
             lock_dir=os.path.join(self.root, "locks", "content"),
+            max_blob_size=self.config.max_blob_size,
         )
         registries = RegistriesConfig.load(self.config.registries) if self.config.registries else None
         self.resolver = Resolver(

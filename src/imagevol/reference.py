@@ -28,8 +28,10 @@ _DOMAIN = rf"{_HOST}(?::[0-9]+)?"
 _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _NAME = rf"(?:({_DOMAIN})/)?({_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
-_REFERENCE_RE = re.compile(rf"^{_NAME}(?::({_TAG}))?(?:@({_DIGEST}))?$")
-_ANCHORED_ID_RE = re.compile(r"^[a-f0-9]{64}$")
+# ASCII: distribution's \w (Go RE2) is [0-9A-Za-z_]; Python's would accept any Unicode letter.
+# \Z, not $: Python's $ also matches before a trailing newline ("busybox\n" would pass).
+_REFERENCE_RE = re.compile(rf"^{_NAME}(?::({_TAG}))?(?:@({_DIGEST}))?\Z", re.ASCII)
+_ANCHORED_ID_RE = re.compile(r"^[a-f0-9]{64}\Z")
 
 
 @attrs.frozen

@@ -4,25 +4,32 @@
 the manifest, picks the node's platform out of an index, and ingests config and layers into the
 content store. Every byte is verified against the digest that referred to it: the manifest against
 the digest in the reference or the one the source resolved, an index entry's manifest against the
-index, blobs against the manifest. The image record is written last, so a failed or interrupted pull
-leaves no name pointing at incomplete content.
+index, blobs against the manifest. Limits are checked before anything is fetched. The config is
+fetched first, then the layers, up to ``max_concurrent_downloads`` at a time (containerd's default
+is 3; oras-py fetches one after another, gap 11). The image record is written last, so a failed or
+interrupted pull leaves no name pointing at incomplete content.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
 import attrs
 
 from ._text import goquote
 from .errors import (
+    ContentError,
     DigestMismatchError,
     ImageNotFoundError,
     ImageVolError,
     InvalidReferenceError,
     ManifestError,
     PullError,
+    RegistryUnavailableError,
+    SizeMismatchError,
 )
 from .images import ImageDB, ImageRecord, store_name
 from .oci import (
@@ -44,6 +51,10 @@ from .store import ContentStore
 
 #: Builds a registry source for one endpoint. Given the credentials that apply to its host.
 RegistryFactory = Callable[[PullSource, Keyring], Source]
+#: Told ``(bytes fetched, bytes to fetch)`` as a pull progresses (from several threads).
+ProgressFn = Callable[[int, int], None]
+
+DEFAULT_MAX_CONCURRENT_DOWNLOADS = 3
 
 
 @attrs.frozen
@@ -51,6 +62,10 @@ class PullResult:
     record: ImageRecord
     duration: float
     fetched_blobs: int
+
+
+class _CancelledError(Exception):
+    """Another blob of the same pull failed: stop this one (its temporary file is removed)."""
 
 
 class Resolver:
@@ -64,6 +79,8 @@ class Resolver:
         platform: Platform | None = None,
         registry_factory: RegistryFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_concurrent_downloads: int = DEFAULT_MAX_CONCURRENT_DOWNLOADS,
+        progress: ProgressFn | None = None,
     ) -> None:
         self.store = store
         self.images = ImageDB(store)
@@ -71,6 +88,8 @@ class Resolver:
         self.platform = platform or host_platform()
         self.registry_factory = registry_factory
         self.clock = clock
+        self.max_concurrent_downloads = max(1, max_concurrent_downloads)
+        self.progress = progress
 
     # --- ImageStatus ---------------------------------------------------------------------------
 
@@ -87,7 +106,10 @@ class Resolver:
     # --- PullImage ---------------------------------------------------------------------------
 
     def pull(self, reference: str, keyring: Keyring | None = None) -> PullResult:
-        """Pull ``reference`` (a user string) with ``keyring``; return the stored record."""
+        """Pull ``reference`` (a user string) with ``keyring``; return the stored record.
+
+        Sources are tried in order (mirrors, then the registry itself); the error raised when all
+        fail has the type of the last one (the registry's own answer) and names every failure."""
         start = self.clock()
         try:
             ref = parse_normalized(reference)
@@ -95,29 +117,35 @@ class Resolver:
             raise InvalidReferenceError(f"failed to pull image {goquote(reference)}: {exc}") from None
         if not ref.tag and not ref.digest:
             ref = ref.with_tag("latest")
+        prefix = f"failed to pull and unpack image {goquote(str(ref))}"
         keyring = keyring or Keyring()
+        try:
+            specs = self.registries.pull_sources(ref)
+        except PullError as exc:
+            raise type(exc)(f"{prefix}: {exc}") from None
         errors: list[str] = []
         last: ImageVolError | None = None
-        for spec in self.registries.pull_sources(ref):
+        for spec in specs:
+            source: Source | None = None
             try:
                 source = self._source(spec, keyring)
                 record, fetched = self._pull_from(ref, source, keyring, spec)
-            except ImageNotFoundError as exc:
-                errors.append(str(exc))
-                continue
             except ImageVolError as exc:
                 errors.append(str(exc))
                 last = exc
                 continue
+            finally:
+                if source is not None:
+                    source.close()
             return PullResult(record, self.clock() - start, fetched)
         detail = "; ".join(errors) or "no source configured"
-        message = f"failed to pull and unpack image {goquote(str(ref))}: {detail}"
-        if last is None:
-            raise ImageNotFoundError(
-                f"failed to pull and unpack image {goquote(str(ref))}: failed to resolve reference "
-                f"{goquote(str(ref))}: {ref!s}: not found"
-            )
-        raise type(last)(message) if isinstance(last, PullError) else PullError(message)
+        if last is None or isinstance(last, ImageNotFoundError):
+            raise ImageNotFoundError(f"{prefix}: failed to resolve reference {goquote(str(ref))}: {detail}")
+        if isinstance(last, RegistryUnavailableError):
+            # The CRI sentinel first, so the kubelet reports RegistryUnavailable (R3.6).
+            raise RegistryUnavailableError(f"RegistryUnavailable: {prefix}: {detail}")
+        kind = type(last) if isinstance(last, PullError | ContentError | ManifestError) else PullError
+        raise kind(f"{prefix}: {detail}")
 
     def _source(self, spec: PullSource, keyring: Keyring) -> Source:
         if spec.endpoint.is_layout:
@@ -145,7 +173,6 @@ class Resolver:
             raise DigestMismatchError(f"{source.description}: resolved {top.digest}, reference pins {ref.digest}")
         raw, doc = self._fetch_manifest(source, top)
         top = Descriptor(top.media_type or _kind(doc), top.digest, top.size)
-        fetched = 0
         manifest_desc, manifest_raw, manifest = top, raw, doc
         if isinstance(doc, Index):
             manifest_desc = doc.select(self.platform)
@@ -154,16 +181,25 @@ class Resolver:
                 raise ManifestError(f"index entry {manifest_desc.digest} is not an image manifest")
             manifest = child
         assert isinstance(manifest, Manifest)
-        for blob in manifest.blobs():
-            if blob.data is not None and Digest.of(blob.data, blob.digest.algorithm) != blob.digest:
-                raise DigestMismatchError(f"embedded data of {blob.digest} does not match its digest")
-            fetched += self.store.ingest_once(blob, _fetch(source, blob))
+        blobs = _unique(manifest.blobs())
+        for blob in blobs:
+            if blob.data is not None and (
+                len(blob.data) != blob.size or Digest.of(blob.data, blob.digest.algorithm) != blob.digest
+            ):
+                raise DigestMismatchError(f"embedded data of {blob.digest} does not match its descriptor")
+            if blob.size > self.store.max_blob_size:
+                raise SizeMismatchError(
+                    f"blob {blob.digest} of {blob.size} bytes exceeds the maximum blob size of "
+                    f"{self.store.max_blob_size} bytes"
+                )
+        fetched = self._ingest_blobs(source, blobs)
         # Manifests last: a manifest in the store implies its blobs are there.
         self.store.ingest(manifest_desc, [manifest_raw])
         if manifest_desc != top:
             self.store.ingest(top, [raw])
-        auth = keyring_fingerprint(keyring, spec)
-        size = manifest_desc.size + sum(b.size for b in manifest.blobs())
+        used = source.credentials_used()
+        auth = used.fingerprint() if used is not None else ANONYMOUS
+        size = manifest_desc.size + sum(b.size for b in blobs) + (top.size if manifest_desc != top else 0)
         record = ImageRecord(
             name=store_name(ref),
             target=top,
@@ -180,6 +216,37 @@ class Resolver:
         self.images.put(record)
         return record, fetched
 
+    def _ingest_blobs(self, source: Source, blobs: Sequence[Descriptor]) -> int:
+        """Store every blob not yet present: the config first, then the layers concurrently.
+        The first failure stops the others; each blob is fetched once even when other pulls
+        (threads or processes) want it at the same time (the store's single-flight)."""
+        todo = [b for b in blobs if not self.store.has(b.digest)]
+        total = sum(b.size for b in todo if b.data is None)
+        meter = _Meter(total, self.progress)
+        if not todo:
+            meter.report()
+            return 0
+        cancel = threading.Event()
+
+        def one(blob: Descriptor) -> bool:
+            return self.store.ingest_once(blob, _fetch(source, blob, meter, cancel))
+
+        fetched = int(one(todo[0]))
+        rest = todo[1:]
+        if len(rest) <= 1 or self.max_concurrent_downloads == 1:
+            return fetched + sum(one(b) for b in rest)
+        with ThreadPoolExecutor(max_workers=min(len(rest), self.max_concurrent_downloads)) as pool:
+            futures: list[Future[bool]] = [pool.submit(one, b) for b in rest]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            if any(f.done() and f.exception() is not None for f in futures):
+                cancel.set()
+                for f in futures:
+                    f.cancel()
+                wait(futures)
+                errors = [f.exception() for f in futures if not f.cancelled()]
+                raise next(e for e in errors if e is not None and not isinstance(e, _CancelledError))
+        return fetched + sum(f.result() for f in futures)
+
     def manifest_of(self, record: ImageRecord) -> Manifest:
         doc = self.store.read_manifest(Descriptor("", record.manifest_digest, self.store.size(record.manifest_digest)))
         if not isinstance(doc, Manifest):
@@ -187,20 +254,51 @@ class Resolver:
         return doc
 
 
-def keyring_fingerprint(keyring: Keyring, spec: PullSource) -> str:
-    """Which credentials a pull used, for KEP-2535 (R7.4): the first matching entry's fingerprint
-    (the one a registry source tries first), else ``anonymous``."""
-    if spec.endpoint.is_layout:
-        return ANONYMOUS
-    creds = keyring.for_host(spec.endpoint.location)
-    return creds[0].fingerprint() if creds else ANONYMOUS
+class _Meter:
+    """Counts fetched bytes across threads and tells the progress callback."""
+
+    def __init__(self, total: int, progress: ProgressFn | None) -> None:
+        self.total = total
+        self.done = 0
+        self.progress = progress
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        if self.progress is None:
+            return
+        with self._lock:
+            self.done += n
+            self.progress(self.done, self.total)
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.done, self.total)
 
 
-def _fetch(source: Source, blob: Descriptor) -> Callable[[], Iterator[bytes]]:
+def _fetch(source: Source, blob: Descriptor, meter: _Meter, cancel: threading.Event) -> Callable[[], Iterator[bytes]]:
     if blob.data is not None:
         data = blob.data
         return lambda: iter((data,))
-    return lambda: source.fetch_blob(blob)
+
+    def chunks() -> Iterator[bytes]:
+        for chunk in source.fetch_blob(blob):
+            if cancel.is_set():
+                raise _CancelledError()
+            meter.add(len(chunk))
+            yield chunk
+
+    return chunks
+
+
+def _unique(blobs: Sequence[Descriptor]) -> list[Descriptor]:
+    """Each digest once (a manifest may list one layer twice)."""
+    seen: set[Digest] = set()
+    out = []
+    for b in blobs:
+        if b.digest not in seen:
+            seen.add(b.digest)
+            out.append(b)
+    return out
 
 
 def _kind(doc: Manifest | Index) -> str:

@@ -27,13 +27,16 @@ from typing import IO, Any
 import attrs
 import fsspec
 
+from ._text import goquote
 from .errors import BlobNotFoundError, ContentError, DigestMismatchError, SizeMismatchError
 from .locks import NamedLocks, process_alive
 from .oci import (
     ANNOTATION_REF_NAME,
+    IMAGE_CONFIG_TYPES,
     INDEX_TYPES,
     MANIFEST_TYPES,
     MAX_MANIFEST_BYTES,
+    OCI_EMPTY,
     Descriptor,
     Digest,
     Index,
@@ -56,10 +59,12 @@ class FsckReport:
     stale_ingests: tuple[str, ...]
     missing: tuple[str, ...]
     repaired: bool
+    #: Files under ``blobs/`` whose names are not digests (no OCI reader can address them).
+    invalid: tuple[str, ...] = ()
 
     @property
     def clean(self) -> bool:
-        return not (self.corrupt or self.orphaned or self.stale_ingests or self.missing)
+        return not (self.corrupt or self.orphaned or self.stale_ingests or self.missing or self.invalid)
 
 
 class ContentStore:
@@ -137,8 +142,12 @@ class ContentStore:
 
     def read_blob(self, digest: Digest, max_size: int | None = None) -> bytes:
         limit = self.max_blob_size if max_size is None else max_size
+        # Ask for the size first: read(limit + 1) would make Python allocate the whole limit.
+        size = self.size(digest)
+        if size > limit:
+            raise SizeMismatchError(f"blob {digest} exceeds the {limit}-byte limit")
         with self.open_blob(digest) as f:
-            data = f.read(limit + 1)
+            data = f.read(min(size, limit) + 1)
         if len(data) > limit:
             raise SizeMismatchError(f"blob {digest} exceeds the {limit}-byte limit")
         return data
@@ -188,23 +197,29 @@ class ContentStore:
         tmp = self._p("ingest", f"{desc.digest.hex}.{os.getpid()}.{uuid.uuid4().hex}.part")
         hasher = desc.digest.hasher()
         written = 0
+        ref = f"{_ref_kind(desc.media_type)}-{desc.digest}"
         try:
             with self.fs.open(tmp, "wb") as f:
                 for chunk in chunks:
                     written += len(chunk)
                     if written > desc.size:
                         raise SizeMismatchError(
-                            f"blob {desc.digest}: received more than the {desc.size} bytes its descriptor declares"
+                            f"failed commit on ref {goquote(ref)}: received more than the {desc.size} bytes "
+                            "its descriptor declares: failed precondition"
                         )
                     hasher.update(chunk)
                     f.write(chunk)
                 if written != desc.size:
                     raise SizeMismatchError(
-                        f"blob {desc.digest}: received {written} bytes, descriptor declares {desc.size}"
+                        f"failed commit on ref {goquote(ref)}: unexpected commit size {written}, expected "
+                        f"{desc.size}: failed precondition"
                     )
                 got = f"{desc.digest.algorithm}:{hasher.hexdigest()}"
                 if got != str(desc.digest):
-                    raise DigestMismatchError(f"blob {desc.digest}: content hashes to {got}")
+                    raise DigestMismatchError(
+                        f"failed commit on ref {goquote(ref)}: unexpected commit digest {got}, expected "
+                        f"{desc.digest}: failed precondition"
+                    )
                 _fsync(f)
             self.fs.mv(tmp, self.blob_path(desc.digest))
         except BaseException:
@@ -217,16 +232,29 @@ class ContentStore:
             self.fs.rm(self.blob_path(digest))
 
     def blobs(self) -> Iterator[Digest]:
+        for path in self._blob_files():
+            try:
+                yield _digest_of_path(path)
+            except ContentError:
+                continue
+
+    def _blob_files(self) -> list[str]:
+        out = []
         for alg in self.fs.ls(self._p("blobs"), detail=False):
-            algorithm = alg.rstrip("/").rsplit("/", 1)[-1]
-            for path in self.fs.ls(self._p("blobs", algorithm), detail=False):
-                name = path.rstrip("/").rsplit("/", 1)[-1]
-                try:
-                    yield Digest.parse(f"{algorithm}:{name}")
-                except ContentError:
-                    continue
-                except Exception:
-                    continue
+            if self.fs.isdir(alg):
+                out += [p.rstrip("/") for p in self.fs.ls(alg, detail=False)]
+            else:
+                out.append(alg.rstrip("/"))
+        return out
+
+    def _invalid_blob_files(self) -> list[str]:
+        bad = []
+        for path in self._blob_files():
+            try:
+                _digest_of_path(path)
+            except ContentError:
+                bad.append(path)
+        return bad
 
     def verify_blob(self, digest: Digest) -> bool:
         hasher = digest.hasher()
@@ -345,10 +373,11 @@ class ContentStore:
                 for d in orphaned:
                     self.delete_blob(Digest.parse(d))
             stale = self._stale_ingests()
+            invalid = self._invalid_blob_files()
             if repair:
-                for path in stale:
+                for path in stale + invalid:
                     with contextlib.suppress(FileNotFoundError):
-                        self.fs.rm(path)
+                        self.fs.rm(path, recursive=True)
             return FsckReport(
                 checked=checked,
                 corrupt=tuple(sorted(corrupt)),
@@ -356,6 +385,7 @@ class ContentStore:
                 stale_ingests=tuple(sorted(p.rsplit("/", 1)[-1] for p in stale)),
                 missing=tuple(sorted(str(d) for d in missing)),
                 repaired=repair,
+                invalid=tuple(sorted(p[len(self._p("blobs")) + 1 :] for p in invalid)),
             )
 
     def _stale_ingests(self) -> list[str]:
@@ -388,6 +418,28 @@ class ContentStore:
             for d in removed:
                 self.delete_blob(d)
             return removed
+
+
+def _digest_of_path(path: str) -> Digest:
+    """``.../blobs/<alg>/<hex>`` as a digest; ContentError for anything else."""
+    parts = path.rstrip("/").rsplit("/", 2)
+    if len(parts) < 3 or (parts[-3].rsplit("/", 1)[-1] != "blobs" and not parts[-3].endswith("blobs")):
+        raise ContentError(f"{path} is not a blob path")
+    try:
+        return Digest.parse(f"{parts[-2]}:{parts[-1]}")
+    except Exception:
+        raise ContentError(f"{path} is not named by a digest") from None
+
+
+def _ref_kind(media_type: str) -> str:
+    """containerd's ingest ref prefix for a media type (``layer-sha256:...`` and so on)."""
+    if media_type in INDEX_TYPES:
+        return "index"
+    if media_type in MANIFEST_TYPES:
+        return "manifest"
+    if media_type in IMAGE_CONFIG_TYPES - {""} or media_type == OCI_EMPTY or "config" in media_type:
+        return "config"
+    return "layer"
 
 
 def _fsync(f: Any) -> None:

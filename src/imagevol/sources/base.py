@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from ..oci import Descriptor
+from .auth import Credentials
 
 
 class Source(Protocol):
@@ -29,4 +30,13 @@ class Source(Protocol):
 
     def fetch_blob(self, desc: Descriptor) -> Iterator[bytes]:
         """The blob's bytes in chunks (unverified; the store verifies while writing)."""
+        ...
+
+    def credentials_used(self) -> Credentials | None:
+        """The credentials the source authenticated with, None when it needed none (KEP-2535
+        records which credentials proved access to an image)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files (the resolver calls it when done with the source)."""
         ...

@@ -14,6 +14,7 @@ import fsspec
 
 from ..errors import ImageNotFoundError, ManifestError
 from ..oci import ANNOTATION_REF_NAME, MAX_MANIFEST_BYTES, OCI_INDEX, Descriptor, Digest
+from .auth import Credentials
 
 _CHUNK = 1024 * 1024
 
@@ -88,3 +89,9 @@ class OCILayoutSource:
         with f:
             while chunk := f.read(_CHUNK):
                 yield chunk
+
+    def credentials_used(self) -> Credentials | None:
+        return None
+
+    def close(self) -> None:
+        return None

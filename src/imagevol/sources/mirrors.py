@@ -5,6 +5,11 @@ Supported: ``[[registry]]`` with ``prefix`` (exact, or ``*.domain`` wildcard), `
 ``location``, ``insecure`` and ``pull-from-mirror`` (``all``, ``digest-only``, ``tag-only``).
 Mirrors are tried in order, then the primary location. Our extension: a location of the form
 ``oci-layout:PATH`` names an OCI image layout on disk (relative to the config file), for offline use.
+
+Matching follows containers/image: a prefix matches a repository name when the name equals it or
+continues it with ``/``, ``:`` or ``@`` (so ``example.com`` also matches ``example.com:5000``, a
+quirk upstream keeps); ``*.example.com`` matches any subdomain host; the longest prefix wins and, on
+a tie, the first entry in the file. The matched part of the name is replaced by the location.
 """
 
 from __future__ import annotations
@@ -67,20 +72,35 @@ class RegistryEntry:
     mirrors: tuple[Endpoint, ...] = ()
 
     def matches(self, name: str) -> bool:
-        if self.prefix.startswith("*."):
-            host = name.split("/", 1)[0]
-            return host.endswith(self.prefix[1:])
-        if name == self.prefix:
-            return True
-        return name.startswith(self.prefix) and name[len(self.prefix)] in "/:@"
+        return match_length(name, self.prefix) != -1
+
+
+def match_length(name: str, prefix: str) -> int:
+    """How much of the repository ``name`` the ``prefix`` covers, or -1 when it does not match
+    (containers/image's ``refMatchingPrefix``)."""
+    if prefix.startswith("*."):
+        # Upstream looks only at the first occurrence of ".example.com" (so "a.example.com.example.com"
+        # would not match); every occurrence in the host is tried here.
+        suffix, i = prefix[1:], name.find(prefix[1:])
+        while i != -1 and "/" not in name[:i]:
+            end = i + len(suffix)
+            if end == len(name) or name[end] in ":/@":
+                return end
+            i = name.find(suffix, i + 1)
+        return -1
+    if name == prefix:
+        return len(prefix)
+    if len(name) > len(prefix) and name.startswith(prefix) and name[len(prefix)] in ":/@":
+        return len(prefix)
+    return -1
 
 
 def _rewrite(name: str, prefix: str, location: str) -> str:
-    """Replace the matched prefix of the repository ``name`` by ``location``."""
-    if prefix.startswith("*."):
+    """Replace the matched prefix of the repository ``name`` by ``location`` (a wildcard entry
+    without a location of its own keeps the name)."""
+    if not location or location.startswith("*."):
         return name
-    rest = name[len(prefix) :]
-    return location + rest
+    return location + name[match_length(name, prefix) :]
 
 
 @attrs.frozen
@@ -106,9 +126,14 @@ class RegistriesConfig:
             if not isinstance(reg, dict):
                 raise ValueError(f"registry[{i}] must be a table")
             location = _location(str(reg.get("location", "")), base_dir)
-            prefix = str(reg.get("prefix", "")) or location
+            prefix = str(reg.get("prefix", "")).rstrip("/") or location
             if not prefix:
                 raise ValueError(f"registry[{i}] needs a prefix or a location")
+            if prefix.startswith("*.") and any(c in prefix for c in "/@:"):
+                raise ValueError(
+                    f"registry[{i}]: wildcarded prefix should be in the format: *.example.com; "
+                    f"prefix {prefix!r} is incorrectly formatted"
+                )
             mirrors = []
             for j, mir in enumerate(reg.get("mirror", []) or []):
                 if not isinstance(mir, dict) or not mir.get("location"):
@@ -132,12 +157,10 @@ class RegistriesConfig:
         return cls(tuple(entries), source)
 
     def find(self, name: str) -> RegistryEntry | None:
-        """The entry with the longest matching prefix (exact prefixes beat wildcards)."""
+        """The entry with the longest matching prefix; on a tie, the first in the file."""
         best: RegistryEntry | None = None
         for entry in self.registries:
-            if not entry.matches(name):
-                continue
-            if best is None or _rank(entry) > _rank(best):
+            if entry.matches(name) and (best is None or len(entry.prefix) > len(best.prefix)):
                 best = entry
         return best
 
@@ -152,11 +175,13 @@ class RegistriesConfig:
         by_digest = bool(ref.digest)
         out = []
         for mirror in entry.mirrors:
-            if entry.mirror_by_digest_only and not by_digest:
-                continue
-            if mirror.pull_from_mirror == "digest-only" and not by_digest:
-                continue
-            if mirror.pull_from_mirror == "tag-only" and by_digest:
+            if entry.mirror_by_digest_only:
+                # The entry-wide switch replaces the per-mirror one (upstream forbids mixing them).
+                if not by_digest:
+                    continue
+            elif (mirror.pull_from_mirror == "digest-only" and not by_digest) or (
+                mirror.pull_from_mirror == "tag-only" and by_digest
+            ):
                 continue
             out.append(_pull_source(mirror, name, entry.prefix, ref, is_mirror=True))
         primary = Endpoint(entry.location, entry.insecure)
@@ -166,18 +191,17 @@ class RegistriesConfig:
 
 def _pull_source(endpoint: Endpoint, name: str, prefix: str, ref: Reference, *, is_mirror: bool) -> PullSource:
     if endpoint.is_layout:
-        rest = "" if prefix.startswith("*.") else name[len(prefix) :].lstrip("/")
+        rest = name[match_length(name, prefix) :].lstrip("/")
         return PullSource(endpoint, rest, ref, is_mirror)
     rewritten = _rewrite(name, prefix, endpoint.location)
     host, _, repo = rewritten.partition("/")
     return PullSource(attrs.evolve(endpoint, location=host), repo, ref, is_mirror)
 
 
-def _rank(entry: RegistryEntry) -> tuple[int, int]:
-    return (0 if entry.prefix.startswith("*.") else 1, len(entry.prefix))
-
-
 def _location(location: str, base_dir: str) -> str:
+    location = location.rstrip("/")
+    if location.startswith(("http://", "https://")):
+        raise ValueError(f"invalid location {location!r}: URI schemes are not supported")
     if location.startswith(OCI_LAYOUT_SCHEME):
         path = location[len(OCI_LAYOUT_SCHEME) :]
         if not os.path.isabs(path):

@@ -2,7 +2,8 @@
 
 :class:`LayoutBuilder` writes blobs, manifests and indexes into an OCI image layout with fixed
 timestamps, gzip mtime 0 and sorted compact JSON, so two builds are byte-identical and digests are
-stable. :func:`build_fixtures` writes the project's fixtures, among them ``v2``: the content of
+stable. :func:`build_fixtures` writes the project's fixtures (``layers-mix`` has a gzip, a zstd and
+an uncompressed layer in one image), among them ``v2``: the content of
 ``quay.io/crio/artifact:v2`` (an image-format object with one tar+gzip layer holding ``dir/``,
 ``dir/file`` = ``1\\n`` and ``file`` = ``2\\n``, owned by 1000:100; oci-peers.md section 3).
 """
@@ -191,6 +192,9 @@ def build_fixtures(path: str) -> dict[str, Descriptor]:
     build_artifact_v2(b, "artifact-image")
     b.add_image(LAYERS_FIXTURE, tag="layers")
     b.add_image([attrs.evolve(LAYERS_FIXTURE[0], compression="zstd")], tag="layers-zstd")
+    # One image mixing all three layer compressions: gzip, zstd, uncompressed.
+    mixed = (LAYERS_FIXTURE[0], attrs.evolve(LAYERS_FIXTURE[1], compression="zstd"), LAYERS_FIXTURE[2])
+    b.add_image(mixed, tag="layers-mix")
     amd = b.add_image([Layer((_f("arch", "amd64\n"),))], platform=Platform("linux", "amd64"))
     arm = b.add_image([Layer((_f("arch", "arm64\n"),))], platform=Platform("linux", "arm64", "v8"))
     b.add_index([(amd, Platform("linux", "amd64")), (arm, Platform("linux", "arm64", "v8"))], tag="multi")
