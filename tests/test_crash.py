@@ -11,14 +11,17 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from imagevol.node import Node, NodeConfig
+from imagevol.sources.registry import RegistryAccess
 from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.model import apply_layers_model, listing
 from imagevol.testing.tarbuild import TarEntry
 
+import peers
 from test_model import _real_listing
 
 REF = "crash.example/big:v1"
@@ -56,7 +59,8 @@ _CHILD = textwrap.dedent(
     """
     import sys
     from imagevol.node import Node, NodeConfig
-    node = Node(NodeConfig(root=sys.argv[1], registries=sys.argv[2]))
+    from imagevol.sources.registry import RegistryAccess
+    node = Node(NodeConfig(root=sys.argv[1], registries=sys.argv[2], registry_factory=RegistryAccess()))
     record = node.runtime.pull_image(sys.argv[3]).record
     manifest = node.resolver.manifest_of(record)
     node.snapshots.materialise(record.manifest_digest, manifest)
@@ -72,7 +76,8 @@ def _run_child(root: str, conf: str) -> subprocess.Popen[str]:
 
 
 def _check_after_restart(root: str, conf: str, expected: dict[str, tuple[object, ...]]) -> None:
-    node = Node(NodeConfig(root=root, registries=conf))  # the restart: recovery runs here
+    # The restart: recovery runs here.
+    node = Node(NodeConfig(root=root, registries=conf, registry_factory=RegistryAccess()))
     ingest = os.path.join(root, "content", "ingest")
     assert not [n for n in os.listdir(ingest) if n.endswith(".part")]
     assert os.listdir(os.path.join(root, "snapshots", ".staging")) == []
@@ -89,8 +94,25 @@ def _check_after_restart(root: str, conf: str, expected: dict[str, tuple[object,
     assert report.clean, report
 
 
-def test_sigkill_at_random_points(layout: tuple[str, str, dict[str, tuple[object, ...]]], tmp_path: object) -> None:
-    conf, _, expected = layout
+@pytest.fixture(params=["oci-layout", "registry"])
+def source(
+    request: pytest.FixtureRequest, layout: tuple[str, str, dict[str, tuple[object, ...]]]
+) -> Iterator[tuple[str, dict[str, tuple[object, ...]]]]:
+    """registries.conf for the big image: the OCI layout as a mirror, or a real registry."""
+    conf, base, expected = layout
+    if request.param == "oci-layout":
+        yield conf, expected
+        return
+    with peers.registry() as reg:
+        peers.skopeo_copy(os.path.join(base, "layout"), "v1", reg, "big", "v1")
+        reg_conf = os.path.join(base, f"registry-{reg.port}.conf")
+        with open(reg_conf, "w") as f:
+            f.write(f'[[registry]]\nprefix = "crash.example/big"\nlocation = "{reg.host}/big"\ninsecure = true\n')
+        yield reg_conf, expected
+
+
+def test_sigkill_at_random_points(source: tuple[str, dict[str, tuple[object, ...]]], tmp_path: object) -> None:
+    conf, expected = source
     # How long an uninterrupted run takes, to spread the kills over it.
     probe_root = os.path.join(str(tmp_path), "probe")
     start = time.monotonic()
