@@ -44,7 +44,7 @@ class Clock:
 class Kubelet:
     """An ImageManager on a real node, with its events and a fake clock."""
 
-    def __init__(self, root: str, layout: str) -> None:
+    def __init__(self, root: str, layout: str, runtime: str = "containerd") -> None:
         conf = os.path.join(root, "registries.conf")
         os.makedirs(root, exist_ok=True)
         with open(conf, "w") as f:
@@ -53,7 +53,9 @@ class Kubelet:
                 f'[[registry]]\nprefix = "down.test"\nlocation = "127.0.0.1:{peers.free_port()}"\n'
             )
         access = RegistryAccess(plain_http=True, retry=RetryPolicy(attempts=1))
-        self.node = Node(NodeConfig(root=os.path.join(root, "node"), registries=conf, registry_factory=access))
+        self.node = Node(
+            NodeConfig(root=os.path.join(root, "node"), registries=conf, registry_factory=access, runtime=runtime)
+        )
         self.clock = Clock()
         self.backoff = Backoff()
         self.manager = ImageManager(self.node.runtime, self.backoff, KubeletMetrics(), clock=self.clock)
@@ -206,12 +208,23 @@ def test_a_successful_pull_collects_stale_backoff_entries(kubelet: Kubelet) -> N
     assert list(kubelet.backoff.entries) == ["recent_registry.test/lab:missing"]
 
 
-def test_an_unreachable_registry_is_registry_unavailable(kubelet: Kubelet) -> None:
+def test_an_unreachable_registry_is_registry_unavailable_on_crio(tmp_path: object, fixtures_layout: str) -> None:
+    """CRI-O reports the CRI sentinel, so the kubelet says RegistryUnavailable (R3.6)."""
+    kubelet = Kubelet(str(tmp_path), fixtures_layout, runtime="crio")
     res = kubelet.ensure("down.test/app:v1")
     assert res.reason == "RegistryUnavailable"
     assert res.message.startswith("image pull failed for down.test/app:v1 because the registry is unavailable: ")
     assert "connection refused" in res.message
     assert kubelet.reasons() == ["Pulling", "Failed"]
+    assert kubelet.ensure("down.test/app:v1").reason == "ImagePullBackOff"
+
+
+def test_an_unreachable_registry_is_err_image_pull_on_containerd(kubelet: Kubelet) -> None:
+    """containerd has no such sentinel: a plain pull failure, ErrImagePull."""
+    res = kubelet.ensure("down.test/app:v1")
+    assert res.reason == "ErrImagePull"
+    assert res.message.startswith('failed to pull and unpack image "down.test/app:v1"')
+    assert "connection refused" in res.message
     assert kubelet.ensure("down.test/app:v1").reason == "ImagePullBackOff"
 
 

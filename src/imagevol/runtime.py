@@ -37,6 +37,8 @@ from .errors import (
     ImageInUseError,
     ImageVolError,
     ImageVolumeMountFailedError,
+    PullError,
+    RegistryUnavailableError,
     SubPathError,
 )
 from .images import ImageRecord
@@ -89,6 +91,7 @@ class Runtime:
     #: Resolution policy for ``image_sub_path`` on images.
     policy: ClassVar[sp.Policy] = sp.Policy.BENEATH
     supports_artifacts: ClassVar[bool] = False
+    reports_registry_unavailable: ClassVar[bool] = False
     honours_sub_path: ClassVar[bool] = True
 
     def __init__(
@@ -104,7 +107,15 @@ class Runtime:
     # --- image service -------------------------------------------------------------------------
 
     def pull_image(self, reference: str, keyring: Keyring | None = None) -> PullResult:
-        return self.resolver.pull(reference, keyring)
+        """``PullImage``. Only runtimes that report the CRI ``RegistryUnavailable`` sentinel keep it
+        (CRI-O); containerd reports an unreachable registry as a plain pull failure, which the
+        kubelet shows as ``ErrImagePull`` (R3.6)."""
+        try:
+            return self.resolver.pull(reference, keyring)
+        except RegistryUnavailableError as exc:
+            if self.reports_registry_unavailable:
+                raise
+            raise PullError(str(exc).removeprefix("RegistryUnavailable: ")) from None
 
     def image_status(self, reference: str) -> ImageRecord | None:
         return self.resolver.lookup(reference)
@@ -355,6 +366,7 @@ class CrioRuntime(Runtime):
     name = "crio"
     policy = sp.Policy.IN_ROOT
     supports_artifacts = True
+    reports_registry_unavailable = True
 
     def where(self, base: MountStatus) -> str:
         # Upstream prints the c/storage mount point of the image, `<graphroot>/overlay/<id>/merged`.
