@@ -234,3 +234,24 @@ def test_the_store_is_an_oci_layout_from_the_start(tmp_path: object) -> None:
     with open(os.path.join(root, "index.json")) as f:
         assert json.load(f)["manifests"] == []
     assert subprocess.run([peers.require("umoci"), "ls", "--layout", root], check=False).returncode == 0
+
+
+def test_garbage_collection_waits_for_a_pull_in_progress(tmp_path: object) -> None:
+    """A pull holds "gc" shared: blobs it ingested before writing its record are not collected."""
+    import threading
+
+    from imagevol.oci import Descriptor, Digest
+
+    store = ContentStore(os.path.join(str(tmp_path), "content"))
+    data = b"ingested, not yet referenced"
+    desc = Descriptor("application/octet-stream", Digest.of(data), len(data))
+    collected: list[object] = []
+    with store.locks.hold("gc", shared=True):
+        store.ingest(desc, [data])
+        gc = threading.Thread(target=lambda: collected.append(store.garbage_collect()))
+        gc.start()
+        gc.join(0.5)
+        assert gc.is_alive()  # blocked behind the pull
+        assert store.has(desc.digest)
+    gc.join(10)
+    assert collected == [[desc.digest]]  # once the pull is over, an unreferenced blob goes

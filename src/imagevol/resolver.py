@@ -129,7 +129,10 @@ class Resolver:
             source: Source | None = None
             try:
                 source = self._source(spec, keyring)
-                record, fetched = self._pull_from(ref, source, keyring, spec)
+                # A shared hold on "gc": blobs ingested before the record is written are not yet
+                # reachable from index.json, and a garbage collection must not delete them.
+                with self.store.locks.hold("gc", shared=True):
+                    record, fetched = self._pull_from(ref, source, keyring, spec)
             except ImageVolError as exc:
                 errors.append(str(exc))
                 last = exc
