@@ -18,9 +18,23 @@ POD = os.path.join(EXAMPLES, "image-volume.yaml")
 REGISTRIES = os.path.join(EXAMPLES, "registries.conf")
 
 
+def offline_registries(root: str) -> str:
+    """examples/registries.conf with the primary location moved to a closed port on 127.0.0.1,
+    so that a tag the mirror lacks fails at once instead of going to quay.io."""
+    with open(REGISTRIES) as f:
+        text = f.read()
+    layout = os.path.join(EXAMPLES, "oci-layout")
+    text = text.replace('location = "quay.io/crio/artifact"', 'location = "127.0.0.1:9/crio/artifact"')
+    text = text.replace('location = "oci-layout:oci-layout"', f'location = "oci-layout:{layout}"')
+    path = root.rstrip("/") + ".registries.conf"
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
 def imagevol(root: str, *args: str) -> tuple[int, str]:
     out = io.StringIO()
-    code = main(["--root", root, "--registries", REGISTRIES, *args], out=out)
+    code = main(["--root", root, "--registries", offline_registries(root), *args], out=out)
     return code, out.getvalue()
 
 
@@ -173,3 +187,15 @@ def test_describe_and_delete(node_root: str, capsys: pytest.CaptureFixture[str])
     # The mount released its lease on the snapshot.
     leases = os.path.join(node_root, "snapshots", ".leases")
     assert os.listdir(leases) == []
+
+
+def test_the_example_registries_conf_mirrors_to_the_layout() -> None:
+    from imagevol.reference import parse_normalized
+    from imagevol.sources.mirrors import RegistriesConfig
+
+    conf = RegistriesConfig.load(REGISTRIES)
+    sources = conf.pull_sources(parse_normalized("quay.io/crio/artifact:v2"))
+    assert [(s.is_mirror, s.endpoint.location) for s in sources] == [
+        (True, "oci-layout:" + os.path.join(EXAMPLES, "oci-layout")),
+        (False, "quay.io"),
+    ]
