@@ -41,3 +41,26 @@ def fixtures_layout(tmp_path_factory: pytest.TempPathFactory) -> str:
 def node_root(tmp_path: pytest.TempPathFactory) -> Iterator[str]:
     root = os.path.join(str(tmp_path), "node")
     yield root
+
+
+class FakeClock:
+    """An injectable clock for backoff and event timestamps."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(scope="module")
+def layout_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A directory holding ``layout``: the sub-path test images (tests/subpath_support.py)."""
+    from subpath_support import build_layout
+
+    d = str(tmp_path_factory.mktemp("layouts"))
+    build_layout(os.path.join(d, "layout"))
+    return d

@@ -16,8 +16,9 @@ from imagevol.image_gc import ImageGC
 from imagevol.metrics import KubeletMetrics
 from imagevol.node import Node
 
+from conftest import FakeClock
 from peers import free_port, require
-from test_kubelet import FakeClock, ctr, make_node, pod, vol
+from test_kubelet import ctr, make_node, pod, vol
 
 
 @pytest.fixture

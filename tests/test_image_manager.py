@@ -23,22 +23,12 @@ from imagevol.sources.client import RetryPolicy
 from imagevol.sources.registry import RegistryAccess
 
 import peers
+from conftest import FakeClock
 
 PULLED = re.compile(
     r'^Successfully pulled image "(?P<ref>[^"]+)" in (?P<d>[0-9.]+(ms|s)|0s) '
     r"\((?P<w>[0-9.]+(ms|s)|0s) including waiting\)\. Image size: (?P<size>\d+) bytes\.$"
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Kubelet:
@@ -56,7 +46,7 @@ class Kubelet:
         self.node = Node(
             NodeConfig(root=os.path.join(root, "node"), registries=conf, registry_factory=access, runtime=runtime)
         )
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.backoff = Backoff()
         self.manager = ImageManager(self.node.runtime, self.backoff, KubeletMetrics(), clock=self.clock)
         self.events: list[Event] = []
@@ -262,7 +252,7 @@ def test_secret_pulled_images_are_reverified_per_pod(fixtures_layout: str, tmp_p
         peers.push_fixtures(fixtures_layout, reg, ("v2",))
         access = RegistryAccess(plain_http=True)
         node = Node(NodeConfig(root=os.path.join(str(tmp_path), "node"), registry_factory=access))
-        clock = Clock()
+        clock = FakeClock()
         manager = ImageManager(node.runtime, Backoff(), KubeletMetrics(), clock=clock, ensure_secret_pulled_images=True)
         recorder = EventRecorder([], clock=clock)
         image = f"{reg.host}/lab/v2:v1"

@@ -14,18 +14,9 @@ from imagevol.api import load_documents
 from imagevol.api.models import Pod
 from imagevol.node import Node, NodeConfig
 
+from conftest import FakeClock
+
 PREFIX = "fixtures.example/lab"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make_node(root: str, layout: str, clock: FakeClock, **config: Any) -> Node:

@@ -18,16 +18,9 @@ from imagevol.node import Node
 from imagevol.oci import Digest
 from imagevol.view import ContainerView
 
-from subpath_support import REGISTRY, build_layout, make_node, pod_yaml
+from subpath_support import REGISTRY, make_node, pod_yaml
 
 OK = "ok"
-
-
-@pytest.fixture(scope="module")
-def layout_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    d = str(tmp_path_factory.mktemp("layouts"))
-    build_layout(os.path.join(d, "layout"))
-    return d
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from imagevol.sources.registry import RegistryAccess
 from imagevol.view import ContainerView
 
 import peers
-from test_kubelet import FakeClock
+from conftest import FakeClock
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ from imagevol.oci import Digest
 from imagevol.testing.images import ARTIFACT_V2_ENTRIES, LAYERS_FIXTURE, build_fixtures, kitten_entries
 from imagevol.testing.model import apply_layers_model, listing
 
-from test_kubelet import FakeClock, ctr, make_node, pod, vol
+from conftest import FakeClock
+from test_kubelet import ctr, make_node, pod, vol
 from test_model import _real_listing
 
 IMAGES = {

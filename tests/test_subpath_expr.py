@@ -19,7 +19,7 @@ from imagevol.errors import CreateContainerConfigError
 from imagevol.kubelet import container_env, effective_sub_path, expand
 from imagevol.node import Node
 
-from subpath_support import build_layout, make_node, pod_yaml
+from subpath_support import make_node, pod_yaml
 
 # --- expansion ---------------------------------------------------------------------------------------
 
@@ -261,13 +261,6 @@ def test_expansion_either_fails_or_is_a_safe_relative_path(expr: str, env: dict[
 
 
 # --- through the node ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def layout_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    d = str(tmp_path_factory.mktemp("layouts"))
-    build_layout(os.path.join(d, "layout"))
-    return d
 
 
 @pytest.fixture

@@ -74,9 +74,10 @@ def _clean(name: str, kind: str) -> Path:
     return parts
 
 
-def _resolve_dir(tree: MemTree, parts: Path, *, create: bool) -> Path | None:
+def _resolve_dir(tree: MemTree, parts: Path, *, create: bool, followed: set[Path] | None = None) -> Path | None:
     """In-root resolution of a parent directory: links followed, absolute targets restart at the
-    root, ``..`` is clamped at the root, 40 follows at most."""
+    root, ``..`` is clamped at the root, 40 follows at most. The real paths of the links followed
+    are added to ``followed`` when given."""
     cur: list[str] = []
     pending = list(reversed(parts))
     follows = 0
@@ -100,6 +101,8 @@ def _resolve_dir(tree: MemTree, parts: Path, *, create: bool) -> Path | None:
             follows += 1
             if follows > MAX_FOLLOWS:
                 raise ModelError("loop")
+            if followed is not None:
+                followed.add(here)
             if node.target.startswith("/"):
                 cur = []
             pending.extend(reversed(node.target.split("/")))
@@ -108,6 +111,29 @@ def _resolve_dir(tree: MemTree, parts: Path, *, create: bool) -> Path | None:
             raise ModelError("notdir")
         cur.append(name)
     return tuple(cur)
+
+
+def writes_through_whited_out_links(tree: MemTree, layer: Sequence[TarEntry]) -> bool:
+    """True when an entry of ``layer`` reaches its parent through a symlink of ``tree`` (the lower
+    layers) that the same layer whites out, explicitly or with an opaque marker. Only then does
+    the position of a whiteout in a layer change the result: entries before it were written where
+    the link pointed, entries after it where the link was."""
+    followed: set[Path] = set()
+    removed: set[Path] = set()
+    cleared: set[Path] = set()
+    for e in layer:
+        try:
+            parts = _clean(e.name, "invalid_name")
+            parent = _resolve_dir(tree, parts[:-1], create=False, followed=followed)
+        except ModelError:
+            continue
+        if not parts or parent is None:
+            continue
+        if parts[-1] == ".wh..wh..opq":
+            cleared.add(parent)
+        elif parts[-1].startswith(".wh."):
+            removed.add((*parent, parts[-1][4:]))
+    return any(link in removed or link[:-1] in cleared for link in followed)
 
 
 def apply_layers_model(layers: Sequence[Sequence[TarEntry]]) -> MemTree:
