@@ -24,11 +24,7 @@ from .api.features import FeatureGates
 from .api.load import pod_from_dict
 from .api.models import Container, Pod
 from .cri import PROPAGATION, ContainerConfig, ImageSpec, Mount
-
-# Re-exported (explicitly, for mypy): these used to live here.
-from .envvars import container_env as container_env  # noqa: PLC0414
-from .envvars import effective_sub_path as effective_sub_path  # noqa: PLC0414
-from .envvars import expand as expand  # noqa: PLC0414
+from .envvars import container_env, effective_sub_path
 from .errors import CreateContainerConfigError, ImageVolError, ImageVolumeMountFailedError
 from .events import NORMAL, WARNING, Event, EventRecorder, container_field_path
 from .image_manager import ImageManager
