@@ -44,11 +44,14 @@ class Machine:
     python: str
     date: str
     commit: str
+    load: float = -1.0
+    """The 1-minute load average when the run started (other work on the machine skews ratios)."""
 
     def describe(self) -> str:
         cpu = f"{self.cpus} CPUs" + (f" ({self.cpu_model})" if self.cpu_model else "")
         memory = f", {self.memory_gib:.1f} GiB memory" if self.memory_gib else ""
-        return f"{cpu}{memory}, Linux {self.kernel}, {self.python}"
+        load = f"; load average {self.load:.2f} when the run started" if self.load >= 0 else ""
+        return f"{cpu}{memory}, Linux {self.kernel}, {self.python}{load}"
 
 
 def _read_first(path: str, prefix: str) -> str:
@@ -85,6 +88,7 @@ def machine_info(repo: str, now: datetime.datetime | None = None) -> Machine:
         python=f"{platform.python_implementation()} {platform.python_version()}",
         date=when.strftime("%Y-%m-%d %H:%M UTC"),
         commit=commit or "unknown",
+        load=os.getloadavg()[0],
     )
 
 
@@ -96,7 +100,8 @@ def save_machine(path: str, machine: Machine) -> None:
 def load_machine(path: str) -> Machine:
     with open(path, encoding="utf-8") as f:
         doc = json.load(f)
-    if not isinstance(doc, dict) or set(doc) != {a.name for a in attrs.fields(Machine)}:
+    names = {a.name for a in attrs.fields(Machine)}
+    if not isinstance(doc, dict) or not names - {"load"} <= set(doc) <= names:
         raise ValueError(f"{path}: not a machine description")
     return Machine(
         cpus=int(doc["cpus"]),
@@ -106,6 +111,7 @@ def load_machine(path: str) -> Machine:
         python=str(doc["python"]),
         date=str(doc["date"]),
         commit=str(doc["commit"]),
+        load=float(doc.get("load", -1.0)),
     )
 
 
@@ -281,10 +287,11 @@ def draw(plot: Plot, path: str) -> None:
     markers = "osD^vx"
     for i, line in enumerate(plot.lines):
         ax.plot(plot.x, line.values, marker=markers[i % len(markers)], label=line.label)
-    if len(plot.x) > 1 and min(plot.x) > 0 and max(plot.x) / min(plot.x) >= 4:
-        ax.set_xscale("log", base=2)
-        ax.xaxis.set_minor_locator(NullLocator())
+    # Linear axes from 0: time proportional to size is a straight line through the origin, and a
+    # fixed cost (interpreter start, imports) is the line's intercept.
     ax.set_xticks(plot.x, labels=[f"{x:,.0f}" if x >= 10 else f"{x:.2g}" for x in plot.x])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     ax.set_title(plot.title)
     ax.set_xlabel(plot.x_label)

@@ -214,6 +214,7 @@ def test_runner_renders_saved_results(tmp_path: pytest.TempPathFactory) -> None:
         _results.write(os.path.join(results_dir, f"{result.benchmark}.json"), result)
     _report.save_machine(os.path.join(results_dir, _runner.MACHINE_FILE), MACHINE)
     out = os.path.join(str(tmp_path), "report.md")
+    assert _report.load_machine(os.path.join(results_dir, _runner.MACHINE_FILE)) == MACHINE
     assert _runner.main(["--render", "--results", results_dir, "--out", out, "--no-plots"]) == 0
     with open(out) as f:
         text = f.read()
@@ -282,3 +283,4 @@ def test_machine_info_describes_this_machine() -> None:
     assert machine.date == "2030-01-02 03:04 UTC"
     assert machine.cpus == os.cpu_count()
     assert machine.python.endswith(".".join(map(str, sys.version_info[:3])))
+    assert machine.load >= 0 and "load average" in machine.describe()
