@@ -73,11 +73,14 @@ def _git(repo: str, *args: str) -> str:
     return done.stdout.strip()
 
 
-def machine_info(repo: str, now: datetime.datetime | None = None) -> Machine:
-    """The machine, interpreter, date and commit that a run's numbers belong to."""
+def machine_info(repo: str, now: datetime.datetime | None = None, ignore: Sequence[str] = ()) -> Machine:
+    """The machine, interpreter, date and commit that a run's numbers belong to. Changes to the
+    paths (or glob patterns) in ``ignore``, relative to ``repo``, do not count as uncommitted
+    changes: they are the report being regenerated."""
     memory_kib = _read_first("/proc/meminfo", "MemTotal:").split()
     commit = _git(repo, "rev-parse", "--short=12", "HEAD")
-    if commit and _git(repo, "status", "--porcelain", "--untracked-files=no"):
+    excluded = [f":(exclude,glob){path}" for path in ignore]
+    if commit and _git(repo, "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded):
         commit += " with uncommitted changes"
     when = (now or datetime.datetime.now(datetime.UTC)).astimezone(datetime.UTC)
     return Machine(

@@ -21,6 +21,7 @@ import importlib.util
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -95,10 +96,17 @@ def run_one(name: str, json_path: str, args: Sequence[str], timeout: float) -> t
     argv = [sys.executable, "-m", f"benchmarks.{name}", "--json", json_path, *args]
     print(f"\n=== {name}: {shlex.join(argv[1:])}", flush=True)
     start = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=REPO)
     try:
-        code = subprocess.run(argv, cwd=REPO, timeout=timeout, check=False).returncode
+        code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # lets it clean up (unpack unmounts its tmpfs)
+        _reap(proc)
         return None, f"did not finish within {timeout:.0f} s"
+    except KeyboardInterrupt:
+        # ^C reached the benchmark too (same process group): give it the time to clean up.
+        _reap(proc)
+        raise
     print(f"=== {name}: {time.monotonic() - start:.0f} s, exit status {code}", flush=True)
     if not os.path.exists(json_path):
         return None, f"exited with status {code} and wrote no results"
@@ -107,6 +115,14 @@ def run_one(name: str, json_path: str, args: Sequence[str], timeout: float) -> t
     except _results.ResultError as e:
         return None, f"wrote invalid results: {e}"
     return result, "" if code == 0 else f"exited with status {code} (results kept)"
+
+
+def _reap(proc: subprocess.Popen[bytes], grace: float = 60) -> None:
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,7 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for entry in os.listdir(args.results):  # --render shows this run only
         if entry.endswith(".json"):
             os.unlink(os.path.join(args.results, entry))
-    machine = _report.machine_info(REPO)
+    outputs = os.path.relpath(os.path.abspath(args.out), REPO)
+    images = os.path.join(os.path.dirname(outputs), f"{_report.PLOT_PREFIX}*.png")
+    machine = _report.machine_info(REPO, ignore=(outputs, images))
     _report.save_machine(machine_path, machine)
     results, failures = [], []
     for name in names:
