@@ -215,4 +215,8 @@ def _write(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\nbenchmarks/run: interrupted", file=sys.stderr)
+        sys.exit(130)
