@@ -31,6 +31,10 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
+if __package__ in (None, ""):  # run as a script (benchmarks/unpack.py): make the package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import _results
+
 FIXED_MTIME = 1700000000
 MiB = 1024 * 1024
 
@@ -178,6 +182,7 @@ import sys, time
 t0 = time.perf_counter()
 from imagevol import decompress
 from imagevol.layers import ApplyOptions, apply_layers
+# backend: "zlib" forces plain zlib, "default" keeps imagevol's choice (ISA-L, zlib-ng or zlib)
 backend, threaded, src, dst = sys.argv[1], sys.argv[2] == "1", sys.argv[3], sys.argv[4]
 if backend == "zlib":
     import zlib
@@ -268,16 +273,59 @@ def on_tmpfs(path: str) -> bool:
     return fstype == "tmpfs"
 
 
+TAR = "tar -xzf"
+UMOCI = "umoci raw unpack"
+DEFAULT_SCALES = "0.125,0.25,0.5,1,2"
+TARGET_RATIO = 1.0  # design.md: materialise the 219 MB layer into tmpfs in at most 1.0 x GNU tar's time
+
+
+@attrs.define
+class LayerFiles:
+    scale: float
+    tar: str
+    gz: str
+    entries: int
+    layout: str = ""
+
+    @property
+    def tar_mb(self) -> float:
+        return os.path.getsize(self.tar) / 1e6
+
+    @property
+    def gz_mb(self) -> float:
+        return os.path.getsize(self.gz) / 1e6
+
+
+@attrs.define
+class Candidate:
+    name: str
+    make_argv: Callable[[str], Sequence[str]]
+    imagevol: bool = False
+    note: str = ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", help="work directory (a tmpfs); default: mount a 6 GiB tmpfs (root)")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--scales", default="0.25,1", help="layer sizes for the RSS comparison")
+    parser.add_argument("--runs", type=int, default=3, help="runs per tool and layer size; the minimum counts")
+    parser.add_argument(
+        "--scales",
+        default=DEFAULT_SCALES,
+        help="layer sizes, as multiples of the 219 MB layer, at which imagevol, GNU tar and umoci are"
+        f" compared and imagevol's peak RSS is shown (default {DEFAULT_SCALES})",
+    )
+    parser.add_argument(
+        "--main-scale", type=float, default=1.0, help="size of the layer every tool is compared on (default 1)"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the results to PATH as JSON (benchmarks/run)")
     parser.add_argument("--generate", nargs=2, metavar=("TAR", "SCALE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.generate:
         print(generate(args.generate[0], float(args.generate[1])))
         return 0
+    scales = [float(s) for s in args.scales.split(",") if s.strip()]
+    if args.runs < 1 or args.main_scale <= 0 or any(s <= 0 for s in scales):
+        parser.error("--runs, --scales and --main-scale must be positive")
     mounted = None
     work = args.dir
     if work is None:
@@ -286,71 +334,245 @@ def main(argv: Sequence[str] | None = None) -> int:
         mounted = tempfile.mkdtemp(prefix="imagevol-bench-")
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6g", "imagevol-bench", mounted], check=True)
         work = mounted
+    command = f"benchmarks/unpack.py --runs {args.runs} --scales {args.scales}"
+    if args.main_scale != 1.0:
+        command += f" --main-scale {args.main_scale:g}"
     try:
-        return bench(work, args.runs, [float(s) for s in args.scales.split(",")])
+        result = bench(work, args.runs, scales, args.main_scale, command)
     finally:
         if mounted:
             subprocess.run(["umount", mounted], check=False)
             os.rmdir(mounted)
+    if args.json:
+        _results.write(args.json, result)
+    return 0
 
 
-def _imagevol_argv(py: str, gz: str, backend: str = "isal", threaded: str = "1") -> Callable[[str], Sequence[str]]:
-    return lambda d: [py, "-c", _IMAGEVOL, backend, threaded, gz, d]
-
-
-def bench(work: str, runs: int, scales: list[float]) -> int:
-    if not on_tmpfs(work):
-        print(f"warning: {work} is not a tmpfs; timings will include filesystem reclaim noise", file=sys.stderr)
-    py = sys.executable
-    layers = {}
-    for scale in sorted(set([*scales, 1.0])):
-        tar = os.path.join(work, f"layer-{scale}.tar")
-        # In a child: the big buffers never raise this process's RSS high-water mark.
-        made = subprocess.run([py, __file__, "--generate", tar, str(scale)], check=True, capture_output=True, text=True)
-        entries = int(made.stdout.split()[-1])
-        gz = tar + ".gz"
-        gzip_file(tar, gz)
-        layers[scale] = (tar, gz, entries)
-    tar, gz, entries = layers[1.0]
-    layout = os.path.join(work, "layout")
-    oci_layout(layout, gz, tar)
-    from imagevol import decompress
-
-    print(
-        f"layer: {os.path.getsize(tar):,} B tar, {entries:,} entries, {os.path.getsize(gz):,} B gzip -6;"
-        f" target: {'tmpfs' if on_tmpfs(work) else 'NOT tmpfs'}; {os.cpu_count()} CPUs;"
-        f" min of {runs} runs; imagevol gzip backend: {decompress.GZIP_BACKEND}"
+def prepare(work: str, scale: float, with_layout: bool) -> LayerFiles:
+    """Generate the layer at ``scale`` (and an OCI layout around it for umoci): untimed."""
+    tar = os.path.join(work, f"layer-{scale:g}.tar")
+    # In a child: the big buffers never raise this process's RSS high-water mark.
+    made = subprocess.run(
+        [sys.executable, __file__, "--generate", tar, str(scale)], check=True, capture_output=True, text=True
     )
-    candidates: list[tuple[str, Callable[[str], Sequence[str]]]] = [
-        ("tar -xzf", lambda d: ["tar", "-xzf", gz, "-C", d]),
-        ("imagevol (isal, thread)", lambda d: [py, "-c", _IMAGEVOL, "isal", "1", gz, d]),
-        ("imagevol (zlib, thread)", lambda d: [py, "-c", _IMAGEVOL, "zlib", "1", gz, d]),
-        ("imagevol (isal, no thread)", lambda d: [py, "-c", _IMAGEVOL, "isal", "0", gz, d]),
-        ("tarfile filter='data'", lambda d: [py, "-c", _TARFILE, gz, d]),
-    ]
-    umoci = shutil.which("umoci")
+    layer = LayerFiles(scale, tar, tar + ".gz", int(made.stdout.split()[-1]))
+    gzip_file(tar, layer.gz)
+    if with_layout:
+        layer.layout = os.path.join(work, f"layout-{scale:g}")
+        oci_layout(layer.layout, layer.gz, tar)
+    return layer
+
+
+def bench(work: str, runs: int, scales: Sequence[float], main_scale: float = 1.0, command: str = "") -> _results.Result:
+    """Measure every tool on the layer at ``main_scale`` and imagevol, GNU tar and umoci at each of
+    ``scales``, in a fresh directory under ``work`` (removed afterwards)."""
+    tmpfs = on_tmpfs(work)
+    if not tmpfs:
+        print(f"warning: {work} is not a tmpfs; timings will include filesystem reclaim noise", file=sys.stderr)
+    base = tempfile.mkdtemp(prefix="unpack-", dir=work)
+    try:
+        return _bench(base, runs, sorted(set(scales)), main_scale, command, tmpfs)
+    finally:
+        subprocess.run(["rm", "-rf", base], check=False)
+
+
+def _candidates(layer: LayerFiles, umoci: str | None, backend: str, everything: bool) -> list[Candidate]:
+    py, gz = sys.executable, layer.gz
+    primary = Candidate(
+        f"imagevol ({backend}, thread)",
+        lambda d: [py, "-c", _IMAGEVOL, "default", "1", gz, d],
+        imagevol=True,
+        note="decompression in a thread",
+    )
+    out = [Candidate(TAR, lambda d: ["tar", "-xzf", gz, "-C", d], note="GNU tar, gzip in a child process")]
     if umoci:
         # umoci wants to create its rootfs itself.
-        candidates.insert(
-            1, ("umoci raw unpack", lambda d: [umoci, "raw", "unpack", "--image", f"{layout}:big", f"{d}/rootfs"])
+        out.append(
+            Candidate(UMOCI, lambda d: [umoci, "raw", "unpack", "--image", f"{layer.layout}:big", f"{d}/rootfs"])
         )
-    else:
+    out.append(primary)
+    if not everything:
+        return out
+    if backend != "zlib":
+        out.append(
+            Candidate(
+                "imagevol (zlib, thread)",
+                lambda d: [py, "-c", _IMAGEVOL, "zlib", "1", gz, d],
+                imagevol=True,
+                note=f"zlib instead of {backend}",
+            )
+        )
+    out.append(
+        Candidate(
+            f"imagevol ({backend}, no thread)",
+            lambda d: [py, "-c", _IMAGEVOL, "default", "0", gz, d],
+            imagevol=True,
+            note="decompression inline",
+        )
+    )
+    out.append(Candidate("tarfile filter='data'", lambda d: [py, "-c", _TARFILE, gz, d], note="CPython tarfile"))
+    return out
+
+
+def _version(argv: Sequence[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return out.splitlines()[0].split()[-1] if out.strip() else "?"
+
+
+def _bench(work: str, runs: int, scales: list[float], main_scale: float, command: str, tmpfs: bool) -> _results.Result:
+    from imagevol import decompress
+
+    umoci = shutil.which("umoci")
+    if not umoci:
         print("umoci not installed: skipped", file=sys.stderr)
-    if decompress.GZIP_BACKEND != "isal":
-        candidates = [c for c in candidates if "isal" not in c[0]]
-    results = [measure(name, make, work, runs) for name, make in candidates]
+    layers = {scale: prepare(work, scale, umoci is not None) for scale in sorted({*scales, main_scale})}
+    layer = layers[main_scale]
+    backend = decompress.GZIP_BACKEND
+    print(
+        f"layer: {os.path.getsize(layer.tar):,} B tar, {layer.entries:,} entries, {os.path.getsize(layer.gz):,} B"
+        f" gzip -6; target: {'tmpfs' if tmpfs else 'NOT tmpfs'}; {os.cpu_count()} CPUs; min of {runs} runs;"
+        f" imagevol gzip backend: {backend}"
+    )
+    candidates = _candidates(layer, umoci, backend, everything=True)
+    results = [measure(c.name, c.make_argv, work, runs) for c in candidates]
     base = results[0].wall
     print(f"{'tool':30} {'wall s':>8} {'ratio':>7} {'in-process s':>13} {'peak RSS':>10}")
     for r in results:
         inner = f"{r.inner:.2f}" if r.inner is not None else "-"
         print(f"{r.name:30} {r.wall:8.2f} {r.wall / base:7.2f} {inner:>13} {r.rss_kib / 1024:8.1f} MB")
-    print("imagevol peak RSS by layer size:")
+
+    by_name = {r.name: r for r in results}
+    sweep: dict[float, dict[str, Result]] = {}
+    print("by layer size (imagevol, GNU tar, umoci; min of runs; peak RSS of imagevol):")
     for scale in scales:
-        ltar, lgz, lentries = layers[scale]
-        r = measure(f"scale {scale}", _imagevol_argv(py, lgz), work, 1)
-        size = os.path.getsize(ltar) / 1e6
-        print(f"  {size:7.1f} MB tar, {lentries:6,} entries: {r.rss_kib / 1024:6.1f} MB, {r.wall:.2f} s")
-    return 0
+        if scale == main_scale:
+            sweep[scale] = by_name
+        else:
+            small = _candidates(layers[scale], umoci, backend, everything=False)
+            sweep[scale] = {c.name: measure(c.name, c.make_argv, work, runs) for c in small}
+        ltar = layers[scale]
+        times = "  ".join(f"{c.name} {sweep[scale][c.name].wall:6.2f} s" for c in candidates[: 2 + bool(umoci)])
+        primary = sweep[scale][candidates[1 + bool(umoci)].name]
+        print(
+            f"  {ltar.tar_mb:7.1f} MB tar, {ltar.entries:6,} entries: {times};"
+            f" imagevol peak RSS {primary.rss_kib / 1024:6.1f} MB"
+        )
+    return _document(layers, results, candidates, sweep, scales, main_scale, runs, command, tmpfs, backend, umoci)
+
+
+def _document(
+    layers: dict[float, LayerFiles],
+    results: list[Result],
+    candidates: list[Candidate],
+    sweep: dict[float, dict[str, Result]],
+    scales: list[float],
+    main_scale: float,
+    runs: int,
+    command: str,
+    tmpfs: bool,
+    backend: str,
+    umoci: str | None,
+) -> _results.Result:
+    layer = layers[main_scale]
+    primary = next(c.name for c in candidates if c.imagevol)
+    rows = []
+    for c, r in zip(candidates, results, strict=True):
+        note = c.note
+        if r.inner is not None:
+            note += ("; " if note else "") + f"unpack alone {r.inner:.2f} s"
+        rows.append(_results.Row(c.name, r.wall, imagevol=c.imagevol, rss_mib=r.rss_kib / 1024, note=note))
+    by_name = {r.name: r for r in results}
+    target = _results.Target(
+        what="imagevol ÷ GNU tar",
+        design=f"≤ {TARGET_RATIO:g} × GNU tar",
+        value=by_name[primary].wall / by_name[TAR].wall,
+        limit=TARGET_RATIO,
+    )
+    where = "a tmpfs" if tmpfs else "a filesystem that is NOT a tmpfs (timings include reclaim noise)"
+    best = f"the minimum of {runs} runs" if runs > 1 else "one run"
+    text = (
+        f"Input (generated, seeded, untimed): the layer of `shared/spec/oci-peers.md` section 6, {layer.scale:g} ×:"
+        f" small text files of 512 B–4 KiB in directories of 100 plus three large files (random, base64,"
+        f" words); {os.path.getsize(layer.tar):,} B of tar, {layer.entries:,} entries,"
+        f" {os.path.getsize(layer.gz):,} B with `gzip -6`. Each tool unpacks it into a fresh directory on"
+        f" {where}, in a process of its own: the time is that process's wall time, {best}"
+        " (interpreter start and imports included for the Python tools; the note gives their unpack alone),"
+        " and the peak RSS its maximum, taken by GNU time."
+    )
+    tools = [TAR, *([UMOCI] if umoci else []), primary]
+    columns = ["tar (MB)", "entries", "gzip (MB)", *(f"{t} (s)" for t in tools), "imagevol ÷ GNU tar"]
+    if umoci:
+        columns.append("imagevol ÷ umoci")
+    columns.append("imagevol peak RSS")
+    table_rows = []
+    for scale in scales:
+        ltar, measured = layers[scale], sweep[scale]
+        row = [f"{ltar.tar_mb:,.1f}", f"{ltar.entries:,}", f"{ltar.gz_mb:,.1f}"]
+        row += [f"{measured[t].wall:.2f}" for t in tools]
+        row.append(f"{measured[primary].wall / measured[TAR].wall:.2f}")
+        if umoci:
+            row.append(f"{measured[primary].wall / measured[UMOCI].wall:.2f}")
+        row.append(f"{measured[primary].rss_kib / 1024:.1f} MiB")
+        table_rows.append(tuple(row))
+    labels = {TAR: "GNU tar -xzf", UMOCI: "umoci raw unpack", primary: primary}
+    plot = _results.Plot(
+        id="unpack",
+        section="layer",
+        title=f"Materialising a gzip layer into {'tmpfs' if tmpfs else 'a directory'} ({best})",
+        x_label="layer size (MB of uncompressed tar; entries grow with it)",
+        y_label="wall time (s)",
+        x=tuple(layers[s].tar_mb for s in scales),
+        lines=tuple(_results.Line(labels[t], tuple(sweep[s][t].wall for s in scales)) for t in [primary, *tools[:-1]]),
+    )
+    versions = [("GNU tar", _version(["tar", "--version"]))]
+    if umoci:
+        versions.append(("umoci", _version([umoci, "--version"])))
+    versions.append(("imagevol gzip backend", backend))
+    raw = {
+        "runs": runs,
+        "main_scale": main_scale,
+        "layers": {
+            f"{scale:g}": {
+                "tar_bytes": os.path.getsize(layers[scale].tar),
+                "gzip_bytes": os.path.getsize(layers[scale].gz),
+                "entries": layers[scale].entries,
+                "tools": {
+                    name: {"wall_s": r.wall, "unpack_s": r.inner, "peak_rss_kib": r.rss_kib}
+                    for name, r in (by_name if scale == main_scale else sweep[scale]).items()
+                },
+            }
+            for scale in sorted({*scales, main_scale})
+        },
+    }
+    return _results.Result(
+        benchmark="unpack",
+        command=command,
+        sections=(
+            _results.Section(
+                id="layer",
+                title=f"Materialise a {layer.tar_mb:.0f} MB / {layer.entries:,}-entry gzip layer into"
+                f" {'tmpfs' if tmpfs else 'a directory'}",
+                text=text,
+                unit="s",
+                primary=primary,
+                rows=tuple(rows),
+                targets=(target,),
+                tables=(
+                    _results.Table(
+                        "By layer size: each tool in a fresh directory, minimum of the runs",
+                        tuple(columns),
+                        tuple(table_rows),
+                    ),
+                ),
+            ),
+        ),
+        plots=(plot,) if len(scales) > 1 else (),
+        versions=tuple(versions),
+        raw=raw,
+    )
 
 
 if __name__ == "__main__":
