@@ -6,7 +6,10 @@ while streaming and renames into its content store; curl and oras-py verify noth
 ``dir:``) verifies the digest. Python tools are timed inside their own process (their import time
 is reported apart); curl and skopeo are timed as whole processes.
 
-    .venv/bin/python benchmarks/pull.py [--size-mib 200] [--rounds 3] [--dir DIR]
+    .venv/bin/python benchmarks/pull.py [--size-mib 200] [--rounds 3] [--dir DIR] [--json PATH]
+
+With ``--json PATH`` it also writes the results document ``benchmarks/run`` renders into
+docs/benchmarks.md (``benchmarks/_results.py``).
 
 Target (docs/pulling.md): imagevol <= 2.5 x curl with verification on, peak RSS under 80 MB.
 """
@@ -26,7 +29,9 @@ from collections.abc import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+sys.path.insert(0, os.path.dirname(HERE))
 
+from benchmarks import _results  # noqa: E402
 from imagevol.oci import OCI_CONFIG, OCI_LAYER, Digest, canonical_json  # noqa: E402
 from imagevol.testing.images import LayoutBuilder  # noqa: E402
 
@@ -108,6 +113,7 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", default=None, help="where the tools write (default: /dev/shm if present)")
+    parser.add_argument("--json", metavar="PATH", default=None, help="also write the results document to PATH")
     args = parser.parse_args()
     size = args.size_mib * 1024 * 1024
     curl, skopeo = peers.require("curl"), peers.require("skopeo")
@@ -167,10 +173,51 @@ def main() -> int:
             print(f"{name:12} {best[name]:8.3f} {best[name] / best['curl']:7.2f} {mem:>9}  {notes[name]}")
         ok = best["imagevol"] <= 2.5 * best["curl"] and rss["imagevol"] < 80
         print(f"target (<= 2.5 x curl, < 80 MB): {'met' if ok else 'NOT met'}")
-        return 0
+        if args.json:
+            _results.write(args.json, _report(args, best, rss, notes, target))
+        return 0 if ok else 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _report(
+    args: argparse.Namespace, best: dict[str, float], rss: dict[str, float], notes: dict[str, str], target: str
+) -> _results.Result:
+    mib = 1024 * 1024 / 1e6  # rss values are MB (VmHWM / 1024); the report wants MiB
+    rows = tuple(
+        _results.Row(
+            name,
+            seconds,
+            imagevol=name.startswith("imagevol"),
+            rss_mib=rss[name] / mib if name in rss else None,
+            note=notes[name],
+        )
+        for name, seconds in best.items()
+    )
+    section = _results.Section(
+        id="blob",
+        title=f"Pull and verify a {args.size_mib} MiB blob from the loopback registry",
+        text=(
+            f"One uncompressed {args.size_mib} MiB layer pushed with skopeo to a `docker-registry` on "
+            f"127.0.0.1; every tool fetches it {args.rounds} times in alternating rounds (best time "
+            f"shown), writing to {target}. imagevol verifies digest and size while streaming and renames "
+            "into its content store; curl and oras-py verify nothing."
+        ),
+        unit="s",
+        primary="imagevol",
+        rows=rows,
+        targets=(
+            _results.Target("imagevol ÷ curl", "≤ 2.5 × curl", best["imagevol"] / best["curl"], 2.5),
+            _results.Target("imagevol peak RSS", "peak RSS < 80 MB", rss["imagevol"], 80, unit="MB", op="<"),
+        ),
+    )
+    return _results.Result(
+        "pull",
+        f"python -m benchmarks.pull --size-mib {args.size_mib} --rounds {args.rounds}",
+        (section,),
+        raw={"best_seconds": best, "rss_mb": rss},
+    )
 
 
 def _py(name: str, script: str, extra: dict[str, list[dict[str, float]]], *args: str) -> float:
