@@ -573,6 +573,15 @@ class _LayerApplier:
             os.close(fd)
         self.stats.files += 1
 
+    def _create_or_replace(self, create: Callable[[], None], dir_fd: int, base: str, real: tuple[str, ...]) -> None:
+        """Create first; only on ``EEXIST`` replace what is there (never followed) and create again:
+        one syscall in the common case."""
+        try:
+            create()
+        except FileExistsError:
+            self.replace(dir_fd, base, real)
+            create()
+
     def symlink(self, m: Member, dir_fd: int, base: str, real: tuple[str, ...]) -> None:
         target = m.linkname
         if not target or "\x00" in target:
@@ -580,22 +589,14 @@ class _LayerApplier:
         if len(os.fsencode(target)) >= PATH_MAX:
             raise LayerError("toolong", f"{m.name!r}: symlink target is too long")
         # The target text is stored verbatim (C2.7); it is only ever interpreted in root.
-        try:
-            os.symlink(target, base, dir_fd=dir_fd)
-        except FileExistsError:
-            self.replace(dir_fd, base, real)
-            os.symlink(target, base, dir_fd=dir_fd)
+        self._create_or_replace(lambda: os.symlink(target, base, dir_fd=dir_fd), dir_fd, base, real)
         if self.owner and (m.uid, m.gid) != self.default_ids:
             os.chown(base, m.uid, m.gid, dir_fd=dir_fd, follow_symlinks=False)
         os.utime(base, ns=(m.mtime_ns, m.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
     def fifo(self, m: Member, dir_fd: int, base: str, real: tuple[str, ...]) -> None:
         mode = m.mode & self.file_mask
-        try:
-            os.mkfifo(base, mode, dir_fd=dir_fd)
-        except FileExistsError:
-            self.replace(dir_fd, base, real)
-            os.mkfifo(base, mode, dir_fd=dir_fd)
+        self._create_or_replace(lambda: os.mkfifo(base, mode, dir_fd=dir_fd), dir_fd, base, real)
         if self.owner and (m.uid, m.gid) != self.default_ids:
             os.chown(base, m.uid, m.gid, dir_fd=dir_fd, follow_symlinks=False)
         if mode & self.umask:

@@ -66,6 +66,17 @@ def _dns_label(path: str, value: str) -> list[str]:
     return []
 
 
+def _validate_unique_name(path: str, name: str, seen: set[str]) -> list[str]:
+    """A required DNS-1123 label, unique among ``seen`` (which it joins)."""
+    if not name:
+        return [required(path)]
+    errors = _dns_label(path, name)
+    if name in seen:
+        errors.append(duplicate(path, name))
+    seen.add(name)
+    return errors
+
+
 def validate_local_descending_path(value: str, path: str) -> list[str]:
     """``validateLocalDescendingPath`` (R2.7): relative, and no element equal to ``..``."""
     errors = []
@@ -89,13 +100,7 @@ def _validate_volumes(volumes: tuple[Volume, ...], is_pod: bool) -> list[str]:
     seen: set[str] = set()
     for i, vol in enumerate(volumes):
         path = f"spec.volumes[{i}]"
-        if not vol.name:
-            errors.append(required(f"{path}.name"))
-        else:
-            errors += _dns_label(f"{path}.name", vol.name)
-            if vol.name in seen:
-                errors.append(duplicate(f"{path}.name", vol.name))
-            seen.add(vol.name)
+        errors += _validate_unique_name(f"{path}.name", vol.name, seen)
         sources = len(vol.other_sources) + (vol.image is not None)
         if sources == 0:
             errors.append(required(path, "must specify a volume type"))
@@ -242,13 +247,7 @@ def _validate_containers(
     errors: list[str] = []
     for i, c in enumerate(containers):
         path = f"spec.{key}[{i}]"
-        if not c.name:
-            errors.append(required(f"{path}.name"))
-        else:
-            errors += _dns_label(f"{path}.name", c.name)
-            if c.name in names:
-                errors.append(duplicate(f"{path}.name", c.name))
-            names.add(c.name)
+        errors += _validate_unique_name(f"{path}.name", c.name, names)
         if not c.image:
             errors.append(required(f"{path}.image"))
         elif c.image != c.image.strip():
