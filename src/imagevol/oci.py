@@ -69,7 +69,7 @@ EMPTY_DIGEST = "sha256:" + hashlib.sha256(_EMPTY_JSON).hexdigest()
 # --- digests ---------------------------------------------------------------------------------------
 
 _ALGORITHMS = {"sha256": 64, "sha384": 96, "sha512": 128}
-_DIGEST_RE = re.compile(r"^([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$")
+_DIGEST_RE = re.compile(r"([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
 
 
 @attrs.frozen(order=True)
@@ -81,7 +81,7 @@ class Digest:
 
     @classmethod
     def parse(cls, text: str) -> Digest:
-        m = _DIGEST_RE.match(text) if isinstance(text, str) else None
+        m = _DIGEST_RE.fullmatch(text) if isinstance(text, str) else None
         if m is None:
             raise ManifestError(f"invalid digest {text!r}")
         algorithm, encoded = m.group(1), m.group(2)
