@@ -55,7 +55,7 @@ def test_bad_digests_are_refused(text: str) -> None:
         Digest.parse(text)
 
 
-def desc(media_type: str = OCI_LAYER_GZIP, size: int = 1, **extra: Any) -> dict[str, Any]:
+def desc(media_type: str = OCI_LAYER_GZIP, size: object = 1, **extra: Any) -> dict[str, Any]:
     return {"mediaType": media_type, "digest": f"sha256:{HEX}", "size": size, **extra}
 
 
