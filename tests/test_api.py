@@ -340,3 +340,13 @@ def test_unknown_gates_and_versions_are_refused() -> None:
 def test_env_field_paths_are_validated(field_path: str, expected: list[str]) -> None:
     env = [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": field_path}}}]
     assert errors_of(pod_doc(env=env)) == expected
+
+
+def test_always_pull_images_admission_plugin() -> None:
+    """R3.12: the plugin forces pullPolicy Always on image volumes (and containers)."""
+    doc = pod_doc(volumes=[{"name": "v", "image": {"reference": "x:v1", "pullPolicy": "Never"}}])
+    pod = admit(pod_from_dict(doc), GATES_ON, admission_plugins=("AlwaysPullImages",))
+    assert pod.spec.volumes[0].image is not None and pod.spec.volumes[0].image.pull_policy == "Always"
+    assert pod.spec.containers[0].image_pull_policy == "Always"
+    with pytest.raises(ValueError, match="unknown admission plugin"):
+        admit(pod_from_dict(doc), GATES_ON, admission_plugins=("NoSuchPlugin",))

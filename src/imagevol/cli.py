@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--metrics-mode", choices=("upstream", "fixed"), default="upstream",
                    help="count image-volume metrics like upstream (R6.4 over-count) or corrected")  # fmt: skip
+    p.add_argument(
+        "--enable-admission-plugins",
+        default="",
+        metavar="PLUGINS",
+        help="the API server's mutating admission plugins, comma-separated: AlwaysPullImages (R3.12)",
+    )
     p.add_argument("--platform", default=None, help="node platform os/arch[/variant] (default: the host's)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -164,6 +170,7 @@ def _node(args: argparse.Namespace) -> Node:
             feature_gates=args.feature_gates,
             kubelet_feature_gates=args.kubelet_feature_gates,
             metrics_mode=args.metrics_mode,
+            admission_plugins=tuple(p for p in args.enable_admission_plugins.split(",") if p),
             platform=platform,
             # The CLI's node reaches registries (oras-py, made safe: sources/registry.py); library
             # nodes only do when given a registry_factory, so they stay hermetic by default.

@@ -66,6 +66,8 @@ class NodeConfig:
     #: The kubelet's gates, when they differ from the API server's (R0.3, R5.8).
     kubelet_feature_gates: str | None = None
     metrics_mode: str = "upstream"
+    #: Mutating admission plugins of the API server (``AlwaysPullImages``, R3.12).
+    admission_plugins: tuple[str, ...] = ()
     platform: Platform | None = None
     clock: Callable[[], float] | None = None
     registry_factory: RegistryFactory | None = None
@@ -263,7 +265,7 @@ class Node:
                     "... (delete the Pod first: imagevol delete pod NAME)"
                 ],
             )
-        admitted = admit(pod, self.gates)
+        admitted = admit(pod, self.gates, admission_plugins=self.config.admission_plugins)
         with self._session() as kubelet:
             record = PodRecord.new(admitted, self.now())
             keyring = self.keyring_for(admitted, EventRecorder(record.events, clock=self.now))

@@ -3,6 +3,10 @@ validation, per Kubernetes version and feature gates."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import attrs
+
 from .defaults import default_pod, default_pull_policy, drop_disabled_fields
 from .features import DEFAULT_VERSION, SUPPORTED_VERSIONS, FeatureGates
 from .load import load_documents, pod_from_dict, secret_from_dict
@@ -21,6 +25,7 @@ from .models import (
 from .validation import validate_pod
 
 __all__ = [
+    "ADMISSION_PLUGINS",
     "DEFAULT_VERSION",
     "SUPPORTED_VERSIONS",
     "Container",
@@ -35,6 +40,7 @@ __all__ = [
     "Volume",
     "VolumeMount",
     "admit",
+    "always_pull_images",
     "default_pod",
     "default_pull_policy",
     "drop_disabled_fields",
@@ -45,10 +51,41 @@ __all__ = [
 ]
 
 
-def admit(pod: Pod, gates: FeatureGates, old: Pod | None = None) -> Pod:
+ADMISSION_PLUGINS = ("AlwaysPullImages",)
+
+
+def admit(pod: Pod, gates: FeatureGates, old: Pod | None = None, admission_plugins: Sequence[str] = ()) -> Pod:
     """What the API server does to a Pod on create: default (decode time), drop disabled fields
-    (R2.8), validate. Returns the stored object or raises ``ValidationError``."""
+    (R2.8), run the enabled mutating admission plugins, validate. Returns the stored object or
+    raises ``ValidationError``."""
+    unknown = sorted(set(admission_plugins) - set(ADMISSION_PLUGINS))
+    if unknown:
+        raise ValueError(f"unknown admission plugin(s): {', '.join(unknown)} (known: {', '.join(ADMISSION_PLUGINS)})")
     pod = default_pod(pod, gates)
     pod = drop_disabled_fields(pod, gates, old)
+    if "AlwaysPullImages" in admission_plugins:
+        pod = always_pull_images(pod)
     validate_pod(pod, gates)
     return pod
+
+
+def always_pull_images(pod: Pod) -> Pod:
+    """The AlwaysPullImages admission plugin: every container and, since image volumes, every
+    image volume gets ``pullPolicy: Always`` (R3.12), so no Pod uses an image its credentials were
+    not checked for."""
+
+    def containers(cs: tuple[Container, ...]) -> tuple[Container, ...]:
+        return tuple(attrs.evolve(c, image_pull_policy="Always") for c in cs)
+
+    volumes = tuple(
+        attrs.evolve(v, image=attrs.evolve(v.image, pull_policy="Always")) if v.image is not None else v
+        for v in pod.spec.volumes
+    )
+    spec = attrs.evolve(
+        pod.spec,
+        containers=containers(pod.spec.containers),
+        init_containers=containers(pod.spec.init_containers),
+        ephemeral_containers=containers(pod.spec.ephemeral_containers),
+        volumes=volumes,
+    )
+    return attrs.evolve(pod, spec=spec)
