@@ -187,29 +187,29 @@ def test_a_long_pull_shows_progress_on_a_terminal_only(reg: peers.Registry, tmp_
 # --- a Pod whose image volume comes from a registry, with its pull secret ------------------------------
 
 
+def _registry_pod(directory: str, host: str, name: str, *, with_secret: bool) -> tuple[str, str]:
+    """A registries.conf for ``host`` and a manifest of a Pod mounting ``host/lab/v2:v1`` (with the
+    ``regcred`` pull secret in the same file and referenced by the Pod, when ``with_secret``)."""
+    conf = os.path.join(directory, "registries.conf")
+    with open(conf, "w") as f:
+        f.write(f'[[registry]]\nlocation = "{host}"\ninsecure = true\n')
+    spec: dict[str, object] = {
+        "containers": [{"name": "shell", "image": "debian", "volumeMounts": [{"name": "v", "mountPath": "/volume"}]}],
+        "volumes": [{"name": "v", "image": {"reference": f"{host}/lab/v2:v1", "pullPolicy": "IfNotPresent"}}],
+    }
+    if with_secret:
+        spec["imagePullSecrets"] = [{"name": "regcred"}]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+    manifest = os.path.join(directory, "pod.yaml")
+    with open(manifest, "w") as f:
+        f.write((_secret_yaml(host) + "---\n" if with_secret else "") + yaml.safe_dump(pod))
+    return conf, manifest
+
+
 def test_apply_pulls_an_image_volume_with_the_pods_pull_secret(
     private: peers.Registry, node_root: str, tmp_path: object
 ) -> None:
-    conf = os.path.join(str(tmp_path), "registries.conf")
-    with open(conf, "w") as f:
-        f.write(f'[[registry]]\nlocation = "{private.host}"\ninsecure = true\n')
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "from-registry"},
-        "spec": {
-            "imagePullSecrets": [{"name": "regcred"}],
-            "containers": [
-                {"name": "shell", "image": "debian", "volumeMounts": [{"name": "v", "mountPath": "/volume"}]}
-            ],
-            "volumes": [
-                {"name": "v", "image": {"reference": f"{private.host}/lab/v2:v1", "pullPolicy": "IfNotPresent"}}
-            ],
-        },
-    }
-    manifest = os.path.join(str(tmp_path), "pod.yaml")
-    with open(manifest, "w") as f:
-        f.write(_secret_yaml(private.host) + "---\n" + yaml.safe_dump(pod))
+    conf, manifest = _registry_pod(str(tmp_path), private.host, "from-registry", with_secret=True)
     code, out = imagevol(node_root, "--registries", conf, "apply", "-f", manifest)
     assert code == 0, out
     assert f'Pulling image "{private.host}/lab/v2:v1"' in out
@@ -218,23 +218,7 @@ def test_apply_pulls_an_image_volume_with_the_pods_pull_secret(
 
 
 def test_apply_without_the_pull_secret_fails_to_pull(private: peers.Registry, node_root: str, tmp_path: object) -> None:
-    conf = os.path.join(str(tmp_path), "registries.conf")
-    with open(conf, "w") as f:
-        f.write(f'[[registry]]\nlocation = "{private.host}"\ninsecure = true\n')
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "no-secret"},
-        "spec": {
-            "containers": [
-                {"name": "shell", "image": "debian", "volumeMounts": [{"name": "v", "mountPath": "/volume"}]}
-            ],
-            "volumes": [{"name": "v", "image": {"reference": f"{private.host}/lab/v2:v1"}}],
-        },
-    }
-    manifest = os.path.join(str(tmp_path), "pod.yaml")
-    with open(manifest, "w") as f:
-        f.write(yaml.safe_dump(pod))
+    conf, manifest = _registry_pod(str(tmp_path), private.host, "no-secret", with_secret=False)
     home = os.path.join(str(tmp_path), "home", ".docker")
     os.makedirs(home)
     with open(os.path.join(home, "config.json"), "w") as f:  # ambient credentials are not used
