@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from .errors import ManifestError
+from .errors import DiffIDMismatchError, ManifestError
 
 # --- media types -----------------------------------------------------------------------------------
 
@@ -390,7 +390,9 @@ def image_diff_ids(manifest: Manifest, config: bytes) -> tuple[Digest, ...]:
     wording (``pkg/unpack``) when the config and the manifest disagree on how many there are."""
     diff_ids = parse_diff_ids(config)
     if len(diff_ids) != len(manifest.layers):
-        raise ManifestError(f"number of layers and diffIDs don't match: {len(manifest.layers)} != {len(diff_ids)}")
+        raise DiffIDMismatchError(
+            f"number of layers and diffIDs don't match: {len(manifest.layers)} != {len(diff_ids)}"
+        )
     return diff_ids
 
 

@@ -117,7 +117,9 @@ class Resolver:
         """Pull ``reference`` (a user string) with ``keyring``; return the stored record.
 
         Sources are tried in order (mirrors, then the registry itself); the error raised when all
-        fail has the type of the last one (the registry's own answer) and names every failure."""
+        fail names every failure and has the type of the last one (the registry's own answer),
+        unless a source served content that failed verification: then the image was found and
+        its content is wrong, which is what the error says (never "failed to resolve")."""
         start = self.clock()
         try:
             ref = parse_normalized(reference)
@@ -132,6 +134,7 @@ class Resolver:
         except PullError as exc:
             raise type(exc)(f"{prefix}: {exc}") from None
         errors: list[str] = []
+        failures: list[ImageVolError] = []
         last: ImageVolError | None = None
         for spec in specs:
             source: Source | None = None
@@ -143,6 +146,7 @@ class Resolver:
                     record, fetched = self._pull_from(ref, source, keyring, spec)
             except ImageVolError as exc:
                 errors.append(str(exc))
+                failures.append(exc)
                 last = exc
                 continue
             finally:
@@ -150,6 +154,7 @@ class Resolver:
                     source.close()
             return PullResult(record, self.clock() - start, fetched)
         detail = "; ".join(errors) or "no source configured"
+        last = next((e for e in reversed(failures) if isinstance(e, ContentError)), last)
         if last is None or isinstance(last, ImageNotFoundError):
             raise ImageNotFoundError(f"{prefix}: failed to resolve reference {goquote(str(ref))}: {detail}")
         if isinstance(last, RegistryUnavailableError):
