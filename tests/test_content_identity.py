@@ -718,3 +718,17 @@ def test_embedded_config_data_that_lies_is_a_mismatch_of_that_image(node_root: s
     assert str(info.value).startswith(f'failed to pull and unpack image "{PREFIX}:embedded": ')
     assert f"mismatch for config {config.digest}" in str(info.value)
     assert node.runtime.list_images() == [] and _trees(node) == []
+
+
+def test_a_config_over_the_limit_is_refused_before_anything_is_fetched(node_root: str, tmp_path: object) -> None:
+    layout = f"{tmp_path}/big"
+    b = LayoutBuilder(layout)
+    layer = _layer(b, GOOD)
+    config = _config(b, [_diff_id(GOOD)])
+    big = attrs.evolve(config, size=4 * 1024 * 1024 + 1)
+    b.add_manifest(big, [layer], tag="big")
+    b.save()
+    node = make_node(node_root, layout, FakeClock())
+    with pytest.raises(SizeMismatchError, match="exceeds the 4194304-byte limit"):
+        node.runtime.pull_image(f"{PREFIX}:big")
+    assert not node.store.has(config.digest) and not node.store.has(layer.digest)

@@ -214,6 +214,11 @@ class Resolver:
                     f"blob {blob.digest} of {blob.size} bytes exceeds the maximum blob size of "
                     f"{self.store.max_blob_size} bytes"
                 )
+        if manifest.is_image and manifest.config.size > MAX_CONFIG_BYTES:
+            raise SizeMismatchError(
+                f"image config {manifest.config.digest} of {manifest.config.size} bytes exceeds the "
+                f"{MAX_CONFIG_BYTES}-byte limit"
+            )
         # An image's config names its layers by diff ID: check that it names as many as the manifest
         # lists (containerd's unpacker does the same) before any layer is fetched.
         check = (lambda: self.diff_ids(manifest)) if manifest.is_image else None
