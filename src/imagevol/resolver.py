@@ -345,11 +345,11 @@ def _named(blob: Descriptor, step: Callable[[], T]) -> T:
     try:
         return step()
     except SizeMismatchError as exc:
-        if str(exc).startswith(("size mismatch", "blob ")):
-            raise
+        if str(exc).startswith(mismatch("size", blob)):
+            raise  # the store's own words already name it
         raise SizeMismatchError(f"{mismatch('size', blob)}: {exc}") from None
     except DigestMismatchError as exc:
-        if str(exc).startswith("digest mismatch"):
+        if str(exc).startswith(mismatch("digest", blob)):
             raise
         raise DigestMismatchError(f"{mismatch('digest', blob)}: {exc}") from None
 
