@@ -33,7 +33,7 @@ from imagevol import _openat2
 from imagevol import subpath as sp
 from imagevol.cri import ContainerConfig, ImageSpec, Mount
 from imagevol.node import Node, NodeConfig
-from imagevol.oci import Digest
+from imagevol.snapshots import SnapshotKey
 from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.tarbuild import TarEntry
 
@@ -134,7 +134,7 @@ def bench_second_mount(files: int = 20000, number: int = 200) -> dict[str, Any]:
 
                 def second(m: Mount = mount) -> None:
                     status = runtime.mount_image_volume("sandbox", m, "bench-holder")
-                    runtime.snapshots.release(Digest.parse(status.snapshot), "bench-holder")
+                    runtime.snapshots.release(SnapshotKey.parse(status.snapshot), "bench-holder")
 
                 mounts = _timings(second, number)
 

@@ -182,14 +182,17 @@ import sys, time
 t0 = time.perf_counter()
 from imagevol import decompress
 from imagevol.layers import ApplyOptions, apply_layers
-# backend: "zlib" forces plain zlib, "default" keeps imagevol's choice (ISA-L, zlib-ng or zlib)
-backend, threaded, src, dst = sys.argv[1], sys.argv[2] == "1", sys.argv[3], sys.argv[4]
+from imagevol.oci import Digest
+# backend: "zlib" forces plain zlib, "default" keeps imagevol's choice (ISA-L, zlib-ng or zlib);
+# diff: the layer's diff ID, verified while unpacking as a node does, or "-" to skip the hash
+backend, threaded, src, dst, diff = sys.argv[1], sys.argv[2] == "1", sys.argv[3], sys.argv[4], sys.argv[5]
 if backend == "zlib":
     import zlib
     decompress._gzip = zlib
+diff_ids = None if diff == "-" else [Digest.parse(diff)]
 t1 = time.perf_counter()
 with open(src, "rb") as f:
-    apply_layers(dst, [f], ApplyOptions(threaded=threaded))
+    apply_layers(dst, [f], ApplyOptions(threaded=threaded), diff_ids)
 print(time.perf_counter() - t1)
 """
 
@@ -286,6 +289,8 @@ class LayerFiles:
     gz: str
     entries: int
     layout: str = ""
+    #: sha256 of the uncompressed tar: the diff ID imagevol verifies while unpacking.
+    diff_id: str = "-"
 
     @property
     def tar_mb(self) -> float:
@@ -356,6 +361,7 @@ def prepare(work: str, scale: float, with_layout: bool) -> LayerFiles:
         [sys.executable, __file__, "--generate", tar, str(scale)], check=True, capture_output=True, text=True
     )
     layer = LayerFiles(scale, tar, tar + ".gz", int(made.stdout.split()[-1]))
+    layer.diff_id = "sha256:" + sha256_file(tar)[0]
     gzip_file(tar, layer.gz)
     if with_layout:
         layer.layout = os.path.join(work, f"layout-{scale:g}")
@@ -377,12 +383,12 @@ def bench(work: str, runs: int, scales: Sequence[float], main_scale: float = 1.0
 
 
 def _candidates(layer: LayerFiles, umoci: str | None, backend: str, everything: bool) -> list[Candidate]:
-    py, gz = sys.executable, layer.gz
+    py, gz, diff = sys.executable, layer.gz, layer.diff_id
     primary = Candidate(
         f"imagevol ({backend}, thread)",
-        lambda d: [py, "-c", _IMAGEVOL, "default", "1", gz, d],
+        lambda d: [py, "-c", _IMAGEVOL, "default", "1", gz, d, diff],
         imagevol=True,
-        note="decompression in a thread",
+        note="decompression and diff ID hash in a thread, as a node unpacks",
     )
     out = [Candidate(TAR, lambda d: ["tar", "-xzf", gz, "-C", d], note="GNU tar, gzip in a child process")]
     if umoci:
@@ -397,7 +403,7 @@ def _candidates(layer: LayerFiles, umoci: str | None, backend: str, everything: 
         out.append(
             Candidate(
                 "imagevol (zlib, thread)",
-                lambda d: [py, "-c", _IMAGEVOL, "zlib", "1", gz, d],
+                lambda d: [py, "-c", _IMAGEVOL, "zlib", "1", gz, d, diff],
                 imagevol=True,
                 note=f"zlib instead of {backend}",
             )
@@ -405,9 +411,17 @@ def _candidates(layer: LayerFiles, umoci: str | None, backend: str, everything: 
     out.append(
         Candidate(
             f"imagevol ({backend}, no thread)",
-            lambda d: [py, "-c", _IMAGEVOL, "default", "0", gz, d],
+            lambda d: [py, "-c", _IMAGEVOL, "default", "0", gz, d, diff],
             imagevol=True,
-            note="decompression inline",
+            note="decompression and diff ID hash inline",
+        )
+    )
+    out.append(
+        Candidate(
+            f"imagevol ({backend}, thread, no diff ID)",
+            lambda d: [py, "-c", _IMAGEVOL, "default", "1", gz, d, "-"],
+            imagevol=True,
+            note="the uncompressed stream not hashed (what the diff ID costs)",
         )
     )
     out.append(Candidate("tarfile filter='data'", lambda d: [py, "-c", _TARFILE, gz, d], note="CPython tarfile"))
@@ -439,10 +453,10 @@ def _bench(work: str, runs: int, scales: list[float], main_scale: float, command
     candidates = _candidates(layer, umoci, backend, everything=True)
     results = [measure(c.name, c.make_argv, work, runs) for c in candidates]
     base = results[0].wall
-    print(f"{'tool':30} {'wall s':>8} {'ratio':>7} {'in-process s':>13} {'peak RSS':>10}")
+    print(f"{'tool':36} {'wall s':>8} {'ratio':>7} {'in-process s':>13} {'peak RSS':>10}")
     for r in results:
         inner = f"{r.inner:.2f}" if r.inner is not None else "-"
-        print(f"{r.name:30} {r.wall:8.2f} {r.wall / base:7.2f} {inner:>13} {r.rss_kib / 1024:8.1f} MB")
+        print(f"{r.name:36} {r.wall:8.2f} {r.wall / base:7.2f} {inner:>13} {r.rss_kib / 1024:8.1f} MB")
 
     by_name = {r.name: r for r in results}
     sweep: dict[float, dict[str, Result]] = {}

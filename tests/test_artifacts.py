@@ -23,7 +23,7 @@ from imagevol.oci import (
     Digest,
     Manifest,
 )
-from imagevol.snapshots import Snapshots
+from imagevol.snapshots import Snapshots, plan_for
 from imagevol.store import ContentStore
 from imagevol.testing.tarbuild import build_layer, gzip_bytes
 
@@ -145,7 +145,7 @@ def test_artifact_fixtures(fixtures_layout: str, tmp_path: object, tag: str, tre
     desc = store.refs()[tag]
     manifest = store.read_manifest(desc)
     assert isinstance(manifest, Manifest) and not manifest.is_image
-    snap = Snapshots(f"{tmp_path}/snaps", store).materialise(desc.digest, manifest)
+    snap = Snapshots(f"{tmp_path}/snaps", store).materialise(plan_for(store, desc.digest, manifest))
     assert snap.artifact
     got: dict[str, str | None] = {}
     for dirpath, dirnames, filenames in os.walk(snap.path):

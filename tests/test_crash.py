@@ -63,7 +63,7 @@ _CHILD = textwrap.dedent(
     node = Node(NodeConfig(root=sys.argv[1], registries=sys.argv[2], registry_factory=RegistryAccess()))
     record = node.runtime.pull_image(sys.argv[3]).record
     manifest = node.resolver.manifest_of(record)
-    node.snapshots.materialise(record.manifest_digest, manifest)
+    node.snapshots.materialise(node.snapshots.plan(record.manifest_digest, manifest))
     print("done", flush=True)
     """
 )
@@ -82,13 +82,13 @@ def _check_after_restart(root: str, conf: str, expected: dict[str, tuple[object,
     assert not [n for n in os.listdir(ingest) if n.endswith(".part")]
     assert os.listdir(os.path.join(root, "snapshots", ".staging")) == []
     # Whatever is published is complete.
-    for digest in node.snapshots.digests():
-        tree = node.snapshots.get(digest)
+    for key in node.snapshots.published():
+        tree = node.snapshots.get(key)
         assert tree is not None
         assert _real_listing(tree) == expected
     # The next pull and build complete, and the store is clean.
     record = node.runtime.pull_image(REF).record
-    snap = node.snapshots.materialise(record.manifest_digest, node.resolver.manifest_of(record))
+    snap = node.snapshots.materialise(node.snapshots.plan(record.manifest_digest, node.resolver.manifest_of(record)))
     assert _real_listing(snap.path) == expected
     report = node.store.fsck()
     assert report.clean, report

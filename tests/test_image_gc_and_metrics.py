@@ -45,7 +45,9 @@ def test_gc_removes_unused_images_and_never_one_in_use(node: Node) -> None:
     # The mounted image still works.
     status = node.runtime.container_status(node.get_pod("uses-v2").state("a").container_id)
     assert status is not None
-    tree = node.snapshots.get(node.runtime.list_images()[0].manifest_digest)
+    key = node.runtime.snapshot_key(node.runtime.list_images()[0])
+    assert key is not None
+    tree = node.snapshots.get(key)
     assert tree is not None
     with open(os.path.join(tree, "dir", "file")) as f:
         assert f.read() == "1\n"
@@ -68,7 +70,7 @@ def test_rmi_of_an_image_in_use_fails_like_crio(node: Node) -> None:
     node.delete_pod("p")
     node.runtime.remove_image("fixtures.example/lab:v2")
     assert node.runtime.list_images() == []
-    assert node.snapshots.digests() == []
+    assert node.snapshots.published() == []
 
 
 def test_exposition_passes_promtool(node: Node) -> None:

@@ -15,7 +15,7 @@ from imagevol import runtime as rt
 from imagevol.cri import ContainerConfig, ImageService, ImageSpec, Mount, RuntimeService
 from imagevol.errors import ImageVolError, ImageVolumeMountFailedError
 from imagevol.node import Node
-from imagevol.oci import Digest
+from imagevol.snapshots import SnapshotKey
 from imagevol.view import ContainerView
 
 from subpath_support import REGISTRY, make_node, pod_yaml
@@ -275,7 +275,7 @@ def test_open_mount_refuses_an_entry_swapped_since_create(nodes: dict[str, Node]
     node = nodes["containerd"]
     _, state = _start(node, "swap", sub_path="deep/a")
     [mount] = _mounts(node, state)
-    tree = node.snapshots.get(Digest.parse(mount.snapshot))
+    tree = node.snapshots.get(SnapshotKey.parse(mount.snapshot))
     assert tree is not None
     deep = os.path.join(tree, "deep")
     os.chmod(deep, stat.S_IMODE(os.stat(deep).st_mode) | stat.S_IWUSR)

@@ -138,7 +138,7 @@ def test_several_pods_on_one_image_fetch_each_blob_once(node: Node, reg: peers.R
         assert node.create_pod(pod)[1].phase == "Running"
     blob_gets = [line for line in reg.requests()[before:] if "/blobs/" in line]
     assert len(blob_gets) == 2  # config and the one layer, once each
-    assert len(node.snapshots.digests()) == 1
+    assert len(node.snapshots.published()) == 1
 
 
 def test_pull_policy_always(node: Node, reg: peers.Registry) -> None:

@@ -1,5 +1,5 @@
-"""Snapshots: one read-only tree per manifest digest, built in staging, published by rename, built
-once under concurrency (threads and processes), cleaned after crashes, removed only when unleased."""
+"""Snapshots: one read-only tree per layer chain, built in staging, published by rename, built once
+under concurrency (threads and processes), cleaned after crashes, removed only when unleased."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import time
 import pytest
 
 from imagevol.errors import DigestMismatchError, ImageInUseError, ImageVolError, LayerError
-from imagevol.oci import Digest, Manifest
-from imagevol.snapshots import Snapshots
+from imagevol.oci import Manifest
+from imagevol.snapshots import SnapshotKey, SnapshotPlan, Snapshots, plan_for
 from imagevol.store import ContentStore
 from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.tarbuild import TarEntry
@@ -23,14 +23,14 @@ from imagevol.testing.tarbuild import TarEntry
 from layerkit import D, F, S
 
 
-def _image(path: str, *layers: list[TarEntry], tag: str = "t") -> tuple[ContentStore, Digest, Manifest]:
+def _image(path: str, *layers: list[TarEntry], tag: str = "t") -> tuple[ContentStore, SnapshotPlan]:
     b = LayoutBuilder(path)
     desc = b.add_image([Layer(tuple(layer)) for layer in layers], tag=tag)
     b.save()
     store = ContentStore(path)
     manifest = store.read_manifest(desc)
     assert isinstance(manifest, Manifest)
-    return store, desc.digest, manifest
+    return store, plan_for(store, desc.digest, manifest)
 
 
 def _write_bits(root: str) -> list[str]:
@@ -52,17 +52,17 @@ GOOD = [D("d", 0o777), F("d/f", "x", 0o666), F("exe", "#!", 0o775), S("l", "d/f"
 
 
 def test_published_tree_is_complete_and_read_only(tmp_path: object) -> None:
-    store, digest, manifest = _image(f"{tmp_path}/layout", GOOD, [F("d/g", "y"), D("e", 0o000), F("e/z", "z")])
+    store, plan = _image(f"{tmp_path}/layout", GOOD, [F("d/g", "y"), D("e", 0o000), F("e/z", "z")])
     snaps = Snapshots(f"{tmp_path}/snaps", store)
-    snap = snaps.materialise(digest, manifest)
-    assert snap.path == snaps.path(digest) and not snap.artifact
+    snap = snaps.materialise(plan)
+    assert snap.path == snaps.path(plan.key) and not snap.artifact
     assert sorted(os.listdir(snap.path)) == ["d", "e", "exe", "l", "p"]
     assert _write_bits(snap.path) == []
     assert stat.S_IMODE(os.stat(f"{snap.path}/exe").st_mode) == 0o555
     assert stat.S_IMODE(os.stat(f"{snap.path}/e").st_mode) == 0o000
     assert _staging(snaps) == []
     # Every mount shares the one tree.
-    again = snaps.materialise(digest, manifest)
+    again = snaps.materialise(plan)
     assert again.path == snap.path
 
 
@@ -72,19 +72,19 @@ def test_published_tree_is_complete_and_read_only(tmp_path: object) -> None:
     ids=["dotdot", "notdir", "loop"],
 )
 def test_failed_layer_publishes_nothing(tmp_path: object, bad: list[TarEntry]) -> None:
-    store, digest, manifest = _image(f"{tmp_path}/layout", GOOD, bad)
+    store, plan = _image(f"{tmp_path}/layout", GOOD, bad)
     snaps = Snapshots(f"{tmp_path}/snaps", store)
     with pytest.raises(LayerError):
-        snaps.materialise(digest, manifest)
-    assert snaps.get(digest) is None
-    assert not os.path.exists(snaps.path(digest))
+        snaps.materialise(plan)
+    assert snaps.get(plan.key) is None
+    assert not os.path.exists(snaps.path(plan.key))
     assert _staging(snaps) == []
-    assert snaps.digests() == []
+    assert snaps.published() == []
 
 
 def test_corrupt_blob_publishes_nothing(tmp_path: object) -> None:
-    store, digest, manifest = _image(f"{tmp_path}/layout", GOOD)
-    blob = store.blob_path(manifest.layers[0].digest)
+    store, plan = _image(f"{tmp_path}/layout", GOOD)
+    blob = store.blob_path(plan.manifest.layers[0].digest)
     with open(blob, "rb") as f:
         data = bytearray(f.read())
     data[-5] ^= 0xFF  # inside the gzip trailer: the tar itself would still read fine
@@ -92,40 +92,39 @@ def test_corrupt_blob_publishes_nothing(tmp_path: object) -> None:
         f.write(bytes(data))
     snaps = Snapshots(f"{tmp_path}/snaps", store)
     with pytest.raises((DigestMismatchError, LayerError)):
-        snaps.materialise(digest, manifest)
-    assert snaps.get(digest) is None and _staging(snaps) == []
+        snaps.materialise(plan)
+    assert snaps.get(plan.key) is None and _staging(snaps) == []
 
 
 def test_threads_build_once(tmp_path: object) -> None:
-    store, digest, manifest = _image(f"{tmp_path}/layout", GOOD)
+    store, plan = _image(f"{tmp_path}/layout", GOOD)
     snaps = Snapshots(f"{tmp_path}/snaps", store)
-    builds: list[Digest] = []
+    builds: list[SnapshotKey] = []
     results: list[str] = []
     barrier = threading.Barrier(8)
 
     def worker() -> None:
         barrier.wait()
-        results.append(snaps.materialise(digest, manifest, on_build=builds.append).path)
+        results.append(snaps.materialise(plan, on_build=builds.append).path)
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert builds == [digest]
-    assert set(results) == {snaps.path(digest)}
+    assert builds == [plan.key]
+    assert set(results) == {snaps.path(plan.key)}
 
 
 _CHILD = r"""
 import os, sys, time
 from imagevol.snapshots import Snapshots
 from imagevol.store import ContentStore
-from imagevol.oci import Digest
 import imagevol.snapshots as s
-layout, snaps_root, digest, log, mode = sys.argv[1:6]
+layout, snaps_root, log, mode = sys.argv[1:5]
 store = ContentStore(layout)
-manifest = store.read_manifest(store.refs()["t"])
-d = Digest.parse(digest)
+desc = store.refs()["t"]
+plan = s.plan_for(store, desc.digest, store.read_manifest(desc))
 snaps = Snapshots(snaps_root, store)
 if mode == "hang":
     real = s.apply_layer_fd
@@ -139,7 +138,7 @@ def on_build(_):
     with open(log, "a") as f:
         f.write(f"{os.getpid()}\n")
     time.sleep(0.3)
-print(snaps.materialise(d, manifest, on_build=on_build).path, flush=True)
+print(snaps.materialise(plan, on_build=on_build).path, flush=True)
 """
 
 
@@ -150,88 +149,88 @@ def _child(args: list[str]) -> subprocess.Popen[str]:
 
 
 def test_processes_build_once(tmp_path: object) -> None:
-    _, digest, _ = _image(f"{tmp_path}/layout", GOOD)
+    _, plan = _image(f"{tmp_path}/layout", GOOD)
     log = f"{tmp_path}/builds.log"
-    args = [f"{tmp_path}/layout", f"{tmp_path}/snaps", str(digest), log, "normal"]
+    args = [f"{tmp_path}/layout", f"{tmp_path}/snaps", log, "normal"]
     procs = [_child(args) for _ in range(3)]
     outs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    assert {o.strip() for o, _ in outs} == {os.path.join(f"{tmp_path}/snaps", digest.hex)}
+    assert {o.strip() for o, _ in outs} == {os.path.join(f"{tmp_path}/snaps", plan.key.name)}
     with open(log) as f:
         assert len(f.read().split()) == 1
 
 
 def test_crash_mid_build_leaves_nothing_and_is_cleaned(tmp_path: object) -> None:
-    store, digest, manifest = _image(f"{tmp_path}/layout", GOOD, [F("second", "2")])
+    store, plan = _image(f"{tmp_path}/layout", GOOD, [F("second", "2")])
     snaps_root = f"{tmp_path}/snaps"
-    proc = _child([f"{tmp_path}/layout", snaps_root, str(digest), f"{tmp_path}/log", "hang"])
+    proc = _child([f"{tmp_path}/layout", snaps_root, f"{tmp_path}/log", "hang"])
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "building"  # first layer applied, second pending
     staging = os.listdir(os.path.join(snaps_root, ".staging"))
-    assert len(staging) == 1 and staging[0].startswith(digest.hex)
+    assert len(staging) == 1 and staging[0].startswith(plan.key.name + ".")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not os.path.exists(os.path.join(snaps_root, digest.hex))  # nothing visible
+    assert not os.path.exists(os.path.join(snaps_root, plan.key.name))  # nothing visible
     snaps = Snapshots(snaps_root, store)  # the next start cleans up
     assert _staging(snaps) == []
-    assert sorted(os.listdir(snaps.materialise(digest, manifest).path)) == ["d", "exe", "l", "p", "second"]
+    assert sorted(os.listdir(snaps.materialise(plan).path)) == ["d", "exe", "l", "p", "second"]
 
 
 def test_recover_keeps_a_build_in_progress(tmp_path: object) -> None:
-    store, digest, _ = _image(f"{tmp_path}/layout", GOOD)
+    store, plan = _image(f"{tmp_path}/layout", GOOD)
     snaps = Snapshots(f"{tmp_path}/snaps", store)
-    busy = os.path.join(snaps.root, ".staging", f"{digest.hex}.{os.getpid()}.x")
+    busy = os.path.join(snaps.root, ".staging", f"{plan.key.name}.{os.getpid()}.x")
     os.mkdir(busy)
-    with snaps.locks.hold(f"snapshot-{digest.hex}"):
+    with snaps.locks.hold(f"snapshot-{plan.key.name}"):
         assert snaps.recover() == []
         assert os.path.isdir(busy)
     assert snaps.recover() == [os.path.basename(busy)]
 
 
 def test_leases_block_removal(tmp_path: object) -> None:
-    store, digest, manifest = _image(f"{tmp_path}/layout", GOOD)
+    store, plan = _image(f"{tmp_path}/layout", GOOD)
     snaps = Snapshots(f"{tmp_path}/snaps", store)
-    path = snaps.materialise(digest, manifest).path
-    snaps.lease(digest, "c1")
-    snaps.lease(digest, "c2")
+    path = snaps.materialise(plan).path
+    snaps.lease(plan.key, "c1")
+    snaps.lease(plan.key, "c2")
     with pytest.raises(ImageInUseError):
-        snaps.remove(digest)
-    snaps.release(digest, "c1")
+        snaps.remove(plan.key)
+    snaps.release(plan.key, "c1")
     with pytest.raises(ImageInUseError):
-        snaps.remove(digest)
+        snaps.remove(plan.key)
     assert os.path.isdir(path)
-    snaps.release(digest, "c2")
-    assert snaps.remove(digest) is True
+    snaps.release(plan.key, "c2")
+    assert snaps.remove(plan.key) is True
     assert not os.path.exists(path) and _staging(snaps) == []
-    assert snaps.remove(digest) is False
+    assert snaps.remove(plan.key) is False
     with pytest.raises(ImageVolError):
-        snaps.lease(digest, "late")  # no lease on a tree that is gone
+        snaps.lease(plan.key, "late")  # no lease on a tree that is gone
 
 
 def test_removal_while_building_waits(tmp_path: object) -> None:
-    store, digest, manifest = _image(f"{tmp_path}/layout", GOOD)
+    store, plan = _image(f"{tmp_path}/layout", GOOD)
     snaps = Snapshots(f"{tmp_path}/snaps", store)
     started = threading.Event()
 
-    def slow_build(_: Digest) -> None:
+    def slow_build(_: SnapshotKey) -> None:
         started.set()
         time.sleep(0.3)
 
-    t = threading.Thread(target=snaps.materialise, args=(digest, manifest, slow_build))
+    t = threading.Thread(target=snaps.materialise, args=(plan, slow_build))
     t.start()
     started.wait()
-    assert snaps.remove(digest) is True  # waited for the build, then removed the complete tree
+    assert snaps.remove(plan.key) is True  # waited for the build, then removed the complete tree
     t.join()
-    assert snaps.get(digest) is None and _staging(snaps) == []
+    assert snaps.get(plan.key) is None and _staging(snaps) == []
 
 
 def test_acquire_materialises_and_leases(tmp_path: object) -> None:
-    store, digest, manifest = _image(f"{tmp_path}/layout", GOOD)
+    store, plan = _image(f"{tmp_path}/layout", GOOD)
     snaps = Snapshots(f"{tmp_path}/snaps", store)
-    snap = snaps.acquire(digest, manifest, "c1")
-    assert snaps.holders(digest) == ["c1"] and os.path.isdir(snap.path)
+    snap = snaps.acquire(plan, "c1")
+    assert snaps.holders(plan.key) == ["c1"] and os.path.isdir(snap.path)
     with pytest.raises(ImageInUseError):
-        snaps.remove(digest)
+        snaps.remove(plan.key)
 
 
 _UNPRIVILEGED = r"""
@@ -242,8 +241,8 @@ from layerkit import D, F, W
 from imagevol.snapshots import Snapshots
 base = sys.argv[1]
 layers = ([D("z", 0o000), F("z/f", "1")], [F("z/g", "2"), D("e", 0o555), F("e/x", "x"), W("z/.wh.f")])
-store, digest, manifest = _image(base + "/layout", GOOD, *layers)
-snap = Snapshots(base + "/snaps", store).materialise(digest, manifest)
+store, plan = _image(base + "/layout", GOOD, *layers)
+snap = Snapshots(base + "/snaps", store).materialise(plan)
 assert sorted(os.listdir(snap.path)) == ["d", "e", "exe", "l", "p", "z"]
 assert os.stat(snap.path + "/z").st_mode & 0o777 == 0
 assert os.stat(snap.path + "/e").st_mode & 0o777 == 0o555

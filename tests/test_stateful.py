@@ -16,7 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from imagevol.image_gc import ImageGC
 from imagevol.node import Node
-from imagevol.oci import Digest
+from imagevol.snapshots import SnapshotKey
 from imagevol.testing.images import ARTIFACT_V2_ENTRIES, LAYERS_FIXTURE, build_fixtures, kitten_entries
 from imagevol.testing.model import apply_layers_model, listing
 
@@ -101,7 +101,7 @@ class NodeMachine(RuleBasedStateMachine):
             status = self.node.runtime.container_status(record.state("c").container_id)
             assert status is not None
             for mount in status.mounts:
-                tree = self.node.snapshots.get(Digest.parse(mount.snapshot))
+                tree = self.node.snapshots.get(SnapshotKey.parse(mount.snapshot))
                 assert tree is not None, f"{tag} removed while mounted by {name}"
                 assert _real_listing(tree) == EXPECTED[tag]
 

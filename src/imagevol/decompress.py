@@ -10,9 +10,9 @@
   deflate with the same checks (header, CRC-32 and length trailer of every member), 2-2.5x faster.
   Multi-member gzip streams are read to the end (as ``gzip -d`` does); NUL padding after a member
   is skipped and anything else after it is an error.
-* :class:`ChunkPipe` runs the reading, hashing (the caller's verifying reader) and decompression in a
-  thread that feeds a queue of at most ``depth`` chunks: these release the GIL, so they overlap with
-  the applier's writes on a second CPU.
+* :class:`ChunkPipe` runs the reading, hashing (the caller's verifying reader, and the diff ID of
+  the uncompressed stream when asked) and decompression in a thread that feeds a queue of at most
+  ``depth`` chunks: these release the GIL, so they overlap with the applier's writes on a second CPU.
 """
 
 from __future__ import annotations
@@ -213,9 +213,12 @@ class _Prefixed:
         return out
 
 
-def decompressed(blob: IO[bytes], limit: int, gzip_module: ModuleType | None = None) -> Generator[bytes, None, None]:
+def decompressed(
+    blob: IO[bytes], limit: int, gzip_module: ModuleType | None = None, *, hasher: Any = None
+) -> Generator[bytes, None, None]:
     """The uncompressed chunks of ``blob`` (each at most :data:`CHUNK` bytes), raising
-    ``LayerError("too_large")`` as soon as more than ``limit`` bytes came out."""
+    ``LayerError("too_large")`` as soon as more than ``limit`` bytes came out. Every chunk goes
+    into ``hasher`` (a ``hashlib`` object) before it is yielded: the layer's diff ID."""
     head = _read_full(blob, 4)
     kind = sniff(head)
     chunks: Iterator[bytes]
@@ -226,10 +229,13 @@ def decompressed(blob: IO[bytes], limit: int, gzip_module: ModuleType | None = N
     else:
         chunks = _plain(blob, head)
     total = 0
+    update = hasher.update if hasher is not None else None
     for chunk in chunks:
         total += len(chunk)
         if total > limit:
             raise LayerError("too_large", f"layer expands beyond the {limit}-byte limit")
+        if update is not None:
+            update(chunk)
         yield chunk
 
 
@@ -250,8 +256,12 @@ class ChunkPipe:
     (a ``LayerError``, a digest mismatch from a verifying reader, an ``OSError``). ``close()`` stops
     the producer early and waits for it, so no thread outlives the layer."""
 
-    def __init__(self, blob: IO[bytes], limit: int, *, depth: int = 4, threaded: bool = True) -> None:
-        self._chunks = decompressed(blob, limit)
+    def __init__(
+        self, blob: IO[bytes], limit: int, *, depth: int = 4, threaded: bool = True, hasher: Any = None
+    ) -> None:
+        # The hash is updated by the producer, so with a thread it runs there too (hashlib
+        # releases the GIL on large buffers): the diff ID costs the applier almost nothing.
+        self._chunks = decompressed(blob, limit, hasher=hasher)
         self._threaded = threaded
         self._done = False
         if threaded:

@@ -45,6 +45,11 @@ class SizeMismatchError(ContentError):
     """More or fewer bytes arrived than the descriptor promised, or a configured limit was hit."""
 
 
+class DiffIDMismatchError(ContentError):
+    """A layer's uncompressed stream does not hash to the config's ``rootfs.diff_ids`` entry for
+    it: the image's layers are not the ones its config (its identity) names."""
+
+
 class BlobNotFoundError(ContentError):
     """The content store has no blob with that digest."""
 

@@ -4,7 +4,8 @@ An image is in use when any container, running or not, reports a status mount wh
 image's (R7.1, R7.2: the runtime echoes ``Mount.image.image``). When disk usage is above the high
 threshold, unused images are removed, least recently used first, until usage is below the low
 threshold (``realImageGCManager.freeSpace``); an image in use is never removed. Removing an image
-removes its record, its snapshot (once no mount holds it) and every blob no other image reaches.
+removes its record, its snapshot (once no mount holds it and no other image has the same layer
+chain) and every blob no other image reaches.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ class ImageGC:
         if not 0 <= low_percent <= high_percent <= 100:
             raise ValueError("thresholds must satisfy 0 <= low <= high <= 100")
         before = self.usage()
+        # Trees no record names any more (an image pulled over under the same name, a tree of an
+        # earlier version) and no container holds take space for nothing: they go first.
+        self.runtime.prune_snapshots()
         in_use = self.in_use()
         records = self.runtime.list_images()
         kept = tuple(sorted(r.name for r in records if r.image_id in in_use))

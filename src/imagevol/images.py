@@ -36,6 +36,11 @@ class ImageRecord:
         digest for artifacts (CRI-O; all empty-config artifacts would otherwise share one ID)."""
         return str(self.manifest_digest if self.artifact else self.config_digest)
 
+    def answers_to(self, image_id: str) -> bool:
+        """Whether ``image_id`` names this image: its image ID, or the digest of its manifest or
+        of what it was pulled by (``crictl`` accepts each)."""
+        return image_id in (self.image_id, str(self.manifest_digest), str(self.target.digest))
+
     @property
     def repo_digest(self) -> str:
         ref = parse_normalized(self.name)
@@ -116,7 +121,8 @@ class ImageDB:
         return None
 
     def by_id(self, image_id: str) -> list[ImageRecord]:
-        return [r for r in self.all() if image_id in (r.image_id, str(r.manifest_digest), str(r.target.digest))]
+        """Every record ``image_id`` names (several images can share a config, hence an ID)."""
+        return [r for r in self.all() if r.answers_to(image_id)]
 
     def remove(self, name: str) -> bool:
         return self.store.remove_ref(name)

@@ -26,17 +26,20 @@ times. Deliberate differences are listed in ``docs/security.md``.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import IO
 
 import attrs
 
 from ._openat2 import O_PATH
+from ._text import goquote
 from .decompress import ChunkPipe
-from .errors import LayerError
+from .errors import DiffIDMismatchError, LayerError
+from .oci import Digest
 from .tarstream import BLK, CHR, DIR, FIFO, LINK, REG, SYMLINK, Member, TarReader
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,8 @@ class LayerStats:
     files: int = 0
     bytes: int = 0
     skipped_devices: list[str] = attrs.field(factory=list)
+    #: Digest of the whole uncompressed stream (when asked for): the layer's diff ID.
+    diff_id: Digest | None = None
 
 
 class BuildState:
@@ -797,15 +802,31 @@ def write_all(fd: int, data: bytes) -> None:
 # --- public entry points ------------------------------------------------------------------------
 
 
-def apply_layers(root: str, layers: Iterable[IO[bytes]], options: ApplyOptions = ApplyOptions()) -> list[LayerStats]:
+def apply_layers(
+    root: str,
+    layers: Iterable[IO[bytes]],
+    options: ApplyOptions = ApplyOptions(),
+    diff_ids: Sequence[Digest] | None = None,
+) -> list[LayerStats]:
     """Apply layer blobs (compressed or not, sniffed) bottom first to the directory ``root``.
+    With ``diff_ids`` (one per layer, as an image config lists them), each layer's uncompressed
+    stream must hash to its diff ID, else :class:`DiffIDMismatchError` after that layer.
 
     On error the tree is left half-applied: callers build in a staging directory and discard it
     (see :mod:`imagevol.snapshots`); nothing outside ``root`` is ever touched."""
+    blobs = list(layers)
+    if diff_ids is not None and len(diff_ids) != len(blobs):
+        raise DiffIDMismatchError(f"number of layers and diffIDs don't match: {len(blobs)} != {len(diff_ids)}")
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         state = BuildState()
-        stats = [apply_layer_fd(root_fd, blob, options, state) for blob in layers]
+        stats = []
+        for i, blob in enumerate(blobs):
+            want = diff_ids[i] if diff_ids is not None else None
+            one = apply_layer_fd(root_fd, blob, options, state, diff_algorithm=want.algorithm if want else None)
+            if want is not None and one.diff_id != want:
+                raise DiffIDMismatchError(f"wrong diff id calculated on extraction {goquote(str(one.diff_id))}")
+            stats.append(one)
         state.finish(root_fd)
         return stats
     finally:
@@ -813,18 +834,26 @@ def apply_layers(root: str, layers: Iterable[IO[bytes]], options: ApplyOptions =
 
 
 def apply_layer_fd(
-    root_fd: int, blob: IO[bytes], options: ApplyOptions = ApplyOptions(), state: BuildState | None = None
+    root_fd: int,
+    blob: IO[bytes],
+    options: ApplyOptions = ApplyOptions(),
+    state: BuildState | None = None,
+    *,
+    diff_algorithm: str | None = None,
 ) -> LayerStats:
     """Apply one layer blob below ``root_fd``. Pass one ``state`` to every layer of a build and call
-    its ``finish`` after the last (without one, the layer is finished on its own)."""
+    its ``finish`` after the last (without one, the layer is finished on its own). With
+    ``diff_algorithm`` (``sha256``...), ``stats.diff_id`` is the digest of the whole uncompressed
+    stream, end-of-archive padding and anything after it included, as containerd computes it."""
     if state is None:
         own = BuildState()
-        stats = apply_layer_fd(root_fd, blob, options, own)
+        stats = apply_layer_fd(root_fd, blob, options, own, diff_algorithm=diff_algorithm)
         own.finish(root_fd)
         return stats
     stats = LayerStats()
     tree = Tree(root_fd, max_depth=options.limits.max_depth)
-    pipe = ChunkPipe(blob, options.limits.max_bytes, threaded=options.threaded)
+    hasher = hashlib.new(diff_algorithm) if diff_algorithm else None
+    pipe = ChunkPipe(blob, options.limits.max_bytes, threaded=options.threaded, hasher=hasher)
     applier: _LayerApplier | None = None
     try:
         reader = TarReader(pipe.read)
@@ -836,6 +865,9 @@ def apply_layer_fd(
     finally:
         pipe.close()
         tree.close()
+    if hasher is not None and diff_algorithm is not None:
+        # The pipe has returned its end: the producer hashed every chunk before handing it over.
+        stats.diff_id = Digest(diff_algorithm, hasher.hexdigest())
     if stats.skipped_devices:
         log.info("skipped %d device node(s), e.g. %r", len(stats.skipped_devices), stats.skipped_devices[0])
     return stats

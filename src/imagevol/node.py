@@ -2,7 +2,7 @@
 
 ```
 ROOT/content/     OCI image layout (the content store)
-ROOT/snapshots/   read-only trees by manifest digest
+ROOT/snapshots/   read-only trees by layer chain (images) or manifest digest (artifacts)
 ROOT/runtime/     container records of the runtime
 ROOT/pods/        one JSON record per Pod (spec, container states, events)
 ROOT/secrets/     Secrets applied to the node (pull secrets)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from .errors import ManifestError
+from .errors import DiffIDMismatchError, ManifestError
 
 # --- media types -----------------------------------------------------------------------------------
 
@@ -62,6 +62,9 @@ ANNOTATION_MODEL_FILEPATH = "org.cncf.model.filepath"
 #: Manifests larger than this are refused before parsing (the distribution spec's 4 MiB guidance,
 #: also containerd's and CRI-O's limit).
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+#: Image configs larger than this are refused before parsing (containers/image's
+#: ``MaxConfigBodySize``, the limit CRI-O and skopeo read configs under; containerd has none).
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 _EMPTY_JSON = b"{}"
 EMPTY_DIGEST = "sha256:" + hashlib.sha256(_EMPTY_JSON).hexdigest()
@@ -344,6 +347,69 @@ def parse_manifest(raw: bytes, media_type: str = "") -> Manifest | Index:
             annotations=_annotations(obj),
         )
     raise ManifestError(f"unsupported manifest media type {kind!r}")
+
+
+# --- image configs and layer identity ----------------------------------------------------------------
+
+
+def parse_diff_ids(raw: bytes) -> tuple[Digest, ...]:
+    """``rootfs.diff_ids`` of an image config: the digests of the *uncompressed* layers, bottom
+    first. A config without ``rootfs`` has none (containerd reads it the same way and then compares
+    the count with the manifest's layers); a ``rootfs.type`` other than ``layers`` is refused, as
+    the image spec requires."""
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ManifestError(f"image config of {len(raw)} bytes exceeds the {MAX_CONFIG_BYTES}-byte limit")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"unmarshal image config: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ManifestError("unmarshal image config: not a JSON object")
+    rootfs = obj.get("rootfs")
+    if rootfs is None:
+        return ()
+    if not isinstance(rootfs, dict):
+        raise ManifestError("unmarshal image config: rootfs must be an object")
+    kind = rootfs.get("type")
+    if kind is not None and kind != "layers":
+        raise ManifestError(f'image config: unknown rootfs type {kind!r} (only "layers" is defined)')
+    ids = rootfs.get("diff_ids")
+    if ids is None:
+        return ()
+    if not isinstance(ids, list):
+        raise ManifestError("unmarshal image config: rootfs.diff_ids must be a list")
+    return tuple(Digest.parse(d) if isinstance(d, str) else _bad_diff_id(d) for d in ids)
+
+
+def _bad_diff_id(value: object) -> Digest:
+    raise ManifestError(f"image config: diff ID {value!r} is not a digest string")
+
+
+def image_diff_ids(manifest: Manifest, config: bytes) -> tuple[Digest, ...]:
+    """The diff IDs of an image's layers: one per manifest layer, or an error in containerd's
+    wording (``pkg/unpack``) when the config and the manifest disagree on how many there are."""
+    diff_ids = parse_diff_ids(config)
+    if len(diff_ids) != len(manifest.layers):
+        raise DiffIDMismatchError(
+            f"number of layers and diffIDs don't match: {len(manifest.layers)} != {len(diff_ids)}"
+        )
+    return diff_ids
+
+
+def chain_ids(diff_ids: Sequence[Digest]) -> list[Digest]:
+    """The ChainID of every prefix of a layer stack (image spec, config.md "Layer ChainID"):
+    ``ChainID(L0) = DiffID(L0)`` and ``ChainID(L0..Ln) = SHA256(ChainID(L0..Ln-1) + " " + DiffID(Ln))``.
+    Equal chains mean equal uncompressed layers in equal order, hence equal trees."""
+    out: list[Digest] = []
+    for diff_id in diff_ids:
+        out.append(diff_id if not out else Digest.of(f"{out[-1]} {diff_id}".encode()))
+    return out
+
+
+def chain_id(diff_ids: Sequence[Digest]) -> Digest | None:
+    """The ChainID of the whole stack; None for an image without layers (an empty chain)."""
+    ids = chain_ids(diff_ids)
+    return ids[-1] if ids else None
 
 
 def canonical_json(obj: object) -> bytes:

@@ -12,10 +12,12 @@ interrupted pull leaves no name pointing at incomplete content.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from typing import TypeVar
 
 import attrs
 
@@ -33,6 +35,8 @@ from .errors import (
 )
 from .images import ImageDB, ImageRecord, store_name
 from .oci import (
+    INDEX_TYPES,
+    MAX_CONFIG_BYTES,
     MAX_MANIFEST_BYTES,
     Descriptor,
     Digest,
@@ -40,6 +44,7 @@ from .oci import (
     Manifest,
     Platform,
     host_platform,
+    image_diff_ids,
     parse_manifest,
 )
 from .reference import Reference, parse_normalized
@@ -47,7 +52,7 @@ from .sources.auth import ANONYMOUS, Keyring
 from .sources.base import Source
 from .sources.layout import OCILayoutSource
 from .sources.mirrors import PullSource, RegistriesConfig
-from .store import ContentStore
+from .store import ContentStore, mismatch
 
 #: Builds a registry source for one endpoint. Given the credentials that apply to its host.
 RegistryFactory = Callable[[PullSource, Keyring], Source]
@@ -96,12 +101,15 @@ class Resolver:
     def lookup(self, reference: str) -> ImageRecord | None:
         """The local record for ``reference`` when every blob it needs is present."""
         record = self.images.lookup(reference)
-        if record is None:
-            return None
-        needed = [record.manifest_digest, record.target.digest]
-        if not all(self.store.has(d) for d in needed):
+        if record is None or not self.is_complete(record):
             return None
         return record
+
+    def is_complete(self, record: ImageRecord) -> bool:
+        """Whether the manifests and the config of ``record`` are in the store (layers are
+        checked when the tree is built)."""
+        needed = [record.manifest_digest, record.target.digest, record.config_digest]
+        return all(self.store.has(d) for d in needed)
 
     # --- PullImage ---------------------------------------------------------------------------
 
@@ -109,7 +117,9 @@ class Resolver:
         """Pull ``reference`` (a user string) with ``keyring``; return the stored record.
 
         Sources are tried in order (mirrors, then the registry itself); the error raised when all
-        fail has the type of the last one (the registry's own answer) and names every failure."""
+        fail names every failure and has the type of the last one (the registry's own answer),
+        unless a source served content that failed verification: then the image was found and
+        its content is wrong, which is what the error says (never "failed to resolve")."""
         start = self.clock()
         try:
             ref = parse_normalized(reference)
@@ -124,6 +134,7 @@ class Resolver:
         except PullError as exc:
             raise type(exc)(f"{prefix}: {exc}") from None
         errors: list[str] = []
+        failures: list[ImageVolError] = []
         last: ImageVolError | None = None
         for spec in specs:
             source: Source | None = None
@@ -135,6 +146,7 @@ class Resolver:
                     record, fetched = self._pull_from(ref, source, keyring, spec)
             except ImageVolError as exc:
                 errors.append(str(exc))
+                failures.append(exc)
                 last = exc
                 continue
             finally:
@@ -142,6 +154,7 @@ class Resolver:
                     source.close()
             return PullResult(record, self.clock() - start, fetched)
         detail = "; ".join(errors) or "no source configured"
+        last = next((e for e in reversed(failures) if isinstance(e, ContentError)), last)
         if last is None or isinstance(last, ImageNotFoundError):
             raise ImageNotFoundError(f"{prefix}: failed to resolve reference {goquote(str(ref))}: {detail}")
         if isinstance(last, RegistryUnavailableError):
@@ -164,10 +177,13 @@ class Resolver:
             )
         raw = source.fetch_manifest(desc)
         got = Digest.of(raw, desc.digest.algorithm)
+        kind = "index" if desc.media_type in INDEX_TYPES else "manifest"
         if got != desc.digest:
-            raise DigestMismatchError(f"manifest {desc.digest}: content hashes to {got}")
+            raise DigestMismatchError(f"digest mismatch for {kind} {desc.digest}: content hashes to {got}")
         if len(raw) != desc.size:
-            raise ManifestError(f"manifest {desc.digest}: {len(raw)} bytes, descriptor says {desc.size}")
+            raise SizeMismatchError(
+                f"size mismatch for {kind} {desc.digest}: {len(raw)} bytes, its descriptor declares {desc.size}"
+            )
         return raw, parse_manifest(raw, desc.media_type)
 
     def _pull_from(self, ref: Reference, source: Source, keyring: Keyring, spec: PullSource) -> tuple[ImageRecord, int]:
@@ -186,16 +202,27 @@ class Resolver:
         assert isinstance(manifest, Manifest)
         blobs = _unique(manifest.blobs())
         for blob in blobs:
-            if blob.data is not None and (
-                len(blob.data) != blob.size or Digest.of(blob.data, blob.digest.algorithm) != blob.digest
-            ):
-                raise DigestMismatchError(f"embedded data of {blob.digest} does not match its descriptor")
+            if blob.data is not None and len(blob.data) != blob.size:
+                raise SizeMismatchError(
+                    f"{mismatch('size', blob)}: embedded data of {len(blob.data)} bytes, its descriptor "
+                    f"declares {blob.size}"
+                )
+            if blob.data is not None and Digest.of(blob.data, blob.digest.algorithm) != blob.digest:
+                raise DigestMismatchError(f"{mismatch('digest', blob)}: embedded data does not match its descriptor")
             if blob.size > self.store.max_blob_size:
                 raise SizeMismatchError(
                     f"blob {blob.digest} of {blob.size} bytes exceeds the maximum blob size of "
                     f"{self.store.max_blob_size} bytes"
                 )
-        fetched = self._ingest_blobs(source, blobs)
+        if manifest.is_image and manifest.config.size > MAX_CONFIG_BYTES:
+            raise SizeMismatchError(
+                f"image config {manifest.config.digest} of {manifest.config.size} bytes exceeds the "
+                f"{MAX_CONFIG_BYTES}-byte limit"
+            )
+        # An image's config names its layers by diff ID: check that it names as many as the manifest
+        # lists (containerd's unpacker does the same) before any layer is fetched.
+        check = (lambda: self.diff_ids(manifest)) if manifest.is_image else None
+        fetched = self._ingest_blobs(source, blobs, after_config=check)
         # Manifests last: a manifest in the store implies its blobs are there.
         self.store.ingest(manifest_desc, [manifest_raw])
         if manifest_desc != top:
@@ -219,23 +246,34 @@ class Resolver:
         self.images.put(record)
         return record, fetched
 
-    def _ingest_blobs(self, source: Source, blobs: Sequence[Descriptor]) -> int:
-        """Store every blob not yet present: the config first, then the layers concurrently.
+    def _ingest_blobs(
+        self, source: Source, blobs: Sequence[Descriptor], after_config: Callable[[], object] | None = None
+    ) -> int:
+        """Store every blob not yet present: the config first (then ``after_config()``), then the
+        layers concurrently. Blobs already present must have the size their descriptor declares.
         The first failure stops the others; each blob is fetched once even when other pulls
         (threads or processes) want it at the same time (the store's single-flight)."""
+        for blob in blobs:
+            if self.store.has(blob.digest):
+                _named(blob, functools.partial(self.store.check_size, blob))
         todo = [b for b in blobs if not self.store.has(b.digest)]
         total = sum(b.size for b in todo if b.data is None)
         meter = _Meter(total, self.progress)
-        if not todo:
-            meter.report()
-            return 0
         cancel = threading.Event()
 
         def one(blob: Descriptor) -> bool:
-            return self.store.ingest_once(blob, _fetch(source, blob, meter, cancel))
+            return _named(blob, lambda: self.store.ingest_once(blob, _fetch(source, blob, meter, cancel)))
 
-        fetched = int(one(todo[0]))
-        rest = todo[1:]
+        fetched = 0
+        if todo and blobs and todo[0] is blobs[0]:
+            fetched = int(one(todo[0]))
+            todo = todo[1:]
+        if after_config is not None:
+            after_config()
+        if not todo:
+            meter.report()
+            return fetched
+        rest = todo
         if len(rest) <= 1 or self.max_concurrent_downloads == 1:
             return fetched + sum(one(b) for b in rest)
         with ThreadPoolExecutor(max_workers=min(len(rest), self.max_concurrent_downloads)) as pool:
@@ -255,6 +293,11 @@ class Resolver:
         if not isinstance(doc, Manifest):
             raise ManifestError(f"{record.manifest_digest} is not an image manifest")
         return doc
+
+    def diff_ids(self, manifest: Manifest) -> tuple[Digest, ...]:
+        """The diff IDs an image's config gives its layers, one per layer (its config must be in
+        the store; its size and digest are checked again as it is read)."""
+        return image_diff_ids(manifest, self.store.read_verified(manifest.config, MAX_CONFIG_BYTES))
 
 
 class _Meter:
@@ -291,6 +334,24 @@ def _fetch(source: Source, blob: Descriptor, meter: _Meter, cancel: threading.Ev
             yield chunk
 
     return chunks
+
+
+T = TypeVar("T")
+
+
+def _named(blob: Descriptor, step: Callable[[], T]) -> T:
+    """Run ``step`` for ``blob``; a size or digest failure names the blob of the descriptor it
+    concerns (``size mismatch for layer sha256:...``), whoever raised it (a source or the store)."""
+    try:
+        return step()
+    except SizeMismatchError as exc:
+        if str(exc).startswith(mismatch("size", blob)):
+            raise  # the store's own words already name it
+        raise SizeMismatchError(f"{mismatch('size', blob)}: {exc}") from None
+    except DigestMismatchError as exc:
+        if str(exc).startswith(mismatch("digest", blob)):
+            raise
+        raise DigestMismatchError(f"{mismatch('digest', blob)}: {exc}") from None
 
 
 def _unique(blobs: Sequence[Descriptor]) -> list[Descriptor]:

@@ -18,11 +18,13 @@ CRI sentinel (R5.5). Messages name sub paths and images, never host paths of the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import attrs
@@ -44,7 +46,7 @@ from .errors import (
 from .images import ImageRecord
 from .oci import Digest, Manifest
 from .resolver import PullResult, Resolver
-from .snapshots import Snapshot, Snapshots
+from .snapshots import Snapshot, SnapshotKey, Snapshots
 from .sources.auth import Keyring
 
 
@@ -56,6 +58,8 @@ class MountStatus:
     #: ``image.image`` echoed back: the image ID the kubelet's image GC matches (R7.1, R7.2).
     image_id: str
     user_specified_image: str
+    #: The tree mounted (:class:`SnapshotKey` name): the chain ID of an image's layers, or an
+    #: artifact's manifest digest.
     snapshot: str
     #: Path of the mounted entry relative to the snapshot root, free of symlinks (``.`` = root).
     real_path: str
@@ -64,6 +68,9 @@ class MountStatus:
     artifact: bool = False
     #: Inode of the mounted entry, read from the resolved fd; re-opens must find the same inode.
     inode: int = 0
+    #: The exact image mounted, ``<repository>@<digest it was pulled by>`` (what CRI's
+    #: ``ImageSpec.image_ref`` reports for a volume, KEP-5365).
+    image_ref: str = ""
 
 
 @attrs.frozen
@@ -128,17 +135,43 @@ class Runtime:
         return {m.image_id for c in self.list_containers() for m in c.mounts}
 
     def remove_image(self, reference: str) -> ImageRecord:
-        """``RemoveImage``: refused while a container mounts the image (R7.3, as CRI-O does)."""
-        record = self.resolver.images.lookup(reference) or next(iter(self.resolver.images.by_id(reference)), None)
+        """``RemoveImage``: refused while a container mounts the image (R7.3, as CRI-O does). The
+        record goes; its tree goes too unless another image has the same layer chain (or a
+        container of an image pulled over it still holds the tree)."""
+        record = self.resolver.images.lookup(reference) or _latest(self.resolver.images.by_id(reference))
         if record is None:
             raise ImageVolError(f"image {goquote(reference)} not found")
         users = [c for c in self.list_containers() if any(m.image_id == record.image_id for m in c.mounts)]
         if users:
             raise ImageInUseError(f"image used by {users[0].id[:13]}: image is in use by a container")
         self.resolver.images.remove(record.name)
-        if not self.resolver.images.by_id(record.image_id):
-            self.snapshots.remove(record.manifest_digest)
+        self.prune_snapshots()
         return record
+
+    def snapshot_key(self, record: ImageRecord) -> SnapshotKey | None:
+        """The tree ``record`` mounts (None when its manifest or config is unreadable: it could
+        not be mounted anyway)."""
+        try:
+            return self.snapshots.plan(record.manifest_digest, self.resolver.manifest_of(record)).key
+        except ImageVolError:
+            return None
+
+    def prune_snapshots(self) -> list[SnapshotKey]:
+        """Remove every tree that no image record names and no container holds: a chain shared by
+        two images stays until neither is left; a tree still mounted stays until released. Runs
+        under the exclusive ``gc`` lock, so no pull can write a record naming a tree meanwhile."""
+        removed = []
+        with self.resolver.store.locks.hold("gc"):
+            wanted = {self.snapshot_key(r) for r in self.resolver.images.all()}
+            for key in self.snapshots.published():
+                if key in wanted:
+                    continue
+                try:
+                    if self.snapshots.remove(key):
+                        removed.append(key)
+                except ImageInUseError:
+                    continue  # a container still mounts it: the next prune takes it
+        return removed
 
     # --- container service --------------------------------------------------------------------
 
@@ -153,7 +186,7 @@ class Runtime:
                 mounted.append(self.mount_image_volume(sandbox_id, mount, container_id))
         except BaseException:
             for status in mounted:
-                self.snapshots.release(Digest.parse(status.snapshot), container_id)
+                self.snapshots.release(SnapshotKey.parse(status.snapshot), container_id)
             raise
         record = ContainerRecord(container_id, sandbox_id, config.name, config.image, tuple(mounted), time.time())
         self._save(record)
@@ -164,7 +197,7 @@ class Runtime:
         if record is None:
             return
         for status in record.mounts:
-            self.snapshots.release(Digest.parse(status.snapshot), container_id)
+            self.snapshots.release(SnapshotKey.parse(status.snapshot), container_id)
         os.unlink(self._path(container_id))
 
     def container_status(self, container_id: str) -> ContainerRecord | None:
@@ -197,18 +230,37 @@ class Runtime:
     # --- image volumes ------------------------------------------------------------------------
 
     def _local_image(self, mount: Mount) -> ImageRecord:
+        """The record of the image the kubelet pulled for this mount.
+
+        ``image.image`` is the image ID the pull returned (R3.8) and ``user_specified_image`` the
+        Pod's own reference. The record that reference names is used when it still has that ID:
+        the Pod mounts the manifest its reference was pulled as, never whichever image happens to
+        share the config. Only when the reference no longer names that ID (retagged since) or is
+        absent (a bare CRI call) is the most recently pulled image with the ID taken, as
+        containerd's image named by the ID points at the last one pulled. Every image with one ID
+        has the same config, hence the same diff IDs and tree key: the choice can decide whether a
+        missing tree can be built (its layers are verified), never what a mount contains."""
         assert mount.image is not None
         ref = mount.image.image
-        records = self.resolver.images.by_id(ref) or [r for r in [self.resolver.lookup(ref)] if r is not None]
-        if not records:
+        record: ImageRecord | None = None
+        if not _is_digest(ref):
+            record = self.resolver.lookup(ref)
+        else:
+            named = self.resolver.lookup(mount.image.user_specified_image) if mount.image.user_specified_image else None
+            if named is not None and named.answers_to(ref):
+                record = named
+            else:
+                record = _latest(r for r in self.resolver.images.by_id(ref) if self.resolver.is_complete(r))
+        if record is None:
             raise ImageVolumeMountFailedError(self.not_local_message(ref))
-        return records[0]
+        return record
 
     def _acquire(self, record: ImageRecord, holder: str) -> tuple[Snapshot, Manifest]:
         """The image's published tree, leased to ``holder`` with no window for a removal."""
         try:
             manifest = self.resolver.manifest_of(record)
-            return self.snapshots.acquire(record.manifest_digest, manifest, holder), manifest
+            plan = self.snapshots.plan(record.manifest_digest, manifest)
+            return self.snapshots.acquire(plan, holder), manifest
         except BlobNotFoundError as exc:
             raise ImageVolumeMountFailedError(self.not_local_message(record.name) + f": {exc}") from None
         except ImageVolError as exc:
@@ -226,7 +278,7 @@ class Runtime:
         try:
             return self._mount_leased(snap, manifest, record, mount)
         except BaseException:
-            self.snapshots.release(snap.digest, holder)
+            self.snapshots.release(snap.key, holder)
             raise
 
     def _mount_leased(self, snap: Snapshot, manifest: Manifest, record: ImageRecord, mount: Mount) -> MountStatus:
@@ -236,11 +288,12 @@ class Runtime:
             container_path=mount.container_path,
             image_id=mount.image.image,
             user_specified_image=mount.image.user_specified_image,
-            snapshot=str(snap.digest),
+            snapshot=str(snap.key),
             real_path=".",
             is_dir=True,
             sub_path=sub_path,
             artifact=record.artifact,
+            image_ref=record.repo_digest,
         )
         root_fd = sp.open_root(snap.path)
         try:
@@ -274,7 +327,7 @@ class Runtime:
         recorded symlink-free path and checked to be the very inode that was resolved at create
         time (``RESOLVE_NO_SYMLINKS`` plus the inode: a swap since then fails instead of being
         followed). Raises :class:`ImageVolError`."""
-        tree = self.snapshots.get(Digest.parse(status.snapshot))
+        tree = self.snapshots.get(SnapshotKey.parse(status.snapshot))
         if tree is None:
             raise ImageVolError(f"the image volume mounted at {status.container_path} is gone")
         root_fd = sp.open_root(tree)
@@ -292,8 +345,9 @@ class Runtime:
 
     def where(self, base: MountStatus) -> str:
         """A node-independent stand-in for the host path upstream messages print (R5.5: messages
-        reach Pod authors, host paths must not)."""
-        return f"image-volumes/{Digest.parse(base.snapshot).hex[:12]}"
+        reach Pod authors, host paths must not). containerd names the directory after the digest
+        the image was pulled by (``Target().Digest``)."""
+        return f"image-volumes/{_digest12(base)}"
 
     def check_mount(self, mount: Mount) -> None:
         if mount.image is None or not mount.image.image:
@@ -370,7 +424,7 @@ class CrioRuntime(Runtime):
 
     def where(self, base: MountStatus) -> str:
         # Upstream prints the c/storage mount point of the image, `<graphroot>/overlay/<id>/merged`.
-        return f"overlay/{Digest.parse(base.snapshot).hex[:12]}/merged"
+        return f"overlay/{_digest12(base)}/merged"
 
     def not_local_message(self, ref: str) -> str:
         return f"image {goquote(ref)} does not exist locally"
@@ -437,6 +491,28 @@ def runtime_class(name: str) -> type[Runtime]:
         return PROFILES[name]
     except KeyError:
         raise ValueError(f"unknown runtime {name!r}: choose from {', '.join(sorted(PROFILES))}") from None
+
+
+def _is_digest(text: str) -> bool:
+    try:
+        Digest.parse(text)
+    except ImageVolError:
+        return False
+    return True
+
+
+def _latest(records: Iterable[ImageRecord]) -> ImageRecord | None:
+    """The most recently pulled record (by name when pulled at the same time)."""
+    return max(records, key=lambda r: (r.pulled_at, r.name), default=None)
+
+
+def _digest12(base: MountStatus) -> str:
+    """Twelve hex digits of the digest the mounted image was pulled by (of its tree key for mounts
+    recorded without one)."""
+    _, _, digest = base.image_ref.rpartition("@")
+    with contextlib.suppress(ImageVolError):
+        return Digest.parse(digest).hex[:12]
+    return SnapshotKey.parse(base.snapshot).short
 
 
 def go_clean(path: str) -> str:

@@ -1,20 +1,32 @@
-"""Read-only materialised trees, one per manifest digest, shared by every mount.
+"""Read-only materialised trees, shared by every mount, named by what they contain.
 
-* **Built in private, published by rename.** A tree is built in ``.staging/<hex>.<pid>.<nonce>``
-  (mode 0700, so nobody else looks in), every layer is applied and its blob re-hashed while it is
-  read, files are created without write bits and directories lose theirs at the end; only then is
-  the directory renamed to ``<hex>``. A tree under its final name is therefore always complete and
-  read-only, and a failed build (a bad layer, a corrupt blob) removes its staging directory and
+* **Keyed by content identity.** An image's tree is named by the ChainID of its layers (image spec,
+  config.md), computed from the config's ``rootfs.diff_ids``: images whose layer stacks are
+  identical share one tree whatever their manifests, tags or layer compressions, and no two
+  different stacks ever share one. An artifact has no diff IDs and its layout depends on its
+  manifest (file names come from layer annotations), so its tree is named by its manifest digest.
+  Directory names: ``chain-<alg>-<hex>``, ``chain-empty`` (an image without layers),
+  ``manifest-<alg>-<hex>``.
+* **Verified while built.** Every blob is re-hashed while it is read (a blob corrupted on disk after
+  ingest fails the build), and every image layer's *uncompressed* stream is hashed too and compared
+  with its diff ID: a layer that is not the one the config names fails the build ("wrong diff id
+  calculated on extraction", containerd's wording), so a tree under a chain key holds exactly the
+  layers the chain names, and one image cannot change what another image's Pods see.
+* **Built in private, published by rename.** A tree is built in ``.staging/<name>.<pid>.<nonce>``
+  (mode 0700, so nobody else looks in), files are created without write bits and directories lose
+  theirs at the end; only then is the directory renamed to ``<name>``. A tree under its final name
+  is therefore always complete and read-only, and a failed build removes its staging directory and
   publishes nothing.
-* **Single flight.** A build holds the flock ``snapshot-<hex>`` for its whole duration: concurrent
-  materialisations of one image, from threads or processes, wait for it and then find the tree.
+* **Single flight.** A build holds the flock ``snapshot-<name>`` for its whole duration: concurrent
+  materialisations of one key, from threads or processes, wait for it and then find the tree.
 * **Crash recovery.** A builder that dies leaves only its staging directory, and the kernel drops its
-  flock. :meth:`Snapshots.recover` (run on every start) removes each staging directory whose digest
-  lock it can take: nobody is building it, so it is debris (this also holds when the dead builder's
-  pid has been reused).
-* **Leases.** A mount holds a tree with a lease (an empty file ``.leases/<hex>/<holder>``), taken and
-  checked under the same lock as removal: a tree is removed only when no lease holds it, and a lease
-  is never granted on a tree being removed.
+  flock. :meth:`Snapshots.recover` (run on every start) removes each staging directory whose lock it
+  can take: nobody is building it, so it is debris (this also holds when the dead builder's pid has
+  been reused). Trees an earlier version keyed by manifest digest (a bare ``<hex>`` name) are never
+  used for new mounts; they stay while a lease holds them and are removed once none does.
+* **Leases.** A mount holds a tree with a lease (an empty file ``.leases/<name>/<holder>``), taken
+  and checked under the same lock as removal: a tree is removed only when no lease holds it, and a
+  lease is never granted on a tree being removed.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import stat
 import uuid
 from collections.abc import Callable
@@ -30,19 +43,102 @@ from typing import IO, Any, TypeVar
 
 import attrs
 
+from ._text import goquote
 from .artifacts import lay_out_artifact
-from .errors import DigestMismatchError, ImageInUseError, ImageVolError
+from .errors import DiffIDMismatchError, DigestMismatchError, ImageInUseError, ImageVolError
 from .layers import ApplyOptions, BuildState, Tree, apply_layer_fd, rmtree
 from .locks import NamedLocks
-from .oci import Descriptor, Digest, Manifest
-from .store import ContentStore
+from .oci import MAX_CONFIG_BYTES, Descriptor, Digest, Manifest, chain_id, image_diff_ids
+from .store import ContentStore, mismatch
 
 _WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+_KEY = re.compile(r"(chain|manifest)-([a-z0-9]+)-([0-9a-f]+)")
+_LEGACY = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
+
+CHAIN = "chain"
+MANIFEST = "manifest"
+#: Trees of an earlier version, named by a bare manifest digest: kept only while leased.
+LEGACY = "legacy"
+
+
+@attrs.frozen(order=True)
+class SnapshotKey:
+    """The name of a tree: the ChainID of an image's layers (``digest`` None for an image without
+    layers), or an artifact's manifest digest."""
+
+    kind: str
+    digest: Digest | None = None
+
+    @classmethod
+    def for_chain(cls, diff_ids: tuple[Digest, ...]) -> SnapshotKey:
+        return cls(CHAIN, chain_id(diff_ids))
+
+    @classmethod
+    def for_manifest(cls, digest: Digest) -> SnapshotKey:
+        return cls(MANIFEST, digest)
+
+    @classmethod
+    def parse(cls, text: str) -> SnapshotKey:
+        """A key from its name (or the ``sha256:<hex>`` an earlier version recorded). Only names of
+        letters, digits and ``-`` parse, so a key never names a path outside ``snapshots/``."""
+        if text == f"{CHAIN}-empty":
+            return cls(CHAIN)
+        m = _KEY.fullmatch(text)
+        if m is not None:
+            try:
+                return cls(m.group(1), Digest.parse(f"{m.group(2)}:{m.group(3)}"))
+            except ImageVolError:
+                pass
+        m = _LEGACY.fullmatch(text)
+        if m is not None:
+            return cls(LEGACY, Digest("sha256", m.group(1)))
+        raise ImageVolError(f"invalid snapshot key {text!r}")
+
+    @property
+    def name(self) -> str:
+        if self.kind == LEGACY and self.digest is not None:
+            return self.digest.hex
+        if self.digest is None:
+            return f"{self.kind}-empty"
+        return f"{self.kind}-{self.digest.algorithm}-{self.digest.hex}"
+
+    @property
+    def short(self) -> str:
+        """Twelve characters for messages."""
+        return self.digest.hex[:12] if self.digest is not None else "empty"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@attrs.frozen
+class SnapshotPlan:
+    """What a tree is built from: its key, the manifest, and for an image the diff ID of each layer
+    (from its config)."""
+
+    key: SnapshotKey
+    manifest: Manifest
+    diff_ids: tuple[Digest, ...] = ()
+
+    @property
+    def artifact(self) -> bool:
+        return not self.manifest.is_image
+
+
+def plan_for(store: ContentStore, manifest_digest: Digest, manifest: Manifest) -> SnapshotPlan:
+    """How to build the tree of ``manifest`` (whose digest is ``manifest_digest``): for an image,
+    its config is read from ``store`` (size and digest checked) and its diff IDs give the chain
+    key; an artifact's key is its manifest digest."""
+    if not manifest.is_image:
+        return SnapshotPlan(SnapshotKey.for_manifest(manifest_digest), manifest)
+    config = store.read_verified(manifest.config, MAX_CONFIG_BYTES)
+    diff_ids = image_diff_ids(manifest, config)
+    return SnapshotPlan(SnapshotKey.for_chain(diff_ids), manifest, diff_ids)
 
 
 @attrs.frozen
 class Snapshot:
-    digest: Digest
+    key: SnapshotKey
     path: str
     artifact: bool
     warnings: tuple[str, ...] = ()
@@ -50,7 +146,9 @@ class Snapshot:
 
 class _VerifyingReader(io.RawIOBase):
     """Hashes a blob while it is read and fails at EOF if it does not match: a blob corrupted on
-    disk after ingest can never become a published tree."""
+    disk after ingest can never become a published tree. The size was checked against the
+    descriptor before (``ContentStore.check_size``), so a mismatch here is the store's bytes having
+    changed, never a descriptor lying."""
 
     def __init__(self, inner: IO[bytes], desc: Descriptor) -> None:
         self.inner = inner
@@ -67,12 +165,19 @@ class _VerifyingReader(io.RawIOBase):
         if n:
             self.count += n
             if self.count > self.desc.size:
-                raise DigestMismatchError(f"blob {self.desc.digest} in the content store is larger than its descriptor")
+                raise DigestMismatchError(
+                    f"{mismatch('digest', self.desc)}: blob {self.desc.digest} in the content store is corrupt: "
+                    "it grew while it was read"
+                )
             self.hasher.update(data)
             buffer[:n] = data
             return n
         if self.count != self.desc.size or self.hasher.hexdigest() != self.desc.digest.hex:
-            raise DigestMismatchError(f"blob {self.desc.digest} in the content store is corrupt")
+            got = Digest(self.desc.digest.algorithm, self.hasher.hexdigest())
+            raise DigestMismatchError(
+                f"{mismatch('digest', self.desc)}: blob {self.desc.digest} in the content store is corrupt: "
+                f"{self.count} bytes hashing to {got}"
+            )
         return 0
 
     def close(self) -> None:
@@ -103,83 +208,98 @@ class Snapshots:
         self.locks = NamedLocks(os.path.join(self.root, ".locks"))
         self.recover()
 
+    # --- keys -----------------------------------------------------------------------------------
+
+    def plan(self, manifest_digest: Digest, manifest: Manifest) -> SnapshotPlan:
+        """:func:`plan_for` on this node's content store."""
+        return plan_for(self.store, manifest_digest, manifest)
+
     # --- lookup ---------------------------------------------------------------------------------
 
-    def path(self, digest: Digest) -> str:
-        return os.path.join(self.root, digest.hex)
+    def path(self, key: SnapshotKey) -> str:
+        return os.path.join(self.root, key.name)
 
-    def get(self, digest: Digest) -> str | None:
-        p = self.path(digest)
+    def get(self, key: SnapshotKey) -> str | None:
+        p = self.path(key)
         return p if os.path.isdir(p) else None
 
-    def digests(self) -> list[Digest]:
+    def published(self) -> list[SnapshotKey]:
+        """Every published tree (those of an earlier version included)."""
         out = []
         for name in sorted(os.listdir(self.root)):
             if name.startswith("."):
                 continue
-            with contextlib.suppress(Exception):
-                out.append(Digest.parse(f"sha256:{name}"))
+            with contextlib.suppress(ImageVolError):
+                out.append(SnapshotKey.parse(name))
         return out
 
-    def _lock(self, digest: Digest, *, blocking: bool = True) -> contextlib.AbstractContextManager[bool]:
-        return self.locks.hold(f"snapshot-{digest.hex}", blocking=blocking)
+    def _lock(self, key: SnapshotKey, *, blocking: bool = True) -> contextlib.AbstractContextManager[bool]:
+        return self.locks.hold(f"snapshot-{key.name}", blocking=blocking)
 
     # --- build --------------------------------------------------------------------------------
 
     def _open_blob(self, desc: Descriptor) -> IO[bytes]:
+        # A descriptor whose size differs from the stored blob lies (the blob was verified when it
+        # was ingested): say so before reading, rather than blaming the store at the end.
+        self.store.check_size(desc)
         blob = self.store.open_blob(desc.digest)
         if not self.verify:
             return blob
         return io.BufferedReader(_VerifyingReader(blob, desc), buffer_size=1024 * 1024)
 
-    def materialise(
-        self,
-        digest: Digest,
-        manifest: Manifest,
-        on_build: Callable[[Digest], None] | None = None,
-    ) -> Snapshot:
-        """The published tree of ``manifest`` (its digest is ``digest``), building it if needed."""
-        artifact = not manifest.is_image
-        existing = self.get(digest)
+    def materialise(self, plan: SnapshotPlan, on_build: Callable[[SnapshotKey], None] | None = None) -> Snapshot:
+        """The published tree of ``plan``, building it if needed."""
+        key = plan.key
+        existing = self.get(key)
         if existing is not None:
-            return Snapshot(digest, existing, artifact)
-        with self._lock(digest):
-            existing = self.get(digest)
+            return Snapshot(key, existing, plan.artifact)
+        with self._lock(key):
+            existing = self.get(key)
             if existing is not None:
-                return Snapshot(digest, existing, artifact)
+                return Snapshot(key, existing, plan.artifact)
             if on_build is not None:
-                on_build(digest)
-            staging = os.path.join(self._staging, f"{digest.hex}.{os.getpid()}.{uuid.uuid4().hex}")
+                on_build(key)
+            staging = os.path.join(self._staging, f"{key.name}.{os.getpid()}.{uuid.uuid4().hex}")
             state = BuildState()
             warnings = publish_tree(
-                self.path(digest), staging, lambda root_fd: self._build(root_fd, manifest, state), state=state
+                self.path(key), staging, lambda root_fd: self._build(root_fd, plan, state), state=state
             )
-            return Snapshot(digest, self.path(digest), artifact, tuple(warnings))
+            return Snapshot(key, self.path(key), plan.artifact, tuple(warnings))
 
-    def _build(self, root_fd: int, manifest: Manifest, state: BuildState) -> list[str]:
-        if not manifest.is_image:
-            warnings = lay_out_artifact(root_fd, manifest, self._open_blob, self.options, state)
-        else:
-            warnings = []
-            for layer in manifest.layers:
-                with self._open_blob(layer) as blob:
-                    stats = apply_layer_fd(root_fd, blob, self.options, state)
-                if stats.skipped_devices:
-                    warnings.append(
-                        f"layer {layer.digest}: skipped {len(stats.skipped_devices)} device node(s)"
-                        f" ({', '.join(stats.skipped_devices[:3])})"
-                    )
+    def _build(self, root_fd: int, plan: SnapshotPlan, state: BuildState) -> list[str]:
+        manifest = plan.manifest
+        if plan.artifact:
+            return lay_out_artifact(root_fd, manifest, self._open_blob, self.options, state)
+        if len(plan.diff_ids) != len(manifest.layers):  # plan() guarantees it; a hand-made plan may not
+            raise DiffIDMismatchError(
+                f"number of layers and diffIDs don't match: {len(manifest.layers)} != {len(plan.diff_ids)}"
+            )
+        warnings = []
+        count = len(manifest.layers)
+        for i, (layer, want) in enumerate(zip(manifest.layers, plan.diff_ids, strict=True)):
+            with self._open_blob(layer) as blob:
+                stats = apply_layer_fd(root_fd, blob, self.options, state, diff_algorithm=want.algorithm)
+            if stats.diff_id != want:
+                raise DiffIDMismatchError(
+                    f"wrong diff id calculated on extraction {goquote(str(stats.diff_id))}: the image config "
+                    f"names {goquote(str(want))} for layer {i + 1} of {count} ({layer.digest})"
+                )
+            if stats.skipped_devices:
+                warnings.append(
+                    f"layer {layer.digest}: skipped {len(stats.skipped_devices)} device node(s)"
+                    f" ({', '.join(stats.skipped_devices[:3])})"
+                )
         return warnings
 
-    def acquire(self, digest: Digest, manifest: Manifest, holder: str) -> Snapshot:
+    def acquire(self, plan: SnapshotPlan, holder: str) -> Snapshot:
         """Materialise (if needed) and lease in one step, so that no removal can slip in between
         (``materialise`` then ``lease`` leaves that window; ``lease`` then fails cleanly)."""
         while True:
-            snap = self.materialise(digest, manifest)
+            snap = self.materialise(plan)
             try:
-                self.lease(digest, holder)
+                self.lease(plan.key, holder)
             except ImageVolError:
-                if self.get(digest) is None:
+                if self.get(plan.key) is None:
                     continue  # removed in between: build it again
                 raise
             return snap
@@ -187,66 +307,74 @@ class Snapshots:
     # --- crash recovery ---------------------------------------------------------------------------
 
     def recover(self) -> list[str]:
-        """Remove staging directories nobody is building (their builder crashed)."""
+        """Remove staging directories nobody is building (their builder crashed), and trees of an
+        earlier version (named by manifest digest) that no lease holds."""
         removed = []
         for name in sorted(os.listdir(self._staging)):
-            hex_ = name.split(".", 1)[0]
             try:
-                digest: Digest | None = Digest.parse(f"sha256:{hex_}")
+                key: SnapshotKey | None = SnapshotKey.parse(name.split(".", 1)[0])
             except ImageVolError:
-                digest = None
-            if digest is None:
+                key = None
+            if key is None:
                 rmtree(os.path.join(self._staging, name))
                 removed.append(name)
                 continue
-            with self._lock(digest, blocking=False) as free:
+            with self._lock(key, blocking=False) as free:
                 if free and os.path.lexists(os.path.join(self._staging, name)):
                     rmtree(os.path.join(self._staging, name))
                     removed.append(name)
+        for key in self.published():
+            if key.kind == LEGACY:
+                with self._lock(key, blocking=False) as free:
+                    if free and not self.holders(key) and self._remove_locked(key):
+                        removed.append(key.name)
         return removed
 
     # --- leases and removal -------------------------------------------------------------------------
 
-    def _lease_dir(self, digest: Digest) -> str:
-        return os.path.join(self._leases, digest.hex)
+    def _lease_dir(self, key: SnapshotKey) -> str:
+        return os.path.join(self._leases, key.name)
 
-    def lease(self, digest: Digest, holder: str) -> None:
-        """Hold the published tree of ``digest`` for ``holder`` (a container)."""
-        with self._lock(digest):
-            if self.get(digest) is None:
-                raise ImageVolError(f"snapshot {digest} is not materialised")
-            d = self._lease_dir(digest)
+    def lease(self, key: SnapshotKey, holder: str) -> None:
+        """Hold the published tree of ``key`` for ``holder`` (a container)."""
+        with self._lock(key):
+            if self.get(key) is None:
+                raise ImageVolError(f"snapshot {key} is not materialised")
+            d = self._lease_dir(key)
             os.makedirs(d, mode=0o700, exist_ok=True)
             with open(os.path.join(d, _safe(holder)), "w"):
                 pass
 
-    def release(self, digest: Digest, holder: str) -> None:
-        with self._lock(digest):
+    def release(self, key: SnapshotKey, holder: str) -> None:
+        with self._lock(key):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self._lease_dir(digest), _safe(holder)))
+                os.unlink(os.path.join(self._lease_dir(key), _safe(holder)))
             with contextlib.suppress(OSError):
-                os.rmdir(self._lease_dir(digest))
+                os.rmdir(self._lease_dir(key))
 
-    def holders(self, digest: Digest) -> list[str]:
+    def holders(self, key: SnapshotKey) -> list[str]:
         try:
-            return sorted(os.listdir(self._lease_dir(digest)))
+            return sorted(os.listdir(self._lease_dir(key)))
         except FileNotFoundError:
             return []
 
-    def remove(self, digest: Digest) -> bool:
+    def remove(self, key: SnapshotKey) -> bool:
         """Delete a published tree; refused while any lease holds it."""
-        with self._lock(digest):
-            holders = self.holders(digest)
+        with self._lock(key):
+            holders = self.holders(key)
             if holders:
-                raise ImageInUseError(f"snapshot {digest} is in use by {', '.join(holders)}")
-            path = self.get(digest)
-            if path is None:
-                return False
-            # Rename first so that nobody ever sees a half-deleted tree under the digest.
-            doomed = os.path.join(self._staging, f"{digest.hex}.{os.getpid()}.{uuid.uuid4().hex}")
-            os.rename(path, doomed)
-            rmtree(doomed)
-            return True
+                raise ImageInUseError(f"snapshot {key} is in use by {', '.join(holders)}")
+            return self._remove_locked(key)
+
+    def _remove_locked(self, key: SnapshotKey) -> bool:
+        path = self.get(key)
+        if path is None:
+            return False
+        # Rename first so that nobody ever sees a half-deleted tree under the key.
+        doomed = os.path.join(self._staging, f"{key.name}.{os.getpid()}.{uuid.uuid4().hex}")
+        os.rename(path, doomed)
+        rmtree(doomed)
+        return True
 
 
 T = TypeVar("T")

@@ -152,6 +152,35 @@ class ContentStore:
             raise SizeMismatchError(f"blob {digest} exceeds the {limit}-byte limit")
         return data
 
+    def check_size(self, desc: Descriptor) -> None:
+        """Refuse a descriptor whose size differs from the stored blob of its digest.
+
+        A blob already present was verified when it was ingested, so its digest is right; a second
+        descriptor naming it may still lie about its size (another image, another registry). That
+        is the descriptor's fault, reported as containerd's metadata store does on commit, never as
+        corruption of the store."""
+        actual = self.size(desc.digest)
+        if actual != desc.size:
+            raise SizeMismatchError(
+                f"{mismatch('size', desc)}: {goquote(ingest_ref(desc))} failed size validation: "
+                f"{actual} != {desc.size}: failed precondition"
+            )
+
+    def read_verified(self, desc: Descriptor, limit: int) -> bytes:
+        """A small blob (a config) read whole, its size checked against ``desc`` first and its
+        digest re-computed: a descriptor that lies about the size is a size mismatch, bytes that no
+        longer hash to their name are a corrupt store."""
+        if desc.size > limit:
+            raise SizeMismatchError(f"blob {desc.digest} of {desc.size} bytes exceeds the {limit}-byte limit")
+        self.check_size(desc)
+        data = self.read_blob(desc.digest, limit)
+        got = Digest.of(data, desc.digest.algorithm)
+        if got != desc.digest or len(data) != desc.size:
+            raise DigestMismatchError(
+                f"{mismatch('digest', desc)}: blob {desc.digest} in the content store is corrupt: it hashes to {got}"
+            )
+        return data
+
     def read_manifest(self, desc: Descriptor) -> Manifest | Index:
         raw = self.read_blob(desc.digest, MAX_MANIFEST_BYTES)
         return parse_manifest(raw, desc.media_type)
@@ -166,9 +195,11 @@ class ContentStore:
                 f"blob {desc.digest} of {desc.size} bytes exceeds the maximum blob size of {self.max_blob_size} bytes"
             )
         if self.has(desc.digest):
+            self.check_size(desc)
             return
         with self.locks.hold(f"blob-{desc.digest.algorithm}-{desc.digest.hex}"):
             if self.has(desc.digest):
+                self.check_size(desc)
                 return
             if chunks is None:
                 if desc.data is None:
@@ -181,9 +212,11 @@ class ContentStore:
         the blob's lock, so a blob is fetched once however many pull it at the same time. Returns
         True when this call fetched it."""
         if self.has(desc.digest):
+            self.check_size(desc)
             return False
         with self.locks.hold(f"blob-{desc.digest.algorithm}-{desc.digest.hex}"):
             if self.has(desc.digest):
+                self.check_size(desc)
                 return False
             if desc.size > self.max_blob_size:
                 raise SizeMismatchError(
@@ -197,28 +230,28 @@ class ContentStore:
         tmp = self._p("ingest", f"{desc.digest.hex}.{os.getpid()}.{uuid.uuid4().hex}.part")
         hasher = desc.digest.hasher()
         written = 0
-        ref = f"{_ref_kind(desc.media_type)}-{desc.digest}"
+        ref = ingest_ref(desc)
         try:
             with self.fs.open(tmp, "wb") as f:
                 for chunk in chunks:
                     written += len(chunk)
                     if written > desc.size:
                         raise SizeMismatchError(
-                            f"failed commit on ref {goquote(ref)}: received more than the {desc.size} bytes "
-                            "its descriptor declares: failed precondition"
+                            f"{mismatch('size', desc)}: failed commit on ref {goquote(ref)}: received more than "
+                            f"the {desc.size} bytes its descriptor declares: failed precondition"
                         )
                     hasher.update(chunk)
                     f.write(chunk)
                 if written != desc.size:
                     raise SizeMismatchError(
-                        f"failed commit on ref {goquote(ref)}: unexpected commit size {written}, expected "
-                        f"{desc.size}: failed precondition"
+                        f"{mismatch('size', desc)}: failed commit on ref {goquote(ref)}: unexpected commit size "
+                        f"{written}, expected {desc.size}: failed precondition"
                     )
                 got = f"{desc.digest.algorithm}:{hasher.hexdigest()}"
                 if got != str(desc.digest):
                     raise DigestMismatchError(
-                        f"failed commit on ref {goquote(ref)}: unexpected commit digest {got}, expected "
-                        f"{desc.digest}: failed precondition"
+                        f"{mismatch('digest', desc)}: failed commit on ref {goquote(ref)}: unexpected commit "
+                        f"digest {got}, expected {desc.digest}: failed precondition"
                     )
                 _fsync(f)
             self.fs.mv(tmp, self.blob_path(desc.digest))
@@ -431,8 +464,19 @@ def _digest_of_path(path: str) -> Digest:
         raise ContentError(f"{path} is not named by a digest") from None
 
 
-def _ref_kind(media_type: str) -> str:
-    """containerd's ingest ref prefix for a media type (``layer-sha256:...`` and so on)."""
+def mismatch(what: str, desc: Descriptor) -> str:
+    """``size mismatch for layer sha256:...``: how every verification error starts, naming the
+    descriptor that was wrong (the caller adds the image)."""
+    return f"{what} mismatch for {blob_kind(desc.media_type)} {desc.digest}"
+
+
+def ingest_ref(desc: Descriptor) -> str:
+    """containerd's ingest ref for a descriptor: ``layer-sha256:...``, ``config-sha256:...``..."""
+    return f"{blob_kind(desc.media_type)}-{desc.digest}"
+
+
+def blob_kind(media_type: str) -> str:
+    """containerd's ingest ref prefix for a media type: index, manifest, config or layer."""
     if media_type in INDEX_TYPES:
         return "index"
     if media_type in MANIFEST_TYPES:

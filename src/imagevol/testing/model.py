@@ -158,6 +158,10 @@ def _apply_layer(tree: MemTree, entries: Iterable[TarEntry]) -> None:
                 tree.remove(child)
             elif tree.entries[child].type == "dir":
                 clear_lower(child)
+                if child not in declared:
+                    # Kept only because this layer wrote below it: with the whiteout first it would
+                    # have been removed and recreated implicitly, so it is a plain 0755 directory.
+                    tree.entries[child].mode = 0o755
 
     for e in entries:
         name = e.pax.get("path", e.name) if e.pax else e.name
