@@ -381,7 +381,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
                     if i + 1 < len(self.schemes):
                         continue  # insecure registry: HTTPS failed, try plain HTTP
                     text = f"pinging container registry {self.host}: {exc}"
-                    if isinstance(exc, TransportError) and exc.why == PLAIN_HTTP_ANSWER:
+                    if PLAIN_HTTP_ANSWER in str(exc):
                         text += f"; to pull over plain HTTP, set insecure = true for {self.host} in registries.conf"
                     raise (RegistryUnavailableError if isinstance(exc, RegistryUnavailableError) else PullError)(
                         text
@@ -515,19 +515,27 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         all under ``guard``. ``Authorization`` goes only to the host it was meant for."""
         current, sent = url, dict(headers)
         for _hop in range(MAX_REDIRECTS + 1):
+            first = current == url
             bounds.bind(guard)
             try:
-                resp = self.session.request(
-                    method,
-                    current,
-                    params=params if current == url else None,
-                    data=data if current == url else None,
-                    json=json if current == url else None,
-                    headers=sent,
+                # Through the adapter, not Session.send: even with allow_redirects=False, requests
+                # reads a redirect's whole body (to prepare Response.next), and it could be endless.
+                prepared = self.session.prepare_request(
+                    requests.Request(
+                        method,
+                        current,
+                        headers=sent,
+                        params=params if first else None,
+                        data=data if first else None,
+                        json=json if first else None,
+                    )
+                )
+                resp = self.session.get_adapter(current).send(
+                    prepared,
                     stream=True,
-                    verify=self._tls_verify,
                     timeout=(self.timeouts.connect, self.timeouts.read),
-                    allow_redirects=False,
+                    verify=self._tls_verify,
+                    proxies={},
                 )
             except _TRANSPORT_ERRORS as exc:
                 why = guard.failure or describe(exc, current, guard.endpoints())

@@ -64,9 +64,7 @@ def describe(exc: BaseException, url: str, endpoints: str = "") -> str:
     where = f"dial tcp {target}" if dial else f"read tcp {endpoints or target}"
     for cause in chain:
         if isinstance(cause, OSError) and not isinstance(cause, ssl.SSLError) and cause.errno:
-            if cause.errno == errno.ETIMEDOUT and dial:
-                return f"{where}: i/o timeout"
-            if cause.errno in (errno.EPIPE, errno.ESHUTDOWN):
+            if cause.errno in (errno.EPIPE, errno.ESHUTDOWN) and not dial:
                 return f"write tcp {endpoints or target}: write: {_strerror(cause.errno)}"
             return f"{where}: {'connect' if dial else 'read'}: {_strerror(cause.errno)}"
     if any(isinstance(c, _TIMEOUT) for c in chain):
