@@ -335,6 +335,13 @@ def test_an_endless_error_body_is_never_read(puller: Puller, status: int, kind: 
     puller.assert_nothing_partial()
 
 
+def test_an_endless_ping_body_is_never_read(puller: Puller) -> None:
+    with slow_registry(lambda seen: _endless(200) if seen.path == "/v2/" else None) as reg:
+        puller.pulls(f"{reg.host}/{REF}")
+        sent = reg.bytes_sent("/v2/")  # every path starts with /v2/: all bodies together
+    assert sent < READ_AT_MOST
+
+
 def test_an_endless_redirect_body_is_never_read(puller: Puller) -> None:
     def rule(seen: Seen) -> Shape | None:
         if seen.path == "/v2/lab/app/manifests/v1":

@@ -376,7 +376,8 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             for i, scheme in enumerate(self.schemes):
                 url = f"{scheme}://{self.host}/v2/"
                 try:
-                    reply = self._send("GET", url, {}, body_limit=0)
+                    with self._send("GET", url, {}) as reply:  # its body is of no use: never read
+                        pass
                 except PullError as exc:
                     if i + 1 < len(self.schemes):
                         continue  # insecure registry: HTTPS failed, try plain HTTP

@@ -86,7 +86,10 @@ def describe(exc: BaseException, url: str, endpoints: str = "") -> str:
     text = str(exc)
     if "IncompleteRead" in text or "Connection broken" in text:
         return "unexpected EOF"
-    return sanitize(text)
+    # Otherwise the innermost cause says it best; the wrappers ("HTTPConnectionPool(...): Max
+    # retries exceeded with url: ...") only repeat it.
+    inner = next((str(c) for c in reversed(chain) if str(c)), text)
+    return sanitize(inner) or "connection failed"
 
 
 def host_port(url: str) -> str:
