@@ -10,6 +10,7 @@ store. Slow-but-acceptable servers still complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -175,6 +176,19 @@ def test_the_documented_defaults_bound_a_trickle_to_a_minute() -> None:
     assert (t.connect, t.read, t.request, t.low_speed_limit, t.low_speed_time) == (5.0, 30.0, 30.0, 1024, 30.0)
     assert (r.attempts, r.deadline) == (3, 60.0)
     assert t.blob_budget(1024 * 1024) == 30.0 + 1024.0
+
+
+@pytest.mark.parametrize("what", ["/manifests/", "/blobs/"])
+def test_silence_inside_a_body_is_cut_at_the_bound_not_at_the_read_timeout(tmp_path: object, what: str) -> None:
+    """A few bytes, then nothing: the watchdog must wake the blocked read (a check made only when a
+    read returns would wait for the read timeout, here far beyond the bound)."""
+    patient = Timeouts(connect=1.0, read=20.0, request=0.6, low_speed_limit=1000, low_speed_time=0.3)
+    puller = Puller(str(tmp_path), timeouts=patient)
+    with slow_registry(when(what, Shape(drop_after=10, hold=20.0))) as reg:
+        message = puller.fails(f"{reg.host}/{REF}")
+    assert "transfer too slow" in message
+    assert puller.elapsed < RETRY.deadline + MARGIN, puller.elapsed
+    puller.assert_nothing_partial(*reg.image.blobs())
 
 
 def test_silence_before_the_headers_is_a_read_timeout(tmp_path: object) -> None:
@@ -470,27 +484,56 @@ def test_sanitize_removes_python_isms(text: str) -> None:
 
 
 class _Conn:
-    def __init__(self) -> None:
-        self.cut = threading.Event()
+    def __init__(self, guard: Guard | None) -> None:
+        self.guard = guard
 
-    def interrupt(self, guard: Guard) -> None:
-        self.cut.set()
-
-    def endpoints(self) -> str:
-        return "127.0.0.1:1->127.0.0.1:2"
+    def carries(self, guard: Guard) -> bool:
+        return guard is self.guard
 
 
-def test_a_guard_cuts_its_connections_at_the_deadline_and_not_after_release() -> None:
+def _blocked_recv(sock: socket.socket) -> threading.Event:
+    """A thread blocked in ``recv`` on ``sock``; the event is set when it returns."""
+    done = threading.Event()
+
+    def run() -> None:
+        with contextlib.suppress(OSError):
+            sock.recv(1)
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return done
+
+
+def test_a_guard_wakes_a_blocked_read_at_its_deadline() -> None:
     dog = Watchdog()
-    fired, released = Guard(Deadline.after(0.05, "late")), Guard(Deadline.after(0.05, "late"))
-    a, b = _Conn(), _Conn()
-    fired.watch(a)
-    released.watch(b)
-    dog.arm(fired)
-    dog.arm(released)
-    released.release()
-    assert a.cut.wait(2) and fired.failure == "late"
-    assert not b.cut.wait(0.2) and released.failure == ""
+    guard = Guard(Deadline.after(0.1, "late"))
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.settimeout(10)
+        done = _blocked_recv(ours)
+        guard.watch(_Conn(guard), ours)
+        dog.arm(guard)
+        assert done.wait(3) and guard.failure == "late"
+
+
+def test_a_guard_never_cuts_a_connection_that_moved_on_or_after_release() -> None:
+    dog = Watchdog()
+    moved, released = Guard(Deadline.after(0.05, "late")), Guard(Deadline.after(0.05, "late"))
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        for (ours, _), guard, owner in ((pairs[0], moved, None), (pairs[1], released, released)):
+            ours.settimeout(1.0)
+            guard.watch(_Conn(owner), ours)  # the first connection serves another request now
+            dog.arm(guard)
+        released.release()
+        done = [_blocked_recv(ours) for ours, _ in pairs]
+        time.sleep(0.3)
+        assert moved.failure == "late" and released.failure == ""
+        assert not any(d.is_set() for d in done)  # both reads still wait (until their own timeout)
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
 
 
 def test_a_meter_fails_a_window_with_too_few_bytes() -> None:

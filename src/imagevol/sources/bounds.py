@@ -15,13 +15,15 @@ request opens or reuses.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
+import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
@@ -112,17 +114,22 @@ class SpeedMeter:
             return ""
 
 
-class Interruptible(Protocol):
-    """A connection the watchdog can cut (see :mod:`imagevol.sources.transport`)."""
+class Owner(Protocol):
+    """A connection, which knows which request it serves now (see
+    :mod:`imagevol.sources.transport`)."""
 
-    def interrupt(self, guard: Guard) -> None: ...
-
-    def endpoints(self) -> str: ...
+    def carries(self, guard: Guard) -> bool: ...
 
 
 class Guard:
     """The bounds of one request: a :class:`Deadline` and, once the body flows, a meter.
-    ``failure`` is set, once, to the reason the watchdog cut the request."""
+    ``failure`` is set, once, to the reason the watchdog cut the request.
+
+    The guard keeps its own duplicate of each socket the request uses, for as long as the request
+    lasts: ``http.client`` may close a connection object while its response is still being read
+    (``Connection: close``), and the duplicate still reaches the socket then. A duplicate is only
+    shut down while its connection still serves this request, so a pooled connection handed to
+    the next request is never cut by this one's watchdog."""
 
     def __init__(self, deadline: Deadline, meter: SpeedMeter | None = None) -> None:
         self.deadline = deadline
@@ -130,18 +137,21 @@ class Guard:
         self.failure = ""
         self.active = False
         self._lock = threading.Lock()
-        self._conns: list[Interruptible] = []
-        self._last: Interruptible | None = None
+        self._handles: list[tuple[Owner, socket.socket, int]] = []
+        self._endpoints = ""
 
-    def watch(self, conn: Interruptible) -> None:
-        """``conn`` carries this request now; cut it if the guard fires (at once if it has)."""
+    def watch(self, conn: Owner, sock: socket.socket) -> None:
+        """``conn`` carries this request over ``sock`` now; cut it if the guard fires (at once if
+        it has fired already)."""
         with self._lock:
-            if conn not in self._conns:
-                self._conns.append(conn)
-            self._last = conn
-            fired = bool(self.failure)
-        if fired:
-            conn.interrupt(self)
+            if any(seen == id(sock) for _, _, seen in self._handles):
+                return
+            with contextlib.suppress(OSError):
+                self._endpoints = f"{_addr(sock.getsockname())}->{_addr(sock.getpeername())}"
+            spare = socket.fromfd(sock.fileno(), sock.family, sock.type)  # a dup: ours to close
+            self._handles.append((conn, spare, id(sock)))
+            if self.failure:
+                self._cut_locked()
 
     def body_started(self, meter: SpeedMeter | None, deadline: Deadline | None = None) -> None:
         """Headers are in: measure the body's speed with ``meter`` (and move the deadline, for a
@@ -154,8 +164,7 @@ class Guard:
 
     def endpoints(self) -> str:
         """``local->peer`` of the connection this request used last ("" when none connected)."""
-        last = self._last
-        return last.endpoints() if last is not None else ""
+        return self._endpoints
 
     def remaining(self, now: float) -> float:
         return self.deadline.at - now
@@ -178,15 +187,34 @@ class Guard:
             if not self.active or self.failure:
                 return
             self.failure = reason
-            conns = list(self._conns)
-        for conn in conns:
-            conn.interrupt(self)
+            self._cut_locked()
+
+    def _cut_locked(self) -> None:
+        # shutdown() ends any blocked connect, TLS handshake or read on the socket, plain or TLS.
+        for conn, spare, _ in self._handles:
+            if conn.carries(self):
+                with contextlib.suppress(OSError):
+                    spare.shutdown(socket.SHUT_RDWR)
+            spare.close()
+        self._handles.clear()
 
     def release(self) -> None:
         """The request is over: never fire from now on."""
         with self._lock:
             self.active = False
-            self._conns.clear()
+            for _, spare, _ in self._handles:
+                spare.close()
+            self._handles.clear()
+
+
+def _addr(address: Any) -> str:
+    if not isinstance(address, tuple) or len(address) < 2:
+        return str(address)  # not an internet socket (tests use socket pairs)
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+_COMPACT_AT = 1024
 
 
 class Watchdog:
@@ -208,6 +236,10 @@ class Watchdog:
         if not math.isfinite(due):
             return
         with self._cond:
+            if len(self._heap) > _COMPACT_AT:
+                # Released guards are skipped lazily; a long blob budget would keep them queued.
+                self._heap = [entry for entry in self._heap if entry[2].active]
+                heapq.heapify(self._heap)
             heapq.heappush(self._heap, (due, next(self._seq), guard))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="imagevol-watchdog", daemon=True)

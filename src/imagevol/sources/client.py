@@ -47,7 +47,7 @@ from . import bounds, transport
 from .auth import Credentials
 from .bounds import Deadline, SpeedMeter, Timeouts, duration
 from .challenge import Challenge, parse_challenges
-from .neterrors import PLAIN_HTTP_ANSWER, describe, host_port
+from .neterrors import PLAIN_HTTP_ANSWER, describe, host_port, sanitize
 
 __all__ = ["KeyringAuth", "RegistryClient", "Reply", "RetryPolicy", "Timeouts", "TransportError"]
 
@@ -110,7 +110,7 @@ class TransportError(RegistryUnavailableError):
 class Reply:
     """A registry's answer: status and headers, and a body read only under the request's bounds.
 
-    ``body`` holds what :meth:`RegistryClient.do_request` read when asked to (at most the limit
+    ``body`` holds what :meth:`RegistryClient.request` read when asked to (at most the limit
     plus one byte, so an oversized body is recognised without reading it all); otherwise the body
     is streamed with :meth:`read` and the reply closed when done (``with reply:``)."""
 
@@ -120,7 +120,8 @@ class Reply:
         self.method = method
         self.url = url
         self.status_code: int = resp.status_code
-        self.reason: str = resp.reason or http.client.responses.get(resp.status_code, "")
+        # The reason phrase is the server's text and ends up in messages: kept, but capped.
+        self.reason: str = sanitize(resp.reason or "") or http.client.responses.get(resp.status_code, "")
         self.headers: requests.structures.CaseInsensitiveDict[str] = resp.headers
         self.body = b""
 

@@ -43,7 +43,7 @@ _DIAL = (
 _TIMEOUT = (TimeoutError, socket.timeout, urllib3.exceptions.TimeoutError, requests.exceptions.Timeout)
 
 
-def describe(exc: BaseException, url: str, endpoints: str = "") -> str:
+def describe(exc: BaseException, url: str = "", endpoints: str = "") -> str:
     """What went wrong with the request to ``url``, Go-style. ``endpoints`` is ``local->peer``
     of the connection when one was made (Go names both in read errors)."""
     chain = list(_causes(exc))
@@ -62,10 +62,11 @@ def describe(exc: BaseException, url: str, endpoints: str = "") -> str:
             return f"dial tcp: lookup {host}: {_lookup(cause)}"
     dial = any(isinstance(c, _DIAL) for c in chain)
     where = f"dial tcp {target}" if dial else f"read tcp {endpoints or target}"
+    where = where.rstrip()
     for cause in chain:
         if isinstance(cause, OSError) and not isinstance(cause, ssl.SSLError) and cause.errno:
             if cause.errno in (errno.EPIPE, errno.ESHUTDOWN) and not dial:
-                return f"write tcp {endpoints or target}: write: {_strerror(cause.errno)}"
+                return f"write tcp {endpoints or target}".rstrip() + f": write: {_strerror(cause.errno)}"
             return f"{where}: {'connect' if dial else 'read'}: {_strerror(cause.errno)}"
     if any(isinstance(c, _TIMEOUT) for c in chain):
         return f"{where}: i/o timeout"
@@ -96,6 +97,8 @@ def host_port(url: str) -> str:
     """``host:port`` of ``url`` with the scheme's default port filled in, as Go's dialer names it."""
     parts = urlsplit(url)
     host = parts.hostname or ""
+    if not host:
+        return ""
     try:
         port = parts.port
     except ValueError:
