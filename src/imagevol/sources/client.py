@@ -1,4 +1,5 @@
-"""HTTP to one registry: oras-py's ``Registry`` with the safety it lacks (oci-peers.md section 4).
+"""HTTP to one registry: oras-py's ``Registry`` with the safety it lacks (the oras-py gaps in
+docs/pulling.md).
 
 :class:`RegistryClient` subclasses ``oras.provider.Registry`` (its session, with cookies refused, its
 ``http``/``https`` prefix, its TLS switch and its auth-backend seam) and replaces the one method all
