@@ -72,8 +72,8 @@ _TRANSPORT_ERRORS = (
     OSError,
     ValueError,
 )
-#: Failures another try cannot fix: the TLS setup or a bad URL in a redirect.
-_FATAL = ("tls: ", PLAIN_HTTP_ANSWER, "invalid URL", "unsupported protocol scheme")
+#: Failures another try cannot fix: the TLS setup, a bad URL or a loop in redirects.
+_FATAL = ("tls: ", PLAIN_HTTP_ANSWER, "invalid URL", "unsupported protocol scheme", "stopped after")
 #: Go's ``context.DeadlineExceeded``, which containerd reports when a pull's context times out.
 DEADLINE_EXCEEDED = "context deadline exceeded"
 
