@@ -1,7 +1,7 @@
 """Registry credentials: only what the caller or the Pod's pull secrets provide.
 
-Unlike oras-py and docker, nothing is ever read from ``~/.docker/config.json`` (oci-peers.md
-section 4, gap 7): a Pod must not pull with credentials it was not given.
+Unlike oras-py and docker, nothing is ever read from ``~/.docker/config.json`` (oras-py
+gap 7 in docs/pulling.md): a Pod must not pull with credentials it was not given.
 """
 
 from __future__ import annotations

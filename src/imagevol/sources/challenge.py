@@ -1,7 +1,7 @@
 """``WWW-Authenticate`` challenges (RFC 7235), as registries send them.
 
 oras-py reads only ``key="value"`` pairs out of the header and never looks at the scheme, which is
-why its token backend mistakes a Basic realm for a token server (oci-peers.md section 4, gap 5).
+why its token backend mistakes a Basic realm for a token server (oras-py gap 5 in docs/pulling.md).
 This parser keeps the scheme, accepts several challenges in one header, tokens as well as quoted
 strings (with ``\\`` escapes, and commas inside quotes as in ``scope="repository:a:pull,push"``),
 and never raises: a malformed header yields what could be read.

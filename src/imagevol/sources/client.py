@@ -1,72 +1,88 @@
-"""HTTP to one registry: oras-py's ``Registry`` with the safety it lacks (oci-peers.md section 4).
+"""HTTP to one registry: oras-py's ``Registry`` with the safety it lacks (the oras-py gaps in
+docs/pulling.md).
 
 :class:`RegistryClient` subclasses ``oras.provider.Registry`` (its session, with cookies refused, its
 ``http``/``https`` prefix, its TLS switch and its auth-backend seam) and replaces the one method all
-of oras's calls go through, ``do_request``:
+of oras's calls go through, ``do_request``, which here returns a :class:`Reply`:
 
+* every wait is bounded (gap 3): each try of a request has a deadline, each body a low-speed
+  limit, each request with its retries an overall deadline, each blob a budget across its resumes
+  (:mod:`imagevol.sources.bounds`, enforced on the sockets by :mod:`imagevol.sources.transport`);
+  bodies are read only through :class:`Reply`, under those bounds, and only up to a size limit;
 * no ``@retry`` decorator (gap 4): only idempotent requests are retried, a bounded number of times,
-  with exponential backoff and an overall deadline, on connection errors, 429 and 5xx;
-* every request has a connect and a read timeout (gap 3);
+  with exponential backoff, on connection errors, 429 and 5xx;
+* redirects are followed here, at most 5, without reading their bodies, and ``Authorization`` is
+  only sent to the registry's own host;
 * authentication is learnt once per client from ``GET /v2/`` and then sent with every request, so
   no request is sent twice for auth (gap 6); Basic and Bearer challenges are told apart by their
   scheme (gap 5);
 * credentials come only from :class:`KeyringAuth` (what the caller or the Pod's pull secrets gave):
   never from ``~/.docker/config.json``, ``ORAS_USER``/``ORAS_PASS`` or ``~/.netrc`` (gap 7);
-* ``Accept-Encoding: identity``, so the bytes hashed are the bytes the registry stored.
+* ``Accept-Encoding: identity``, so the bytes hashed are the bytes the registry stored;
+* failures read like containerd's (:mod:`imagevol.sources.neterrors`).
 """
 
 from __future__ import annotations
 
 import base64
-import errno
+import http.client
 import json
-import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import attrs
 import oras.auth.base
 import oras.provider
 import requests
+import requests.structures
 import urllib3.exceptions
 
 from .._text import goquote
 from ..errors import AuthenticationError, PullError, RegistryUnavailableError
+from . import bounds, transport
 from .auth import Credentials
+from .bounds import Deadline, SpeedMeter, Timeouts, duration
 from .challenge import Challenge, parse_challenges
+from .neterrors import PLAIN_HTTP_ANSWER, describe, host_port, sanitize
+
+__all__ = ["KeyringAuth", "RegistryClient", "Reply", "RetryPolicy", "Timeouts", "TransportError"]
 
 #: Statuses worth another try: the registry (or a proxy in front of it) is overloaded or restarting.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 IDEMPOTENT = frozenset({"GET", "HEAD"})
-#: Transport errors another try cannot fix (bad certificate, bad URL in a redirect).
-_FATAL = (requests.exceptions.SSLError, requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema)
 MAX_REDIRECTS = 5
 #: A token response larger than this is not a token response.
 MAX_TOKEN_RESPONSE = 1024 * 1024
+#: What oras's own (non-streaming) calls may read: the manifest limit.
+MAX_BUFFERED_BODY = 4 * 1024 * 1024
 _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]{1,16384}$")
 _SCOPE_PATH = re.compile(r"^/v2/(.+?)/(?:manifests|blobs|tags|referrers)(?:/|$)")
-
-
-@attrs.frozen
-class Timeouts:
-    """How long to wait: ``connect`` for a TCP (and TLS) connection, ``read`` for any silence on
-    the socket. ``low_speed_limit`` bytes per second averaged over ``low_speed_time`` seconds is
-    the slowest transfer tolerated (curl's ``--speed-limit``), so a trickling server is dropped."""
-
-    connect: float = 5.0
-    read: float = 30.0
-    low_speed_limit: int = 1024
-    low_speed_time: float = 30.0
+#: Everything a request to a hostile server can raise from inside requests, urllib3, http.client,
+#: ssl and socket (ValueError: unparsable URLs and headers, IDNA errors).
+_TRANSPORT_ERRORS = (
+    requests.exceptions.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+    ValueError,
+)
+#: Failures another try cannot fix: the TLS setup, a bad URL or a loop in redirects.
+_FATAL = ("tls: ", PLAIN_HTTP_ANSWER, "invalid URL", "unsupported protocol scheme", "stopped after")
+#: Go's ``context.DeadlineExceeded``, which containerd reports when a pull's context times out.
+DEADLINE_EXCEEDED = "context deadline exceeded"
 
 
 @attrs.frozen
 class RetryPolicy:
     """Bounded retries: at most ``attempts`` tries of one request, waiting ``initial`` seconds
-    then doubling up to ``maximum``, and never starting a try after ``deadline`` seconds."""
+    then doubling up to ``maximum``; all tries of a request and the waits between them end within
+    ``deadline`` seconds (no try starts that could not, and a running one is cut there)."""
 
     attempts: int = 3
     initial: float = 0.5
@@ -76,6 +92,94 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """The wait before try number ``attempt + 1`` (``attempt`` counts from 1)."""
         return float(min(self.maximum, self.initial * 2 ** (attempt - 1)))
+
+
+class TransportError(RegistryUnavailableError):
+    """A request failed on the wire or was cut by its bounds. ``why`` is the reason alone (Go's
+    wording); ``cut`` is True when a deadline or the low-speed limit ended it."""
+
+    def __init__(self, method: str, url: str, why: str, *, cut: bool = False) -> None:
+        super().__init__(f"failed to do request: {_op(method)} {goquote(url)}: {why}")
+        self.why = why
+        self.cut = cut
+
+    @property
+    def fatal(self) -> bool:
+        return not self.cut and self.why.startswith(_FATAL)
+
+
+class Reply:
+    """A registry's answer: status and headers, and a body read only under the request's bounds.
+
+    ``body`` holds what :meth:`RegistryClient.request` read when asked to (at most the limit
+    plus one byte, so an oversized body is recognised without reading it all); otherwise the body
+    is streamed with :meth:`read` and the reply closed when done (``with reply:``)."""
+
+    def __init__(self, resp: requests.Response, guard: bounds.Guard, method: str, url: str) -> None:
+        self._resp = resp
+        self._guard = guard
+        self.method = method
+        self.url = url
+        self.status_code: int = resp.status_code
+        # The reason phrase is the server's text and ends up in messages: kept, but capped.
+        self.reason: str = sanitize(resp.reason or "") or http.client.responses.get(resp.status_code, "")
+        self.headers: requests.structures.CaseInsensitiveDict[str] = resp.headers
+        self.body = b""
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes as soon as some arrive; ``b""`` at the end. Raises
+        :class:`TransportError` when the connection fails or the bounds cut it."""
+        if self._guard.failure:
+            raise self._cut()
+        try:
+            data = _read1(self._resp, size)
+        except _TRANSPORT_ERRORS as exc:
+            if self._guard.failure:
+                raise self._cut() from None
+            raise TransportError(self.method, self.url, describe(exc, self.url, self._guard.endpoints())) from None
+        if self._guard.failure:
+            raise self._cut()  # the watchdog shut the socket: a short read is not the end of the body
+        meter = self._guard.meter
+        if meter is not None:
+            meter.add(len(data))
+        return data
+
+    def read_all(self, limit: int, chunk: int = 64 * 1024) -> bytes:
+        """The whole body, or its first ``limit + 1`` bytes when it is larger than ``limit``."""
+        out = bytearray()
+        while len(out) <= limit and (data := self.read(min(chunk, limit + 1 - len(out)))):
+            out += data
+        return bytes(out)
+
+    @property
+    def response(self) -> requests.Response:
+        """The underlying ``requests`` response (for oras-py's methods)."""
+        return self._resp
+
+    def detach_meter(self) -> None:
+        """Reads will bypass :meth:`read` (oras's ``iter_content``): keep only the deadline."""
+        self._guard.body_started(None)
+
+    def announced_length(self) -> int | None:
+        value = self.headers.get("Content-Length", "").strip()
+        return int(value) if value.isdigit() else None
+
+    def _cut(self) -> TransportError:
+        where = self._guard.endpoints()
+        why = self._guard.failure
+        if why.startswith("transfer too slow") and where:
+            why = f"read tcp {where}: {why}"
+        return TransportError(self.method, self.url, why, cut=True)
+
+    def close(self) -> None:
+        self._guard.release()  # first: the connection may go back to the pool once closed
+        self._resp.close()
+
+    def __enter__(self) -> Reply:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
 
 
 class KeyringAuth(oras.auth.base.AuthBackend):  # type: ignore[misc]
@@ -147,6 +251,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
 
     ``plain_http`` talks HTTP only; ``insecure`` (registries.conf) tries HTTPS without certificate
     verification first and falls back to HTTP, as containers-registries.conf(5) describes.
+    ``clock`` dates cached tokens; the bounds run on the watchdog's monotonic clock.
     """
 
     def __init__(
@@ -171,8 +276,8 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         self.clock = clock
         # requests would otherwise add credentials from ~/.netrc and route through $*_PROXY.
         self.session.trust_env = False
-        self.session.max_redirects = MAX_REDIRECTS
         self.session.headers.update({"User-Agent": "imagevol", "Accept-Encoding": "identity"})
+        transport.mount(self.session)
         # Replace oras's BasicAuth, which took ORAS_USER/ORAS_PASS from the environment.
         self.auth = KeyringAuth(credentials)
         self.auth.session = self.session
@@ -185,7 +290,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
     def base_url(self) -> str:
         return f"{self.prefix}://{self.host}"
 
-    # --- the one request method every oras call goes through ----------------------------------
+    # --- requests: imagevol's (request) and oras's seam (do_request) ----------------------------
 
     def do_request(
         self,
@@ -196,9 +301,43 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         json: Any = None,
         stream: bool = False,
     ) -> requests.Response:
-        """Send one request with authentication, timeouts and (for GET/HEAD) bounded retries.
-        Returns the response whatever its status, except that a 401 which the credentials at
-        hand cannot answer raises :class:`AuthenticationError`."""
+        """oras-py's seam: every oras method sends through here, so its calls get imagevol's auth,
+        bounds and retries too. Without ``stream`` the body is read under the bounds (at most
+        4 MiB, the manifest limit; only for a 200 answer) before the response is returned; with
+        ``stream`` the caller has one try's deadline to read it. imagevol itself uses
+        :meth:`request`."""
+        reply = self.request(
+            url, method, headers, body_limit=None if stream else MAX_BUFFERED_BODY, data=data, json=json
+        )
+        if stream:
+            reply.detach_meter()
+            return reply.response
+        if len(reply.body) > MAX_BUFFERED_BODY:
+            raise PullError(f"{_op(method)} {goquote(url)}: response body exceeds {MAX_BUFFERED_BODY} bytes")
+        resp = reply.response
+        resp._content = reply.body  # what requests' .content/.json() then return
+        return resp
+
+    def request(
+        self,
+        url: str,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        *,
+        body_limit: int | None = None,
+        deadline: Deadline | None = None,
+        meter: SpeedMeter | None = None,
+        data: Any = None,
+        json: Any = None,
+    ) -> Reply:
+        """Send one request with authentication, bounds and (for GET/HEAD) bounded retries.
+
+        With ``body_limit``, a 200 answer's body is read into ``Reply.body`` (at most
+        ``body_limit + 1`` bytes; none when ``Content-Length`` announces more) and the reply is
+        closed; other answers are closed unread. Without it the reply is open: read it, close it.
+        ``deadline`` and ``meter`` are a blob's budget and low-speed meter, which span its resumes.
+        Returns the reply whatever its status, except that a 401 which the credentials at hand
+        cannot answer raises :class:`AuthenticationError`."""
         self.ping()
         scope = _scope_for(url, method)
         renewed = False
@@ -207,11 +346,13 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             auth = self._authorization(scope)
             if auth:
                 sent["Authorization"] = auth
-            resp = self._send(method, url, sent, data=data, json=json, stream=stream)
-            if resp.status_code != 401:
-                return resp
-            resp.close()
-            ch = _pick(parse_challenges(resp.headers.get("WWW-Authenticate", "")))
+            reply = self._send(
+                method, url, sent, body_limit=body_limit, deadline=deadline, meter=meter, data=data, json=json
+            )
+            if reply.status_code != 401:
+                return reply
+            reply.close()
+            ch = _pick(parse_challenges(reply.headers.get("WWW-Authenticate", "")))
             if ch is not None and not auth:
                 # Sent without credentials: the registry asks here but did not at /v2/ (or asks
                 # differently). Learn the challenge once; answering it needs something to send.
@@ -227,7 +368,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             elif ch is not None and self.auth.next_credentials():
                 renewed = False
                 continue
-            raise AuthenticationError(self._unauthorized_message(method, url, resp))
+            raise AuthenticationError(self._unauthorized_message(method, url))
 
     def ping(self) -> None:
         """``GET /v2/`` once per client: choose the scheme and learn the auth challenge."""
@@ -237,15 +378,20 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             for i, scheme in enumerate(self.schemes):
                 url = f"{scheme}://{self.host}/v2/"
                 try:
-                    resp = self._send("GET", url, {}, stream=False)
+                    with self._send("GET", url, {}) as reply:  # its body is of no use: never read
+                        pass
                 except PullError as exc:
                     if i + 1 < len(self.schemes):
                         continue  # insecure registry: HTTPS failed, try plain HTTP
-                    raise type(exc)(f"pinging container registry {self.host}: {exc}") from None
+                    text = f"pinging container registry {self.host}: {exc}"
+                    if PLAIN_HTTP_ANSWER in str(exc):
+                        text += f"; to pull over plain HTTP, set insecure = true for {self.host} in registries.conf"
+                    raise (RegistryUnavailableError if isinstance(exc, RegistryUnavailableError) else PullError)(
+                        text
+                    ) from None
                 self.prefix = self.auth.prefix = scheme
-                if resp.status_code == 401:
-                    self.auth.challenge = _pick(parse_challenges(resp.headers.get("WWW-Authenticate", "")))
-                resp.close()
+                if reply.status_code == 401:
+                    self.auth.challenge = _pick(parse_challenges(reply.headers.get("WWW-Authenticate", "")))
                 self._pinged = True
                 return
 
@@ -281,18 +427,19 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
                         f"failed to authorize: refusing to send credentials to the plain-HTTP realm {goquote(realm)}"
                     )
                 headers["Authorization"] = basic
-            resp = self._send("GET", realm, headers, params=params, stream=True)
-            with resp:
-                if resp.status_code in (401, 403) and basic and self.auth.next_credentials():
-                    continue
-                if resp.status_code != 200:
-                    kind = "fetch oauth token" if basic else "fetch anonymous token"
-                    raise AuthenticationError(
-                        f"failed to authorize: failed to {kind}: unexpected status from GET request to "
-                        f"{realm}: {resp.status_code} {resp.reason}"
-                    )
-                body = resp.raw.read(MAX_TOKEN_RESPONSE + 1, decode_content=True)
-            token, lifetime = _parse_token(body)
+            reply = self._send("GET", realm, headers, params=params, body_limit=MAX_TOKEN_RESPONSE)
+            if reply.status_code in (401, 403) and basic and self.auth.next_credentials():
+                continue
+            if reply.status_code != 200:
+                kind = "fetch oauth token" if basic else "fetch anonymous token"
+                raise AuthenticationError(
+                    f"failed to authorize: failed to {kind}: unexpected status from GET request to "
+                    f"{realm}: {reply.status_code} {reply.reason}"
+                )
+            length = reply.announced_length()
+            if len(reply.body) > MAX_TOKEN_RESPONSE or (length is not None and length > MAX_TOKEN_RESPONSE):
+                raise AuthenticationError("failed to authorize: token response is too large")
+            token, lifetime = _parse_token(reply.body)
             self.auth.store_token(scope, token, now + max(1.0, lifetime - 5.0))
             return token
 
@@ -304,54 +451,114 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         url: str,
         headers: dict[str, str],
         *,
-        stream: bool,
+        params: dict[str, str] | None = None,
+        body_limit: int | None = None,
+        deadline: Deadline | None = None,
+        meter: SpeedMeter | None = None,
         data: Any = None,
         json: Any = None,
-        params: dict[str, str] | None = None,
-    ) -> requests.Response:
-        start = self.clock()
+    ) -> Reply:
+        """Tries of one request (see :meth:`do_request`), each under a :class:`~.bounds.Guard`:
+        ``Timeouts.request`` per try, ``RetryPolicy.deadline`` for all of them, ``deadline`` (a
+        blob's budget) for everything including the body."""
+        clock = bounds.WATCHDOG.clock
+        t = self.timeouts
+        retries = f"request and its retries took longer than {duration(self.retry.deadline)}"
+        end = Deadline.after(self.retry.deadline, f"{DEADLINE_EXCEEDED} ({retries})", clock).earliest(deadline)
         attempt = 0
         while True:
             attempt += 1
-            resp: requests.Response | None = None
+            one_try = Deadline.after(t.request, f"{DEADLINE_EXCEEDED} (no answer within {duration(t.request)})", clock)
+            guard = bounds.Guard(one_try.earliest(end))
+            bounds.WATCHDOG.arm(guard)
+            reply: Reply | None = None
+            error: TransportError | None = None
             try:
-                resp = self.session.request(
-                    method,
-                    url,
-                    data=data,
-                    json=json,
-                    params=params,
-                    headers=headers,
-                    stream=stream,
-                    verify=self._tls_verify,
-                    timeout=(self.timeouts.connect, self.timeouts.read),
-                    allow_redirects=True,
-                )
-            except _FATAL as exc:
-                raise PullError(f"failed to do request: {method} {goquote(url)}: {describe(exc)}") from None
-            except requests.exceptions.TooManyRedirects:
-                raise PullError(
-                    f"failed to do request: {method} {goquote(url)}: stopped after {MAX_REDIRECTS} redirects"
-                ) from None
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                failure = describe(exc)
-            else:
-                if resp.status_code not in RETRY_STATUSES:
-                    return resp
-                failure = f"{resp.status_code} {resp.reason}"
+                reply = self._exchange(method, url, headers, params, guard, data, json)
+                if reply.status_code not in RETRY_STATUSES and body_limit is None:
+                    # The body is the caller's to read: from now on a blob's own budget and meter
+                    # bound it; anything else keeps this try's deadline.
+                    guard.body_started(meter or SpeedMeter(t.low_speed_limit, t.low_speed_time, clock), deadline)
+                    return reply
+                with reply:
+                    length = reply.announced_length()
+                    if reply.status_code == 200 and body_limit is not None and not (length or 0) > body_limit:
+                        guard.body_started(SpeedMeter(t.low_speed_limit, t.low_speed_time, clock))
+                        reply.body = reply.read_all(body_limit)
+                if reply.status_code not in RETRY_STATUSES:
+                    return reply
+            except TransportError as exc:
+                if exc.fatal:
+                    raise PullError(str(exc)) from None
+                reply, error = None, exc
+            finally:
+                if reply is None or reply.status_code in RETRY_STATUSES or body_limit is not None:
+                    guard.release()
             wait = self.retry.delay(attempt)
-            if resp is not None:
-                wait = max(wait, min(self.retry.maximum, _retry_after(resp)))
-            out_of_time = self.clock() - start + wait > self.retry.deadline
-            if method not in IDEMPOTENT or attempt >= self.retry.attempts or out_of_time:
-                if resp is not None:
-                    return resp  # the caller reports the status in its own words
-                raise RegistryUnavailableError(f"failed to do request: {method} {goquote(url)}: {failure}")
-            if resp is not None:
-                resp.close()
+            if reply is not None:
+                wait = max(wait, min(self.retry.maximum, _retry_after(reply)))
+            if method not in IDEMPOTENT or attempt >= self.retry.attempts or clock() + wait >= end.at:
+                if reply is not None:
+                    return reply  # the caller reports the status in its own words
+                assert error is not None
+                raise error
             self.sleep(wait)
 
-    def _unauthorized_message(self, method: str, url: str, resp: requests.Response) -> str:
+    def _exchange(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        params: dict[str, str] | None,
+        guard: bounds.Guard,
+        data: Any = None,
+        json: Any = None,
+    ) -> Reply:
+        """One try: the request and its redirects (at most ``MAX_REDIRECTS``, bodies unread),
+        all under ``guard``. ``Authorization`` goes only to the host it was meant for."""
+        current, sent = url, dict(headers)
+        for _hop in range(MAX_REDIRECTS + 1):
+            first = current == url
+            bounds.bind(guard)
+            try:
+                # Through the adapter, not Session.send: even with allow_redirects=False, requests
+                # reads a redirect's whole body (to prepare Response.next), and it could be endless.
+                prepared = self.session.prepare_request(
+                    requests.Request(
+                        method,
+                        current,
+                        headers=sent,
+                        params=params if first else None,
+                        data=data if first else None,
+                        json=json if first else None,
+                    )
+                )
+                resp = self.session.get_adapter(current).send(
+                    prepared,
+                    stream=True,
+                    timeout=(self.timeouts.connect, self.timeouts.read),
+                    verify=self._tls_verify,
+                    proxies={},
+                )
+            except _TRANSPORT_ERRORS as exc:
+                why = guard.failure or describe(exc, current, guard.endpoints())
+                raise TransportError(method, current, why, cut=bool(guard.failure)) from None
+            finally:
+                bounds.bind(None)
+            reply = Reply(resp, guard, method, current)
+            location = resp.headers.get("Location", "")
+            if resp.status_code not in REDIRECT_STATUSES or not location:
+                return reply
+            resp.close()  # a redirect's body is never read: it could be endless
+            target = urljoin(resp.url or current, location)
+            if urlsplit(target).scheme not in ("http", "https"):
+                raise TransportError(method, current, "unsupported protocol scheme in redirect")
+            if not _same_origin(url, target):
+                sent.pop("Authorization", None)
+            current = target
+        raise TransportError(method, url, f"stopped after {MAX_REDIRECTS} redirects")
+
+    def _unauthorized_message(self, method: str, url: str) -> str:
         ch = self.auth.challenge
         if not self.auth.credentials and (ch is None or ch.scheme == "basic"):
             return (
@@ -398,42 +605,34 @@ def _parse_token(body: bytes) -> tuple[str, float]:
     return token, float(min(lifetime, 24 * 3600))
 
 
-def _retry_after(resp: requests.Response) -> float:
-    value = resp.headers.get("Retry-After", "")
+def _retry_after(reply: Reply) -> float:
+    value = reply.headers.get("Retry-After", "")
     try:
         return max(0.0, float(value))
     except ValueError:
         return 0.0
 
 
-def describe(exc: BaseException) -> str:
-    """A short reason for a transport failure (requests' own messages run to several lines)."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return "i/o timeout (connect)"
-    if isinstance(exc, requests.exceptions.ReadTimeout | urllib3.exceptions.ReadTimeoutError | TimeoutError):
-        return "i/o timeout (no data)"
-    if isinstance(exc, urllib3.exceptions.ProtocolError) and exc.args and isinstance(exc.args[0], str):
-        return exc.args[0][:1].lower() + exc.args[0][1:200]  # "connection broken: IncompleteRead(...)"
-    for cause in _causes(exc):
-        if isinstance(cause, OSError) and cause.errno:
-            return f"{os.strerror(cause.errno).lower()}" + (
-                "" if cause.errno != errno.ECONNREFUSED else " (is the registry running?)"
-            )
-    text = str(exc)
-    return text if len(text) <= 200 else text[:200] + "..."
+def _op(method: str) -> str:
+    """Go's ``url.Error`` operation: ``Get``, ``Head``."""
+    return method[:1].upper() + method[1:].lower()
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        cur = todo.pop()
-        if id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        yield cur
-        todo += [a for a in cur.args if isinstance(a, BaseException)]
-        for attr in ("reason", "__cause__", "__context__"):
-            nxt = getattr(cur, attr, None)
-            if isinstance(nxt, BaseException):
-                todo.append(nxt)
+def _same_origin(first: str, second: str) -> bool:
+    """Whether a redirect stays on the registry's host (and port; an upgrade to HTTPS is fine)."""
+    a, b = urlsplit(first), urlsplit(second)
+    if (a.hostname or "").lower() != (b.hostname or "").lower():
+        return False
+    if a.scheme == b.scheme:
+        return host_port(first) == host_port(second)
+    upgrade = a.scheme == "http" and b.scheme == "https"
+    return upgrade and host_port(first).endswith(":80") and host_port(second).endswith(":443")
+
+
+def _read1(resp: requests.Response, size: int) -> bytes:
+    raw = resp.raw
+    # read1 returns what has arrived (up to size) instead of waiting for all of it, so the meter
+    # sees a trickle as it happens; urllib3 < 2.1 has no read1.
+    reader = getattr(raw, "read1", None)
+    data = reader(size, decode_content=False) if reader is not None else raw.read(size, decode_content=False)
+    return bytes(data)

@@ -7,20 +7,17 @@ Blobs are streamed in 1 MiB reads (oras-py uses 8 KiB, gap 2) with their ``Conte
 ``Content-Range`` and ``Content-Encoding`` checked and never more bytes than the descriptor
 declares; the content store hashes and counts while writing, so a corrupt blob is never stored. A
 dropped or stalled transfer is resumed with ``Range`` from the last byte received (gap 2), a bounded
-number of times.
+number of times, and all of it within the blob's budget and low-speed meter: a resume gets no fresh
+allowance, so a registry that sends a little and drops, over and over, is cut like a slow one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import re
 import time
 from collections.abc import Callable, Iterator
 
 import attrs
-import requests
-import urllib3.exceptions
 
 from ..errors import (
     DigestMismatchError,
@@ -32,21 +29,16 @@ from ..errors import (
 )
 from ..oci import INDEX_TYPES, MANIFEST_ACCEPT, MANIFEST_TYPES, MAX_MANIFEST_BYTES, Descriptor, Digest
 from ..reference import Reference
+from . import bounds
 from .auth import Credentials, Keyring
-from .client import RegistryClient, RetryPolicy, Timeouts, describe
+from .bounds import Deadline, SpeedMeter, duration
+from .client import DEADLINE_EXCEEDED, RegistryClient, Reply, RetryPolicy, Timeouts, TransportError
 from .mirrors import PullSource
 
 CHUNK = 1024 * 1024
 DEFAULT_MAX_RESUMES = 5
 #: Where ``docker.io`` references are served (the name is not the API host).
 DOCKER_HUB_API = "registry-1.docker.io"
-
-_TRANSIENT_READ = (
-    urllib3.exceptions.HTTPError,
-    requests.exceptions.RequestException,
-    http.client.HTTPException,
-    OSError,
-)
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -91,26 +83,28 @@ class RegistrySource:
 
     def _get_manifest(self, ref: str, expected: Digest | None) -> tuple[bytes, str, Digest]:
         url = self._url("manifests", ref)
-        resp = self.client.do_request(url, "GET", headers={"Accept": ", ".join(MANIFEST_ACCEPT)}, stream=True)
-        with contextlib.closing(resp):
-            if resp.status_code == 404:
-                raise ImageNotFoundError(f"{self.description}: not found")
-            if resp.status_code != 200:
-                raise _status_error(url, resp)
-            length = _content_length(resp, url)
-            if length is not None and length > MAX_MANIFEST_BYTES:
-                raise ManifestError(
-                    f"{self.description}: manifest of {length} bytes exceeds the {MAX_MANIFEST_BYTES}-byte limit"
-                )
-            raw = self._read_all(resp, MAX_MANIFEST_BYTES, url)
-        content_type = resp.headers.get("Content-Type", "").split(";", 1)[0].strip()
+        accept = {"Accept": ", ".join(MANIFEST_ACCEPT)}
+        reply = self.client.request(url, "GET", headers=accept, body_limit=MAX_MANIFEST_BYTES)
+        if reply.status_code == 404:
+            raise ImageNotFoundError(f"{self.description}: not found")
+        if reply.status_code != 200:
+            raise _status_error(url, reply)
+        length = _content_length(reply, url)
+        if length is not None and length > MAX_MANIFEST_BYTES:
+            raise ManifestError(
+                f"{self.description}: manifest of {length} bytes exceeds the {MAX_MANIFEST_BYTES}-byte limit"
+            )
+        raw = reply.body
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{self.description}: manifest exceeds the {MAX_MANIFEST_BYTES}-byte limit")
+        content_type = reply.headers.get("Content-Type", "").split(";", 1)[0].strip()
         media_type = content_type if content_type in MANIFEST_TYPES | INDEX_TYPES else ""
         digest = Digest.of(raw, expected.algorithm if expected else "sha256")
         if expected is not None and digest != expected:
             raise DigestMismatchError(
                 f"{self.description}: manifest {expected} was served as content hashing to {digest}"
             )
-        announced = resp.headers.get("Docker-Content-Digest", "")
+        announced = reply.headers.get("Docker-Content-Digest", "")
         if announced:
             try:
                 claimed = Digest.parse(announced.strip())
@@ -123,40 +117,37 @@ class RegistrySource:
         self._raw[digest] = raw
         return raw, media_type, digest
 
-    def _read_all(self, resp: requests.Response, limit: int, url: str) -> bytes:
-        out = bytearray()
-        try:
-            while chunk := _read(resp, min(self.chunk_size, limit + 1 - len(out))):
-                out += chunk
-                if len(out) > limit:
-                    raise ManifestError(f"{self.description}: manifest exceeds the {limit}-byte limit")
-        except _TRANSIENT_READ as exc:
-            raise RegistryUnavailableError(f"failed to read {url}: {describe(exc)}") from None
-        return bytes(out)
-
     # --- blobs ----------------------------------------------------------------------------------
 
     def fetch_blob(self, desc: Descriptor) -> Iterator[bytes]:
-        """The blob's bytes, resumed with ``Range`` after a dropped or stalled transfer."""
+        """The blob's bytes, resumed with ``Range`` after a dropped or stalled transfer.
+
+        Bounded four ways, none of them reset by a resume: the blob's budget
+        (:meth:`Timeouts.blob_budget`) and its low-speed meter, tries without a byte
+        (``max_resumes``) and tries in all, and time without a byte (``RetryPolicy.deadline``)."""
         url = self._url("blobs", str(desc.digest))
-        timeouts = self.client.timeouts
-        clock = self.client.clock
+        t = self.client.timeouts
+        clock = bounds.WATCHDOG.clock
+        budget = t.blob_budget(desc.size)
+        deadline = Deadline.after(
+            budget, f"{DEADLINE_EXCEEDED} (blob took longer than its {duration(budget)} budget)", clock
+        )
+        meter = SpeedMeter(t.low_speed_limit, t.low_speed_time, clock)
         offset = 0
         drops = stalled = 0
         progressed_at = clock()
         while True:
             before = offset
             headers = {"Range": f"bytes={offset}-"} if offset else {}
-            resp = self.client.do_request(url, "GET", headers=headers, stream=True)
-            failure = ""
-            with contextlib.closing(resp):
-                skip = self._check_blob_response(resp, desc, offset, url)
-                window_start, window_bytes = clock(), 0
+            reply = self.client.request(url, "GET", headers=headers, deadline=deadline, meter=meter)
+            failure: TransportError | None = None
+            with reply:
+                skip = self._check_blob_response(reply, desc, offset, url)
                 while True:
                     try:
-                        chunk = _read(resp, self.chunk_size)
-                    except _TRANSIENT_READ as exc:
-                        failure = describe(exc)
+                        chunk = reply.read(self.chunk_size)
+                    except TransportError as exc:
+                        failure = exc
                         break
                     if not chunk:
                         break
@@ -172,35 +163,23 @@ class RegistrySource:
                             "its descriptor declares"
                         )
                     yield chunk
-                    window_bytes += len(chunk)
-                    elapsed = clock() - window_start
-                    if elapsed >= timeouts.low_speed_time:
-                        if window_bytes < timeouts.low_speed_limit * elapsed:
-                            failure = (
-                                f"transfer slower than {timeouts.low_speed_limit} bytes/s for "
-                                f"{timeouts.low_speed_time:g}s"
-                            )
-                            break
-                        window_start, window_bytes = clock(), 0
-                if not failure:
-                    if offset == desc.size:
-                        return
-                    failure = f"connection closed after {offset} of {desc.size} bytes"
+                if failure is None and offset == desc.size:
+                    return
+            why = failure.why if failure is not None else f"connection closed after {offset} of {desc.size} bytes"
             drops += 1
             stalled = 0 if offset > before else stalled + 1
             if offset > before:
                 progressed_at = clock()
-            # Bounded three ways: consecutive attempts without a byte, attempts in all, and time
-            # without a byte (the retry deadline), so a stuck registry never holds a pull for minutes.
             starved = clock() - progressed_at > self.client.retry.deadline
-            if stalled >= self.max_resumes or drops > 4 * self.max_resumes or starved:
+            cut = failure is not None and failure.cut  # the budget or the meter: no resume can help
+            if cut or stalled >= self.max_resumes or drops > 4 * self.max_resumes or starved:
                 raise RegistryUnavailableError(
-                    f"failed to copy {desc.digest}: {failure} (gave up after {drops} attempts, "
+                    f"failed to copy {desc.digest}: {why} (gave up after {drops} attempts, "
                     f"{offset} of {desc.size} bytes received)"
                 )
             self.client.sleep(self.client.retry.delay(stalled + 1))
 
-    def _check_blob_response(self, resp: requests.Response, desc: Descriptor, offset: int, url: str) -> int:
+    def _check_blob_response(self, resp: Reply, desc: Descriptor, offset: int, url: str) -> int:
         """Validate status and headers; return how many leading bytes to drop (a server that
         answers a Range request with the whole blob)."""
         if resp.status_code == 404:
@@ -240,22 +219,13 @@ class RegistrySource:
         self.client.close()
 
 
-def _read(resp: requests.Response, size: int) -> bytes:
-    raw = resp.raw
-    # read1 returns what has arrived (up to size) instead of waiting for all of it, so the
-    # low-speed check runs while a slow server trickles; urllib3 < 2.1 has no read1.
-    reader = getattr(raw, "read1", None)
-    data = reader(size, decode_content=False) if reader is not None else raw.read(size, decode_content=False)
-    return bytes(data)
-
-
-def _status_error(url: str, resp: requests.Response) -> PullError:
+def _status_error(url: str, resp: Reply) -> PullError:
     """containerd's wording; still overloaded or down after the retries means unavailable."""
     text = f"unexpected status from GET request to {url}: {resp.status_code} {resp.reason}"
     return RegistryUnavailableError(text) if resp.status_code in (429, 502, 503, 504) else PullError(text)
 
 
-def _content_length(resp: requests.Response, url: str) -> int | None:
+def _content_length(resp: Reply, url: str) -> int | None:
     value = resp.headers.get("Content-Length")
     if value is None:
         return None
