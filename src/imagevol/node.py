@@ -149,9 +149,15 @@ class Node:
     def _write_json(self, name: str, obj: Any) -> None:
         path = os.path.join(self.root, name)
         tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-        os.rename(tmp, path)
+        try:
+            with open(tmp, "w") as f:
+                json.dump(obj, f, indent=1, sort_keys=True)
+            os.rename(tmp, path)
+        except BaseException:
+            # A full or read-only filesystem leaves no half-written temporary file behind.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def now(self) -> float:
         """The node's clock: the injected one, else wall time plus the offset ``advance`` adds."""
