@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the API server's mutating admission plugins, comma-separated: AlwaysPullImages (R3.12)",
     )
     p.add_argument("--platform", default=None, help="node platform os/arch[/variant] (default: the host's)")
+    p.add_argument(
+        "-n",
+        "--namespace",
+        default="default",
+        help="namespace of the Pod for describe, delete and exec (default: %(default)s)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     a = sub.add_parser("apply", help="admit and run the Pods (and Secrets) of a YAML file")
@@ -264,7 +270,7 @@ def _cmd_apply(node: Node, args: argparse.Namespace, out: TextIO) -> int:
 
 def _cmd_exec(node: Node, args: argparse.Namespace, out: TextIO) -> int:
     argv = list(args.argv)
-    record = node.get_pod(args.pod)
+    record = node.get_pod(args.pod, args.namespace)
     name = args.container or record.pod.spec.containers[0].name
     try:
         state = record.state(name)
@@ -460,11 +466,11 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         out.write(get_pods(node.pods()))
         return EXIT_OK
     if args.command == "describe":
-        out.write(describe_pod(node.get_pod(args.name), node.now()))
+        out.write(describe_pod(node.get_pod(args.name, args.namespace), node.now()))
         return EXIT_OK
     if args.command == "delete":
-        node.delete_pod(args.name)
-        out.write(f'pod "{args.name}" deleted\n')
+        node.delete_pod(args.name, args.namespace)
+        out.write(f"pod {goquote(args.name)} deleted\n")
         return EXIT_OK
     if args.command == "exec":
         return _cmd_exec(node, args, out)

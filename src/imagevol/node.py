@@ -352,7 +352,7 @@ class Node:
             keyring = self.keyring_for(admitted, EventRecorder(record.events, clock=self.now))
             kubelet.sync_pod(record, keyring)
             self._save(record)
-        return f"pod/{pod.metadata.name} created", record
+        return f"pod/{admitted.metadata.name} created", record
 
     def sync_pod(self, name: str, namespace: str = "default") -> PodRecord:
         with self._session() as kubelet:

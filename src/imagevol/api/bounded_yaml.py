@@ -8,8 +8,9 @@ once per nesting level, so deep nesting ends in a ``RecursionError``. Here the p
 (libyaml's, else PyYAML's pure-Python parser, both iterative) is turned into plain Python values by
 an explicit stack, and while it is:
 
-* nesting deeper than :data:`MAX_DEPTH` collections is refused, with go-yaml's wording ("exceeded
-  max depth of 10000", its ``max_flow_level`` and ``max_indents``);
+* nesting deeper than :data:`MAX_DEPTH` flow collections (``[``, ``{``), or :data:`MAX_DEPTH` block
+  collections, is refused with go-yaml's wording ("exceeded max depth of 10000": its
+  ``max_flow_level`` and ``max_indents``, which count the two kinds apart);
 * every node is counted the way go-yaml's decoder counts it (``decodeCount``, and ``aliasCount`` for
   the nodes reached through an alias): an alias costs the whole subtree it names, worked out once
   per anchor, so the count of an alias bomb is known without expanding it; a document whose alias
@@ -59,9 +60,10 @@ _Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _raise_libyaml_nesting_limit() -> None:
-    """libyaml 0.2.6 refuses nesting beyond its own process-wide limit (1000 by default). Raise it
-    just above :data:`MAX_DEPTH` so that the limit enforced is go-yaml's, reported by the composer
-    below in go-yaml's words. (Its libyaml-based composer copes with that depth: tested.)"""
+    """libyaml 0.2.6 refuses nesting beyond its own process-wide limit (1000 by default), counting
+    flow and block levels together. Raise it above twice :data:`MAX_DEPTH` so that the limits
+    enforced are go-yaml's (each kind apart), reported by the composer below in go-yaml's words.
+    (PyYAML's own libyaml-based composer copes with that depth too: tested.)"""
     if _Loader is yaml.SafeLoader:
         return
     try:
@@ -71,8 +73,8 @@ def _raise_libyaml_nesting_limit() -> None:
         setter, getter = lib.yaml_set_max_nest_level, lib.yaml_get_max_nest_level
     except (OSError, AttributeError):
         return  # an older libyaml: no limit of its own
-    if getter() < MAX_DEPTH + 1:
-        setter(MAX_DEPTH + 1)
+    if getter() < 2 * MAX_DEPTH + 2:
+        setter(2 * MAX_DEPTH + 2)
 
 
 _raise_libyaml_nesting_limit()
@@ -156,11 +158,14 @@ _MERGE: Any = object()
 class _Frame:
     """A collection being read. ``size`` is its JSON size so far, brackets included."""
 
-    __slots__ = ("anchor", "count", "decodes", "is_map", "is_merge_list", "key", "key_size", "line", "merges", "size",
-                 "value")  # fmt: skip
+    __slots__ = ("anchor", "count", "decodes", "flow", "is_map", "is_merge_list", "key", "key_size", "line", "merges",
+                 "size", "value")  # fmt: skip
 
-    def __init__(self, is_map: bool, anchor: _Anchored | None, line: int, *, is_merge_list: bool = False) -> None:
+    def __init__(
+        self, is_map: bool, flow: bool, anchor: _Anchored | None, line: int, *, is_merge_list: bool = False
+    ) -> None:
         self.is_map = is_map
+        self.flow = flow
         self.anchor = anchor
         self.line = line
         self.value: Any = {} if is_map else []
@@ -200,6 +205,7 @@ class _Document:
         self.constructor = constructor
         self.anchors: dict[str, _Anchored] = {}
         self.stack: list[_Frame] = []
+        self.flow_depth = 0  # flow collections on the stack; the others are block collections
         self.budget = _Budget()
 
     def read(self) -> Any:
@@ -215,7 +221,9 @@ class _Document:
             elif isinstance(event, AliasEvent):
                 item = self._alias(event, line)
             elif isinstance(event, (SequenceEndEvent, MappingEndEvent)):
-                item = self._close(self.stack.pop())
+                frame = self.stack.pop()
+                self.flow_depth -= frame.flow
+                item = self._close(frame)
             else:  # pragma: no cover - the parser guarantees well-formed event streams
                 raise _fail(line, f"unexpected {type(event).__name__}")
             if not self.stack:
@@ -230,12 +238,15 @@ class _Document:
         return anchored
 
     def _open(self, event: SequenceStartEvent | MappingStartEvent, line: int) -> None:
-        if len(self.stack) >= MAX_DEPTH:
+        flow = bool(event.flow_style)
+        depth = self.flow_depth if flow else len(self.stack) - self.flow_depth
+        if depth >= MAX_DEPTH:
             raise _fail(line, f"exceeded max depth of {MAX_DEPTH}")
+        self.flow_depth += flow
         parent = self.stack[-1] if self.stack else None
         is_map = isinstance(event, MappingStartEvent)
         merge_list = parent is not None and parent.is_map and parent.key is _MERGE and not is_map
-        frame = _Frame(is_map, self._anchor(event.anchor), line, is_merge_list=merge_list)
+        frame = _Frame(is_map, flow, self._anchor(event.anchor), line, is_merge_list=merge_list)
         if not merge_list:
             self.budget.spend(line)
         self.stack.append(frame)
