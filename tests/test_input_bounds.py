@@ -296,6 +296,7 @@ def _reference_verdict(text: str) -> bool:
     every single operation. PyYAML's pure composer shares aliased nodes; an edge to a node already
     seen in the first walk was an alias in the text. True when go-yaml refuses the document."""
     root = yaml.compose(text, Loader=yaml.SafeLoader)
+    assert root is not None
     seen = {id(root)}
     alias_edges: set[tuple[int, int]] = set()
     decodes = aliases = 0
@@ -365,7 +366,7 @@ def test_merge_keys_follow_the_yaml_rules() -> None:
 
 
 def _nested(levels: int, flow: str = "[]") -> str:
-    open_, close = flow
+    open_, close = flow[0], flow[1]
     doc = pod("deep")
     doc["spec"]["deep"] = "NEST"
     return yaml.safe_dump(doc).replace("NEST", open_ * levels + close * levels)
@@ -429,7 +430,7 @@ def test_invalid_utf8_is_a_decode_error(root: str, tmp_path: Any, raw: bytes, pr
 def test_utf16_with_a_byte_order_mark_is_read() -> None:
     text = yaml.safe_dump(pod("utf16"))
     (decoded,) = load_documents(text.encode("utf-16"))
-    assert decoded.name == "utf16"
+    assert decoded.metadata.name == "utf16"
 
 
 def test_a_value_nested_in_a_name_field_is_a_type_error_not_a_crash() -> None:
