@@ -414,6 +414,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return _fail(f"error: {exc}", root, exc.exit_code)
     except DecodeError as exc:
         return _fail(f"error: error parsing input: {exc}", root)
+    except UnicodeDecodeError as exc:  # a configuration file (registries.conf, a docker config)
+        return _fail(f"error: a configuration file is not valid UTF-8 (byte {exc.start}: {exc.reason})", root)
     except (ImageVolError, ValueError) as exc:
         return _fail(f"error: {exc}", root)
     except OSError as exc:

@@ -216,7 +216,11 @@ class Node:
         not listed: only digest names are)."""
         for kind in ("pods", "secrets"):
             directory = os.path.join(self.root, kind)
-            if all(_STATE_FILE.fullmatch(f) or not f.endswith(".json") for f in os.listdir(directory)):
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                continue  # unreadable: reported by whatever needs the directory
+            if all(_STATE_FILE.fullmatch(f) or not f.endswith(".json") for f in names):
                 continue
             with self.locks.hold("node"):
                 for fname in os.listdir(directory):

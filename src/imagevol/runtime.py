@@ -18,6 +18,7 @@ CRI sentinel (R5.5). Messages name sub paths and images, never host paths of the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -190,9 +191,14 @@ class Runtime:
 
     def _save(self, record: ContainerRecord) -> None:
         tmp = os.path.join(self._containers, f".{record.id}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(record.to_json(), f)
-        os.rename(tmp, self._path(record.id))
+        try:
+            with open(tmp, "w") as f:
+                json.dump(record.to_json(), f)
+            os.rename(tmp, self._path(record.id))
+        except BaseException:
+            with contextlib.suppress(OSError):  # a full disk leaves no half-written record
+                os.unlink(tmp)
+            raise
 
     # --- image volumes ------------------------------------------------------------------------
 
