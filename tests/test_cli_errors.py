@@ -88,7 +88,7 @@ def stored(root: str) -> list[str]:
 @pytest.fixture
 def root(tmp_path: Any) -> str:
     path = os.path.join(str(tmp_path), "node")
-    assert imagevol(path, "get", "pods").code == 0  # an initialised, empty node
+    Node(NodeConfig(root=path))  # an initialised, empty node
     return path
 
 
