@@ -385,7 +385,7 @@ def test_local_pull_and_create_failures_reach_events_without_host_paths(tmp_path
         raise OSError(errno.ENOSPC, "No space left on device", os.path.join(root, "content", "ingest", "x.part"))
 
     real_pull = node.runtime.pull_image
-    node.runtime.pull_image = full  # type: ignore[method-assign]
+    node.runtime.pull_image = full  # type: ignore[method-assign,assignment]
     _, record = node.create_pod(pod)
     failed = [e.message for e in record.events if e.reason == "Failed"]
     assert failed[0] == (
@@ -393,7 +393,7 @@ def test_local_pull_and_create_failures_reach_events_without_host_paths(tmp_path
         '"quay.io/crio/artifact:v2": no space left on device'
     )
     node.runtime.pull_image = real_pull  # type: ignore[method-assign]
-    node.runtime.create_container = full  # type: ignore[method-assign]
+    node.runtime.create_container = full  # type: ignore[method-assign,assignment]
     node.advance(30)  # past the pull back-off
     record = node.sync_pod("image-volume")
     (state,) = record.containers
