@@ -213,6 +213,11 @@ CASES = [
         "a configuration file is not valid UTF-8 (byte 13: invalid start byte)",
     ),
     Case("pull secret missing", lambda r, t: ["pull", "x:1", "--pull-secret", "/nonexistent"], "does not exist"),
+    Case(
+        "pull secret nested",
+        lambda r, t: ["pull", "x:1", "--pull-secret", write(t, "c.json", "{" + '"a": [' * 20000 + "]" * 20000 + "}")],
+        "exceeded max depth of 10000",
+    ),
     Case("fixtures under a file", lambda r, t: ["fixtures", os.path.join(write(t, "f", ""), "x")], "not a directory"),
     Case("exec no command", lambda r, t: ["exec", "nope"], "Error from server (NotFound)"),
     Case("bad runtime flag", lambda r, t: ["--runtime", "nope", "get", "pods"], "invalid choice", code=2, usage=True),
@@ -419,7 +424,10 @@ _scalars = st.one_of(
     st.sampled_from(["", "..", "/etc/passwd", "a" * 254, "Ä", "\x00", "-", "a.b", "x" * 64]),
 )
 _values = st.recursive(
-    _scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    _scalars,
+    lambda inner: (
+        st.lists(inner, min_size=1, max_size=4) | st.dictionaries(st.text(max_size=8), inner, min_size=1, max_size=4)
+    ),
 )
 _FIELDS = [
     ("metadata", "name"),

@@ -16,8 +16,10 @@ from typing import BinaryIO, TextIO
 from . import __version__, mounts
 from ._text import goquote, strerror
 from .api import Secret, load_documents
+from .api.bounded_yaml import load_all
 from .api.features import DEFAULT_VERSION
 from .api.limits import read_body
+from .api.load import decode_text
 from .describe import describe_pod, format_event_line, get_pods
 from .errors import (
     DecodeError,
@@ -301,9 +303,10 @@ def _pull_keyring(node: Node, args: argparse.Namespace) -> Keyring:
     or the entries of ``--pull-secret``. Nothing else: no ~/.docker/config.json."""
     if args.pull_secret:
         data, source = _read_manifest(args.pull_secret)
-        if data.lstrip().startswith(b"{"):
-            return Keyring.from_docker_config(data)
         try:
+            if data.lstrip().startswith(b"{"):
+                list(load_all(decode_text(data)))  # the decoding bounds first (nesting, size)
+                return Keyring.from_docker_config(data)
             secrets = [d for d in load_documents(data) if isinstance(d, Secret)]
         except DecodeError as exc:
             raise _CommandError(f"error parsing {source}: {exc}") from None

@@ -142,7 +142,7 @@ class Node:
             return {}
         except OSError as exc:
             raise NodeStateError(f"cannot read node state {name}: {strerror(exc)}") from None
-        except ValueError:
+        except (ValueError, RecursionError):
             raise NodeStateError(f"node state {name} is corrupt (not JSON)") from None
         return obj if isinstance(obj, dict) else {}
 
