@@ -209,7 +209,7 @@ class _Document:
         self.budget = _Budget()
 
     def read(self) -> Any:
-        self.budget.spend(1)  # the document node itself
+        self.budget.spend(line=0)  # the document node itself
         while True:
             event = self.loader.get_event()
             line = event.start_mark.line + 1 if event.start_mark is not None else 0
