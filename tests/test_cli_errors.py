@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -472,14 +471,16 @@ def hostile_files(draw: st.DrawFn) -> bytes:
     return text
 
 
-_FUZZ_ROOT = tempfile.mkdtemp(prefix="imagevol-fuzz-")
+@pytest.fixture(scope="module")
+def fuzz_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("fuzz"))
 
 
 @settings(max_examples=150)
-@given(hostile_files())
-def test_fuzz_apply_never_crashes(text: bytes) -> None:
-    root = os.path.join(_FUZZ_ROOT, "node")
-    path = os.path.join(_FUZZ_ROOT, "pod.yaml")
+@given(text=hostile_files())
+def test_fuzz_apply_never_crashes(fuzz_dir: str, text: bytes) -> None:
+    root = os.path.join(fuzz_dir, "node")
+    path = os.path.join(fuzz_dir, "pod.yaml")
     with open(path, "wb") as f:
         f.write(text)
     out, err = io.StringIO(), io.StringIO()
