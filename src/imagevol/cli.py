@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import functools
 import os
 import re
 import sys
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from . import __version__, mounts
+from ._text import goquote, strerror
 from .api import Secret, load_documents
+from .api.bounded_yaml import load_all
 from .api.features import DEFAULT_VERSION
+from .api.limits import read_body
+from .api.load import decode_text
 from .describe import describe_pod, format_event_line, get_pods
-from .errors import ImageVolError, PodNotFoundError, ValidationError
+from .errors import (
+    DecodeError,
+    ImageVolError,
+    PodNotFoundError,
+    RequestEntityTooLargeError,
+    StorageTooLargeError,
+    ValidationError,
+)
 from .events import EventRecorder
 from .image_manager import PULL_POLICIES, Backoff, ImageManager
 from .node import DEFAULT_FEATURE_GATES, Node, NodeConfig, default_root
@@ -28,6 +41,26 @@ from .sources.registry import RegistryAccess
 from .view import ContainerView, ViewError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+
+class _CommandError(Exception):
+    """A failure the CLI has already worded completely (kubectl's wording where it has one)."""
+
+    def __init__(self, message: str, code: int = EXIT_FAIL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: must be 0 to 65535")
+    return port
 
 
 def _duration(text: str) -> float:
@@ -72,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the API server's mutating admission plugins, comma-separated: AlwaysPullImages (R3.12)",
     )
     p.add_argument("--platform", default=None, help="node platform os/arch[/variant] (default: the host's)")
+    p.add_argument(
+        "-n",
+        "--namespace",
+        default="default",
+        help="namespace of the Pod for describe, delete and exec (default: %(default)s)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     a = sub.add_parser("apply", help="admit and run the Pods (and Secrets) of a YAML file")
@@ -110,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("metrics", help="print the kubelet metrics (Prometheus text format)")
 
     sm = sub.add_parser("serve-metrics", help="serve /metrics on 127.0.0.1 (Prometheus text format)")
-    sm.add_argument("--port", type=int, default=10255)
+    sm.add_argument("--port", type=_port, default=10255)
 
     gc = sub.add_parser("gc", help="image garbage collection (never removes an image in use)")
     gc.add_argument("--high", type=int, default=85, help="start above this disk usage percent")
@@ -180,13 +219,36 @@ def _node(args: argparse.Namespace) -> Node:
     )
 
 
+def _open_input(path: str) -> BinaryIO:
+    """Open a file named on the command line, failing the way kubectl words it."""
+    try:
+        if os.path.isdir(path):
+            raise _CommandError(f"the path {goquote(path)} is a directory: give a YAML or JSON file")
+        return open(path, "rb")  # the caller closes it
+    except FileNotFoundError:
+        raise _CommandError(f"the path {goquote(path)} does not exist") from None
+    except OSError as exc:
+        raise _CommandError(f"open {path}: {strerror(exc)}") from None
+
+
+def _read_manifest(path: str) -> tuple[bytes, str]:
+    """A request body from ``-f``: a file or ``-`` (standard input), read up to the API server's
+    body limit and no further. Returns the bytes and the name kubectl would give the source."""
+    if path == "-":
+        return read_body(sys.stdin.buffer), "STDIN"
+    with _open_input(path) as f:
+        try:
+            return read_body(f), path
+        except OSError as exc:  # EISDIR from a directory that appeared meanwhile, EIO, ...
+            raise _CommandError(f"read {path}: {strerror(exc)}") from None
+
+
 def _cmd_apply(node: Node, args: argparse.Namespace, out: TextIO) -> int:
-    if args.filename == "-":
-        text = sys.stdin.read()
-    else:
-        with open(args.filename) as f:
-            text = f.read()
-    results = node.apply(text)
+    body, source = _read_manifest(args.filename)
+    try:
+        results = node.apply(body)
+    except DecodeError as exc:
+        raise _CommandError(f"error parsing {source}: {exc}") from None
     code = EXIT_OK
     for what, record in results:
         out.write(what + "\n")
@@ -210,7 +272,7 @@ def _cmd_apply(node: Node, args: argparse.Namespace, out: TextIO) -> int:
 
 def _cmd_exec(node: Node, args: argparse.Namespace, out: TextIO) -> int:
     argv = list(args.argv)
-    record = node.get_pod(args.pod)
+    record = node.get_pod(args.pod, args.namespace)
     name = args.container or record.pod.spec.containers[0].name
     try:
         state = record.state(name)
@@ -240,11 +302,14 @@ def _pull_keyring(node: Node, args: argparse.Namespace) -> Keyring:
     """``--creds`` for every registry host the reference may be pulled from (mirrors included),
     or the entries of ``--pull-secret``. Nothing else: no ~/.docker/config.json."""
     if args.pull_secret:
-        with open(args.pull_secret, "rb") as f:
-            data = f.read()
-        if data.lstrip().startswith(b"{"):
-            return Keyring.from_docker_config(data)
-        secrets = [d for d in load_documents(data.decode()) if isinstance(d, Secret)]
+        data, source = _read_manifest(args.pull_secret)
+        try:
+            if data.lstrip().startswith(b"{"):
+                list(load_all(decode_text(data)))  # the decoding bounds first (nesting, size)
+                return Keyring.from_docker_config(data)
+            secrets = [d for d in load_documents(data) if isinstance(d, Secret)]
+        except DecodeError as exc:
+            raise _CommandError(f"error parsing {source}: {exc}") from None
         if not secrets:
             raise ValueError(f"{args.pull_secret}: no Secret found")
         return Keyring.from_secrets(secrets)
@@ -309,6 +374,14 @@ def _cmd_sync(node: Node, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run one command; return its exit status. Every failure is one line on standard error
+    (kubectl's wording where it has one), never a traceback, an ``[Errno N]`` or a host path of
+    the node's root."""
+    for stream in (sys.stdout, sys.stderr):
+        # Text from Pod files may hold anything (a lone surrogate from a YAML escape): print it
+        # escaped rather than fail half-way through the output.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     out = out or sys.stdout
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -320,76 +393,124 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "exec":
         args.argv = command or [a for a in args.argv if a != "--"]
+    root = os.path.abspath(args.root or default_root())
     try:
-        if args.command == "fixtures":
-            from .testing.images import build_demo_layout, build_fixtures
-
-            if args.demo:
-                build_demo_layout(args.directory)
-            else:
-                for tag, desc in sorted(build_fixtures(args.directory).items()):
-                    out.write(f"{tag}\t{desc.digest}\n")
-            return EXIT_OK
-        node = _node(args)
-        if args.command == "apply":
-            return _cmd_apply(node, args, out)
-        if args.command == "get":
-            if args.kind == "images":
-                for rec in node.runtime.list_images():
-                    out.write(f"{rec.name}\t{rec.image_id}\t{rec.size}\n")
-                return EXIT_OK
-            out.write(get_pods(node.pods()))
-            return EXIT_OK
-        if args.command == "describe":
-            out.write(describe_pod(node.get_pod(args.name), node.now()))
-            return EXIT_OK
-        if args.command == "delete":
-            node.delete_pod(args.name)
-            out.write(f'pod "{args.name}" deleted\n')
-            return EXIT_OK
-        if args.command == "exec":
-            return _cmd_exec(node, args, out)
-        if args.command == "sync":
-            return _cmd_sync(node, args, out)
-        if args.command == "pull":
-            return _cmd_pull(node, args, out)
-        if args.command == "fsck":
-            return _cmd_fsck(node, args, out)
-        if args.command == "metrics":
-            out.write(node.metrics().exposition().decode())
-            return EXIT_OK
-        if args.command == "serve-metrics":
-            from .metrics import serve
-
-            serve(node.metrics, args.port, out)
-            return EXIT_OK
-        if args.command == "gc":
-            from .image_gc import ImageGC, filesystem_capacity
-
-            gc = ImageGC(node.runtime, clock=node.now)
-            capacity = args.capacity or filesystem_capacity(node.root)
-            result = gc.collect(capacity=capacity, high_percent=args.high, low_percent=args.low, force=args.all_unused)
-            out.write(result.describe())
-            return EXIT_OK
-        if args.command == "rmi":
-            record = node.runtime.remove_image(args.reference)
-            node.store.garbage_collect()
-            out.write(f"Deleted: {record.name}\n")
-            return EXIT_OK
+        return _run(args, out)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`imagevol get pods | head -1`): stop quietly, as Go tools do.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAIL
+    except _CommandError as exc:
+        return _fail(f"error: {exc}", root, exc.code)
     except ValidationError as exc:
-        sys.stderr.write(f"The {exc}\n")
-        return EXIT_FAIL
+        return _fail(f"The {exc}", root)
     except PodNotFoundError as exc:
-        sys.stderr.write(f"Error from server (NotFound): {exc}\n")
-        return EXIT_FAIL
+        return _fail(f"Error from server (NotFound): {exc}", root)
+    except RequestEntityTooLargeError as exc:
+        return _fail(f"Error from server (RequestEntityTooLarge): {exc}", root)
+    except StorageTooLargeError as exc:
+        return _fail(f"Error from server: {exc}", root)
     except mounts.RealExecError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return exc.exit_code
-    except (ImageVolError, ValueError, OSError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return EXIT_FAIL
-    parser.error(f"unknown command {args.command}")
-    return EXIT_USAGE
+        return _fail(f"error: {exc}", root, exc.exit_code)
+    except DecodeError as exc:
+        return _fail(f"error: error parsing input: {exc}", root)
+    except UnicodeDecodeError as exc:  # a configuration file (registries.conf, a docker config)
+        return _fail(f"error: a configuration file is not valid UTF-8 (byte {exc.start}: {exc.reason})", root)
+    except (ImageVolError, ValueError) as exc:
+        return _fail(f"error: {exc}", root)
+    except OSError as exc:
+        return _fail(f"error: {_os_error_message(exc, root)}", root)
+    except Exception as exc:  # the last line of defence: one line, no traceback
+        if os.environ.get("IMAGEVOL_TRACEBACK"):
+            raise
+        return _fail(f"error: internal error ({type(exc).__name__}): {exc}", root)
+
+
+def _fail(message: str, root: str, code: int = EXIT_FAIL) -> int:
+    """Print one error line. The node root's host path never appears in it (messages are written
+    not to contain it; this is the safety net for text that came from elsewhere)."""
+    if len(root) > 1:
+        message = message.replace(root, "<root>")
+    sys.stderr.write(message.replace("\n", " ").rstrip() + "\n")
+    return code
+
+
+def _os_error_message(exc: OSError, root: str) -> str:
+    """An OS error in Go's words (``open PATH: permission denied``), naming the file only when it
+    is not node state (a file named on the command line)."""
+    name = exc.filename if isinstance(exc.filename, str) else ""
+    inside = bool(name) and (os.path.abspath(name) + "/").startswith(root.rstrip("/") + "/")
+    if exc.errno == errno.EADDRINUSE:
+        return f"listen: {strerror(exc)}"
+    if inside or not name:
+        return f"node state (--root): {strerror(exc)}"
+    return f"{name}: {strerror(exc)}"
+
+
+def _run(args: argparse.Namespace, out: TextIO) -> int:
+    if args.command == "fixtures":
+        from .testing.images import build_demo_layout, build_fixtures
+
+        if args.demo:
+            build_demo_layout(args.directory)
+        else:
+            for tag, desc in sorted(build_fixtures(args.directory).items()):
+                out.write(f"{tag}\t{desc.digest}\n")
+        return EXIT_OK
+    node = _node(args)
+    if args.command == "apply":
+        return _cmd_apply(node, args, out)
+    if args.command == "get":
+        if args.kind == "images":
+            for rec in node.runtime.list_images():
+                out.write(f"{rec.name}\t{rec.image_id}\t{rec.size}\n")
+            return EXIT_OK
+        out.write(get_pods(node.pods()))
+        return EXIT_OK
+    if args.command == "describe":
+        out.write(describe_pod(node.get_pod(args.name, args.namespace), node.now()))
+        return EXIT_OK
+    if args.command == "delete":
+        node.delete_pod(args.name, args.namespace)
+        out.write(f"pod {goquote(args.name)} deleted\n")
+        return EXIT_OK
+    if args.command == "exec":
+        return _cmd_exec(node, args, out)
+    if args.command == "sync":
+        return _cmd_sync(node, args, out)
+    if args.command == "pull":
+        return _cmd_pull(node, args, out)
+    if args.command == "fsck":
+        return _cmd_fsck(node, args, out)
+    if args.command == "metrics":
+        out.write(node.metrics().exposition().decode())
+        return EXIT_OK
+    if args.command == "serve-metrics":
+        from .metrics import serve
+
+        try:
+            serve(node.metrics, args.port, out)
+        except OSError as exc:
+            # The kubelet's words for the same failure: `listen tcp 127.0.0.1:10255: bind: ...`.
+            raise _CommandError(f"listen tcp 127.0.0.1:{args.port}: bind: {strerror(exc)}") from None
+        return EXIT_OK
+    if args.command == "gc":
+        from .image_gc import ImageGC, filesystem_capacity
+
+        gc = ImageGC(node.runtime, clock=node.now)
+        capacity = args.capacity or filesystem_capacity(node.root)
+        result = gc.collect(capacity=capacity, high_percent=args.high, low_percent=args.low, force=args.all_unused)
+        out.write(result.describe())
+        return EXIT_OK
+    if args.command == "rmi":
+        record = node.runtime.remove_image(args.reference)
+        node.store.garbage_collect()
+        out.write(f"Deleted: {record.name}\n")
+        return EXIT_OK
+    raise _CommandError(f"unknown command {args.command}", EXIT_USAGE)
 
 
 if __name__ == "__main__":

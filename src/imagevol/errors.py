@@ -148,6 +148,39 @@ class PodNotFoundError(ImageVolError):
     """The node has no Pod of that name."""
 
 
+class DecodeError(ImageVolError):
+    """A manifest could not be decoded: YAML or JSON syntax, invalid UTF-8, nesting deeper than
+    the limit, excessive aliasing. The message is what kubectl prints after ``error parsing
+    FILE:`` (``error converting YAML to JSON: yaml: ...``, go-yaml's wording)."""
+
+    reason = "BadRequest"
+
+
+class RequestEntityTooLargeError(ImageVolError):
+    """The API server refused a request body over its limit (HTTP 413, ``MaxRequestBodyBytes``)."""
+
+    reason = "RequestEntityTooLarge"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Request entity too large: limit is {limit}")
+        self.limit = limit
+
+
+class StorageTooLargeError(ImageVolError):
+    """The object is too large for the API server's storage (etcd's request limit). The API server
+    passes etcd's error through unchanged, as an internal error without a reason."""
+
+    reason = ""
+
+    def __init__(self) -> None:
+        super().__init__("etcdserver: request is too large")
+
+
+class NodeStateError(ImageVolError):
+    """The node's state directory (``--root``) cannot be used: missing permissions, a read-only or
+    full filesystem, a corrupt state file. Messages never contain the directory's host path."""
+
+
 class ValidationError(ImageVolError):
     """The API server rejected an object. ``errors`` are the field errors in upstream wording."""
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import attrs
 
-from ._text import goquote
-from .errors import ImageVolError, InvalidReferenceError, RegistryUnavailableError
+from ._text import goquote, strerror
+from .errors import ImageVolError, InvalidReferenceError, PullError, RegistryUnavailableError
 from .events import NORMAL, WARNING, EventRecorder
 from .images import ImageRecord
 from .metrics import KubeletMetrics
@@ -151,10 +151,11 @@ class ImageManager:
         started = time.monotonic()
         try:
             result = self.runtime.pull_image(image, keyring)
-        except ImageVolError as exc:
-            log(WARNING, "Failed", f"Failed to pull image {goquote(requested)}: {exc}")
+        except (ImageVolError, OSError) as raised:
+            failure = raised if isinstance(raised, ImageVolError) else _local_pull_error(image, raised)
+            log(WARNING, "Failed", f"Failed to pull image {goquote(requested)}: {failure}")
             self.backoff.next(key, self.clock())
-            return self._pull_error(requested, exc)
+            return self._pull_error(requested, failure)
         waited = time.monotonic() - started
         rec = result.record
         self.metrics.observe_pull(result.duration, rec.size)
@@ -181,6 +182,12 @@ class ImageManager:
         if isinstance(exc, InvalidReferenceError):
             return EnsureResult(message=text, reason="InvalidImageName")
         return EnsureResult(message=text, reason="ErrImagePull")
+
+
+def _local_pull_error(image: str, exc: OSError) -> PullError:
+    """A pull that failed on this node (disk full, read-only or unreadable store), worded as
+    containerd words it but without the host path it would print: Pod authors read this."""
+    return PullError(f"failed to pull and unpack image {goquote(image)}: {strerror(exc)}")
 
 
 def _go_duration(seconds: float) -> str:

@@ -18,14 +18,14 @@ from typing import Any
 
 import attrs
 
-from ._text import goquote
+from ._text import goquote, strerror
 from .api.dump import pod_to_dict
 from .api.features import FeatureGates
 from .api.load import pod_from_dict
 from .api.models import Container, Pod
 from .cri import PROPAGATION, ContainerConfig, ImageSpec, Mount
 from .envvars import container_env, effective_sub_path
-from .errors import CreateContainerConfigError, ImageVolError, ImageVolumeMountFailedError
+from .errors import CreateContainerConfigError, CreateContainerError, ImageVolError, ImageVolumeMountFailedError
 from .events import NORMAL, WARNING, Event, EventRecorder, container_field_path
 from .image_manager import ImageManager
 from .metrics import KubeletMetrics
@@ -269,10 +269,12 @@ class Kubelet:
             error = exc
             recorder.record(WARNING, "Failed", f"Error: {exc}", field)
             _wait(state, "CreateContainerConfigError", str(exc))
-        except ImageVolError as exc:
-            error = exc
-            recorder.record(WARNING, "Failed", f"Error: {exc}", field)
-            _wait(state, "CreateContainerError", str(exc))
+        except (ImageVolError, OSError) as raised:
+            # A local failure of the runtime (disk full while building a tree, a read-only store)
+            # is reported like any CreateContainerError, without the host path Python attaches.
+            error = raised if isinstance(raised, ImageVolError) else _local_create_error(container.name, raised)
+            recorder.record(WARNING, "Failed", f"Error: {error}", field)
+            _wait(state, "CreateContainerError", str(error))
         else:
             recorder.record(NORMAL, "Created", f"Created container: {container.name}", field)
             recorder.record(NORMAL, "Started", f"Started container {container.name}", field)
@@ -322,6 +324,10 @@ class _KubeletGateOffError(ImageVolError):
         else:
             msg = f"failed to generate spec: host path is not set for mount {goquote(container_path)}"
         super().__init__(msg)
+
+
+def _local_create_error(name: str, exc: OSError) -> CreateContainerError:
+    return CreateContainerError(f"failed to create container {goquote(name)}: {strerror(exc)}")
 
 
 def _wait(state: ContainerState, reason: str, message: str) -> None:

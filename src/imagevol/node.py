@@ -4,21 +4,28 @@
 ROOT/content/     OCI image layout (the content store)
 ROOT/snapshots/   read-only trees by layer chain (images) or manifest digest (artifacts)
 ROOT/runtime/     container records of the runtime
-ROOT/pods/        one JSON record per Pod (spec, container states, events)
-ROOT/secrets/     Secrets applied to the node (pull secrets)
+ROOT/pods/        one JSON record per Pod (spec, container states, events): <digest>.json
+ROOT/secrets/     Secrets applied to the node (pull secrets): <digest>.json
 ROOT/node.json    clock offset, pull backoff
 ROOT/metrics.json kubelet metric values
 ```
 
 Separate processes (CLI invocations) share one node: every mutation of Pod state happens under the
 node lock, and everything is written by rename.
+
+A Pod's or Secret's state file is named by the SHA-256 of ``<namespace>/<name>`` (64 hex digits),
+never by the name itself: a name reaches the filesystem only as data inside the file, so no name
+(253 characters, dots, anything a lookup is asked for) can make a path too long or point anywhere
+else. Roots written by earlier versions (``<namespace>_<name>.json``) are migrated on start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,9 +34,12 @@ from typing import Any
 import attrs
 
 from . import subpath as sp
-from .api import FeatureGates, Pod, Secret, admit, load_documents
+from ._text import goquote, strerror
+from .api import FeatureGates, Pod, Secret, admit, load_documents, validate_secret
+from .api.dump import pod_to_dict
 from .api.features import DEFAULT_VERSION
-from .errors import PodNotFoundError, ValidationError
+from .api.limits import check_stored_size
+from .errors import ImageVolError, NodeStateError, PodNotFoundError, ValidationError
 from .events import WARNING, EventRecorder
 from .image_manager import Backoff, ImageManager
 from .kubelet import Kubelet, PodRecord
@@ -42,6 +52,9 @@ from .snapshots import Snapshots
 from .sources.auth import Keyring
 from .sources.mirrors import RegistriesConfig
 from .store import DEFAULT_MAX_BLOB_SIZE, ContentStore
+
+#: A state file's name: the SHA-256 of ``<namespace>/<name>``.
+_STATE_FILE = re.compile(r"[0-9a-f]{64}\.json")
 
 #: The CLI's default gates: a 1.33 node with image volumes enabled, as in the 1.33 announcement
 #: (upstream's 1.33 default is off, R0.1; pass ``--feature-gates ImageVolume=false`` to see R2.8).
@@ -86,9 +99,13 @@ class Node:
     def __init__(self, config: NodeConfig | None = None) -> None:
         self.config = config or NodeConfig()
         self.root = os.path.abspath(self.config.root)
-        for sub in ("pods", "secrets", "runtime"):
-            os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
-        self.locks = NamedLocks(os.path.join(self.root, "locks"))
+        try:
+            for sub in ("pods", "secrets", "runtime"):
+                os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
+            self.locks = NamedLocks(os.path.join(self.root, "locks"))
+        except OSError as exc:
+            raise NodeStateError(f"cannot use the node state directory (--root): {strerror(exc)}") from None
+        self._migrate_legacy_state()
         self.gates = FeatureGates.for_version(self.config.k8s_version, self.config.feature_gates)
         kubelet_spec = self.config.kubelet_feature_gates
         self.kubelet_gates = (
@@ -116,19 +133,31 @@ class Node:
     # --- clock and persistent node state ----------------------------------------------------------
 
     def _read_json(self, name: str) -> dict[str, Any]:
+        """A state file (relative to the root), ``{}`` if there is none. Raises
+        :class:`NodeStateError`, naming the file relative to the root, if it cannot be read."""
         try:
-            with open(os.path.join(self.root, name)) as f:
-                obj = json.load(f)
+            with open(os.path.join(self.root, name), "rb") as f:
+                obj = json.loads(f.read())
         except FileNotFoundError:
             return {}
+        except OSError as exc:
+            raise NodeStateError(f"cannot read node state {name}: {strerror(exc)}") from None
+        except (ValueError, RecursionError):
+            raise NodeStateError(f"node state {name} is corrupt (not JSON)") from None
         return obj if isinstance(obj, dict) else {}
 
     def _write_json(self, name: str, obj: Any) -> None:
         path = os.path.join(self.root, name)
         tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-        os.rename(tmp, path)
+        try:
+            with open(tmp, "w") as f:
+                json.dump(obj, f, indent=1, sort_keys=True)
+            os.rename(tmp, path)
+        except BaseException:
+            # A full or read-only filesystem leaves no half-written temporary file behind.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def now(self) -> float:
         """The node's clock: the injected one, else wall time plus the offset ``advance`` adds."""
@@ -175,17 +204,58 @@ class Node:
 
     # --- secrets ------------------------------------------------------------------------------
 
+    @staticmethod
+    def _state_name(kind: str, namespace: str, name: str) -> str:
+        """``pods/<hex>.json`` or ``secrets/<hex>.json``: a fixed-length name whatever the object's."""
+        digest = hashlib.sha256(f"{namespace}/{name}".encode("utf-8", "surrogatepass")).hexdigest()
+        return os.path.join(kind, f"{digest}.json")
+
+    def _migrate_legacy_state(self) -> None:
+        """Rename state files of earlier versions (``<namespace>_<name>.json``) to their digest
+        names, once, under the node lock. A file that cannot be read is left where it is (and is
+        not listed: only digest names are)."""
+        for kind in ("pods", "secrets"):
+            directory = os.path.join(self.root, kind)
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                continue  # unreadable: reported by whatever needs the directory
+            if all(_STATE_FILE.fullmatch(f) or not f.endswith(".json") for f in names):
+                continue
+            with self.locks.hold("node"):
+                for fname in os.listdir(directory):
+                    if _STATE_FILE.fullmatch(fname) or not fname.endswith(".json"):
+                        continue
+                    old = os.path.join(kind, fname)
+                    try:
+                        obj = self._read_json(old)
+                        meta = obj["pod"]["metadata"] if kind == "pods" else obj
+                        namespace, name = meta.get("namespace") or "default", meta["name"]
+                    except (NodeStateError, KeyError, TypeError, AttributeError):
+                        continue
+                    if not isinstance(namespace, str) or not isinstance(name, str):
+                        continue
+                    # Write the new name first: a crash in between leaves both, and the next start
+                    # rewrites the same content again before removing the old one.
+                    self._write_json(self._state_name(kind, namespace, name), obj)
+                    os.unlink(os.path.join(self.root, old))
+
     def put_secret(self, secret: Secret) -> None:
+        """Store a Secret (the API server's validation and size limit first)."""
         import base64
 
         ns = secret.metadata.namespace or "default"
+        secret = attrs.evolve(secret, metadata=attrs.evolve(secret.metadata, namespace=ns))
+        validate_secret(secret, self.gates.minor)
         obj = {
             "name": secret.metadata.name,
             "namespace": ns,
             "type": secret.type,
             "data": {k: base64.b64encode(v).decode() for k, v in secret.data.items()},
         }
-        self._write_json(os.path.join("secrets", f"{ns}_{secret.metadata.name}.json"), obj)
+        check_stored_size(obj)
+        with self.locks.hold("node"):
+            self._write_json(self._state_name("secrets", ns, secret.metadata.name), obj)
 
     def keyring_for(self, pod: Pod, recorder: EventRecorder | None = None) -> Keyring:
         """The Pod's pull secrets as a keyring, then the node's own credentials (R3.4)."""
@@ -196,8 +266,8 @@ class Node:
         found: list[Secret] = []
         missing: list[str] = []
         for name in pod.spec.image_pull_secrets:
-            obj = self._read_json(os.path.join("secrets", f"{pod.namespace}_{name}.json"))
-            if not obj:
+            obj = self._read_json(self._state_name("secrets", pod.namespace, name))
+            if obj.get("name") != name or obj.get("namespace") != pod.namespace:
                 missing.append(name)
                 continue
             data = {k: base64.b64decode(v) for k, v in obj.get("data", {}).items()}
@@ -213,34 +283,46 @@ class Node:
 
     # --- pods ---------------------------------------------------------------------------------
 
-    def _pod_path(self, namespace: str, name: str) -> str:
-        return os.path.join(self.root, "pods", f"{namespace}_{name}.json")
-
     def _save(self, record: PodRecord) -> None:
-        self._write_json(
-            os.path.relpath(self._pod_path(record.pod.namespace, record.pod.name), self.root),
-            record.to_json(),
-        )
+        self._write_json(self._state_name("pods", record.pod.namespace, record.pod.name), record.to_json())
+
+    def _load_record(self, fname: str) -> PodRecord | None:
+        """The record in ``fname``; None if there is no such file (deleted meanwhile)."""
+        obj = self._read_json(fname)
+        if not obj:
+            return None
+        try:
+            return PodRecord.from_json(obj)
+        except (ImageVolError, KeyError, TypeError, ValueError, AttributeError):
+            raise NodeStateError(f"node state {fname} is corrupt (not a Pod record)") from None
 
     def get_pod(self, name: str, namespace: str = "default") -> PodRecord:
-        try:
-            with open(self._pod_path(namespace, name)) as f:
-                return PodRecord.from_json(json.load(f))
-        except FileNotFoundError:
-            raise PodNotFoundError(f'pods "{name}" not found') from None
+        record = self._load_record(self._state_name("pods", namespace, name))
+        # The file holds the names it stands for: a digest is only a file name, never the identity.
+        if record is None or (record.pod.namespace, record.pod.name) != (namespace, name):
+            raise PodNotFoundError(f"pods {goquote(name)} not found")
+        return record
 
     def pods(self) -> list[PodRecord]:
-        out = []
-        for fname in sorted(os.listdir(os.path.join(self.root, "pods"))):
-            if fname.endswith(".json"):
-                with open(os.path.join(self.root, "pods", fname)) as f:
-                    out.append(PodRecord.from_json(json.load(f)))
-        return out
+        """Every Pod on the node, ordered by namespace and name as ``<namespace>_<name>`` sorts
+        (the order of the state files of earlier versions)."""
+        directory = os.path.join(self.root, "pods")
+        try:
+            names = os.listdir(directory)
+        except OSError as exc:
+            raise NodeStateError(f"cannot list node state pods/: {strerror(exc)}") from None
+        records = [self._load_record(os.path.join("pods", f)) for f in names if _STATE_FILE.fullmatch(f)]
+        return sorted((r for r in records if r is not None), key=lambda r: f"{r.pod.namespace}_{r.pod.name}")
 
-    def apply(self, text: str) -> list[tuple[str, PodRecord | None]]:
-        """Apply a YAML text of Pods and Secrets: Secrets are stored, Pods admitted (API server)
-        and synced once (kubelet). Returns (what happened, record) per object."""
+    def apply(self, text: str | bytes) -> list[tuple[str, PodRecord | None]]:
+        """Apply a YAML or JSON request body of Pods and Secrets (bounded as the API server bounds
+        it, ``api.load_documents``): Secrets are stored, Pods admitted (API server) and synced
+        once (kubelet). Returns (what happened, record) per object."""
         docs = list(load_documents(text))
+        for doc in docs:
+            if not doc.metadata.name and doc.metadata.generate_name:
+                # kubectl apply needs a name to reconcile; it refuses before sending anything.
+                raise ImageVolError(f"from {doc.metadata.generate_name}: cannot use generate name with apply")
         out: list[tuple[str, PodRecord | None]] = []
         for doc in docs:
             if isinstance(doc, Secret):
@@ -254,6 +336,8 @@ class Node:
     def create_pod(self, pod: Pod) -> tuple[str, PodRecord]:
         ns = pod.metadata.namespace or "default"
         with contextlib.suppress(PodNotFoundError):
+            if not pod.metadata.name:
+                raise PodNotFoundError("")  # generateName: always a new Pod
             existing = self.get_pod(pod.metadata.name, ns)
             if _same_spec(existing.pod, pod):
                 return f"pod/{pod.metadata.name} unchanged", self.sync_pod(pod.metadata.name, ns)
@@ -266,12 +350,13 @@ class Node:
                 ],
             )
         admitted = admit(pod, self.gates, admission_plugins=self.config.admission_plugins)
+        check_stored_size(pod_to_dict(admitted))  # before anything is pulled, stored or run
         with self._session() as kubelet:
             record = PodRecord.new(admitted, self.now())
             keyring = self.keyring_for(admitted, EventRecorder(record.events, clock=self.now))
             kubelet.sync_pod(record, keyring)
             self._save(record)
-        return f"pod/{pod.metadata.name} created", record
+        return f"pod/{admitted.metadata.name} created", record
 
     def sync_pod(self, name: str, namespace: str = "default") -> PodRecord:
         with self._session() as kubelet:
@@ -291,13 +376,11 @@ class Node:
             for state in record.containers:
                 if state.container_id:
                     self.runtime.remove_container(state.container_id)
-            os.unlink(self._pod_path(namespace, name))
+            os.unlink(os.path.join(self.root, self._state_name("pods", namespace, name)))
             return record
 
 
 def _same_spec(a: Pod, b: Pod) -> bool:
-    from .api.dump import pod_to_dict
-
     da, db = pod_to_dict(a)["spec"], pod_to_dict(b)["spec"]
     return bool(da == db) or _defaults_only(da, db)
 

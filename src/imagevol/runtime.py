@@ -223,9 +223,14 @@ class Runtime:
 
     def _save(self, record: ContainerRecord) -> None:
         tmp = os.path.join(self._containers, f".{record.id}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(record.to_json(), f)
-        os.rename(tmp, self._path(record.id))
+        try:
+            with open(tmp, "w") as f:
+                json.dump(record.to_json(), f)
+            os.rename(tmp, self._path(record.id))
+        except BaseException:
+            with contextlib.suppress(OSError):  # a full disk leaves no half-written record
+                os.unlink(tmp)
+            raise
 
     # --- image volumes ------------------------------------------------------------------------
 

@@ -136,12 +136,16 @@ def is_whole_volume(sub_path: str) -> bool:
 
 @attrs.frozen(slots=True)
 class Resolved:
-    """An open ``O_PATH`` handle on the resolved entry. The caller owns ``fd`` and closes it."""
+    """An open ``O_PATH`` handle on the resolved entry. The caller owns ``fd`` and closes it.
+    ``path`` and ``policy`` are what was resolved (used only to recover the real path when the
+    kernel cannot print it, see :meth:`relative_path`)."""
 
     fd: int
     is_dir: bool
     dev: int
     ino: int
+    path: str = "."
+    policy: Policy = Policy.BENEATH
 
     @property
     def proc_path(self) -> str:
@@ -150,8 +154,29 @@ class Resolved:
 
     def relative_path(self, root_fd: int) -> str:
         """The entry's real path below ``root_fd`` (``.`` for the root), free of symlinks; for
-        display and for :func:`reopen_beneath`. Raises ``escape`` if it is not below the root."""
-        return relative_path(root_fd, self.fd)
+        display and for :func:`reopen_beneath`. Raises ``escape`` if it is not below the root.
+
+        The kernel prints a handle's path from ``/`` and gives up at PATH_MAX: a legal sub path
+        under a tree that itself lies deep on the host gets ``ENAMETOOLONG`` there. Then the path
+        is recovered by walking the same path again in userspace, remembering the names of the
+        entries it opens, and accepted only if that walk ends on this very inode; a real path of
+        PATH_MAX or more (it could not be re-opened anyway) is ``toolong``."""
+        try:
+            return relative_path(root_fd, self.fd)
+        except SubPathError as exc:
+            if exc.errno_name != "ENAMETOOLONG":
+                raise
+        fd, names = _resolve_user(root_fd, self.path, self.policy, self.path)
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if (st.st_dev, st.st_ino) != (self.dev, self.ino):
+            raise SubPathError("escape", "the resolved entry was moved while its path was read back", "EXDEV")
+        real = "/".join(names) or "."
+        if len(os.fsencode(real)) >= PATH_MAX:
+            raise _error("toolong", real[:64] + "...")
+        return real
 
     def close(self) -> None:
         os.close(self.fd)
@@ -159,9 +184,14 @@ class Resolved:
 
 def relative_path(root_fd: int, fd: int) -> str:
     """Where ``fd`` is now, relative to ``root_fd``, read back from the kernel and checked to lie
-    under it (libpathrs ``check_current``). Only ever used for display and containment checks."""
-    root = os.readlink(f"/proc/self/fd/{root_fd}")
-    here = os.readlink(f"/proc/self/fd/{fd}")
+    under it (libpathrs ``check_current``). Only ever used for display and containment checks.
+    Raises ``SubPathError``: ``escape`` when it is not below the root, ``toolong`` (errno name
+    ``ENAMETOOLONG``) when the kernel cannot print a path of PATH_MAX bytes or more."""
+    try:
+        root = os.readlink(f"/proc/self/fd/{root_fd}")
+        here = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as exc:
+        raise _os_error(exc, "resolved handle") from None
     if here == root:
         return "."
     prefix = root.rstrip("/") + "/"
@@ -211,14 +241,14 @@ def lookup(
     fd = (
         _resolve_kernel(root_fd, path, policy, shown)
         if backend is Backend.KERNEL
-        else _resolve_user(root_fd, path, policy, shown)
+        else _resolve_user(root_fd, path, policy, shown)[0]
     )
     try:
         st = os.fstat(fd)
     except BaseException:
         os.close(fd)
         raise
-    return Resolved(fd, stat.S_ISDIR(st.st_mode), st.st_dev, st.st_ino)
+    return Resolved(fd, stat.S_ISDIR(st.st_mode), st.st_dev, st.st_ino, path, policy)
 
 
 def _resolve_kernel(root_fd: int, path: str, policy: Policy, shown: str) -> int:
@@ -271,8 +301,51 @@ def _is_magic(link_fd: int, target: str) -> bool:
     return _openat2.fs_type(link_fd) == _openat2.PROC_SUPER_MAGIC
 
 
-def _resolve_user(root_fd: int, path: str, policy: Policy, shown: str) -> int:
-    """Walk one component at a time.
+#: Bounded ascent of :func:`_is_below`: more ``..`` steps than a PATH_MAX-long path can have.
+_MAX_ASCENT = PATH_MAX
+
+
+def _is_below(root_fd: int, dir_fd: int) -> bool:
+    """Whether the directory ``dir_fd`` is ``root_fd`` or lies below it right now, found by
+    climbing ``..`` from it (the kernel's ``path_is_under``). Used when ``/proc/self/fd`` cannot
+    print the path (PATH_MAX); the climb uses names only as ``..``, so its length does not matter."""
+    root = os.fstat(root_fd)
+    fd = os.open(".", _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        for _ in range(_MAX_ASCENT):
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) == (root.st_dev, root.st_ino):
+                return True
+            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            up = os.fstat(fd)
+            if (up.st_dev, up.st_ino) == (st.st_dev, st.st_ino):
+                return False  # "/" is its own parent: the climb passed no root
+        return False
+    except OSError:
+        return False  # a directory removed meanwhile has no ".." to climb: not below anything
+    finally:
+        os.close(fd)
+
+
+def _check_below(root_fd: int, final: int, parent: int) -> None:
+    """The userspace walk's final containment check (see :func:`_resolve_user`)."""
+    try:
+        relative_path(root_fd, final)
+    except SubPathError as exc:
+        if exc.errno_name != "ENAMETOOLONG":
+            raise
+        # Too deep to print: climb from the entry itself if it is a directory, else from the
+        # directory it was opened in (a non-directory has no "..").
+        here = final if stat.S_ISDIR(os.fstat(final).st_mode) else parent
+        if not _is_below(root_fd, here):
+            raise SubPathError("escape", "resolved handle is outside the volume root", "EXDEV") from None
+
+
+def _resolve_user(root_fd: int, path: str, policy: Policy, shown: str) -> tuple[int, list[str]]:
+    """Walk one component at a time; return the handle and the names of the entries opened on
+    the way (its real path below the root).
 
     Invariant: every fd on ``stack`` is an ``O_PATH`` handle on a directory reached from ``root_fd``
     by name lookups that never followed a link, so ``..`` is a pop (never a filesystem ``..``
@@ -282,6 +355,7 @@ def _resolve_user(root_fd: int, path: str, policy: Policy, shown: str) -> int:
     invariant on names cannot stop, a directory on the stack being renamed out of the tree while
     we walk below it, is caught by the final containment check."""
     stack = [os.open(".", _DIR_FLAGS, dir_fd=root_fd)]
+    names: list[str] = []  # names[i] is the entry stack[i + 1] (or the final non-directory) was opened as
     pending: deque[str] = deque()
     follows = 0
     result: int | None = None
@@ -292,6 +366,7 @@ def _resolve_user(root_fd: int, path: str, policy: Policy, shown: str) -> int:
                 raise _error("escape", shown)
             while len(stack) > 1:  # IN_ROOT: an absolute target restarts at the root
                 os.close(stack.pop())
+            names.clear()
         pending.extendleft(reversed(target.split("/")))
 
     try:
@@ -309,6 +384,7 @@ def _resolve_user(root_fd: int, path: str, policy: Policy, shown: str) -> int:
                         raise _error("escape", shown)
                     continue  # IN_ROOT: `..` at the root stays at the root
                 os.close(stack.pop())
+                names.pop()
                 continue
             try:
                 fd = _open_component(stack[-1], name)
@@ -335,14 +411,16 @@ def _resolve_user(root_fd: int, path: str, policy: Policy, shown: str) -> int:
                 splice(target)
             elif stat.S_ISDIR(st.st_mode):
                 stack.append(fd)
+                names.append(name)
             else:
                 result = fd
+                names.append(name)
         final = result if result is not None else os.dup(stack[-1])
         result = final
         # Equivalent of the kernel's last check in complete_walk(): whatever happened to the
         # directories meanwhile, the handle we return lies below the root right now.
-        relative_path(root_fd, final)
-        return final
+        _check_below(root_fd, final, stack[-1])
+        return final, names
     except BaseException:
         if result is not None:
             os.close(result)

@@ -22,7 +22,7 @@ from .models import (
     Volume,
     VolumeMount,
 )
-from .validation import validate_pod
+from .validation import generate_name, validate_pod, validate_secret
 
 __all__ = [
     "ADMISSION_PLUGINS",
@@ -44,10 +44,12 @@ __all__ = [
     "default_pod",
     "default_pull_policy",
     "drop_disabled_fields",
+    "generate_name",
     "load_documents",
     "pod_from_dict",
     "secret_from_dict",
     "validate_pod",
+    "validate_secret",
 ]
 
 
@@ -55,12 +57,15 @@ ADMISSION_PLUGINS = ("AlwaysPullImages",)
 
 
 def admit(pod: Pod, gates: FeatureGates, old: Pod | None = None, admission_plugins: Sequence[str] = ()) -> Pod:
-    """What the API server does to a Pod on create: default (decode time), drop disabled fields
-    (R2.8), run the enabled mutating admission plugins, validate. Returns the stored object or
-    raises ``ValidationError``."""
+    """What the API server does to a Pod on create: generate a name from ``generateName``, default
+    (decode time), drop disabled fields (R2.8), run the enabled mutating admission plugins,
+    validate. Returns the stored object or raises ``ValidationError``."""
     unknown = sorted(set(admission_plugins) - set(ADMISSION_PLUGINS))
     if unknown:
         raise ValueError(f"unknown admission plugin(s): {', '.join(unknown)} (known: {', '.join(ADMISSION_PLUGINS)})")
+    if not pod.metadata.name and pod.metadata.generate_name:
+        # rest.BeforeCreate: the name is generated before validation, which then checks it.
+        pod = attrs.evolve(pod, metadata=attrs.evolve(pod.metadata, name=generate_name(pod.metadata.generate_name)))
     pod = default_pod(pod, gates)
     pod = drop_disabled_fields(pod, gates, old)
     if "AlwaysPullImages" in admission_plugins:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import yaml
-
-from ..errors import ValidationError
+from ..errors import DecodeError, ValidationError
+from .bounded_yaml import load_all
+from .limits import MAX_REQUEST_BODY_BYTES, check_body_size
 from .models import (
     Container,
     EnvVar,
@@ -130,7 +131,7 @@ class _Decoder:
                 api_version=self.string(fr.get("apiVersion"), "") or "v1",
             )
         elif source:
-            unsupported = sorted(source)[0]
+            unsupported = sorted(map(str, source))[0]
         return EnvVar(name, self.string(e.get("value"), f"{path}.value"), field_ref, unsupported)
 
     def container(self, value: object, path: str) -> Container:
@@ -174,17 +175,23 @@ class _Decoder:
         )
 
 
+def _name_of(doc: Mapping[str, Any]) -> str:
+    """``metadata.name`` for messages, if it is a string (never ``str()`` of an arbitrary value:
+    a value nested 10,000 levels deep has no printable form)."""
+    meta = doc.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) else ""
+
+
 def pod_from_dict(doc: Mapping[str, Any]) -> Pod:
     """Decode a Pod. Raises ``ValidationError`` for wrong field types."""
-    name = str(doc.get("metadata", {}).get("name", "")) if isinstance(doc.get("metadata"), dict) else ""
-    d = _Decoder("Pod", name)
+    d = _Decoder("Pod", _name_of(doc))
     return Pod(d.meta(doc.get("metadata")), d.pod_spec(doc.get("spec")))
 
 
 def secret_from_dict(doc: Mapping[str, Any]) -> Secret:
     meta = doc.get("metadata")
-    name = str(meta.get("name", "")) if isinstance(meta, dict) else ""
-    d = _Decoder("Secret", name)
+    d = _Decoder("Secret", _name_of(doc))
     data: dict[str, bytes] = {}
     for key, value in d.obj(doc.get("data"), "data").items():
         try:
@@ -196,12 +203,41 @@ def secret_from_dict(doc: Mapping[str, Any]) -> Secret:
     return Secret(d.meta(meta), d.string(doc.get("type"), "type") or "Opaque", data)
 
 
-def load_documents(text: str) -> Iterator[Pod | Secret]:
-    """Decode every Pod and Secret in a (multi-document) YAML or JSON text, in order."""
+def decode_text(body: str | bytes) -> str:
+    """The text of a request body: UTF-8 (a byte-order mark is dropped; UTF-16 with a byte-order
+    mark is read as go-yaml reads it). Invalid UTF-8 is a :class:`DecodeError` in go-yaml's words."""
+    if isinstance(body, str):
+        return body
+    if body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return body.decode("utf-16")
+        except UnicodeDecodeError:
+            raise DecodeError("error converting YAML to JSON: yaml: invalid UTF-16 sequence") from None
     try:
-        docs = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as exc:
-        raise ValidationError("Object", "", [f"error parsing YAML: {exc}"]) from None
+        return body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data":
+            problem = "incomplete UTF-8 octet sequence"
+        elif exc.reason == "invalid continuation byte":
+            problem = "invalid trailing UTF-8 octet"
+        else:
+            problem = "invalid leading UTF-8 octet"
+        raise DecodeError(f"error converting YAML to JSON: yaml: {problem}") from None
+
+
+def load_documents(body: str | bytes) -> Iterator[Pod | Secret]:
+    """Decode every Pod and Secret of a (multi-document) YAML or JSON request body, in order.
+
+    The body is bounded as the API server bounds it (``api.limits``, ``api.bounded_yaml``): over
+    3 MiB, or a document whose JSON encoding would be, is :class:`RequestEntityTooLargeError`;
+    syntax errors, invalid UTF-8, nesting beyond 10,000 levels and excessive aliasing are
+    :class:`DecodeError`. Every document is decoded before the first is returned."""
+    if isinstance(body, str):
+        # A character is at least one byte: only encode when the length alone does not decide.
+        check_body_size(len(body) if len(body) > MAX_REQUEST_BODY_BYTES else len(body.encode("utf-8", "replace")))
+    else:
+        check_body_size(len(body))
+    docs = list(load_all(decode_text(body)))
     for doc in docs:
         if doc is None:
             continue
@@ -210,9 +246,17 @@ def load_documents(text: str) -> Iterator[Pod | Secret]:
         kind = doc.get("kind")
         api_version = doc.get("apiVersion")
         if api_version != "v1" or kind not in ("Pod", "Secret"):
+            shown_kind, shown_version = _shown(kind), _shown(api_version)
             raise ValidationError(
-                str(kind or "Object"),
+                shown_kind if isinstance(kind, str) and kind else "Object",
                 "",
-                [f"unsupported object {api_version}/{kind}: only v1 Pod and Secret"],
+                [f"unsupported object {shown_version}/{shown_kind}: only v1 Pod and Secret"],
             )
         yield pod_from_dict(doc) if kind == "Pod" else secret_from_dict(doc)
+
+
+def _shown(value: object) -> str:
+    """A field value for a message: a string cut to 63 characters, else its kind."""
+    if isinstance(value, str):
+        return value if len(value) <= 63 else value[:60] + "..."
+    return "<none>" if value is None else f"<{type(value).__name__}>"

@@ -4,25 +4,183 @@ R2.7). Messages are formatted like ``field.Error.Error()`` in k8s.io/apimachiner
 
 from __future__ import annotations
 
+import json
 import re
+import secrets
 from collections.abc import Iterable
 
 from .._text import goquote
 from ..errors import ValidationError
 from .features import FeatureGates
+from .limits import (
+    DNS1123_LABEL_MAX_LENGTH,
+    DNS1123_SUBDOMAIN_MAX_LENGTH,
+    MAX_SECRET_SIZE,
+    TOTAL_ANNOTATION_SIZE_LIMIT,
+)
 from .models import (
     MOUNT_PROPAGATIONS,
     PULL_POLICIES,
     RECURSIVE_READ_ONLY,
     Container,
+    ObjectMeta,
     Pod,
+    Secret,
     Volume,
     VolumeMount,
 )
 
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS1123_LABEL_FMT = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_SUBDOMAIN_FMT = _DNS1123_LABEL_FMT + "(\\." + _DNS1123_LABEL_FMT + ")*"
+_DNS1123_LABEL = re.compile(f"^{_DNS1123_LABEL_FMT}$")
+_DNS1123_SUBDOMAIN = re.compile(f"^{_DNS1123_SUBDOMAIN_FMT}$")
+_QUALIFIED_NAME_FMT = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
+_QUALIFIED_NAME = re.compile(f"^{_QUALIFIED_NAME_FMT}$")
+_LABEL_VALUE_FMT = f"({_QUALIFIED_NAME_FMT})?"
+_LABEL_VALUE = re.compile(f"^{_LABEL_VALUE_FMT}$")
+_CONFIG_KEY_FMT = "[-._a-zA-Z0-9]+"
+_CONFIG_KEY = re.compile(f"^{_CONFIG_KEY_FMT}$")
+_QUALIFIED_NAME_MSG = (
+    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+)
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+#: ``generateName`` plus five random characters (``names.SimpleNameGenerator``).
+_GENERATED_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_MAX_GENERATED_NAME_PREFIX = 63 - 5
+
+
+# --- apimachinery's string checks (k8s.io/apimachinery/pkg/util/validation), same wording ----------
+# Go measures strings in bytes, and so do these. `\Z`-free `fullmatch` semantics: `$` would accept a
+# trailing newline, which Go's regexp does not.
+
+
+def _nbytes(value: str) -> int:
+    return len(value.encode("utf-8", "surrogatepass"))
+
+
+def max_len_error(length: int) -> str:
+    return f"must be no more than {length} characters"
+
+
+def regex_error(msg: str, fmt: str, *examples: str) -> str:
+    """``RegexError``: the examples each followed by ``', '`` and joined by ``' or '`` (hence the
+    double space upstream prints)."""
+    if not examples:
+        return f"{msg} (regex used for validation is '{fmt}')"
+    listed = " or ".join(f"'{e}', " for e in examples)
+    return f"{msg} (e.g. {listed}regex used for validation is '{fmt}')"
+
+
+def is_dns1123_label(value: str) -> list[str]:
+    errs = []
+    if _nbytes(value) > DNS1123_LABEL_MAX_LENGTH:
+        errs.append(max_len_error(DNS1123_LABEL_MAX_LENGTH))
+    if not _DNS1123_LABEL.fullmatch(value):
+        if _DNS1123_SUBDOMAIN.fullmatch(value):
+            errs.append("must not contain dots")  # a subdomain of the right length: the dots are wrong
+        else:
+            errs.append(
+                regex_error(
+                    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must "
+                    "start and end with an alphanumeric character",
+                    _DNS1123_LABEL_FMT,
+                    "my-name",
+                    "123-abc",
+                )
+            )
+    return errs
+
+
+def is_dns1123_subdomain(value: str) -> list[str]:
+    errs = []
+    if _nbytes(value) > DNS1123_SUBDOMAIN_MAX_LENGTH:
+        errs.append(max_len_error(DNS1123_SUBDOMAIN_MAX_LENGTH))
+    if not _DNS1123_SUBDOMAIN.fullmatch(value):
+        errs.append(
+            regex_error(
+                "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and "
+                "must start and end with an alphanumeric character",
+                _DNS1123_SUBDOMAIN_FMT,
+                "example.com",
+            )
+        )
+    return errs
+
+
+def _mask_trailing_dash(name: str) -> str:
+    """``maskTrailingDash``: a ``generateName`` may end in ``-`` (characters are appended)."""
+    return name[:-2] + "a" if len(name) > 1 and name.endswith("-") else name
+
+
+def _qualified_name_regex_error() -> str:
+    return regex_error(_QUALIFIED_NAME_MSG, _QUALIFIED_NAME_FMT, "MyName", "my.name", "123-abc")
+
+
+def is_qualified_name(value: str) -> list[str]:
+    errs: list[str] = []
+    parts = value.split("/")
+    if len(parts) > 2:
+        return [
+            "a qualified name "
+            + _qualified_name_regex_error()
+            + " with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
+        ]
+    name = parts[-1]
+    if len(parts) == 2:
+        prefix = parts[0]
+        if not prefix:
+            errs.append("prefix part must be non-empty")
+        else:
+            errs += ["prefix part " + m for m in is_dns1123_subdomain(prefix)]
+    if not name:
+        errs.append("name part must be non-empty")
+    elif _nbytes(name) > 63:
+        errs.append("name part " + max_len_error(63))
+    if not _QUALIFIED_NAME.fullmatch(name):
+        errs.append("name part " + _qualified_name_regex_error())
+    return errs
+
+
+def is_label_value(value: str) -> list[str]:
+    errs = []
+    if _nbytes(value) > 63:
+        errs.append(max_len_error(63))
+    if not _LABEL_VALUE.fullmatch(value):
+        errs.append(
+            regex_error(
+                "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and "
+                "must start and end with an alphanumeric character",
+                _LABEL_VALUE_FMT,
+                "MyValue",
+                "my_value",
+                "12345",
+            )
+        )
+    return errs
+
+
+def is_config_map_key(value: str) -> list[str]:
+    """``IsConfigMapKey``: the keys of a Secret's ``data``."""
+    errs = []
+    if _nbytes(value) > DNS1123_SUBDOMAIN_MAX_LENGTH:
+        errs.append(max_len_error(DNS1123_SUBDOMAIN_MAX_LENGTH))
+    if not _CONFIG_KEY.fullmatch(value):
+        errs.append(
+            regex_error(
+                "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                _CONFIG_KEY_FMT,
+                "key.name",
+                "KEY_NAME",
+                "key-name",
+            )
+        )
+    if value == ".":
+        errs.append("must not be '.'")
+    elif value == "..":
+        errs.append("must not be '..'")
+    elif value.startswith(".."):
+        errs.append("must not start with '..'")
+    return errs
 
 
 def required(path: str, detail: str = "") -> str:
@@ -50,20 +208,84 @@ def not_found(path: str, value: str) -> str:
     return f"{path}: Not found: {goquote(value)}"
 
 
-def _dns_label(path: str, value: str) -> list[str]:
-    if len(value) > 63:
-        return [invalid(path, value, "must be no more than 63 characters")]
-    if not _DNS1123_LABEL.match(value):
-        return [
-            invalid(
-                path,
-                value,
-                "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
-                "and must start and end with an alphanumeric character (e.g. 'my-name',  or "
-                "'123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
-            )
+def too_long(path: str, limit: int, minor: int) -> str:
+    """``field.TooLong``: the value is omitted; the wording changed in Kubernetes 1.32."""
+    if minor <= 31:
+        return f"{path}: Too long: must have at most {limit} bytes"
+    return f"{path}: Too long: may not be more than {limit} byte{'' if limit == 1 else 's'}"
+
+
+def validate_object_meta(meta: ObjectMeta, minor: int, path: str = "metadata", *, template: bool = False) -> list[str]:
+    """``ValidateObjectMeta`` for a namespaced object whose name must be a DNS subdomain (Pods,
+    Secrets): ``generateName``, ``name``, ``namespace`` (a DNS label), labels and annotations.
+    Call after name generation, as the API server does. A pod ``template`` has only its labels
+    and annotations checked (``ValidatePodTemplateSpec``)."""
+    errors = [] if template else _validate_identity(meta, path)
+    for key in sorted(meta.labels):
+        errors += [invalid(f"{path}.labels", key, m) for m in is_qualified_name(key)]
+        errors += [invalid(f"{path}.labels", meta.labels[key], m) for m in is_label_value(meta.labels[key])]
+    total = 0
+    for key in sorted(meta.annotations):
+        # Case does not matter in annotation keys (upstream lower-cases before checking).
+        errors += [invalid(f"{path}.annotations", key, m) for m in is_qualified_name(key.lower())]
+        total += _nbytes(key) + _nbytes(meta.annotations[key])
+    if total > TOTAL_ANNOTATION_SIZE_LIMIT:
+        errors.append(too_long(f"{path}.annotations", TOTAL_ANNOTATION_SIZE_LIMIT, minor))
+    return errors
+
+
+def _validate_identity(meta: ObjectMeta, path: str) -> list[str]:
+    errors: list[str] = []
+    if meta.generate_name:
+        errors += [
+            invalid(f"{path}.generateName", meta.generate_name, m)
+            for m in is_dns1123_subdomain(_mask_trailing_dash(meta.generate_name))
         ]
-    return []
+    if not meta.name:
+        errors.append(required(f"{path}.name", "name or generateName is required"))
+    else:
+        errors += [invalid(f"{path}.name", meta.name, m) for m in is_dns1123_subdomain(meta.name)]
+    if not meta.namespace:
+        errors.append(required(f"{path}.namespace"))
+    else:
+        errors += [invalid(f"{path}.namespace", meta.namespace, m) for m in is_dns1123_label(meta.namespace)]
+    return errors
+
+
+def generate_name(prefix: str) -> str:
+    """``SimpleNameGenerator``: the prefix cut to 58 characters, then five random characters."""
+    suffix = "".join(secrets.choice(_GENERATED_SUFFIX_ALPHABET) for _ in range(5))
+    return prefix[:_MAX_GENERATED_NAME_PREFIX] + suffix
+
+
+def validate_secret(secret: Secret, minor: int) -> None:
+    """``ValidateSecret``: metadata, data keys, the 1 MiB total, and the keys the pull-secret
+    types require. Raises ``ValidationError``."""
+    errors = validate_object_meta(secret.metadata, minor)
+    total = 0
+    for key in sorted(secret.data):
+        errors += [invalid(f"data[{key}]", key, m) for m in is_config_map_key(key)]
+        total += len(secret.data[key])
+    if total > MAX_SECRET_SIZE:
+        errors.append(too_long("data", MAX_SECRET_SIZE, minor))
+    required_key = {"kubernetes.io/dockerconfigjson": ".dockerconfigjson", "kubernetes.io/dockercfg": ".dockercfg"}
+    needed = required_key.get(secret.type)
+    if needed is not None:
+        if needed not in secret.data:
+            errors.append(required(f"data[{needed}]"))
+        else:
+            try:
+                parsed = json.loads(secret.data[needed])
+                if not isinstance(parsed, dict):
+                    raise ValueError("cannot unmarshal into a map")
+            except ValueError:
+                errors.append(f'data[{key}]: Invalid value: "<secret contents redacted>": invalid JSON object')
+    if errors:
+        raise ValidationError("Secret", secret.metadata.name, errors)
+
+
+def _dns_label(path: str, value: str) -> list[str]:
+    return [invalid(path, value, m) for m in is_dns1123_label(value)]
 
 
 def _validate_unique_name(path: str, name: str, seen: set[str]) -> list[str]:
@@ -262,23 +484,8 @@ def _validate_containers(
 def validate_pod(pod: Pod, gates: FeatureGates, *, is_pod: bool = True) -> None:
     """Raise ``ValidationError`` (all field errors at once) if the API server would reject ``pod``.
     Call after defaulting and field dropping, as the API server does."""
-    errors: list[str] = []
     meta = pod.metadata
-    if not meta.name and not meta.generate_name:
-        errors.append(required("metadata.name", "name or generateName is required"))
-    elif meta.name and (len(meta.name) > 253 or not _DNS1123_SUBDOMAIN.match(meta.name)):
-        errors.append(
-            invalid(
-                "metadata.name",
-                meta.name,
-                "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
-                "'-' or '.', and must start and end with an alphanumeric character (e.g. "
-                "'example.com', regex used for validation is "
-                "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
-            )
-        )
-    if meta.namespace:
-        errors += _dns_label("metadata.namespace", meta.namespace)
+    errors = validate_object_meta(meta, gates.minor, template=not is_pod)
     spec = pod.spec
     errors += _validate_volumes(spec.volumes, is_pod)
     volumes = {v.name: v for v in spec.volumes if v.name}
