@@ -124,7 +124,7 @@ def bench_second_mount(files: int = 20000, number: int = 200) -> dict[str, Any]:
         runtime = node.runtime
         result: dict[str, Any] = {"files": files}
         for tag in ("small", "big"):
-            image = runtime.pull_image(f"bench.test/img:{tag}").record.image_id
+            image = runtime.pull_image(f"bench.test/img:{tag}").image_ref
             for sub_path in ("", "data"):
                 mount = Mount("/data", image=ImageSpec(image, f"bench.test/img:{tag}"), image_sub_path=sub_path)
                 config = ContainerConfig("c", "img", (mount,))

@@ -191,8 +191,8 @@ def test_a_lying_twin_never_shows_its_files(node: Node, reg: peers.Registry, pul
     good, evil = _ref(reg, "z-good"), _ref(reg, "a-evil")
     for ref in (good, evil) if pull_order == "good-first" else (evil, good):
         node.runtime.pull_image(ref)
-    [id_good] = {r.image_id for r in node.runtime.list_images() if r.name == good}
-    assert {r.image_id for r in node.runtime.list_images()} == {id_good}  # one image ID, two images
+    [id_good] = {r.id for r in node.runtime.list_images() if r.reference == good}
+    assert {r.id for r in node.runtime.list_images()} == {id_good}  # one image ID, two images
 
     if mount_order == "evil-first":
         liar = _start(node, "evil", evil)
@@ -265,7 +265,7 @@ def test_identical_chains_share_a_tree_and_other_chains_do_not(node: Node, reg: 
     refs = [_ref(reg, t) for t in ("z-good", "relabelled", "recompressed", "other")]
     records = [_start(node, f"p{i}", ref) for i, ref in enumerate(refs)]
     assert all(r.phase == "Running" for r in records)
-    ids = {r.image_id for r in node.runtime.list_images()}
+    ids = {r.id for r in node.runtime.list_images()}
     assert len(ids) == 3  # three configs...
     assert len(_trees(node)) == 2  # ...two chains
     snaps = {node.runtime.container_status(r.state("c").container_id).mounts[0].snapshot for r in records}  # type: ignore[union-attr]
@@ -420,7 +420,7 @@ def test_a_lying_descriptor_fails_its_own_image_and_names_it(
     assert text.startswith(f'failed to pull and unpack image "{liar}": {what} {blobs[blob].digest}: ')
     assert good not in text and "corrupt" not in text
     # Its image is not recorded, nothing of it was published, and the honest image is untouched.
-    assert [r.name for r in node.runtime.list_images()] == [good]
+    assert [r.reference for r in node.runtime.list_images()] == [good]
     assert len(_trees(node)) == 1 and _staging(node) == []
     assert not [n for n in os.listdir(os.path.join(node.store.root, "ingest")) if n.endswith(".part")]
     assert _view(node, node.get_pod("good")).cat("/volume/f") == b"good\n"
@@ -497,7 +497,7 @@ def test_an_artifact_tree_is_keyed_by_its_manifest_digest(node_root: str, fixtur
     node = make_node(node_root, fixtures_layout, FakeClock(), runtime="crio")
     record = _start(node, "a", f"{PREFIX}:artifact-raw")
     assert record.phase == "Running"
-    [image] = node.runtime.list_images()
+    [image] = node.resolver.images.all()
     assert _trees(node) == [f"manifest-sha256-{image.manifest_digest.hex}"]
     assert _view(node, record).cat("/volume/dir/file") == b"1\n"
 
@@ -505,7 +505,7 @@ def test_an_artifact_tree_is_keyed_by_its_manifest_digest(node_root: str, fixtur
 def test_an_image_tree_is_keyed_by_its_chain_id(node_root: str, fixtures_layout: str) -> None:
     node = make_node(node_root, fixtures_layout, FakeClock())
     _start(node, "p", f"{PREFIX}:layers-mix")
-    [image] = node.runtime.list_images()
+    [image] = node.resolver.images.all()
     manifest = node.resolver.manifest_of(image)
     diff_ids = node.resolver.diff_ids(manifest)
     top = chain_id(diff_ids)

@@ -61,7 +61,8 @@ _CHILD = textwrap.dedent(
     from imagevol.node import Node, NodeConfig
     from imagevol.sources.registry import RegistryAccess
     node = Node(NodeConfig(root=sys.argv[1], registries=sys.argv[2], registry_factory=RegistryAccess()))
-    record = node.runtime.pull_image(sys.argv[3]).record
+    node.runtime.pull_image(sys.argv[3])
+    record = node.resolver.lookup(sys.argv[3])
     manifest = node.resolver.manifest_of(record)
     node.snapshots.materialise(node.snapshots.plan(record.manifest_digest, manifest))
     print("done", flush=True)
@@ -87,7 +88,9 @@ def _check_after_restart(root: str, conf: str, expected: dict[str, tuple[object,
         assert tree is not None
         assert _real_listing(tree) == expected
     # The next pull and build complete, and the store is clean.
-    record = node.runtime.pull_image(REF).record
+    node.runtime.pull_image(REF)
+    record = node.resolver.lookup(REF)
+    assert record is not None
     snap = node.snapshots.materialise(node.snapshots.plan(record.manifest_digest, node.resolver.manifest_of(record)))
     assert _real_listing(snap.path) == expected
     report = node.store.fsck()

@@ -39,13 +39,13 @@ def test_gc_removes_unused_images_and_never_one_in_use(node: Node) -> None:
     result = gc.collect(capacity=1, high_percent=85, low_percent=80)  # far over the threshold
     assert result.removed == ("fixtures.example/lab:kitten",)
     assert result.kept_in_use == ("fixtures.example/lab:v2",)
-    assert [r.name for r in node.runtime.list_images()] == ["fixtures.example/lab:v2"]
+    assert [r.reference for r in node.runtime.list_images()] == ["fixtures.example/lab:v2"]
     assert _blob_count(node) < blobs_before
     assert node.store.fsck().clean
     # The mounted image still works.
     status = node.runtime.container_status(node.get_pod("uses-v2").state("a").container_id)
     assert status is not None
-    key = node.runtime.snapshot_key(node.runtime.list_images()[0])
+    key = node.runtime.snapshot_key(node.resolver.images.all()[0])
     assert key is not None
     tree = node.snapshots.get(key)
     assert tree is not None

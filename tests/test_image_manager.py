@@ -72,13 +72,13 @@ def kubelet(tmp_path: object, fixtures_layout: str) -> Kubelet:
 
 def test_if_not_present_pulls_what_is_absent(kubelet: Kubelet) -> None:
     res = kubelet.ensure("registry.test/lab:v2")
-    assert res.ok and res.record is not None
-    assert res.image_ref == res.record.image_id
+    assert res.ok and res.image is not None
+    assert res.image_ref == res.image.id
     assert kubelet.reasons() == ["Pulling", "Pulled"]
     assert kubelet.events[0].message == 'Pulling image "registry.test/lab:v2"'
     m = PULLED.match(kubelet.last().message)
     assert m is not None, kubelet.last().message
-    assert m["ref"] == "registry.test/lab:v2" and int(m["size"]) == res.record.size
+    assert m["ref"] == "registry.test/lab:v2" and int(m["size"]) == res.image.size
     assert all(e.type == NORMAL and e.field_path == "" for e in kubelet.events)  # against the Pod (R5.2)
 
 

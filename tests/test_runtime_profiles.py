@@ -41,7 +41,7 @@ def _mounts(node: Node, state: Any) -> list[rt.MountStatus]:
 
 
 def _digest12(node: Node) -> str:
-    [record] = [r for r in node.runtime.list_images() if r.name.endswith(":tricky")]
+    [record] = [r for r in node.resolver.images.all() if r.name.endswith(":tricky")]
     return record.manifest_digest.hex[:12]
 
 
@@ -106,10 +106,8 @@ def test_exact_upstream_messages(nodes: dict[str, Node]) -> None:
     )
     node = nodes["crio"]
     _, state = _start(node, "missing", sub_path="missing")
-    [image] = [r for r in node.runtime.list_images() if r.name.endswith(":tricky")]
-    assert state.message == (
-        f'ImageVolumeMountFailed: sub path "missing" does not exist in image volume "{image.image_id}"'
-    )
+    [image] = [r for r in node.runtime.list_images() if r.reference.endswith(":tricky")]
+    assert state.message == (f'ImageVolumeMountFailed: sub path "missing" does not exist in image volume "{image.id}"')
 
 
 def test_crio_file_sub_paths_and_confined_links_show_in_the_view(nodes: dict[str, Node]) -> None:
@@ -168,10 +166,10 @@ def test_crio_artifact_sub_path_must_prefix_a_file_name(nodes: dict[str, Node], 
             node.runtime.create_container("sandbox", ContainerConfig("c", "img", (mount,)))
         return
     _, state = _start(node, "art", image=f"{REGISTRY}:subpath", sub_path=sub_path)
-    [image] = [r for r in node.runtime.list_images() if r.name.endswith(":subpath")]
+    [image] = [r for r in node.runtime.list_images() if r.reference.endswith(":subpath")]
     assert state.message == (
         f'ImageVolumeMountFailed: ImageVolumeMountFailed: sub path "{sub_path}" does not exist in OCI '
-        f'artifact volume "{image.image_id}"'
+        f'artifact volume "{image.id}"'
     )
 
 
@@ -197,7 +195,7 @@ def test_containerd_cannot_mount_artifacts(nodes: dict[str, Node], profile: str)
 
 
 def _pulled(node: Node, tag: str) -> str:
-    return node.runtime.pull_image(f"{REGISTRY}:{tag}").record.image_id
+    return node.runtime.pull_image(f"{REGISTRY}:{tag}").image_ref
 
 
 @pytest.mark.parametrize("profile", sorted(rt.PROFILES))

@@ -20,6 +20,7 @@ from .api.bounded_yaml import load_all
 from .api.features import DEFAULT_VERSION
 from .api.limits import read_body
 from .api.load import decode_text
+from .cri import Credentials, Keyring
 from .describe import describe_pod, format_event_line, get_pods
 from .errors import (
     DecodeError,
@@ -36,7 +37,6 @@ from .oci import Platform
 from .progress import ProgressBar
 from .reference import parse_normalized
 from .runtime import DEFAULT_PROFILE, PROFILES
-from .sources.auth import Credentials, Keyring
 from .sources.registry import RegistryAccess
 from .view import ContainerView, ViewError
 
@@ -338,10 +338,10 @@ def _cmd_pull(node: Node, args: argparse.Namespace, out: TextIO) -> int:
         if bar is not None:
             bar.close()
         node.resolver.progress = None
-    if not result.ok or result.record is None:
+    if not result.ok or result.image is None:
         sys.stderr.write(f"error: {result.reason}: {result.message}\n")
         return EXIT_FAIL
-    out.write(f"{result.record.target.digest}\n")
+    out.write(f"{result.image.digest}\n")
     return EXIT_OK
 
 
@@ -465,8 +465,8 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         return _cmd_apply(node, args, out)
     if args.command == "get":
         if args.kind == "images":
-            for rec in node.runtime.list_images():
-                out.write(f"{rec.name}\t{rec.image_id}\t{rec.size}\n")
+            for image in node.runtime.list_images():
+                out.write(f"{image.reference}\t{image.id}\t{image.size}\n")
             return EXIT_OK
         out.write(get_pods(node.pods()))
         return EXIT_OK
@@ -498,17 +498,17 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             raise _CommandError(f"listen tcp 127.0.0.1:{args.port}: bind: {strerror(exc)}") from None
         return EXIT_OK
     if args.command == "gc":
-        from .image_gc import ImageGC, filesystem_capacity
+        from .image_gc import ImageGC
 
         gc = ImageGC(node.runtime, clock=node.now)
-        capacity = args.capacity or filesystem_capacity(node.root)
+        capacity = args.capacity or gc.capacity()
         result = gc.collect(capacity=capacity, high_percent=args.high, low_percent=args.low, force=args.all_unused)
         out.write(result.describe())
         return EXIT_OK
     if args.command == "rmi":
-        record = node.runtime.remove_image(args.reference)
-        node.store.garbage_collect()
-        out.write(f"Deleted: {record.name}\n")
+        image = node.runtime.remove_image(args.reference)
+        node.runtime.garbage_collect()
+        out.write(f"Deleted: {image.reference}\n")
         return EXIT_OK
     raise _CommandError(f"unknown command {args.command}", EXIT_USAGE)
 

@@ -1,20 +1,34 @@
-"""The slice of the CRI (k8s.io/cri-api runtime/v1) that image volumes use: values (R8.1) and the
-two small service interfaces every runtime profile implements."""
+"""The CRI boundary: the slice of the CRI (k8s.io/cri-api ``runtime/v1``) that image volumes use.
+
+Everything the kubelet side (pod sync, image manager, image GC, the ``exec`` view) and the runtime
+side exchange is a value defined here, and the two service protocols at the end name nothing else:
+
+* what the kubelet sends: :class:`ImageSpec`, :class:`Mount`, :class:`ContainerConfig`, and the pull
+  credentials (:class:`Keyring` of :class:`Credentials`, the CRI ``AuthConfig``);
+* what the runtime answers: :class:`ContainerStatus` with its :class:`MountStatus` entries,
+  :class:`Image`, :class:`PullImageResult`, :class:`ImageFsInfo` (:class:`FilesystemUsage`).
+
+The kubelet side is typed by :class:`ImageService` and :class:`RuntimeService` only; the runtime's
+own records (image database, content store, snapshots) never cross. This module imports nothing of
+imagevol but text helpers, so either side can be replaced (the tests drive the kubelet with an
+in-memory runtime). Where imagevol needs more than the CRI offers, the extension is named as such.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 
 from ._text import goquote
 
 if TYPE_CHECKING:
-    from .images import ImageRecord
-    from .resolver import PullResult
-    from .runtime import ContainerRecord
-    from .sources.auth import Keyring
+    from .api.models import Secret
 
 #: CRI MountPropagation enum names, translated from the API's mountPropagation (R4.6).
 PROPAGATION = {None: "PROPAGATION_PRIVATE", "None": "PROPAGATION_PRIVATE",
@@ -33,6 +47,9 @@ def _text_field(name: str, value: object) -> str:
 
 def _text(fields: Sequence[str]) -> str:
     return " ".join(f for f in fields if f)
+
+
+# --- what the kubelet sends --------------------------------------------------------------------------
 
 
 @attrs.frozen
@@ -93,36 +110,318 @@ class Mount:
 
 @attrs.frozen
 class ContainerConfig:
+    """``runtime.v1.ContainerConfig``, the fields image volumes need."""
+
     name: str
     image: str
     mounts: tuple[Mount, ...] = ()
     envs: tuple[tuple[str, str], ...] = ()
 
 
+# --- what the runtime answers about containers --------------------------------------------------------
+
+
+@attrs.frozen
+class MountStatus:
+    """A mounted image volume, as ``ContainerStatus.mounts`` reports it (R7.2, R9.8): the CRI
+    ``Mount`` echoed back, with what the runtime recorded when it mounted it."""
+
+    container_path: str
+    #: ``image.image`` echoed back: the image ID the kubelet's image GC matches (R7.1, R7.2).
+    image_id: str
+    user_specified_image: str
+    #: The tree mounted (the runtime's snapshot key): the chain ID of an image's layers, or an
+    #: artifact's manifest digest.
+    snapshot: str
+    #: Path of the mounted entry relative to the snapshot root, free of symlinks (``.`` = root).
+    real_path: str
+    is_dir: bool
+    sub_path: str = ""
+    artifact: bool = False
+    #: Inode of the mounted entry, read from the resolved fd; re-opens must find the same inode.
+    inode: int = 0
+    #: The exact image mounted, ``<repository>@<digest it was pulled by>`` (what CRI's
+    #: ``ImageSpec.image_ref`` reports for a volume, KEP-5365).
+    image_ref: str = ""
+
+
+@attrs.frozen
+class ContainerStatus:
+    """``runtime.v1.ContainerStatus``, the fields image volumes need (the simulator runs no
+    processes, so a container that exists is running). ``list_containers`` answers with these too,
+    mounts included, where the CRI's ``ListContainers`` returns the shorter ``Container``."""
+
+    id: str
+    sandbox_id: str
+    name: str
+    image: str
+    mounts: tuple[MountStatus, ...]
+    created_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> ContainerStatus:
+        mounts = tuple(MountStatus(**m) for m in obj.get("mounts", ()))
+        return cls(obj["id"], obj["sandbox_id"], obj["name"], obj["image"], mounts, obj["created_at"])
+
+
+# --- what the runtime answers about images ------------------------------------------------------------
+
+
+@attrs.frozen
+class Image:
+    """``runtime.v1.Image``: one pulled image or artifact as ``ImageStatus`` / ``ListImages`` report it.
+
+    imagevol's runtime records images per reference, so each reference is one ``Image`` (containerd
+    and CRI-O merge the references of one image ID into one ``Image``): ``repo_tags`` holds the
+    reference when it is a tag, ``repo_digests`` holds ``<repository>@<digest it was pulled by>``
+    (or the reference itself when it names a digest). The fields after ``pinned`` are imagevol's
+    extensions, which the kubelet keeps in its own state upstream."""
+
+    id: str
+    repo_tags: tuple[str, ...] = ()
+    repo_digests: tuple[str, ...] = ()
+    size: int = 0
+    pinned: bool = False
+    #: An OCI artifact rather than an image (only runtimes that mount artifacts have them).
+    artifact: bool = False
+    #: Fingerprints of the credentials that proved access to it (``anonymous`` when pulled without
+    #: any): what KEP-2535 (``KubeletEnsureSecretPulledImages``) checks a Pod's credentials against.
+    auth: tuple[str, ...] = ()
+    #: When it was last pulled (seconds since the epoch): the image GC's last use for an image no
+    #: container ever mounted.
+    pulled_at: float = 0.0
+
+    @property
+    def reference(self) -> str:
+        """The reference the runtime records it under: what ``RemoveImage`` and ``rmi`` take."""
+        return (self.repo_tags or self.repo_digests or (self.id,))[0]
+
+    @property
+    def digest(self) -> str:
+        """The digest the reference resolved to when pulled (an index's for a multi-platform image)."""
+        return self.repo_digests[0].rpartition("@")[2] if self.repo_digests else ""
+
+
+@attrs.frozen
+class PullImageResult:
+    """``runtime.v1.PullImageResponse``: ``image_ref`` is the image ID the kubelet hands back in
+    ``ImageSpec.image`` (R3.8). imagevol adds what the ``Pulled`` event and the pull metrics need:
+    the pulled image's status and how long the pull took (seconds)."""
+
+    image_ref: str
+    image: Image
+    duration: float = 0.0
+
+
+@attrs.frozen
+class FilesystemIdentifier:
+    """``runtime.v1.FilesystemIdentifier``: the directory the image filesystem lives in."""
+
+    mountpoint: str
+
+
+@attrs.frozen
+class FilesystemUsage:
+    """``runtime.v1.FilesystemUsage``: what a runtime's images take on one filesystem."""
+
+    #: Nanoseconds since the epoch at which the usage was measured.
+    timestamp: int
+    fs_id: FilesystemIdentifier
+    used_bytes: int
+    inodes_used: int
+
+
+@attrs.frozen
+class ImageFsInfo:
+    """``runtime.v1.ImageFsInfoResponse``. The kubelet's image GC reads the first image
+    filesystem's usage and asks the node for that filesystem's capacity."""
+
+    image_filesystems: tuple[FilesystemUsage, ...]
+    container_filesystems: tuple[FilesystemUsage, ...] = ()
+
+
+# --- pull credentials ------------------------------------------------------------------------------------
+
+DOCKER_CONFIG_JSON = "kubernetes.io/dockerconfigjson"
+DOCKER_CFG = "kubernetes.io/dockercfg"
+#: The fingerprint recorded for an image pulled without credentials.
+ANONYMOUS = "anonymous"
+
+
+@attrs.frozen
+class Credentials:
+    """A user name and password (or identity token) for one registry: the CRI ``AuthConfig``."""
+
+    username: str
+    password: str = attrs.field(repr=False)
+
+    @classmethod
+    def parse(cls, text: str) -> Credentials:
+        """``USER:PASS`` as the CLI takes it."""
+        user, sep, password = text.partition(":")
+        if not sep or not user:
+            raise ValueError("credentials must be USER:PASSWORD")
+        return cls(user, password)
+
+    def fingerprint(self) -> str:
+        """A stable, non-reversible identity of these credentials, for KEP-2535 bookkeeping."""
+        digest = hashlib.sha256(f"{self.username}\0{self.password}".encode()).hexdigest()
+        return "sha256-" + digest[:32]
+
+
+def _host_of(key: str) -> str:
+    """Normalise a docker config key (``https://index.docker.io/v1/``, ``quay.io``) to a host."""
+    host = key
+    for scheme in ("https://", "http://"):
+        if host.startswith(scheme):
+            host = host[len(scheme) :]
+    host = host.split("/", 1)[0]
+    if host in ("index.docker.io", "registry-1.docker.io"):
+        host = "docker.io"
+    return host
+
+
+@attrs.frozen
+class Keyring:
+    """Credentials by registry host, in the order they were given (each is tried in turn).
+
+    The kubelet builds it from the Pod's pull secrets and the node's own credentials and passes it
+    whole with ``PullImage``: the CRI passes one ``AuthConfig`` per attempt, but only the runtime
+    knows which mirrors a reference is pulled from, so the registry side picks the credentials of
+    each host it contacts (:meth:`for_host`). Nothing is ever read from ``~/.docker/config.json``
+    (oras-py gap 7 in docs/pulling.md): a Pod must not pull with credentials it was not given."""
+
+    entries: tuple[tuple[str, Credentials], ...] = ()
+
+    @classmethod
+    def from_docker_config(cls, data: bytes) -> Keyring:
+        """Parse a ``.dockerconfigjson`` (``{"auths": {...}}``) or legacy ``.dockercfg``."""
+        try:
+            obj = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"pull secret is not valid JSON: {exc}") from None
+        auths = obj.get("auths", obj) if isinstance(obj, dict) else None
+        if not isinstance(auths, dict):
+            raise ValueError("pull secret has no auths")
+        entries = []
+        for key, value in auths.items():
+            if not isinstance(value, dict):
+                continue
+            user, password = value.get("username"), value.get("password")
+            if isinstance(value.get("auth"), str) and value["auth"]:
+                try:
+                    decoded = base64.b64decode(value["auth"], validate=True).decode()
+                except (binascii.Error, UnicodeDecodeError):
+                    raise ValueError(f"pull secret entry {key!r}: auth is not base64") from None
+                user, _, password = decoded.partition(":")
+            if isinstance(user, str) and user and isinstance(password, str):
+                entries.append((_host_of(str(key)), Credentials(user, password)))
+        return cls(tuple(entries))
+
+    @classmethod
+    def from_secrets(cls, secrets: Iterable[Secret]) -> Keyring:
+        entries: list[tuple[str, Credentials]] = []
+        for secret in secrets:
+            if secret.type == DOCKER_CONFIG_JSON and ".dockerconfigjson" in secret.data:
+                entries += cls.from_docker_config(secret.data[".dockerconfigjson"]).entries
+            elif secret.type == DOCKER_CFG and ".dockercfg" in secret.data:
+                entries += cls.from_docker_config(secret.data[".dockercfg"]).entries
+        return cls(tuple(entries))
+
+    @classmethod
+    def single(cls, host: str, creds: Credentials) -> Keyring:
+        return cls(((_host_of(host), creds),))
+
+    def for_host(self, host: str) -> list[Credentials]:
+        host = _host_of(host)
+        return [c for h, c in self.entries if h == host]
+
+    def fingerprints(self) -> set[str]:
+        """The fingerprint of every credential offered, whatever its host."""
+        return {creds.fingerprint() for _, creds in self.entries}
+
+    def merged(self, other: Keyring) -> Keyring:
+        return Keyring(self.entries + other.entries)
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+
+# --- the services -----------------------------------------------------------------------------------------
+
+
 @runtime_checkable
 class ImageService(Protocol):
-    """``runtime.v1.ImageService``: the RPCs image volumes go through (R8.2, no new ones)."""
+    """``runtime.v1.ImageService``: the RPCs image volumes go through (no new ones, R8.2), plus one
+    imagevol extension, :meth:`garbage_collect`."""
 
-    def pull_image(self, reference: str, keyring: Keyring | None = None) -> PullResult: ...
+    def pull_image(self, reference: str, keyring: Keyring | None = None) -> PullImageResult:
+        """``PullImage``."""
+        ...
 
-    def image_status(self, reference: str) -> ImageRecord | None: ...
+    def image_status(self, reference: str) -> Image | None:
+        """``ImageStatus``: the local image ``reference`` names, None when there is none."""
+        ...
 
-    def list_images(self) -> list[ImageRecord]: ...
+    def list_images(self) -> Sequence[Image]:
+        """``ListImages``."""
+        ...
 
-    def remove_image(self, reference: str) -> ImageRecord: ...
+    def remove_image(self, reference: str) -> Image:
+        """``RemoveImage``: refused while a container mounts the image (R7.3). Returns what was
+        removed (the CRI answers nothing; ``rmi`` prints it)."""
+        ...
+
+    def image_fs_info(self) -> ImageFsInfo:
+        """``ImageFsInfo``: what the images take on the image filesystem."""
+        ...
+
+    def garbage_collect(self) -> int:
+        """imagevol extension: one pass of the runtime's own garbage collector, which removes every
+        tree and blob no image and no container references, and returns how many blobs went.
+        containerd runs its collector by itself after changes; imagevol runs no daemon, so the
+        kubelet's image GC starts one at its own start and after each removal."""
+        ...
 
 
 @runtime_checkable
 class RuntimeService(Protocol):
     """``runtime.v1.RuntimeService``, container part: image volumes are mounted lazily at
-    ``CreateContainer`` (R8.4) and echoed back by ``ContainerStatus`` (R7.2)."""
+    ``CreateContainer`` (R8.4) and echoed back by ``ContainerStatus`` (R7.2). :meth:`open_mount`
+    is an imagevol extension for the ``exec`` view (the real kubelet never opens container files)."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The runtime's name (``VersionResponse.runtime_name``): the kubelet words the one
+        failure it reports on the runtime's behalf (R5.8) as that runtime does."""
+        ...
 
-    def create_container(self, sandbox_id: str, config: ContainerConfig) -> ContainerRecord: ...
+    def create_container(self, sandbox_id: str, config: ContainerConfig) -> ContainerStatus:
+        """``CreateContainer``: every image volume of ``config`` mounted, or nothing held."""
+        ...
 
-    def remove_container(self, container_id: str) -> None: ...
+    def remove_container(self, container_id: str) -> None:
+        """``RemoveContainer``: its mounts released; an unknown ID is not an error."""
+        ...
 
-    def container_status(self, container_id: str) -> ContainerRecord | None: ...
+    def container_status(self, container_id: str) -> ContainerStatus | None:
+        """``ContainerStatus``, None for an unknown ID."""
+        ...
 
-    def list_containers(self) -> Sequence[ContainerRecord]: ...
+    def list_containers(self) -> Sequence[ContainerStatus]:
+        """``ListContainers`` (each with its mounts, see :class:`ContainerStatus`)."""
+        ...
+
+    def open_mount(self, status: MountStatus) -> int:
+        """imagevol extension: an ``O_PATH`` fd on what ``status`` (from a container's status)
+        mounts, re-opened without following any symlink and only if it is still the very inode
+        that was mounted. The caller closes it. Raises :class:`~imagevol.errors.ImageVolError`."""
+        ...
+
+
+@runtime_checkable
+class ContainerRuntime(ImageService, RuntimeService, Protocol):
+    """Both services, as one runtime endpoint serves them (what the image GC needs)."""

@@ -2,7 +2,7 @@
 
 Pull policy, the ``ErrImageNeverPull`` / ``ImagePullBackOff`` / ``InvalidImageName`` outcomes, pull
 events against the Pod, and the per ``<podUID>_<image>`` backoff (10 s doubling to 300 s) on an
-injectable clock.
+injectable clock. The runtime is reached through the CRI ``ImageService`` only (:mod:`imagevol.cri`).
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ from typing import Any
 import attrs
 
 from ._text import goquote, strerror
+from .cri import ANONYMOUS, Image, ImageService, Keyring
 from .errors import ImageVolError, InvalidReferenceError, PullError, RegistryUnavailableError
 from .events import NORMAL, WARNING, EventRecorder
-from .images import ImageRecord
 from .metrics import KubeletMetrics
 from .reference import apply_default_tag
-from .runtime import Runtime
-from .sources.auth import ANONYMOUS, Keyring
 
 INITIAL_BACKOFF = 10.0
 MAX_BACKOFF = 300.0
@@ -69,12 +67,13 @@ class Backoff:
 
 @attrs.frozen
 class EnsureResult:
-    """``image_ref`` on success; else ``reason`` (the error name) and ``message``."""
+    """``image_ref`` (and the image's status) on success; else ``reason`` (the error name) and
+    ``message``."""
 
     image_ref: str = ""
     message: str = ""
     reason: str = ""
-    record: ImageRecord | None = None
+    image: Image | None = None
 
     @property
     def ok(self) -> bool:
@@ -84,7 +83,7 @@ class EnsureResult:
 class ImageManager:
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: ImageService,
         backoff: Backoff,
         metrics: KubeletMetrics,
         *,
@@ -97,14 +96,13 @@ class ImageManager:
         self.clock = clock
         self.ensure_secret_pulled_images = ensure_secret_pulled_images
 
-    def _must_reverify(self, record: ImageRecord, keyring: Keyring, reference: str) -> bool:
+    def _must_reverify(self, image: Image, keyring: Keyring) -> bool:
         """KEP-2535 (R7.4): an image first pulled with credentials is only handed to a Pod whose
         own credentials (or anonymous access) have been verified against the registry for it."""
-        if not self.ensure_secret_pulled_images or not record.auth or ANONYMOUS in record.auth:
+        if not self.ensure_secret_pulled_images or not image.auth or ANONYMOUS in image.auth:
             return False
         # Any host: with mirrors, the credentials that proved access may be a mirror's.
-        offered = {creds.fingerprint() for _, creds in keyring.entries}
-        return not (offered & set(record.auth))
+        return not (keyring.fingerprints() & set(image.auth))
 
     def ensure(
         self,
@@ -124,15 +122,15 @@ class ImageManager:
             msg = f"Failed to apply default image tag {goquote(requested)}: {exc}"
             log(WARNING, "InspectFailed", msg)
             return EnsureResult(message=msg, reason="InvalidImageName")
-        record = self.runtime.image_status(image)
-        present = record is not None
-        if present and record is not None and policy != "Always" and self._must_reverify(record, keyring, image):
+        status = self.runtime.image_status(image)
+        present = status is not None
+        if present and status is not None and policy != "Always" and self._must_reverify(status, keyring):
             present = False  # treated as absent for this Pod: the registry must be asked again
         if not should_pull(policy, present):
-            if present and record is not None:
+            if present and status is not None:
                 log(NORMAL, "Pulled", f"Container image {goquote(requested)} already present on machine")
-                return EnsureResult(record.image_id, record=record)
-            if record is not None:
+                return EnsureResult(status.id, image=status)
+            if status is not None:
                 msg = (
                     f"Container image {goquote(requested)} is not present with pull policy of Never "
                     "(pulled with other credentials; this Pod's credentials are not verified)"
@@ -157,16 +155,16 @@ class ImageManager:
             self.backoff.next(key, self.clock())
             return self._pull_error(requested, failure)
         waited = time.monotonic() - started
-        rec = result.record
-        self.metrics.observe_pull(result.duration, rec.size)
+        size = result.image.size
+        self.metrics.observe_pull(result.duration, size)
         log(
             NORMAL,
             "Pulled",
             f"Successfully pulled image {goquote(requested)} in {_go_duration(result.duration)} "
-            f"({_go_duration(waited)} including waiting). Image size: {rec.size} bytes.",
+            f"({_go_duration(waited)} including waiting). Image size: {size} bytes.",
         )
         self.backoff.gc(self.clock())
-        return EnsureResult(rec.image_id, record=rec)
+        return EnsureResult(result.image_ref, image=result.image)
 
     @staticmethod
     def _pull_error(requested: str, exc: ImageVolError) -> EnsureResult:

@@ -23,14 +23,12 @@ from .api.dump import pod_to_dict
 from .api.features import FeatureGates
 from .api.load import pod_from_dict
 from .api.models import Container, Pod
-from .cri import PROPAGATION, ContainerConfig, ImageSpec, Mount
+from .cri import PROPAGATION, ContainerConfig, ImageSpec, Keyring, Mount, RuntimeService
 from .envvars import container_env, effective_sub_path
 from .errors import CreateContainerConfigError, CreateContainerError, ImageVolError, ImageVolumeMountFailedError
 from .events import NORMAL, WARNING, Event, EventRecorder, container_field_path
 from .image_manager import ImageManager
 from .metrics import KubeletMetrics
-from .runtime import Runtime
-from .sources.auth import Keyring
 
 #: R6.4: ``upstream`` reproduces the known over-count of kubernetes PR #138460, ``fixed`` counts
 #: only start attempts that reached the runtime's CreateContainer.
@@ -146,9 +144,12 @@ class PodRecord:
 
 
 class Kubelet:
+    """The pod sync of one node. It reaches the runtime through the CRI only (:mod:`imagevol.cri`):
+    ``CreateContainer`` on ``runtime``, and the image service through ``image_manager``."""
+
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: RuntimeService,
         image_manager: ImageManager,
         metrics: KubeletMetrics,
         gates: FeatureGates,

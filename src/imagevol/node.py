@@ -1,5 +1,9 @@
 """One simulated node: content store, snapshots, runtime, kubelet and Pod state under a root dir.
 
+This is the composition root: the only place that builds the runtime side (store, resolver,
+snapshots, a runtime profile) and hands it to the kubelet side, which sees it only through the CRI
+protocols of :mod:`imagevol.cri`.
+
 ```
 ROOT/content/     OCI image layout (the content store)
 ROOT/snapshots/   read-only trees by layer chain (images) or manifest digest (artifacts)
@@ -39,6 +43,7 @@ from .api import FeatureGates, Pod, Secret, admit, load_documents, validate_secr
 from .api.dump import pod_to_dict
 from .api.features import DEFAULT_VERSION
 from .api.limits import check_stored_size
+from .cri import Keyring
 from .errors import ImageVolError, NodeStateError, PodNotFoundError, ValidationError
 from .events import WARNING, EventRecorder
 from .image_manager import Backoff, ImageManager
@@ -49,7 +54,6 @@ from .oci import Platform
 from .resolver import RegistryFactory, Resolver
 from .runtime import DEFAULT_PROFILE, Runtime, runtime_class
 from .snapshots import Snapshots
-from .sources.auth import Keyring
 from .sources.mirrors import RegistriesConfig
 from .store import DEFAULT_MAX_BLOB_SIZE, ContentStore
 

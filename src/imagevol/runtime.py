@@ -1,4 +1,8 @@
-"""Container runtimes behind a small CRI-like interface, one profile per upstream runtime.
+"""Container runtimes serving the CRI of :mod:`imagevol.cri`, one profile per upstream runtime.
+
+:class:`Runtime` implements both services (``ImageService``, ``RuntimeService``) over the node's
+content store, image records and snapshots; its image records are turned into CRI ``Image`` values
+at the boundary, and nothing else of it reaches the kubelet side.
 
 The kubelet hands ``create_container`` a config whose image-volume mounts carry an ``ImageSpec`` and
 an ``image_sub_path`` (R8.1). The runtime materialises the image once (a shared read-only snapshot),
@@ -25,14 +29,25 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import attrs
 
 from . import subpath as sp
 from ._text import goquote
 from .artifacts import artifact_file_name, is_tar_layer
-from .cri import ContainerConfig, Mount
+from .cri import (
+    ContainerConfig,
+    ContainerStatus,
+    FilesystemIdentifier,
+    FilesystemUsage,
+    Image,
+    ImageFsInfo,
+    Keyring,
+    Mount,
+    MountStatus,
+    PullImageResult,
+)
 from .errors import (
     BlobNotFoundError,
     CreateContainerError,
@@ -45,50 +60,12 @@ from .errors import (
 )
 from .images import ImageRecord
 from .oci import Digest, Manifest
-from .resolver import PullResult, Resolver
+from .reference import parse_normalized
+from .resolver import Resolver
 from .snapshots import Snapshot, SnapshotKey, Snapshots
-from .sources.auth import Keyring
 
-
-@attrs.frozen
-class MountStatus:
-    """A mounted image volume, as ``ContainerStatus.mounts`` reports it (R7.2, R9.8)."""
-
-    container_path: str
-    #: ``image.image`` echoed back: the image ID the kubelet's image GC matches (R7.1, R7.2).
-    image_id: str
-    user_specified_image: str
-    #: The tree mounted (:class:`SnapshotKey` name): the chain ID of an image's layers, or an
-    #: artifact's manifest digest.
-    snapshot: str
-    #: Path of the mounted entry relative to the snapshot root, free of symlinks (``.`` = root).
-    real_path: str
-    is_dir: bool
-    sub_path: str = ""
-    artifact: bool = False
-    #: Inode of the mounted entry, read from the resolved fd; re-opens must find the same inode.
-    inode: int = 0
-    #: The exact image mounted, ``<repository>@<digest it was pulled by>`` (what CRI's
-    #: ``ImageSpec.image_ref`` reports for a volume, KEP-5365).
-    image_ref: str = ""
-
-
-@attrs.frozen
-class ContainerRecord:
-    id: str
-    sandbox_id: str
-    name: str
-    image: str
-    mounts: tuple[MountStatus, ...]
-    created_at: float
-
-    def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
-    @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> ContainerRecord:
-        mounts = tuple(MountStatus(**m) for m in obj.get("mounts", ()))
-        return cls(obj["id"], obj["sandbox_id"], obj["name"], obj["image"], mounts, obj["created_at"])
+#: The name the container status had before it moved to the CRI module.
+ContainerRecord = ContainerStatus
 
 
 class Runtime:
@@ -113,31 +90,36 @@ class Runtime:
 
     # --- image service -------------------------------------------------------------------------
 
-    def pull_image(self, reference: str, keyring: Keyring | None = None) -> PullResult:
+    def pull_image(self, reference: str, keyring: Keyring | None = None) -> PullImageResult:
         """``PullImage``. Only runtimes that report the CRI ``RegistryUnavailable`` sentinel keep it
         (CRI-O); containerd reports an unreachable registry as a plain pull failure, which the
         kubelet shows as ``ErrImagePull`` (R3.6)."""
         try:
-            return self.resolver.pull(reference, keyring)
+            result = self.resolver.pull(reference, keyring)
         except RegistryUnavailableError as exc:
             if self.reports_registry_unavailable:
                 raise
             raise PullError(str(exc).removeprefix("RegistryUnavailable: ")) from None
+        return PullImageResult(result.record.image_id, _cri_image(result.record), result.duration)
 
-    def image_status(self, reference: str) -> ImageRecord | None:
-        return self.resolver.lookup(reference)
+    def image_status(self, reference: str) -> Image | None:
+        """``ImageStatus``: the image ``reference`` names, when every blob it needs is present."""
+        record = self.resolver.lookup(reference)
+        return _cri_image(record) if record is not None else None
 
-    def list_images(self) -> list[ImageRecord]:
-        return self.resolver.images.all()
+    def list_images(self) -> list[Image]:
+        """``ListImages``: one :class:`~imagevol.cri.Image` per pulled reference."""
+        return [_cri_image(r) for r in self.resolver.images.all()]
 
     def images_in_use(self) -> set[str]:
-        """Image IDs that some container mounts (what the image GC asks via ContainerStatus)."""
+        """Image IDs that some container mounts (what the image GC learns from ContainerStatus)."""
         return {m.image_id for c in self.list_containers() for m in c.mounts}
 
-    def remove_image(self, reference: str) -> ImageRecord:
+    def remove_image(self, reference: str) -> Image:
         """``RemoveImage``: refused while a container mounts the image (R7.3, as CRI-O does). The
         record goes; its tree goes too unless another image has the same layer chain (or a
-        container of an image pulled over it still holds the tree)."""
+        container of an image pulled over it still holds the tree). Blobs stay until
+        :meth:`garbage_collect`."""
         record = self.resolver.images.lookup(reference) or _latest(self.resolver.images.by_id(reference))
         if record is None:
             raise ImageVolError(f"image {goquote(reference)} not found")
@@ -146,7 +128,30 @@ class Runtime:
             raise ImageInUseError(f"image used by {users[0].id[:13]}: image is in use by a container")
         self.resolver.images.remove(record.name)
         self.prune_snapshots()
-        return record
+        return _cri_image(record)
+
+    def image_fs_info(self) -> ImageFsInfo:
+        """``ImageFsInfo``: one image filesystem, the snapshots directory (containerd reports its
+        snapshotter's root), whose usage is every blob of the content store plus every file of the
+        snapshots directory (trees, builds in progress, leases). Nothing is followed or opened
+        outside the two directories."""
+        blob_bytes, blobs = self.resolver.store.usage()
+        tree_bytes, entries = self.snapshots.usage()
+        usage = FilesystemUsage(
+            timestamp=time.time_ns(),
+            fs_id=FilesystemIdentifier(self.snapshots.root),
+            used_bytes=blob_bytes + tree_bytes,
+            inodes_used=blobs + entries,
+        )
+        return ImageFsInfo((usage,))
+
+    def garbage_collect(self) -> int:
+        """The runtime's garbage collector (an imagevol extension of the CRI): every tree no image
+        record names and no container holds, then every blob no image record reaches. Returns the
+        number of blobs removed. Both steps hold the exclusive ``gc`` lock, which a pull holds
+        shared until its record is written: the blobs of a pull in progress are never taken."""
+        self.prune_snapshots()
+        return len(self.resolver.store.garbage_collect())
 
     def snapshot_key(self, record: ImageRecord) -> SnapshotKey | None:
         """The tree ``record`` mounts (None when its manifest or config is unreadable: it could
@@ -175,7 +180,7 @@ class Runtime:
 
     # --- container service --------------------------------------------------------------------
 
-    def create_container(self, sandbox_id: str, config: ContainerConfig) -> ContainerRecord:
+    def create_container(self, sandbox_id: str, config: ContainerConfig) -> ContainerStatus:
         """``CreateContainer``: mount every image volume of ``config``, or fail and hold nothing."""
         container_id = secrets.token_hex(32)
         mounted: list[MountStatus] = []
@@ -188,7 +193,7 @@ class Runtime:
             for status in mounted:
                 self.snapshots.release(SnapshotKey.parse(status.snapshot), container_id)
             raise
-        record = ContainerRecord(container_id, sandbox_id, config.name, config.image, tuple(mounted), time.time())
+        record = ContainerStatus(container_id, sandbox_id, config.name, config.image, tuple(mounted), time.time())
         self._save(record)
         return record
 
@@ -200,14 +205,14 @@ class Runtime:
             self.snapshots.release(SnapshotKey.parse(status.snapshot), container_id)
         os.unlink(self._path(container_id))
 
-    def container_status(self, container_id: str) -> ContainerRecord | None:
+    def container_status(self, container_id: str) -> ContainerStatus | None:
         try:
             with open(self._path(container_id)) as f:
-                return ContainerRecord.from_json(json.load(f))
+                return ContainerStatus.from_json(json.load(f))
         except FileNotFoundError:
             return None
 
-    def list_containers(self) -> list[ContainerRecord]:
+    def list_containers(self) -> list[ContainerStatus]:
         out = []
         for name in sorted(os.listdir(self._containers)):
             if name.endswith(".json"):
@@ -221,7 +226,7 @@ class Runtime:
             raise ValueError("invalid container id")
         return os.path.join(self._containers, container_id + ".json")
 
-    def _save(self, record: ContainerRecord) -> None:
+    def _save(self, record: ContainerStatus) -> None:
         tmp = os.path.join(self._containers, f".{record.id}.{uuid.uuid4().hex}.tmp")
         try:
             with open(tmp, "w") as f:
@@ -506,6 +511,27 @@ def _is_digest(text: str) -> bool:
     return True
 
 
+def _cri_image(record: ImageRecord) -> Image:
+    """The CRI ``Image`` of one image record: its reference goes to ``repo_tags`` when it is a tag
+    and to ``repo_digests`` when it names a digest; otherwise ``repo_digests`` holds the digest it
+    was pulled by (``<repository>@<digest>``)."""
+    digests: tuple[str, ...]
+    try:
+        by_digest = bool(parse_normalized(record.name).digest)
+        digests = (record.name,) if by_digest else (record.repo_digest,)
+    except ImageVolError:  # a name some other tool wrote into index.json: shown as it is
+        by_digest, digests = False, ()
+    return Image(
+        id=record.image_id,
+        repo_tags=() if by_digest else (record.name,),
+        repo_digests=digests,
+        size=record.size,
+        artifact=record.artifact,
+        auth=record.auth,
+        pulled_at=record.pulled_at,
+    )
+
+
 def _latest(records: Iterable[ImageRecord]) -> ImageRecord | None:
     """The most recently pulled record (by name when pulled at the same time)."""
     return max(records, key=lambda r: (r.pulled_at, r.name), default=None)
@@ -589,6 +615,7 @@ __all__ = [
     "DEFAULT_PROFILE",
     "PROFILES",
     "ContainerRecord",
+    "ContainerStatus",
     "ContainerdRuntime",
     "CreateContainerError",
     "CrioRuntime",

@@ -233,6 +233,59 @@ class Snapshots:
                 out.append(SnapshotKey.parse(name))
         return out
 
+    def usage(self) -> tuple[int, int]:
+        """Bytes and entries of the snapshots directory (trees, builds in progress, leases, locks):
+        the apparent size of every file, symlink and special file (a hard link once per name) and
+        one entry per name, directories included.
+
+        The walk goes from directory fd to directory fd with ``O_NOFOLLOW``: a symlink in a tree
+        is measured as a link and never followed, so nothing outside the directory is ever
+        looked at, whatever an image's links point to. It holds one fd per level (trees nest
+        deeper than any path the kernel accepts); a directory it may not read (a layer can ship
+        mode 0000) is counted but not entered."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        total = entries = 0
+        # Each frame: (fd of a directory already listed, names of its subdirectories still to visit).
+        frames: list[tuple[int, list[str]]] = []
+
+        def visit(fd: int) -> None:
+            nonlocal total, entries
+            subdirs: list[str] = []
+            try:
+                with os.scandir(fd) as it:
+                    for entry in it:
+                        try:
+                            st = entry.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue  # removed meanwhile
+                        entries += 1
+                        if stat.S_ISDIR(st.st_mode):
+                            subdirs.append(entry.name)
+                        else:
+                            total += st.st_size
+            except OSError:
+                os.close(fd)
+                return
+            frames.append((fd, subdirs))
+
+        try:
+            visit(os.open(self.root, flags))
+            while frames:
+                fd, subdirs = frames[-1]
+                if not subdirs:
+                    frames.pop()
+                    os.close(fd)
+                    continue
+                try:
+                    child = os.open(subdirs.pop(), flags, dir_fd=fd)
+                except OSError:
+                    continue  # removed or replaced meanwhile, or not ours to read
+                visit(child)
+        finally:
+            for fd, _ in frames:
+                os.close(fd)
+        return total, entries
+
     def _lock(self, key: SnapshotKey, *, blocking: bool = True) -> contextlib.AbstractContextManager[bool]:
         return self.locks.hold(f"snapshot-{key.name}", blocking=blocking)
 

@@ -271,6 +271,17 @@ class ContentStore:
             except ContentError:
                 continue
 
+    def usage(self) -> tuple[int, int]:
+        """Bytes and number of the blobs in the store (one removed meanwhile is not counted)."""
+        total = count = 0
+        for digest in self.blobs():
+            try:
+                total += self.size(digest)
+            except BlobNotFoundError:
+                continue
+            count += 1
+        return total, count
+
     def _blob_files(self) -> list[str]:
         out = []
         for alg in self.fs.ls(self._p("blobs"), detail=False):

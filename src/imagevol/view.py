@@ -1,11 +1,12 @@
 """What a container sees through its image-volume mounts: read-only ``cat``/``ls``/``stat``/
 ``readlink`` evaluated against the container's mount table, without any mount.
 
-Each mount is re-opened by the runtime (:meth:`Runtime.open_mount`: the recorded symlink-free path,
-``RESOLVE_NO_SYMLINKS``, same inode), and paths inside a mount are resolved beneath the mount with the
-same safe resolver as sub paths: a symlink or ``..`` that leaves the volume is reported, never
-followed on the host. Only directories and regular files are ever opened for reading: a device node
-shipped in an image is refused here exactly as the ``nodev`` mount of ``exec --real`` refuses it.
+Each mount is re-opened by the runtime (``RuntimeService.open_mount``, an imagevol extension of the
+CRI: the recorded symlink-free path, ``RESOLVE_NO_SYMLINKS``, same inode), and paths inside a mount
+are resolved beneath the mount with the same safe resolver as sub paths: a symlink or ``..`` that
+leaves the volume is reported, never followed on the host. Only directories and regular files are
+ever opened for reading: a device node shipped in an image is refused here exactly as the ``nodev``
+mount of ``exec --real`` refuses it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 import attrs
 
 from . import subpath as sp
+from .cri import MountStatus
 from .errors import ImageVolError, SubPathError
-from .runtime import MountStatus
 
 COMMANDS = ("cat", "ls", "stat", "readlink")
 
@@ -51,7 +52,7 @@ def _components(path: str) -> list[str]:
 
 class ContainerView:
     """``open_mount`` returns an ``O_PATH`` fd on what a mount status mounts (the runtime's
-    :meth:`~imagevol.runtime.Runtime.open_mount`)."""
+    :meth:`~imagevol.cri.RuntimeService.open_mount`)."""
 
     def __init__(self, container: str, mounts: Sequence[MountStatus], open_mount: Callable[[MountStatus], int]) -> None:
         self.container = container
