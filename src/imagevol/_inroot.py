@@ -249,6 +249,11 @@ def walk(
             except FileNotFoundError:
                 if create_mode is None:
                     raise WalkError("notfound") from None
+                # The bounds are checked before anything is made: a refused walk creates nothing.
+                if (max_depth and len(stack) >= max_depth) or (
+                    max_real_len and real_len + len(os.fsencode(name)) + 1 >= max_real_len
+                ):
+                    raise WalkError("toolong") from None
                 if on_create is not None:
                     on_create(cur, tuple(names), name)
                 mkdir_exact(cur, name, create_mode)
