@@ -9,7 +9,8 @@
   root, with exactly the requested mode, and what they made is what a plain lookup then finds.
 * The depth and real-length bounds count the real path (after symlinks and ``..``) and refuse
   before creating anything.
-* Recursive removal empties 0000-mode trees, deep ones too, and never follows a symlink out.
+* Recursive removal (``imagevol._remove_tree``) empties 0000-mode trees, deep ones too, and never
+  follows a symlink out.
 
 Every test keeps decoys next to the root and checks afterwards that nothing outside it changed.
 """
@@ -26,7 +27,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagevol import _inroot
+from imagevol import _inroot, _remove_tree
 from imagevol._inroot import Backend, Policy, WalkError
 
 from subpath_support import open_fds, walk_inodes
@@ -429,7 +430,7 @@ def test_removal_empties_0000_trees_and_follows_no_link(box: Sandbox) -> None:
 def _remove(root: str, name: str) -> None:
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        _inroot.remove_tree_at(fd, name)
+        _remove_tree.remove_tree_at(fd, name)
     finally:
         os.close(fd)
 
@@ -467,10 +468,10 @@ def test_removal_as_an_unprivileged_owner(box: Sandbox) -> None:
 
 def test_rmtree_takes_a_path_and_a_missing_one_is_nothing(box: Sandbox) -> None:
     _hostile_tree(box.root, os.path.join(box.base, "b"))
-    _inroot.rmtree(os.path.join(box.root, "t"))
-    _inroot.rmtree(os.path.join(box.root, "t"))
+    _remove_tree.rmtree(os.path.join(box.root, "t"))
+    _remove_tree.rmtree(os.path.join(box.root, "t"))
     os.symlink(os.path.join(box.base, "c"), os.path.join(box.root, "link"))
-    _inroot.rmtree(os.path.join(box.root, "link"))  # the link goes, never its target
+    _remove_tree.rmtree(os.path.join(box.root, "link"))  # the link goes, never its target
     assert os.listdir(box.root) == []
 
 

@@ -261,9 +261,12 @@ class ChangesetApplier:
 
     def regular(self, m: Member, reader: TarReader, dir_fd: int, base: str, real: tuple[str, ...]) -> None:
         mode = m.mode & self.file_mask
-        fd = create_or_replace(
-            lambda: os.open(base, CREATE_NEW, mode, dir_fd=dir_fd), lambda: self.replace(dir_fd, base, real)
-        )
+        # create_or_replace, written out: this is the hot path (one call per file of the layer).
+        try:
+            fd = os.open(base, CREATE_NEW, mode, dir_fd=dir_fd)
+        except FileExistsError:
+            self.replace(dir_fd, base, real)
+            fd = os.open(base, CREATE_NEW, mode, dir_fd=dir_fd)
         try:
             if m.size:
                 reader.copy_to(fd)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from . import _inroot
 from ._inroot import PATH_MAX, Policy, lstat_at
+from ._remove_tree import remove_tree_at
 from .errors import LayerError
 
 
@@ -127,7 +128,7 @@ class Tree:
                 return None
         if stat.S_ISDIR(st.st_mode):
             self.invalidate()
-            _inroot.remove_tree_at(dir_fd, name)
+            remove_tree_at(dir_fd, name)
         else:
             if stat.S_ISLNK(st.st_mode):
                 self.invalidate()

@@ -25,7 +25,7 @@ from typing import IO
 import attrs
 
 from . import _inroot
-from ._inroot import MAX_SYMLINK_FOLLOWS, NAME_MAX, PATH_MAX, lstat_at, rmtree
+from ._inroot import MAX_SYMLINK_FOLLOWS, NAME_MAX, PATH_MAX, lstat_at
 from ._layer_changeset import (
     OPAQUE_WHITEOUT,
     WHITEOUT_PREFIX,
@@ -37,6 +37,7 @@ from ._layer_changeset import (
 from ._layer_metadata import BuildState
 from ._layer_primitives import write_all
 from ._layer_tree import Tree
+from ._remove_tree import rmtree
 from ._text import goquote
 from .decompress import ChunkPipe
 from .errors import DiffIDMismatchError, LayerError
