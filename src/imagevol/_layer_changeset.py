@@ -1,4 +1,4 @@
-"""The rules of one OCI layer changeset (safe-paths.md C2): names, the entry dispatch, whiteouts
+"""The rules of one OCI layer changeset (C2 in docs/security.md): names, the entry dispatch, whiteouts
 and opaque directories, and what a layer keeps of lower layers.
 
 Why nothing can be written outside the root:

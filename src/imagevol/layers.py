@@ -1,4 +1,4 @@
-"""Applying OCI layer changesets to a directory, safely and fast (safe-paths.md C2): the public entry.
+"""Applying OCI layer changesets to a directory, safely and fast: the public entry.
 
 A layer blob is decompressed (:mod:`imagevol.decompress`, sniffed, bounded, hashed for its diff ID),
 read as tar (:mod:`imagevol.tarstream`) and applied member by member by the changeset rules
@@ -105,7 +105,7 @@ def apply_layers(
     blobs = list(layers)
     if diff_ids is not None and len(diff_ids) != len(blobs):
         raise DiffIDMismatchError(f"number of layers and diffIDs don't match: {len(blobs)} != {len(diff_ids)}")
-    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    root_fd = os.open(root, _inroot.READ_DIR)
     try:
         state = BuildState()
         stats = []
