@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from imagevol import _openat2
+from imagevol import _inroot, _openat2
 from imagevol import subpath as sp
 from imagevol.errors import SubPathError
 
@@ -116,7 +116,7 @@ def test_directory_moved_out_mid_walk_is_caught(race_tree: dict[str, str], monke
     """The one thing the userspace walk cannot stop by construction: a directory it already holds is
     renamed out of the tree. The final containment check (the kernel's complete_walk() check,
     emulated) refuses the handle instead of returning it."""
-    real_open = sp._open_component
+    real_open = _inroot._open_component
     moved = os.path.join(race_tree["base"], "moved")
 
     def attacker_open(dir_fd: int, name: str) -> int:
@@ -124,7 +124,7 @@ def test_directory_moved_out_mid_walk_is_caught(race_tree: dict[str, str], monke
             os.rename(os.path.join(race_tree["a"], "b"), moved)  # while the walker holds "b"
         return real_open(dir_fd, name)
 
-    monkeypatch.setattr(sp, "_open_component", attacker_open)
+    monkeypatch.setattr(_inroot, "_open_component", attacker_open)
     root_fd = sp.open_root(race_tree["root"])
     before = open_fds()
     try:
@@ -204,7 +204,7 @@ def test_a_failing_openat2_is_reported_never_downgraded(
         walked.append(name)
         return os.open(name, os.O_PATH, dir_fd=dir_fd)
 
-    monkeypatch.setattr(sp, "_open_component", walk)
+    monkeypatch.setattr(_inroot, "_open_component", walk)
 
     def failing(*args: object, **kwargs: object) -> int:
         raise OSError(err, os.strerror(err))
@@ -332,7 +332,7 @@ def test_protected_symlinks_rule_applies_to_trailing_links_only(
     alone: the rule is switched on for the walker only.)"""
     if os.geteuid() != 0:
         pytest.skip("needs root to give the link another owner")
-    monkeypatch.setattr(sp, "_protected_symlinks", lambda: True)
+    monkeypatch.setattr(_inroot, "_protected_symlinks", lambda: True)
     root = str(tmp_path)
     tmp = os.path.join(root, "tmp")
     os.makedirs(os.path.join(root, "d"))

@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 import pytest
 
+from imagevol import _inroot
 from imagevol import subpath as sp
 from imagevol.api import Pod, load_documents
 from imagevol.errors import SubPathError
@@ -189,10 +190,10 @@ def test_the_containment_climb(tree: DeepTree, root_fd: int, tmp_path: Any) -> N
     deep = sp.resolve(root_fd, DEEP, sp.Policy.BENEATH, sp.Backend.KERNEL)
     outside = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
     try:
-        assert sp._is_below(root_fd, deep.fd)
-        assert sp._is_below(root_fd, root_fd)
-        assert not sp._is_below(root_fd, outside)
-        assert not sp._is_below(deep.fd, root_fd)
+        assert _inroot.is_below(root_fd, deep.fd)
+        assert _inroot.is_below(root_fd, root_fd)
+        assert not _inroot.is_below(root_fd, outside)
+        assert not _inroot.is_below(deep.fd, root_fd)
     finally:
         deep.close()
         os.close(outside)

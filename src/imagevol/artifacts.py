@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import IO
 
 from .errors import LayerError
-from .layers import ApplyOptions, BuildState, Tree, apply_layer_fd, clean_name, lstat_at, write_all
+from .layers import ApplyOptions, BuildState, Tree, apply_layer_fd, clean_name, write_all
 from .oci import ANNOTATION_MODEL_FILEPATH, ANNOTATION_TITLE, Descriptor, Manifest
 
 _CHUNK = 1024 * 1024
@@ -81,9 +81,7 @@ def _write_file(root_fd: int, name: str, blob: IO[bytes], mode: int, options: Ap
         found = tree.parent(parts[:-1], create=True)
         assert found is not None
         dir_fd, _ = found
-        st = lstat_at(dir_fd, parts[-1])
-        if st is not None:
-            tree.remove(dir_fd, parts[-1], st)
+        tree.remove(dir_fd, parts[-1])  # whatever is there, never followed
         fd = os.open(parts[-1], _CREATE, 0o600, dir_fd=dir_fd)
         try:
             while chunk := blob.read(_CHUNK):
