@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 
 def goquote(text: str) -> str:
-    """Quote like Go's ``%q`` for the strings that appear in Kubernetes messages: double quotes,
-    backslash escapes, non-ASCII kept as is. A lone surrogate (YAML's ``"\\ud800"`` decodes to one)
-    is escaped, so the result can always be printed as UTF-8."""
-    quoted = json.dumps(text, ensure_ascii=False)
-    if quoted.isascii():
-        return quoted
-    return quoted.encode("utf-8", "backslashreplace").decode("utf-8")
+    """Quote like Go's ``strconv.Quote`` (what ``%q`` prints in Kubernetes messages): double quotes,
+    ``\\a \\b \\f \\n \\r \\t \\v`` escapes, other control bytes as ``\\xNN``, printable
+    non-ASCII kept as is, anything else as ``\\uNNNN`` / ``\\UNNNNNNNN`` (a lone surrogate, which
+    YAML's ``"\\ud800"`` decodes to, included: the result can always be printed as UTF-8)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return '"' + "".join(_quote_char(c) for c in text) + '"'
+
+
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v",
+               '"': '\\"', "\\": "\\\\"}  # fmt: skip
+
+
+def _quote_char(c: str) -> str:
+    escaped = _GO_ESCAPES.get(c)
+    if escaped is not None:
+        return escaped
+    if c.isprintable():
+        return c
+    code = ord(c)
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def strerror(exc: OSError) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from ._text import goquote
+
 
 class ImageVolError(Exception):
     """Base class of every error this library raises on purpose."""
@@ -191,4 +193,4 @@ class ValidationError(ImageVolError):
         self.name = name
         self.errors = list(errors)
         detail = errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
-        super().__init__(f'{kind} "{name}" is invalid: {detail}')
+        super().__init__(f"{kind} {goquote(name)} is invalid: {detail}")
