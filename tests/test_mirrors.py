@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imagevol.errors import BlockedRegistryError, ImageNotFoundError, PullError
-from imagevol.reference import parse, parse_normalized
+from imagevol.oci.reference import parse, parse_normalized
 from imagevol.resolver import Resolver
 from imagevol.sources.client import RetryPolicy
 from imagevol.sources.mirrors import RegistriesConfig, match_length

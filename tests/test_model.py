@@ -144,7 +144,7 @@ def test_real_resolver_agrees_with_the_model(entries: list[tuple[str, str, str]]
 
 @given(references())
 def test_generated_references_parse(ref: str) -> None:
-    from imagevol.reference import parse_normalized
+    from imagevol.oci.reference import parse_normalized
 
     parsed = parse_normalized(ref)
     assert parsed.path

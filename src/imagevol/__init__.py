@@ -23,7 +23,7 @@ from .layers import ApplyOptions, LayerLimits, apply_layers
 from .metrics import KubeletMetrics
 from .node import Node, NodeConfig
 from .oci import Descriptor, Digest, Index, Manifest, Platform, parse_manifest
-from .reference import Reference, parse, parse_normalized
+from .oci.reference import Reference, parse, parse_normalized
 from .resolver import Resolver
 from .runtime import ContainerdRuntime, CrioRuntime, LegacyRuntime, Runtime
 from .snapshots import Snapshots

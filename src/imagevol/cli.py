@@ -34,8 +34,8 @@ from .events import EventRecorder
 from .image_manager import PULL_POLICIES, Backoff, ImageManager
 from .node import DEFAULT_FEATURE_GATES, Node, NodeConfig, default_root
 from .oci import Platform
+from .oci.reference import parse_normalized
 from .progress import ProgressBar
-from .reference import parse_normalized
 from .runtime import DEFAULT_PROFILE, PROFILES
 from .sources.registry import RegistryAccess
 from .view import ContainerView, ViewError

@@ -18,7 +18,7 @@ from .cri import ANONYMOUS, Image, ImageService, Keyring
 from .errors import ImageVolError, InvalidReferenceError, PullError, RegistryUnavailableError
 from .events import NORMAL, WARNING, EventRecorder
 from .metrics import KubeletMetrics
-from .reference import apply_default_tag
+from .oci.reference import apply_default_tag
 
 INITIAL_BACKOFF = 10.0
 MAX_BACKOFF = 300.0

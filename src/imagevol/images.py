@@ -9,7 +9,7 @@ import attrs
 
 from .errors import InvalidReferenceError
 from .oci import Descriptor, Digest
-from .reference import Reference, parse_normalized
+from .oci.reference import Reference, parse_normalized
 from .store import ContentStore
 
 _A = "io.imagevol."

@@ -47,7 +47,7 @@ from .oci import (
     image_diff_ids,
     parse_manifest,
 )
-from .reference import Reference, parse_normalized
+from .oci.reference import Reference, parse_normalized
 from .sources.auth import ANONYMOUS, Keyring
 from .sources.base import Source
 from .sources.layout import OCILayoutSource

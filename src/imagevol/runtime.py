@@ -60,7 +60,7 @@ from .errors import (
 )
 from .images import ImageRecord
 from .oci import Digest, Manifest
-from .reference import parse_normalized
+from .oci.reference import parse_normalized
 from .resolver import Resolver
 from .snapshots import Snapshot, SnapshotKey, Snapshots
 

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from ..errors import BlockedRegistryError
-from ..reference import Reference
+from ..oci.reference import Reference
 
 OCI_LAYOUT_SCHEME = "oci-layout:"
 

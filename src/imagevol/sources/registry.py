@@ -28,7 +28,7 @@ from ..errors import (
     SizeMismatchError,
 )
 from ..oci import INDEX_TYPES, MANIFEST_ACCEPT, MANIFEST_TYPES, MAX_MANIFEST_BYTES, Descriptor, Digest
-from ..reference import Reference
+from ..oci.reference import Reference
 from . import bounds
 from .auth import Credentials, Keyring
 from .bounds import Deadline, SpeedMeter, duration

@@ -1,17 +1,9 @@
-"""The CRI boundary: the slice of the CRI (k8s.io/cri-api ``runtime/v1``) that image volumes use.
-
-Everything the kubelet side (pod sync, image manager, image GC, the ``exec`` view) and the runtime
-side exchange is a value defined here, and the two service protocols at the end name nothing else:
-
-* what the kubelet sends: :class:`ImageSpec`, :class:`Mount`, :class:`ContainerConfig`, and the pull
-  credentials (:class:`Keyring` of :class:`Credentials`, the CRI ``AuthConfig``);
-* what the runtime answers: :class:`ContainerStatus` with its :class:`MountStatus` entries,
-  :class:`Image`, :class:`PullImageResult`, :class:`ImageFsInfo` (:class:`FilesystemUsage`).
-
-The kubelet side is typed by :class:`ImageService` and :class:`RuntimeService` only; the runtime's
-own records (image database, content store, snapshots) never cross. This module imports nothing of
-imagevol but text helpers, so either side can be replaced (the tests drive the kubelet with an
-in-memory runtime). Where imagevol needs more than the CRI offers, the extension is named as such.
+"""The values that cross the CRI boundary: what the kubelet sends (:class:`ImageSpec`,
+:class:`Mount`, :class:`ContainerConfig`, the pull credentials :class:`Keyring` of
+:class:`Credentials`, the CRI ``AuthConfig``) and what the runtime answers (:class:`ContainerStatus`
+with its :class:`MountStatus` entries, :class:`Image`, :class:`PullImageResult`, :class:`ImageFsInfo`
+with its :class:`FilesystemUsage`). Where imagevol needs more than the CRI offers, the extension is
+named as such.
 """
 
 from __future__ import annotations
@@ -21,14 +13,14 @@ import binascii
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._text import goquote
+from .._text import goquote
 
 if TYPE_CHECKING:
-    from .api.models import Secret
+    from ..api.models import Secret
 
 #: CRI MountPropagation enum names, translated from the API's mountPropagation (R4.6).
 PROPAGATION = {None: "PROPAGATION_PRIVATE", "None": "PROPAGATION_PRIVATE",
@@ -348,80 +340,3 @@ class Keyring:
 
     def __bool__(self) -> bool:
         return bool(self.entries)
-
-
-# --- the services -----------------------------------------------------------------------------------------
-
-
-@runtime_checkable
-class ImageService(Protocol):
-    """``runtime.v1.ImageService``: the RPCs image volumes go through (no new ones, R8.2), plus one
-    imagevol extension, :meth:`garbage_collect`."""
-
-    def pull_image(self, reference: str, keyring: Keyring | None = None) -> PullImageResult:
-        """``PullImage``."""
-        ...
-
-    def image_status(self, reference: str) -> Image | None:
-        """``ImageStatus``: the local image ``reference`` names, None when there is none."""
-        ...
-
-    def list_images(self) -> Sequence[Image]:
-        """``ListImages``."""
-        ...
-
-    def remove_image(self, reference: str) -> Image:
-        """``RemoveImage``: refused while a container mounts the image (R7.3). Returns what was
-        removed (the CRI answers nothing; ``rmi`` prints it)."""
-        ...
-
-    def image_fs_info(self) -> ImageFsInfo:
-        """``ImageFsInfo``: what the images take on the image filesystem."""
-        ...
-
-    def garbage_collect(self) -> int:
-        """imagevol extension: one pass of the runtime's own garbage collector, which removes every
-        tree and blob no image and no container references, and returns how many blobs went.
-        containerd runs its collector by itself after changes; imagevol runs no daemon, so the
-        kubelet's image GC starts one at its own start and after each removal."""
-        ...
-
-
-@runtime_checkable
-class RuntimeService(Protocol):
-    """``runtime.v1.RuntimeService``, container part: image volumes are mounted lazily at
-    ``CreateContainer`` (R8.4) and echoed back by ``ContainerStatus`` (R7.2). :meth:`open_mount`
-    is an imagevol extension for the ``exec`` view (the real kubelet never opens container files)."""
-
-    @property
-    def name(self) -> str:
-        """The runtime's name (``VersionResponse.runtime_name``): the kubelet words the one
-        failure it reports on the runtime's behalf (R5.8) as that runtime does."""
-        ...
-
-    def create_container(self, sandbox_id: str, config: ContainerConfig) -> ContainerStatus:
-        """``CreateContainer``: every image volume of ``config`` mounted, or nothing held."""
-        ...
-
-    def remove_container(self, container_id: str) -> None:
-        """``RemoveContainer``: its mounts released; an unknown ID is not an error."""
-        ...
-
-    def container_status(self, container_id: str) -> ContainerStatus | None:
-        """``ContainerStatus``, None for an unknown ID."""
-        ...
-
-    def list_containers(self) -> Sequence[ContainerStatus]:
-        """``ListContainers`` (each with its mounts, see :class:`ContainerStatus`)."""
-        ...
-
-    def open_mount(self, status: MountStatus) -> int:
-        """imagevol extension: an ``O_PATH`` fd on what ``status`` (from a container's status)
-        mounts, re-opened without following any symlink and only if it is still the very inode
-        that was mounted. The caller closes it. Raises :class:`~imagevol.errors.ImageVolError`."""
-        ...
-
-
-@runtime_checkable
-class ContainerRuntime(ImageService, RuntimeService, Protocol):
-    """Both services, as one runtime endpoint serves them (what the image GC needs)."""

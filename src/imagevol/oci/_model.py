@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from .errors import DiffIDMismatchError, ManifestError
+from ..errors import DiffIDMismatchError, ManifestError
 
 # --- media types -----------------------------------------------------------------------------------
 
@@ -292,7 +292,7 @@ class Index:
     def select(self, platform: Platform) -> Descriptor:
         """The first manifest whose platform matches (the order of the index decides ties, as in
         containerd). Raises ``PlatformError`` naming what is available."""
-        from .errors import PlatformError
+        from ..errors import PlatformError
 
         for desc in self.manifests:
             if desc.media_type not in MANIFEST_TYPES:

@@ -8,9 +8,9 @@ import re
 
 import attrs
 
-from ._text import goquote
-from .errors import InvalidReferenceError
-from .oci import Digest
+from .._text import goquote
+from ..errors import InvalidReferenceError
+from ._model import Digest
 
 DEFAULT_DOMAIN = "docker.io"
 LEGACY_DEFAULT_DOMAIN = "index.docker.io"
