@@ -30,8 +30,8 @@ import yaml  # noqa: E402
 from benchmarks import _results  # noqa: E402
 from imagevol.api import load_documents  # noqa: E402
 from imagevol.api.models import Pod  # noqa: E402
+from imagevol.content.sources.registry import RegistryAccess  # noqa: E402
 from imagevol.node import Node, NodeConfig  # noqa: E402
-from imagevol.sources.registry import RegistryAccess  # noqa: E402
 from imagevol.testing.images import Layer, LayoutBuilder  # noqa: E402
 from imagevol.testing.tarbuild import TarEntry  # noqa: E402
 

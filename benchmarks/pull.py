@@ -51,9 +51,9 @@ print(json.dumps({"seconds": elapsed, "import_seconds": imported - t0, "rss_mb":
 IMAGEVOL = (
     _PY_PRELUDE
     + """
-from imagevol.resolver import Resolver
-from imagevol.sources.registry import RegistryAccess
-from imagevol.store import ContentStore
+from imagevol import Resolver
+from imagevol.content.sources.registry import RegistryAccess
+from imagevol.content.store import ContentStore
 imported = time.perf_counter()
 store = ContentStore(sys.argv[2])
 resolver = Resolver(store, registry_factory=RegistryAccess(plain_http=True))

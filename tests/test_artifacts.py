@@ -9,6 +9,7 @@ import stat
 import pytest
 
 from imagevol.artifacts import lay_out_artifact
+from imagevol.content.store import ContentStore
 from imagevol.errors import LayerError
 from imagevol.oci import (
     ANNOTATION_MODEL_FILEPATH,
@@ -24,7 +25,6 @@ from imagevol.oci import (
     Manifest,
 )
 from imagevol.snapshots import Snapshots, plan_for
-from imagevol.store import ContentStore
 from imagevol.testing.tarbuild import build_layer, gzip_bytes
 
 from layerkit import F, S, Sandbox

@@ -190,8 +190,8 @@ def test_describe_and_delete(node_root: str, capsys: pytest.CaptureFixture[str])
 
 
 def test_the_example_registries_conf_mirrors_to_the_layout() -> None:
+    from imagevol.content.sources.mirrors import RegistriesConfig
     from imagevol.oci.reference import parse_normalized
-    from imagevol.sources.mirrors import RegistriesConfig
 
     conf = RegistriesConfig.load(REGISTRIES)
     sources = conf.pull_sources(parse_normalized("quay.io/crio/artifact:v2"))

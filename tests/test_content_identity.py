@@ -27,6 +27,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from imagevol.content.sources.client import RetryPolicy
+from imagevol.content.sources.registry import RegistryAccess
+from imagevol.content.store import ContentStore
 from imagevol.errors import (
     DiffIDMismatchError,
     DigestMismatchError,
@@ -53,9 +56,6 @@ from imagevol.oci import (
     parse_manifest,
 )
 from imagevol.snapshots import SnapshotKey, Snapshots, plan_for
-from imagevol.sources.client import RetryPolicy
-from imagevol.sources.registry import RegistryAccess
-from imagevol.store import ContentStore
 from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes, zstd_bytes
 from imagevol.view import ContainerView
@@ -497,7 +497,7 @@ def test_an_artifact_tree_is_keyed_by_its_manifest_digest(node_root: str, fixtur
     node = make_node(node_root, fixtures_layout, FakeClock(), runtime="crio")
     record = _start(node, "a", f"{PREFIX}:artifact-raw")
     assert record.phase == "Running"
-    [image] = node.resolver.images.all()
+    [image] = node.puller.image_db.all()
     assert _trees(node) == [f"manifest-sha256-{image.manifest_digest.hex}"]
     assert _view(node, record).cat("/volume/dir/file") == b"1\n"
 
@@ -505,9 +505,9 @@ def test_an_artifact_tree_is_keyed_by_its_manifest_digest(node_root: str, fixtur
 def test_an_image_tree_is_keyed_by_its_chain_id(node_root: str, fixtures_layout: str) -> None:
     node = make_node(node_root, fixtures_layout, FakeClock())
     _start(node, "p", f"{PREFIX}:layers-mix")
-    [image] = node.resolver.images.all()
-    manifest = node.resolver.manifest_of(image)
-    diff_ids = node.resolver.diff_ids(manifest)
+    [image] = node.puller.image_db.all()
+    manifest = node.puller.manifest_of(image)
+    diff_ids = node.puller.diff_ids(manifest)
     top = chain_id(diff_ids)
     assert top is not None
     assert _trees(node) == [f"chain-sha256-{top.hex}"]

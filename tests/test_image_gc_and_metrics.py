@@ -45,7 +45,7 @@ def test_gc_removes_unused_images_and_never_one_in_use(node: Node) -> None:
     # The mounted image still works.
     status = node.runtime.container_status(node.get_pod("uses-v2").state("a").container_id)
     assert status is not None
-    key = node.runtime.snapshot_key(node.resolver.images.all()[0])
+    key = node.runtime.snapshot_key(node.puller.image_db.all()[0])
     assert key is not None
     tree = node.snapshots.get(key)
     assert tree is not None

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from imagevol.cli import main
+from imagevol.content.store import ContentStore
 from imagevol.oci import Index, parse_manifest
-from imagevol.store import ContentStore
 
 import peers
 from netfaults import Fault, fault_proxy

@@ -41,7 +41,7 @@ def _mounts(node: Node, state: Any) -> list[rt.MountStatus]:
 
 
 def _digest12(node: Node) -> str:
-    [record] = [r for r in node.resolver.images.all() if r.name.endswith(":tricky")]
+    [record] = [r for r in node.puller.image_db.all() if r.name.endswith(":tricky")]
     return record.manifest_digest.hex[:12]
 
 

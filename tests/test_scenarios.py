@@ -16,10 +16,10 @@ import yaml
 
 from imagevol.api import load_documents
 from imagevol.api.models import Pod
+from imagevol.content.sources.client import RetryPolicy
+from imagevol.content.sources.registry import RegistryAccess
 from imagevol.kubelet import PodRecord
 from imagevol.node import Node, NodeConfig
-from imagevol.sources.client import RetryPolicy
-from imagevol.sources.registry import RegistryAccess
 from imagevol.view import ContainerView
 
 import peers

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
+from imagevol.content.store import ContentStore
 from imagevol.errors import DigestMismatchError, ImageInUseError, ImageVolError, LayerError
 from imagevol.oci import Manifest
 from imagevol.snapshots import SnapshotKey, SnapshotPlan, Snapshots, plan_for
-from imagevol.store import ContentStore
 from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.tarbuild import TarEntry
 
@@ -119,7 +119,7 @@ def test_threads_build_once(tmp_path: object) -> None:
 _CHILD = r"""
 import os, sys, time
 from imagevol.snapshots import Snapshots
-from imagevol.store import ContentStore
+from imagevol.content.store import ContentStore
 import imagevol.snapshots as s
 layout, snaps_root, log, mode = sys.argv[1:5]
 store = ContentStore(layout)

@@ -29,10 +29,10 @@ import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from imagevol.content.store import ContentStore
 from imagevol.errors import LayerError
 from imagevol.layers import LayerEntryError, apply_layers
 from imagevol.oci import Manifest
-from imagevol.store import ContentStore
 from imagevol.testing.listing import Item, listing, render
 
 from layer_strategies import Outcome, Stack, now_ns, run_imagevol, run_umoci, stack_st

@@ -6,6 +6,9 @@ The public API re-exported here is the one users import; each name lives in a mo
 from __future__ import annotations
 
 from .api import FeatureGates, Pod, admit, load_documents
+from .content.pull import ImagePuller as Resolver
+from .content.sources.mirrors import RegistriesConfig
+from .content.store import ContentStore
 from .errors import (
     ContentError,
     CreateContainerConfigError,
@@ -24,11 +27,8 @@ from .metrics import KubeletMetrics
 from .node import Node, NodeConfig
 from .oci import Descriptor, Digest, Index, Manifest, Platform, parse_manifest
 from .oci.reference import Reference, parse, parse_normalized
-from .resolver import Resolver
 from .runtime import ContainerdRuntime, CrioRuntime, LegacyRuntime, Runtime
 from .snapshots import Snapshots
-from .sources.mirrors import RegistriesConfig
-from .store import ContentStore
 from .subpath import Backend, Policy, Resolved, resolve
 
 __version__ = "0.1.0"

@@ -20,6 +20,8 @@ from .api.bounded_yaml import load_all
 from .api.features import DEFAULT_VERSION
 from .api.limits import read_body
 from .api.load import decode_text
+from .content.progress import ProgressBar
+from .content.sources.registry import RegistryAccess
 from .cri import Credentials, Keyring
 from .describe import describe_pod, format_event_line, get_pods
 from .errors import (
@@ -35,9 +37,7 @@ from .image_manager import PULL_POLICIES, Backoff, ImageManager
 from .node import DEFAULT_FEATURE_GATES, Node, NodeConfig, default_root
 from .oci import Platform
 from .oci.reference import parse_normalized
-from .progress import ProgressBar
 from .runtime import DEFAULT_PROFILE, PROFILES
-from .sources.registry import RegistryAccess
 from .view import ContainerView, ViewError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -318,7 +318,7 @@ def _pull_keyring(node: Node, args: argparse.Namespace) -> Keyring:
     creds = Credentials.parse(args.creds)
     try:
         ref = parse_normalized(args.reference)
-        hosts = [s.endpoint.location for s in node.resolver.registries.pull_sources(ref) if not s.endpoint.is_layout]
+        hosts = [s.endpoint.location for s in node.puller.registries.pull_sources(ref) if not s.endpoint.is_layout]
     except ImageVolError:
         return Keyring()  # the pull reports the bad reference or the blocked registry
     return Keyring(tuple((h, creds) for h in dict.fromkeys(hosts)))
@@ -329,7 +329,7 @@ def _cmd_pull(node: Node, args: argparse.Namespace, out: TextIO) -> int:
     digest the reference resolved to (an index's digest for a multi-platform image)."""
     keyring = _pull_keyring(node, args)
     bar = ProgressBar(sys.stderr, args.reference) if sys.stderr.isatty() else None
-    node.resolver.progress = bar
+    node.puller.progress = bar
     recorder = EventRecorder([], clock=node.now)
     manager = ImageManager(node.runtime, Backoff(), node.metrics(), clock=node.now)
     try:
@@ -337,7 +337,7 @@ def _cmd_pull(node: Node, args: argparse.Namespace, out: TextIO) -> int:
     finally:
         if bar is not None:
             bar.close()
-        node.resolver.progress = None
+        node.puller.progress = None
     if not result.ok or result.image is None:
         sys.stderr.write(f"error: {result.reason}: {result.message}\n")
         return EXIT_FAIL

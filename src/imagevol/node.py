@@ -1,6 +1,6 @@
 """One simulated node: content store, snapshots, runtime, kubelet and Pod state under a root dir.
 
-This is the composition root: the only place that builds the runtime side (store, resolver,
+This is the composition root: the only place that builds the runtime side (store, puller,
 snapshots, a runtime profile) and hands it to the kubelet side, which sees it only through the CRI
 protocols of :mod:`imagevol.cri`.
 
@@ -43,19 +43,19 @@ from .api import FeatureGates, Pod, Secret, admit, load_documents, validate_secr
 from .api.dump import pod_to_dict
 from .api.features import DEFAULT_VERSION
 from .api.limits import check_stored_size
+from .content.locks import NamedLocks
+from .content.pull import ImagePuller, RegistryFactory
+from .content.sources.mirrors import RegistriesConfig
+from .content.store import DEFAULT_MAX_BLOB_SIZE, ContentStore
 from .cri import Keyring
 from .errors import ImageVolError, NodeStateError, PodNotFoundError, ValidationError
 from .events import WARNING, EventRecorder
 from .image_manager import Backoff, ImageManager
 from .kubelet import Kubelet, PodRecord
-from .locks import NamedLocks
 from .metrics import KubeletMetrics
 from .oci import Platform
-from .resolver import RegistryFactory, Resolver
 from .runtime import DEFAULT_PROFILE, Runtime, runtime_class
 from .snapshots import Snapshots
-from .sources.mirrors import RegistriesConfig
-from .store import DEFAULT_MAX_BLOB_SIZE, ContentStore
 
 #: A state file's name: the SHA-256 of ``<namespace>/<name>``.
 _STATE_FILE = re.compile(r"[0-9a-f]{64}\.json")
@@ -123,7 +123,7 @@ class Node:
             max_blob_size=self.config.max_blob_size,
         )
         registries = RegistriesConfig.load(self.config.registries) if self.config.registries else None
-        self.resolver = Resolver(
+        self.puller = ImagePuller(
             self.store,
             registries,
             platform=self.config.platform,
@@ -131,8 +131,13 @@ class Node:
         )
         self.snapshots = Snapshots(os.path.join(self.root, "snapshots"), self.store)
         self.runtime: Runtime = runtime_class(self.config.runtime)(
-            os.path.join(self.root, "runtime"), self.resolver, self.snapshots, self.config.subpath_backend
+            os.path.join(self.root, "runtime"), self.puller, self.snapshots, self.config.subpath_backend
         )
+
+    @property
+    def resolver(self) -> ImagePuller:
+        """The old name of :attr:`puller`."""
+        return self.puller
 
     # --- clock and persistent node state ----------------------------------------------------------
 

@@ -36,6 +36,8 @@ import attrs
 from . import subpath as sp
 from ._text import goquote
 from .artifacts import artifact_file_name, is_tar_layer
+from .content.image_db import ImageRecord
+from .content.pull import ImagePuller
 from .cri import (
     ContainerConfig,
     ContainerStatus,
@@ -58,10 +60,8 @@ from .errors import (
     RegistryUnavailableError,
     SubPathError,
 )
-from .images import ImageRecord
 from .oci import Digest, Manifest
 from .oci.reference import parse_normalized
-from .resolver import Resolver
 from .snapshots import Snapshot, SnapshotKey, Snapshots
 
 #: The name the container status had before it moved to the CRI module.
@@ -79,14 +79,19 @@ class Runtime:
     honours_sub_path: ClassVar[bool] = True
 
     def __init__(
-        self, state_dir: str, resolver: Resolver, snapshots: Snapshots, backend: sp.Backend = sp.Backend.AUTO
+        self, state_dir: str, puller: ImagePuller, snapshots: Snapshots, backend: sp.Backend = sp.Backend.AUTO
     ) -> None:
         self.state_dir = state_dir
-        self.resolver = resolver
+        self.puller = puller
         self.snapshots = snapshots
         self.backend = backend
         self._containers = os.path.join(state_dir, "containers")
         os.makedirs(self._containers, mode=0o700, exist_ok=True)
+
+    @property
+    def resolver(self) -> ImagePuller:
+        """The old name of :attr:`puller`."""
+        return self.puller
 
     # --- image service -------------------------------------------------------------------------
 
@@ -95,7 +100,7 @@ class Runtime:
         (CRI-O); containerd reports an unreachable registry as a plain pull failure, which the
         kubelet shows as ``ErrImagePull`` (R3.6)."""
         try:
-            result = self.resolver.pull(reference, keyring)
+            result = self.puller.pull(reference, keyring)
         except RegistryUnavailableError as exc:
             if self.reports_registry_unavailable:
                 raise
@@ -104,12 +109,12 @@ class Runtime:
 
     def image_status(self, reference: str) -> Image | None:
         """``ImageStatus``: the image ``reference`` names, when every blob it needs is present."""
-        record = self.resolver.lookup(reference)
+        record = self.puller.lookup(reference)
         return _cri_image(record) if record is not None else None
 
     def list_images(self) -> list[Image]:
         """``ListImages``: one :class:`~imagevol.cri.Image` per pulled reference."""
-        return [_cri_image(r) for r in self.resolver.images.all()]
+        return [_cri_image(r) for r in self.puller.image_db.all()]
 
     def images_in_use(self) -> set[str]:
         """Image IDs that some container mounts (what the image GC learns from ContainerStatus)."""
@@ -120,13 +125,13 @@ class Runtime:
         record goes; its tree goes too unless another image has the same layer chain (or a
         container of an image pulled over it still holds the tree). Blobs stay until
         :meth:`garbage_collect`."""
-        record = self.resolver.images.lookup(reference) or _latest(self.resolver.images.by_id(reference))
+        record = self.puller.image_db.lookup(reference) or _latest(self.puller.image_db.by_id(reference))
         if record is None:
             raise ImageVolError(f"image {goquote(reference)} not found")
         users = [c for c in self.list_containers() if any(m.image_id == record.image_id for m in c.mounts)]
         if users:
             raise ImageInUseError(f"image used by {users[0].id[:13]}: image is in use by a container")
-        self.resolver.images.remove(record.name)
+        self.puller.image_db.remove(record.name)
         self.prune_snapshots()
         return _cri_image(record)
 
@@ -135,7 +140,7 @@ class Runtime:
         snapshotter's root), whose usage is every blob of the content store plus every file of the
         snapshots directory (trees, builds in progress, leases). Nothing is followed or opened
         outside the two directories."""
-        blob_bytes, blobs = self.resolver.store.usage()
+        blob_bytes, blobs = self.puller.store.usage()
         tree_bytes, entries = self.snapshots.usage()
         usage = FilesystemUsage(
             timestamp=time.time_ns(),
@@ -151,13 +156,13 @@ class Runtime:
         number of blobs removed. Both steps hold the exclusive ``gc`` lock, which a pull holds
         shared until its record is written: the blobs of a pull in progress are never taken."""
         self.prune_snapshots()
-        return len(self.resolver.store.garbage_collect())
+        return len(self.puller.store.garbage_collect())
 
     def snapshot_key(self, record: ImageRecord) -> SnapshotKey | None:
         """The tree ``record`` mounts (None when its manifest or config is unreadable: it could
         not be mounted anyway)."""
         try:
-            return self.snapshots.plan(record.manifest_digest, self.resolver.manifest_of(record)).key
+            return self.snapshots.plan(record.manifest_digest, self.puller.manifest_of(record)).key
         except ImageVolError:
             return None
 
@@ -166,8 +171,8 @@ class Runtime:
         two images stays until neither is left; a tree still mounted stays until released. Runs
         under the exclusive ``gc`` lock, so no pull can write a record naming a tree meanwhile."""
         removed = []
-        with self.resolver.store.locks.hold("gc"):
-            wanted = {self.snapshot_key(r) for r in self.resolver.images.all()}
+        with self.puller.store.locks.hold("gc"):
+            wanted = {self.snapshot_key(r) for r in self.puller.image_db.all()}
             for key in self.snapshots.published():
                 if key in wanted:
                     continue
@@ -254,13 +259,13 @@ class Runtime:
         ref = mount.image.image
         record: ImageRecord | None = None
         if not _is_digest(ref):
-            record = self.resolver.lookup(ref)
+            record = self.puller.lookup(ref)
         else:
-            named = self.resolver.lookup(mount.image.user_specified_image) if mount.image.user_specified_image else None
+            named = self.puller.lookup(mount.image.user_specified_image) if mount.image.user_specified_image else None
             if named is not None and named.answers_to(ref):
                 record = named
             else:
-                record = _latest(r for r in self.resolver.images.by_id(ref) if self.resolver.is_complete(r))
+                record = _latest(r for r in self.puller.image_db.by_id(ref) if self.puller.is_complete(r))
         if record is None:
             raise ImageVolumeMountFailedError(self.not_local_message(ref))
         return record
@@ -268,7 +273,7 @@ class Runtime:
     def _acquire(self, record: ImageRecord, holder: str) -> tuple[Snapshot, Manifest]:
         """The image's published tree, leased to ``holder`` with no window for a removal."""
         try:
-            manifest = self.resolver.manifest_of(record)
+            manifest = self.puller.manifest_of(record)
             plan = self.snapshots.plan(record.manifest_digest, manifest)
             return self.snapshots.acquire(plan, holder), manifest
         except BlobNotFoundError as exc:

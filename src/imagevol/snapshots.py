@@ -45,11 +45,11 @@ import attrs
 
 from ._text import goquote
 from .artifacts import lay_out_artifact
+from .content.locks import NamedLocks
+from .content.store import ContentStore, mismatch
 from .errors import DiffIDMismatchError, DigestMismatchError, ImageInUseError, ImageVolError
 from .layers import ApplyOptions, BuildState, Tree, apply_layer_fd, rmtree
-from .locks import NamedLocks
 from .oci import MAX_CONFIG_BYTES, Descriptor, Digest, Manifest, chain_id, image_diff_ids
-from .store import ContentStore, mismatch
 
 _WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 _KEY = re.compile(r"(chain|manifest)-([a-z0-9]+)-([0-9a-f]+)")

@@ -12,8 +12,8 @@ from typing import Any
 
 import fsspec
 
-from ..errors import ImageNotFoundError, ManifestError
-from ..oci import ANNOTATION_REF_NAME, MAX_MANIFEST_BYTES, OCI_INDEX, Descriptor, Digest
+from ...errors import ImageNotFoundError, ManifestError
+from ...oci import ANNOTATION_REF_NAME, MAX_MANIFEST_BYTES, OCI_INDEX, Descriptor, Digest
 from .auth import Credentials
 
 _CHUNK = 1024 * 1024
@@ -55,7 +55,7 @@ class OCILayoutSource:
                     return desc
             if self.fs.exists(self._blob(want)):
                 # Not top-level (e.g. one platform of an index): the media type comes from the
-                # document itself, which the resolver checks against the digest anyway.
+                # document itself, which the puller checks against the digest anyway.
                 with self.fs.open(self._blob(want), "rb") as f:
                     raw = f.read(MAX_MANIFEST_BYTES + 1)
                 try:

@@ -21,8 +21,8 @@ from typing import Any
 
 import attrs
 
-from ..errors import BlockedRegistryError
-from ..oci.reference import Reference
+from ...errors import BlockedRegistryError
+from ...oci.reference import Reference
 
 OCI_LAYOUT_SCHEME = "oci-layout:"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..cri import ANONYMOUS, DOCKER_CFG, DOCKER_CONFIG_JSON, Credentials, Keyring
+from ...cri import ANONYMOUS, DOCKER_CFG, DOCKER_CONFIG_JSON, Credentials, Keyring
 
 
 def keyring_from_mapping(hosts: Mapping[str, Credentials]) -> Keyring:

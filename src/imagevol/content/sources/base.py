@@ -1,6 +1,6 @@
-"""What every content source offers the resolver.
+"""What every content source offers the puller (:mod:`imagevol.content.pull`).
 
-A source only moves bytes. It is not trusted: the resolver verifies every manifest and blob against
+A source only moves bytes. It is not trusted: the puller verifies every manifest and blob against
 its digest and size before anything reaches the content store.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from ..oci import Descriptor
+from ...oci import Descriptor
 from .auth import Credentials
 
 
@@ -38,5 +38,5 @@ class Source(Protocol):
         ...
 
     def close(self) -> None:
-        """Release connections and files (the resolver calls it when done with the source)."""
+        """Release connections and files (the puller calls it when done with the source)."""
         ...

@@ -1,6 +1,7 @@
-"""The runtime's image service: ``PullImage`` and ``ImageStatus`` for images and artifacts.
+"""Pulling references into the content store, for images and artifacts: what the runtime's image
+service does for ``PullImage`` and ``ImageStatus``.
 
-``pull`` walks the sources a reference maps to (mirrors first, registries.conf semantics), fetches
+:meth:`ImagePuller.pull` walks the sources a reference maps to (mirrors first, registries.conf semantics), fetches
 the manifest, picks the node's platform out of an index, and ingests config and layers into the
 content store. Every byte is verified against the digest that referred to it: the manifest against
 the digest in the reference or the one the source resolved, an index entry's manifest against the
@@ -21,8 +22,8 @@ from typing import TypeVar
 
 import attrs
 
-from ._text import goquote
-from .errors import (
+from .._text import goquote
+from ..errors import (
     ContentError,
     DigestMismatchError,
     ImageNotFoundError,
@@ -33,8 +34,7 @@ from .errors import (
     RegistryUnavailableError,
     SizeMismatchError,
 )
-from .images import ImageDB, ImageRecord, store_name
-from .oci import (
+from ..oci import (
     INDEX_TYPES,
     MAX_CONFIG_BYTES,
     MAX_MANIFEST_BYTES,
@@ -47,7 +47,8 @@ from .oci import (
     image_diff_ids,
     parse_manifest,
 )
-from .oci.reference import Reference, parse_normalized
+from ..oci.reference import Reference, parse_normalized
+from .image_db import ImageDatabase, ImageRecord, store_name
 from .sources.auth import ANONYMOUS, Keyring
 from .sources.base import Source
 from .sources.layout import OCILayoutSource
@@ -73,8 +74,9 @@ class _CancelledError(Exception):
     """Another blob of the same pull failed: stop this one (its temporary file is removed)."""
 
 
-class Resolver:
-    """Pull and look up images for one node."""
+class ImagePuller:
+    """Pull references into one node's content store and look up what was pulled (the image
+    database, :attr:`image_db`). ``imagevol.Resolver`` is its old name."""
 
     def __init__(
         self,
@@ -88,7 +90,7 @@ class Resolver:
         progress: ProgressFn | None = None,
     ) -> None:
         self.store = store
-        self.images = ImageDB(store)
+        self.image_db = ImageDatabase(store)
         self.registries = registries or RegistriesConfig()
         self.platform = platform or host_platform()
         self.registry_factory = registry_factory
@@ -96,11 +98,16 @@ class Resolver:
         self.max_concurrent_downloads = max(1, max_concurrent_downloads)
         self.progress = progress
 
+    @property
+    def images(self) -> ImageDatabase:
+        """The old name of :attr:`image_db`."""
+        return self.image_db
+
     # --- ImageStatus ---------------------------------------------------------------------------
 
     def lookup(self, reference: str) -> ImageRecord | None:
         """The local record for ``reference`` when every blob it needs is present."""
-        record = self.images.lookup(reference)
+        record = self.image_db.lookup(reference)
         if record is None or not self.is_complete(record):
             return None
         return record
@@ -240,10 +247,10 @@ class Resolver:
             auth=(auth,),
             pulled_at=time.time(),
         )
-        previous = self.images.get(record.name)
+        previous = self.image_db.get(record.name)
         if previous is not None and previous.target.digest == record.target.digest:
             record = attrs.evolve(record, auth=tuple(dict.fromkeys((*previous.auth, auth))))
-        self.images.put(record)
+        self.image_db.put(record)
         return record, fetched
 
     def _ingest_blobs(

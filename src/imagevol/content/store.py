@@ -27,10 +27,9 @@ from typing import IO, Any
 import attrs
 import fsspec
 
-from ._text import goquote
-from .errors import BlobNotFoundError, ContentError, DigestMismatchError, SizeMismatchError
-from .locks import NamedLocks, process_alive
-from .oci import (
+from .._text import goquote
+from ..errors import BlobNotFoundError, ContentError, DigestMismatchError, SizeMismatchError
+from ..oci import (
     ANNOTATION_REF_NAME,
     IMAGE_CONFIG_TYPES,
     INDEX_TYPES,
@@ -43,6 +42,7 @@ from .oci import (
     Manifest,
     parse_manifest,
 )
+from .locks import NamedLocks, process_alive
 
 OCI_LAYOUT_VERSION = "1.0.0"
 DEFAULT_MAX_BLOB_SIZE = 64 * 1024**3

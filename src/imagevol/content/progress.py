@@ -1,6 +1,6 @@
 """A one-line progress bar for long pulls, on a terminal only.
 
-It is a :data:`~imagevol.resolver.ProgressFn`: the resolver calls it with ``(done, total)`` bytes.
+It is a :data:`~imagevol.content.pull.ProgressFn`: the puller calls it with ``(done, total)`` bytes.
 Nothing is drawn for the first ``delay`` seconds (short pulls stay quiet) nor more often than
 ``interval``; :meth:`close` erases the line, so the command's real output stays clean.
 """

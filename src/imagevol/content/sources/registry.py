@@ -1,5 +1,5 @@
 """A registry as a content source: one repository's manifests and blobs over the OCI distribution
-API, through :class:`~imagevol.sources.client.RegistryClient` (oras-py, made safe).
+API, through :class:`~imagevol.content.sources.client.RegistryClient` (oras-py, made safe).
 
 Every answer is hostile input. Manifests are read up to 4 MiB and refused beyond (announced or
 actual), hashed, and checked against the digest asked for and against ``Docker-Content-Digest``.
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 import attrs
 
-from ..errors import (
+from ...errors import (
     DigestMismatchError,
     ImageNotFoundError,
     ManifestError,
@@ -27,8 +27,8 @@ from ..errors import (
     RegistryUnavailableError,
     SizeMismatchError,
 )
-from ..oci import INDEX_TYPES, MANIFEST_ACCEPT, MANIFEST_TYPES, MAX_MANIFEST_BYTES, Descriptor, Digest
-from ..oci.reference import Reference
+from ...oci import INDEX_TYPES, MANIFEST_ACCEPT, MANIFEST_TYPES, MAX_MANIFEST_BYTES, Descriptor, Digest
+from ...oci.reference import Reference
 from . import bounds
 from .auth import Credentials, Keyring
 from .bounds import Deadline, SpeedMeter, duration
@@ -236,7 +236,7 @@ def _content_length(resp: Reply, url: str) -> int | None:
 
 @attrs.frozen
 class RegistryAccess:
-    """The resolver's registry factory: how this node reaches registries.
+    """The puller's registry factory: how this node reaches registries.
 
     ``plain_http`` sends every request over HTTP (the CLI's ``--plain-http``); otherwise HTTPS, or
     HTTPS-then-HTTP for registries.conf entries marked ``insecure``. Credentials for a host come

@@ -7,7 +7,7 @@ of oras's calls go through, ``do_request``, which here returns a :class:`Reply`:
 
 * every wait is bounded (gap 3): each try of a request has a deadline, each body a low-speed
   limit, each request with its retries an overall deadline, each blob a budget across its resumes
-  (:mod:`imagevol.sources.bounds`, enforced on the sockets by :mod:`imagevol.sources.transport`);
+  (:mod:`imagevol.content.sources.bounds`, enforced on the sockets by :mod:`imagevol.content.sources.transport`);
   bodies are read only through :class:`Reply`, under those bounds, and only up to a size limit;
 * no ``@retry`` decorator (gap 4): only idempotent requests are retried, a bounded number of times,
   with exponential backoff, on connection errors, 429 and 5xx;
@@ -19,7 +19,7 @@ of oras's calls go through, ``do_request``, which here returns a :class:`Reply`:
 * credentials come only from :class:`KeyringAuth` (what the caller or the Pod's pull secrets gave):
   never from ``~/.docker/config.json``, ``ORAS_USER``/``ORAS_PASS`` or ``~/.netrc`` (gap 7);
 * ``Accept-Encoding: identity``, so the bytes hashed are the bytes the registry stored;
-* failures read like containerd's (:mod:`imagevol.sources.neterrors`).
+* failures read like containerd's (:mod:`imagevol.content.sources.neterrors`).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ import requests
 import requests.structures
 import urllib3.exceptions
 
-from .._text import goquote
-from ..errors import AuthenticationError, PullError, RegistryUnavailableError
+from ..._text import goquote
+from ...errors import AuthenticationError, PullError, RegistryUnavailableError
 from . import bounds, transport
 from .auth import Credentials
 from .bounds import Deadline, SpeedMeter, Timeouts, duration

@@ -7,9 +7,9 @@ import time
 
 import attrs
 
-from .errors import InvalidReferenceError
-from .oci import Descriptor, Digest
-from .oci.reference import Reference, parse_normalized
+from ..errors import InvalidReferenceError
+from ..oci import Descriptor, Digest
+from ..oci.reference import Reference, parse_normalized
 from .store import ContentStore
 
 _A = "io.imagevol."
@@ -80,7 +80,7 @@ def store_name(ref: Reference) -> str:
     return str(ref)
 
 
-class ImageDB:
+class ImageDatabase:
     """Records of pulled images in a :class:`ContentStore`."""
 
     def __init__(self, store: ContentStore) -> None:
