@@ -181,7 +181,7 @@ _IMAGEVOL = """
 import sys, time
 t0 = time.perf_counter()
 from imagevol import decompress
-from imagevol.layers import ApplyOptions, apply_layers
+from imagevol.trees.layers import ApplyOptions, apply_layers
 from imagevol.oci import Digest
 # backend: "zlib" forces plain zlib, "default" keeps imagevol's choice (ISA-L, zlib-ng or zlib);
 # diff: the layer's diff ID, verified while unpacking as a node does, or "-" to skip the hash
@@ -437,7 +437,7 @@ def _version(argv: Sequence[str]) -> str:
 
 
 def _bench(work: str, runs: int, scales: list[float], main_scale: float, command: str, tmpfs: bool) -> _results.Result:
-    from imagevol import decompress
+    from imagevol.trees import decompress
 
     umoci = shutil.which("umoci")
     if not umoci:

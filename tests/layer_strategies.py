@@ -16,10 +16,10 @@ import attrs
 from hypothesis import strategies as st
 
 from imagevol.errors import LayerError
-from imagevol.layers import ApplyOptions, apply_layers
 from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.listing import Item, listing
 from imagevol.testing.tarbuild import FIXED_MTIME, TarEntry, build_layer, gzip_bytes
+from imagevol.trees.layers import ApplyOptions, apply_layers
 
 NAMES = ("a", "b", "c")
 MTIMES = (FIXED_MTIME, FIXED_MTIME + 86400, 1000000000)

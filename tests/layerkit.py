@@ -14,8 +14,8 @@ import attrs
 import pytest
 
 from imagevol.errors import LayerError
-from imagevol.layers import ApplyOptions, LayerStats, apply_layers
 from imagevol.testing.tarbuild import FIXED_MTIME, TarEntry, build_layer
+from imagevol.trees.layers import ApplyOptions, LayerStats, apply_layers
 
 Layer = Sequence[TarEntry] | bytes
 

@@ -24,7 +24,7 @@ KUBELET_SIDE = frozenset({"kubelet", "image_manager", "image_gc", "envvars", "me
 VALUES = frozenset({"cri", "api", "oci", "reference", "errors", "_text"})
 #: The exec view resolves paths inside a mount fd with the sub-path resolver, a library of fd
 #: operations that holds no node state (it moves with the view to the exec side of the layout).
-EXTRA = {"view": frozenset({"subpath"})}
+EXTRA = {"view": frozenset({"trees"})}
 #: The runtime side and the composition root: never reached from the kubelet side.
 RUNTIME_SIDE = frozenset(
     {"runtime", "resolver", "images", "store", "snapshots", "sources", "layers", "artifacts", "decompress",
@@ -102,13 +102,13 @@ def test_the_scanner_sees_every_kind_of_import() -> None:
     source = (
         "from typing import TYPE_CHECKING\n"
         "from .cri import Mount\n"
-        "from . import subpath as sp\n"
+        "from . import trees as sp\n"
         "if TYPE_CHECKING:\n    from .images import ImageRecord\n"
         "def f():\n    from .sources.auth import Keyring\n    import imagevol.store\n"
     )
     found = imports_of(source, "imagevol.kubelet")
-    assert found == {"imagevol.cri", "imagevol.subpath", "imagevol.images", "imagevol.sources.auth", "imagevol.store"}
-    assert {component(m) for m in found} - VALUES == {"subpath", "images", "sources", "store"}
+    assert found == {"imagevol.cri", "imagevol.trees", "imagevol.images", "imagevol.sources.auth", "imagevol.store"}
+    assert {component(m) for m in found} - VALUES == {"trees", "images", "sources", "store"}
     assert imports_of("from ..cri import Keyring\n", "imagevol.sources.auth") == {"imagevol.cri"}
     assert imports_of("from .auth import Credentials\n", "imagevol.sources", is_package=True) == {
         "imagevol.sources.auth"

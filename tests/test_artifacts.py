@@ -8,7 +8,6 @@ import stat
 
 import pytest
 
-from imagevol.artifacts import lay_out_artifact
 from imagevol.content.store import ContentStore
 from imagevol.errors import LayerError
 from imagevol.oci import (
@@ -24,8 +23,9 @@ from imagevol.oci import (
     Digest,
     Manifest,
 )
-from imagevol.snapshots import Snapshots, plan_for
 from imagevol.testing.tarbuild import build_layer, gzip_bytes
+from imagevol.trees.artifacts import lay_out_artifact
+from imagevol.trees.snapshots import Snapshots, plan_for
 
 from layerkit import F, S, Sandbox
 

@@ -39,7 +39,6 @@ from imagevol.errors import (
 )
 from imagevol.image_gc import ImageGC
 from imagevol.kubelet import PodRecord
-from imagevol.layers import ApplyOptions, apply_layers
 from imagevol.node import Node, NodeConfig
 from imagevol.oci import (
     OCI_CONFIG,
@@ -55,9 +54,10 @@ from imagevol.oci import (
     parse_diff_ids,
     parse_manifest,
 )
-from imagevol.snapshots import SnapshotKey, Snapshots, plan_for
 from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes, zstd_bytes
+from imagevol.trees.layers import ApplyOptions, apply_layers
+from imagevol.trees.snapshots import SnapshotKey, Snapshots, plan_for
 from imagevol.view import ContainerView
 from test_scenarios import make_pod
 

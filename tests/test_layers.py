@@ -12,8 +12,8 @@ import stat
 
 import pytest
 
-from imagevol.layers import ApplyOptions
 from imagevol.testing.tarbuild import FIXED_MTIME, TarEntry
+from imagevol.trees.layers import ApplyOptions
 
 from layerkit import D, F, H, S, Sandbox, W
 

@@ -10,11 +10,11 @@ import zlib
 
 import pytest
 
-from imagevol import decompress
 from imagevol.errors import LayerError
-from imagevol.layers import ApplyOptions, LayerLimits
-from imagevol.tarstream import TarReader, parse_number, parse_pax_time
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes, zstd_bytes
+from imagevol.trees import decompress
+from imagevol.trees.layers import ApplyOptions, LayerLimits
+from imagevol.trees.tarstream import TarReader, parse_number, parse_pax_time
 
 from layerkit import (
     D,

@@ -18,11 +18,11 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from imagevol.errors import LayerError
-from imagevol.layers import ApplyOptions, apply_layer_fd, apply_layers
-from imagevol.snapshots import publish_tree
 from imagevol.testing.listing import listing, render
 from imagevol.testing.model import ModelError, apply_layers_model, writes_through_whited_out_links
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes, zstd_bytes
+from imagevol.trees.layers import ApplyOptions, apply_layer_fd, apply_layers
+from imagevol.trees.snapshots import publish_tree
 
 from layer_strategies import NAMES, Stack, entry_st, path_st, stack_st
 from layerkit import Sandbox

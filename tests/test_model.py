@@ -14,13 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagevol import subpath as sp
 from imagevol.errors import LayerError, SubPathError
-from imagevol.layers import ApplyOptions, apply_layers
 from imagevol.testing.model import ModelError, apply_layers_model, listing, resolve_model, tree_from_entries
 from imagevol.testing.strategies import layer_stacks, pods, references, sub_paths, trees
 from imagevol.testing.tarbuild import TarEntry, build_layer
 from imagevol.testing.vectors import build_tree
+from imagevol.trees import subpath as sp
+from imagevol.trees.layers import ApplyOptions, apply_layers
 
 from conftest import VECTORS
 

@@ -15,7 +15,7 @@ from imagevol import runtime as rt
 from imagevol.cri import ContainerConfig, ImageService, ImageSpec, Mount, RuntimeService
 from imagevol.errors import ImageVolError, ImageVolumeMountFailedError
 from imagevol.node import Node
-from imagevol.snapshots import SnapshotKey
+from imagevol.trees.snapshots import SnapshotKey
 from imagevol.view import ContainerView
 
 from subpath_support import REGISTRY, make_node, pod_yaml

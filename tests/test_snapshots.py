@@ -16,9 +16,9 @@ import pytest
 from imagevol.content.store import ContentStore
 from imagevol.errors import DigestMismatchError, ImageInUseError, ImageVolError, LayerError
 from imagevol.oci import Manifest
-from imagevol.snapshots import SnapshotKey, SnapshotPlan, Snapshots, plan_for
 from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.tarbuild import TarEntry
+from imagevol.trees.snapshots import SnapshotKey, SnapshotPlan, Snapshots, plan_for
 
 from layerkit import D, F, S
 
@@ -118,9 +118,9 @@ def test_threads_build_once(tmp_path: object) -> None:
 
 _CHILD = r"""
 import os, sys, time
-from imagevol.snapshots import Snapshots
+from imagevol.trees.snapshots import Snapshots
 from imagevol.content.store import ContentStore
-import imagevol.snapshots as s
+import imagevol.trees.snapshots as s
 layout, snaps_root, log, mode = sys.argv[1:5]
 store = ContentStore(layout)
 desc = store.refs()["t"]
@@ -238,7 +238,7 @@ import os, sys
 sys.path.insert(0, sys.argv[2])
 from test_snapshots import GOOD, _image, _write_bits
 from layerkit import D, F, W
-from imagevol.snapshots import Snapshots
+from imagevol.trees.snapshots import Snapshots
 base = sys.argv[1]
 layers = ([D("z", 0o000), F("z/f", "1")], [F("z/g", "2"), D("e", 0o555), F("e/x", "x"), W("z/.wh.f")])
 store, plan = _image(base + "/layout", GOOD, *layers)

@@ -16,9 +16,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from imagevol.image_gc import ImageGC
 from imagevol.node import Node
-from imagevol.snapshots import SnapshotKey
 from imagevol.testing.images import ARTIFACT_V2_ENTRIES, LAYERS_FIXTURE, build_fixtures, kitten_entries
 from imagevol.testing.model import apply_layers_model, listing
+from imagevol.trees.snapshots import SnapshotKey
 
 from conftest import FakeClock
 from test_kubelet import ctr, make_node, pod, vol

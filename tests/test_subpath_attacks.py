@@ -17,9 +17,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from imagevol import _inroot, _openat2
-from imagevol import subpath as sp
 from imagevol.errors import SubPathError
+from imagevol.trees import _inroot, _openat2
+from imagevol.trees import subpath as sp
 
 from subpath_support import open_fds
 
@@ -145,7 +145,7 @@ def test_directory_moved_out_mid_walk_is_caught(race_tree: dict[str, str], monke
 _PROC_PROBE = r"""
 import json, os, sys, ctypes
 sys.path[:0] = json.loads(sys.argv[2])
-from imagevol import subpath as sp
+from imagevol.trees import subpath as sp
 base = sys.argv[1]
 root = os.path.join(base, "root")
 os.makedirs(os.path.join(root, "proc"))

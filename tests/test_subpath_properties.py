@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagevol import subpath as sp
 from imagevol.errors import SubPathError
+from imagevol.trees import subpath as sp
 
 from subpath_support import walk_inodes
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from imagevol import subpath as sp
 from imagevol.testing import vectors
+from imagevol.trees import subpath as sp
 
 from conftest import VECTORS
 

@@ -31,9 +31,9 @@ from hypothesis import HealthCheck, given, settings
 
 from imagevol.content.store import ContentStore
 from imagevol.errors import LayerError
-from imagevol.layers import LayerEntryError, apply_layers
 from imagevol.oci import Manifest
 from imagevol.testing.listing import Item, listing, render
+from imagevol.trees.layers import LayerEntryError, apply_layers
 
 from layer_strategies import Outcome, Stack, now_ns, run_imagevol, run_umoci, stack_st
 from peers import require

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from imagevol import subpath as sp
 from imagevol.runtime import MountStatus
+from imagevol.trees import subpath as sp
 from imagevol.view import ContainerView, ViewError
 
 

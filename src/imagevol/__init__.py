@@ -22,14 +22,14 @@ from .errors import (
 )
 from .events import Event
 from .kubelet import ContainerState, Kubelet, PodRecord
-from .layers import ApplyOptions, LayerLimits, apply_layers
 from .metrics import KubeletMetrics
 from .node import Node, NodeConfig
 from .oci import Descriptor, Digest, Index, Manifest, Platform, parse_manifest
 from .oci.reference import Reference, parse, parse_normalized
 from .runtime import ContainerdRuntime, CrioRuntime, LegacyRuntime, Runtime
-from .snapshots import Snapshots
-from .subpath import Backend, Policy, Resolved, resolve
+from .trees.layers import ApplyOptions, LayerLimits, apply_layers
+from .trees.snapshots import Snapshots
+from .trees.subpath import Backend, Policy, Resolved, resolve
 
 __version__ = "0.1.0"
 

@@ -37,7 +37,6 @@ from typing import Any
 
 import attrs
 
-from . import subpath as sp
 from ._text import goquote, strerror
 from .api import FeatureGates, Pod, Secret, admit, load_documents, validate_secret
 from .api.dump import pod_to_dict
@@ -55,7 +54,8 @@ from .kubelet import Kubelet, PodRecord
 from .metrics import KubeletMetrics
 from .oci import Platform
 from .runtime import DEFAULT_PROFILE, Runtime, runtime_class
-from .snapshots import Snapshots
+from .trees import subpath as sp
+from .trees.snapshots import Snapshots
 
 #: A state file's name: the SHA-256 of ``<namespace>/<name>``.
 _STATE_FILE = re.compile(r"[0-9a-f]{64}\.json")

@@ -33,9 +33,7 @@ from typing import ClassVar
 
 import attrs
 
-from . import subpath as sp
 from ._text import goquote
-from .artifacts import artifact_file_name, is_tar_layer
 from .content.image_db import ImageRecord
 from .content.pull import ImagePuller
 from .cri import (
@@ -62,7 +60,9 @@ from .errors import (
 )
 from .oci import Digest, Manifest
 from .oci.reference import parse_normalized
-from .snapshots import Snapshot, SnapshotKey, Snapshots
+from .trees import subpath as sp
+from .trees.artifacts import artifact_file_name, is_tar_layer
+from .trees.snapshots import Snapshot, SnapshotKey, Snapshots
 
 #: The name the container status had before it moved to the CRI module.
 ContainerRecord = ContainerStatus

@@ -2,7 +2,7 @@
 
 It states the rules of ``safe-paths.md`` (C1, C2) as plainly as possible, with no file
 descriptors, no caches and no speed tricks, so that property tests can hold the real implementation
-(:mod:`imagevol.layers`, :mod:`imagevol.subpath`) against it. Users can do the same in their own
+(:mod:`imagevol.trees.layers`, :mod:`imagevol.trees.subpath`) against it. Users can do the same in their own
 suites: generate layer stacks with :mod:`imagevol.testing.strategies`, apply them with both, compare
 :func:`listing` outputs.
 """

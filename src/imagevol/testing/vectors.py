@@ -22,10 +22,10 @@ from typing import Any
 
 import attrs
 
-from .. import subpath as sp
 from ..errors import LayerError, SubPathError
-from ..layers import BuildState, apply_layer_fd
-from ..snapshots import publish_tree
+from ..trees import subpath as sp
+from ..trees.layers import BuildState, apply_layer_fd
+from ..trees.snapshots import publish_tree
 from .tarbuild import TarEntry, build_layer
 
 

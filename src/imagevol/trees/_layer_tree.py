@@ -14,10 +14,10 @@ import os
 import stat
 from collections.abc import Callable
 
+from ..errors import LayerError
 from . import _inroot
 from ._inroot import PATH_MAX, Policy, lstat_at
 from ._remove_tree import remove_tree_at
-from .errors import LayerError
 
 
 class Tree:

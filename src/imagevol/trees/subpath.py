@@ -15,7 +15,7 @@ Two backends with identical results: the kernel (``openat2`` with ``RESOLVE_BENE
 ``RESOLVE_IN_ROOT``, plus ``RESOLVE_NO_MAGICLINKS``) and a userspace walk that opens one component at a
 time with ``O_PATH|O_NOFOLLOW`` relative to the previous directory fd. Both follow at most 40 symlinks
 (the kernel's MAXSYMLINKS). Neither ever turns a partially resolved path back into a string. Both
-are :mod:`imagevol._inroot`, the walker layer application uses too; this module adds the sub-path
+are :mod:`imagevol.trees._inroot`, the walker layer application uses too; this module adds the sub-path
 string rules, the handle (:class:`Resolved`) and the wording of errors.
 """
 
@@ -27,9 +27,9 @@ import stat
 
 import attrs
 
+from ..errors import SubPathError
 from . import _inroot
 from ._inroot import MAX_SYMLINK_FOLLOWS, NAME_MAX, PATH_DIR, PATH_MAX, Backend, Policy, reopen_beneath
-from .errors import SubPathError
 
 __all__ = [
     "KINDS",

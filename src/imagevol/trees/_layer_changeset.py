@@ -30,12 +30,12 @@ import stat
 
 import attrs
 
+from ..errors import LayerError
+from ..oci import Digest
 from ._inroot import CREATE_NEW, NAME_MAX, PATH_ENTRY, PATH_MAX, lstat_at, umask
 from ._layer_metadata import SETID, WRITE_BITS, BuildState, restore
 from ._layer_primitives import create_or_replace, is_empty, list_dir_path
 from ._layer_tree import Tree
-from .errors import LayerError
-from .oci import Digest
 from .tarstream import BLK, CHR, DIR, FIFO, LINK, REG, SYMLINK, Member, TarReader
 
 WHITEOUT_PREFIX = ".wh."

@@ -27,7 +27,7 @@ import os
 import struct
 from collections.abc import Callable
 
-from .errors import LayerError
+from ..errors import LayerError
 
 BLOCK = 512
 #: Largest PAX header or GNU long name accepted (Go's ``maxSpecialFileSize``).

@@ -24,7 +24,7 @@ from collections.abc import Callable, Generator, Iterator
 from types import ModuleType
 from typing import IO, Any
 
-from .errors import LayerError
+from ..errors import LayerError
 
 CHUNK = 256 * 1024  # small enough that the bounded queue and allocator stay a few MiB
 GZIP_MAGIC = b"\x1f\x8b"

@@ -43,13 +43,13 @@ from typing import IO, Any, TypeVar
 
 import attrs
 
-from ._text import goquote
+from .._text import goquote
+from ..content.locks import NamedLocks
+from ..content.store import ContentStore, mismatch
+from ..errors import DiffIDMismatchError, DigestMismatchError, ImageInUseError, ImageVolError
+from ..oci import MAX_CONFIG_BYTES, Descriptor, Digest, Manifest, chain_id, image_diff_ids
 from .artifacts import lay_out_artifact
-from .content.locks import NamedLocks
-from .content.store import ContentStore, mismatch
-from .errors import DiffIDMismatchError, DigestMismatchError, ImageInUseError, ImageVolError
 from .layers import ApplyOptions, BuildState, Tree, apply_layer_fd, rmtree
-from .oci import MAX_CONFIG_BYTES, Descriptor, Digest, Manifest, chain_id, image_diff_ids
 
 _WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 _KEY = re.compile(r"(chain|manifest)-([a-z0-9]+)-([0-9a-f]+)")

@@ -1,10 +1,10 @@
 """Applying OCI layer changesets to a directory, safely and fast: the public entry.
 
-A layer blob is decompressed (:mod:`imagevol.decompress`, sniffed, bounded, hashed for its diff ID),
-read as tar (:mod:`imagevol.tarstream`) and applied member by member by the changeset rules
-(:mod:`imagevol._layer_changeset`) to a tree addressed only through file descriptors
-(:mod:`imagevol._layer_tree`, over the in-root walker :mod:`imagevol._inroot`); metadata is restored
-by :mod:`imagevol._layer_metadata`. Why nothing can be written outside the root is explained next
+A layer blob is decompressed (:mod:`imagevol.trees.decompress`, sniffed, bounded, hashed for its diff ID),
+read as tar (:mod:`imagevol.trees.tarstream`) and applied member by member by the changeset rules
+(:mod:`imagevol.trees._layer_changeset`) to a tree addressed only through file descriptors
+(:mod:`imagevol.trees._layer_tree`, over the in-root walker :mod:`imagevol.trees._inroot`); metadata is restored
+by :mod:`imagevol.trees._layer_metadata`. Why nothing can be written outside the root is explained next
 to the code that guarantees it, in those modules: every parent is resolved in root from the root's
 fd, the final component is never followed, and no host path string is ever built.
 
@@ -24,6 +24,9 @@ from typing import IO
 
 import attrs
 
+from .._text import goquote
+from ..errors import DiffIDMismatchError, LayerError
+from ..oci import Digest
 from . import _inroot
 from ._inroot import MAX_SYMLINK_FOLLOWS, NAME_MAX, PATH_MAX, lstat_at
 from ._layer_changeset import (
@@ -38,10 +41,7 @@ from ._layer_metadata import BuildState
 from ._layer_primitives import write_all
 from ._layer_tree import Tree
 from ._remove_tree import rmtree
-from ._text import goquote
 from .decompress import ChunkPipe
-from .errors import DiffIDMismatchError, LayerError
-from .oci import Digest
 from .tarstream import TarReader
 
 __all__ = [
@@ -101,7 +101,7 @@ def apply_layers(
     stream must hash to its diff ID, else :class:`DiffIDMismatchError` after that layer.
 
     On error the tree is left half-applied: callers build in a staging directory and discard it
-    (see :mod:`imagevol.snapshots`); nothing outside ``root`` is ever touched."""
+    (see :mod:`imagevol.trees.snapshots`); nothing outside ``root`` is ever touched."""
     blobs = list(layers)
     if diff_ids is not None and len(diff_ids) != len(blobs):
         raise DiffIDMismatchError(f"number of layers and diffIDs don't match: {len(blobs)} != {len(diff_ids)}")

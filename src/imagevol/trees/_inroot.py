@@ -18,8 +18,8 @@ and clamps ``..`` at the root. Either way the walk can never leave the tree.
 Errors are :class:`WalkError`, an ``OSError`` with the errno the kernel would return and a ``kind``
 from :data:`KINDS`; :func:`errno_kind` is the one mapping from an errno to a kind. Callers word
 them. The module also holds the fd-relative primitives the tree code shares (``lstat_at``, an
-exact-mode ``mkdir``, listing; recursive removal is :mod:`imagevol._remove_tree`) and depends
-only on the standard library and :mod:`imagevol._openat2`.
+exact-mode ``mkdir``, listing; recursive removal is :mod:`imagevol.trees._remove_tree`) and depends
+only on the standard library and :mod:`imagevol.trees._openat2`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A manifest is an *artifact* unless it is an image by R9.1 (:attr:`imagevol.oci.M
 Each of its layers is handled on its own, in manifest order:
 
 * a layer whose media type names a tar (``.tar``, ``.tar+gzip``, ``.tar+zstd``; the compression is
-  sniffed) is applied like an image layer, with every rule of :mod:`imagevol.layers`;
+  sniffed) is applied like an image layer, with every rule of :mod:`imagevol.trees.layers`;
 * any other layer becomes one regular file named by its ``org.opencontainers.image.title``
   annotation (else ``org.cncf.model.filepath``). The name may contain ``/`` (directories are
   created, 0755) but is validated like a tar member name and resolved in root, so no title can climb
@@ -23,9 +23,9 @@ import os
 from collections.abc import Callable
 from typing import IO
 
-from .errors import LayerError
+from ..errors import LayerError
+from ..oci import ANNOTATION_MODEL_FILEPATH, ANNOTATION_TITLE, Descriptor, Manifest
 from .layers import ApplyOptions, BuildState, Tree, apply_layer_fd, clean_name, write_all
-from .oci import ANNOTATION_MODEL_FILEPATH, ANNOTATION_TITLE, Descriptor, Manifest
 
 _CHUNK = 1024 * 1024
 ARTIFACT_FILE_MODE = 0o644
