@@ -180,7 +180,7 @@ def oci_layout(layout: str, gz: str, tar: str) -> None:
 _IMAGEVOL = """
 import sys, time
 t0 = time.perf_counter()
-from imagevol import decompress
+from imagevol.trees import decompress
 from imagevol.trees.layers import ApplyOptions, apply_layers
 from imagevol.oci import Digest
 # backend: "zlib" forces plain zlib, "default" keeps imagevol's choice (ISA-L, zlib-ng or zlib);

@@ -361,7 +361,7 @@ def test_corrupt_node_state(root: str, tmp_path: Any) -> None:
 def test_no_traceback_even_for_a_bug(root: str) -> None:
     """The last line of defence: an unexpected exception is one line (set IMAGEVOL_TRACEBACK=1
     to see the traceback)."""
-    code = "import imagevol.cli as c, sys; c._run = lambda a, o: 1 / 0; sys.exit(c.main(sys.argv[1:]))"
+    code = "import imagevol.cli._main as c, sys; c._run = lambda a, o: 1 / 0; sys.exit(c.main(sys.argv[1:]))"
     p = subprocess.run(
         [sys.executable, "-c", code, "--root", root, "get", "pods"], capture_output=True, check=False, timeout=60
     )

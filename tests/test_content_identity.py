@@ -37,8 +37,9 @@ from imagevol.errors import (
     ManifestError,
     SizeMismatchError,
 )
-from imagevol.image_gc import ImageGC
-from imagevol.kubelet import PodRecord
+from imagevol.exec.view import ContainerView
+from imagevol.kubelet.image_gc import ImageGC
+from imagevol.kubelet.pod_sync import PodRecord
 from imagevol.node import Node, NodeConfig
 from imagevol.oci import (
     OCI_CONFIG,
@@ -58,7 +59,6 @@ from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes, zstd_bytes
 from imagevol.trees.layers import ApplyOptions, apply_layers
 from imagevol.trees.snapshots import SnapshotKey, Snapshots, plan_for
-from imagevol.view import ContainerView
 from test_scenarios import make_pod
 
 import peers

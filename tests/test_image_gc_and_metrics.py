@@ -12,8 +12,8 @@ import urllib.request
 import pytest
 
 from imagevol.errors import ImageInUseError
-from imagevol.image_gc import ImageGC
-from imagevol.metrics import KubeletMetrics
+from imagevol.kubelet.image_gc import ImageGC
+from imagevol.kubelet.metrics import KubeletMetrics
 from imagevol.node import Node
 
 from conftest import FakeClock

@@ -17,9 +17,16 @@ from hypothesis import strategies as st
 from imagevol.content.sources.auth import Keyring
 from imagevol.content.sources.client import RetryPolicy
 from imagevol.content.sources.registry import RegistryAccess
-from imagevol.events import NORMAL, WARNING, Event, EventRecorder
-from imagevol.image_manager import INITIAL_BACKOFF, MAX_BACKOFF, Backoff, EnsureResult, ImageManager, should_pull
-from imagevol.metrics import KubeletMetrics
+from imagevol.kubelet.events import NORMAL, WARNING, Event, EventRecorder
+from imagevol.kubelet.image_manager import (
+    INITIAL_BACKOFF,
+    MAX_BACKOFF,
+    Backoff,
+    EnsureResult,
+    ImageManager,
+    should_pull,
+)
+from imagevol.kubelet.metrics import KubeletMetrics
 from imagevol.node import Node, NodeConfig
 
 import peers

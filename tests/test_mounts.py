@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from imagevol import mounts
+from imagevol.exec import namespace as mounts
 from imagevol.trees import subpath as sp
 
 from subpath_support import REGISTRY, build_layout, make_node, pod_yaml, write_registries
@@ -233,7 +233,7 @@ def test_unprivileged_user_namespace_path(tree: str) -> None:
         subprocess.run(["chmod", "-R", "a+rX", base], check=True)
         script = (
             "import json, sys\n"
-            "from imagevol import mounts\n"
+            "from imagevol.exec import namespace as mounts\n"
             "from imagevol.trees import subpath as sp\n"
             "import os\n"
             "def opener():\n"

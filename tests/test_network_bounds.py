@@ -42,9 +42,9 @@ from imagevol.errors import (
     PullError,
     RegistryUnavailableError,
 )
-from imagevol.events import Event, EventRecorder
-from imagevol.image_manager import Backoff, ImageManager
-from imagevol.metrics import KubeletMetrics
+from imagevol.kubelet.events import Event, EventRecorder
+from imagevol.kubelet.image_manager import Backoff, ImageManager
+from imagevol.kubelet.metrics import KubeletMetrics
 from imagevol.node import Node, NodeConfig
 from imagevol.oci import MAX_MANIFEST_BYTES
 from slowserver import Seen, Shape, slow_registry

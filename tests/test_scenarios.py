@@ -18,9 +18,9 @@ from imagevol.api import load_documents
 from imagevol.api.models import Pod
 from imagevol.content.sources.client import RetryPolicy
 from imagevol.content.sources.registry import RegistryAccess
-from imagevol.kubelet import PodRecord
+from imagevol.exec.view import ContainerView
+from imagevol.kubelet.pod_sync import PodRecord
 from imagevol.node import Node, NodeConfig
-from imagevol.view import ContainerView
 
 import peers
 from conftest import FakeClock

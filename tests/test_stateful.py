@@ -14,7 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from imagevol.image_gc import ImageGC
+from imagevol.kubelet.image_gc import ImageGC
 from imagevol.node import Node
 from imagevol.testing.images import ARTIFACT_V2_ENTRIES, LAYERS_FIXTURE, build_fixtures, kitten_entries
 from imagevol.testing.model import apply_layers_model, listing

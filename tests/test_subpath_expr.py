@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imagevol import envvars
 from imagevol.api.models import Container, EnvVar, ObjectFieldSelector, ObjectMeta, Pod, PodSpec, VolumeMount
-from imagevol.envvars import container_env, effective_sub_path, expand
 from imagevol.errors import CreateContainerConfigError
+from imagevol.kubelet import envvars
+from imagevol.kubelet.envvars import container_env, effective_sub_path, expand
 from imagevol.node import Node
 
 from subpath_support import make_node, pod_yaml

@@ -17,12 +17,12 @@ import pytest
 
 from imagevol.api import Pod, load_documents
 from imagevol.errors import SubPathError
+from imagevol.exec.view import ContainerView
 from imagevol.node import Node, NodeConfig
 from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.tarbuild import TarEntry
 from imagevol.trees import _inroot
 from imagevol.trees import subpath as sp
-from imagevol.view import ContainerView
 
 from subpath_support import REGISTRY, pod_yaml, write_registries
 

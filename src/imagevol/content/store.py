@@ -12,6 +12,10 @@ then finds the blob present.
 
 ``index.json`` is the node's image database: one entry per pulled reference, carrying the OCI
 ``org.opencontainers.image.ref.name`` annotation (so peers can address it) and our own annotations.
+
+Size: one class over 500 lines, because ingest, fsck and garbage collection share one locking
+discipline (the ``gc`` lock, a lock per blob, owner-named ingest files); split, the rules that keep
+a blob from being removed while it is written would be spread over several modules.
 """
 
 from __future__ import annotations

@@ -27,6 +27,10 @@
 * **Leases.** A mount holds a tree with a lease (an empty file ``.leases/<name>/<holder>``), taken
   and checked under the same lock as removal: a tree is removed only when no lease holds it, and a
   lease is never granted on a tree being removed.
+
+Size: over 500 lines, because building, leasing, publishing and removing a tree share one lock per
+tree and one staging discipline; the code that writes trees lives in :mod:`imagevol.trees.layers`
+and :mod:`imagevol.trees.artifacts`.
 """
 
 from __future__ import annotations

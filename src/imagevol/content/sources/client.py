@@ -20,6 +20,11 @@ of oras's calls go through, ``do_request``, which here returns a :class:`Reply`:
   never from ``~/.docker/config.json``, ``ORAS_USER``/``ORAS_PASS`` or ``~/.netrc`` (gap 7);
 * ``Accept-Encoding: identity``, so the bytes hashed are the bytes the registry stored;
 * failures read like containerd's (:mod:`imagevol.content.sources.neterrors`).
+
+Size: over 500 lines, because :class:`RegistryClient` replaces oras-py's request path as a whole
+(bounds, retries, redirects, authentication) and each step relies on the others (a :class:`Reply`
+is only read under its request's bounds, credentials only go to the registry's own host); the
+parts that stand alone already live in ``bounds``, ``transport``, ``challenge`` and ``neterrors``.
 """
 
 from __future__ import annotations

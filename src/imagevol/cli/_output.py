@@ -1,11 +1,14 @@
-"""Text renderings of Pods in kubectl's shapes: ``get pods`` and ``describe pod``."""
+"""Output formatting: Pods and events in kubectl's shapes (``get pods``, ``describe pod``, the event
+lines of ``apply``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from .events import Event
-from .kubelet import PodRecord
+if TYPE_CHECKING:
+    from ..kubelet.events import Event
+    from ..kubelet.pod_sync import PodRecord
 
 
 def _age(seconds: float) -> str:

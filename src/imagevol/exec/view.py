@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 
-from .cri import MountStatus
-from .errors import ImageVolError, SubPathError
-from .trees import subpath as sp
+from ..cri import MountStatus
+from ..errors import ImageVolError, SubPathError
+from ..trees import subpath as sp
 
 COMMANDS = ("cat", "ls", "stat", "readlink")
 

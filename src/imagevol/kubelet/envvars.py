@@ -14,9 +14,9 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 
-from ._text import goquote
-from .api.models import Container, ObjectFieldSelector, Pod, VolumeMount
-from .errors import CreateContainerConfigError
+from .._text import goquote
+from ..api.models import Container, ObjectFieldSelector, Pod, VolumeMount
+from ..errors import CreateContainerConfigError
 
 #: The simulated node's address (``status.hostIP``/``hostIPs``).
 NODE_IP = "127.0.0.1"

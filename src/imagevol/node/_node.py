@@ -2,75 +2,49 @@
 
 This is the composition root: the only place that builds the runtime side (store, puller,
 snapshots, a runtime profile) and hands it to the kubelet side, which sees it only through the CRI
-protocols of :mod:`imagevol.cri`.
-
-```
-ROOT/content/     OCI image layout (the content store)
-ROOT/snapshots/   read-only trees by layer chain (images) or manifest digest (artifacts)
-ROOT/runtime/     container records of the runtime
-ROOT/pods/        one JSON record per Pod (spec, container states, events): <digest>.json
-ROOT/secrets/     Secrets applied to the node (pull secrets): <digest>.json
-ROOT/node.json    clock offset, pull backoff
-ROOT/metrics.json kubelet metric values
-```
+protocols of :mod:`imagevol.cri`. What the node keeps on disk, and how, is
+:mod:`imagevol.node._state`.
 
 Separate processes (CLI invocations) share one node: every mutation of Pod state happens under the
 node lock, and everything is written by rename.
-
-A Pod's or Secret's state file is named by the SHA-256 of ``<namespace>/<name>`` (64 hex digits),
-never by the name itself: a name reaches the filesystem only as data inside the file, so no name
-(253 characters, dots, anything a lookup is asked for) can make a path too long or point anywhere
-else. Roots written by earlier versions (``<namespace>_<name>.json``) are migrated on start.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
-import re
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
 
-from ._text import goquote, strerror
-from .api import FeatureGates, Pod, Secret, admit, load_documents, validate_secret
-from .api.dump import pod_to_dict
-from .api.features import DEFAULT_VERSION
-from .api.limits import check_stored_size
-from .content.locks import NamedLocks
-from .content.pull import ImagePuller, RegistryFactory
-from .content.sources.mirrors import RegistriesConfig
-from .content.store import DEFAULT_MAX_BLOB_SIZE, ContentStore
-from .cri import Keyring
-from .errors import ImageVolError, NodeStateError, PodNotFoundError, ValidationError
-from .events import WARNING, EventRecorder
-from .image_manager import Backoff, ImageManager
-from .kubelet import Kubelet, PodRecord
-from .metrics import KubeletMetrics
-from .oci import Platform
-from .runtime import DEFAULT_PROFILE, Runtime, runtime_class
-from .trees import subpath as sp
-from .trees.snapshots import Snapshots
-
-#: A state file's name: the SHA-256 of ``<namespace>/<name>``.
-_STATE_FILE = re.compile(r"[0-9a-f]{64}\.json")
-
-#: The CLI's default gates: a 1.33 node with image volumes enabled, as in the 1.33 announcement
-#: (upstream's 1.33 default is off, R0.1; pass ``--feature-gates ImageVolume=false`` to see R2.8).
-DEFAULT_FEATURE_GATES = "ImageVolume=true"
-
-
-def default_root() -> str:
-    """``$IMAGEVOL_ROOT``, else ``$XDG_DATA_HOME/imagevol``, else ``~/.local/share/imagevol``."""
-    if os.environ.get("IMAGEVOL_ROOT"):
-        return os.environ["IMAGEVOL_ROOT"]
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "imagevol")
+from .._text import goquote, strerror
+from ..api.admission import admit
+from ..api.dump import pod_to_dict
+from ..api.features import DEFAULT_VERSION, FeatureGates
+from ..api.limits import check_stored_size
+from ..api.load import load_documents
+from ..api.models import Pod, Secret
+from ..api.validation import validate_secret
+from ..content.locks import NamedLocks
+from ..content.pull import ImagePuller, RegistryFactory
+from ..content.sources.mirrors import RegistriesConfig
+from ..content.store import DEFAULT_MAX_BLOB_SIZE, ContentStore
+from ..cri import Keyring
+from ..errors import ImageVolError, NodeStateError, PodNotFoundError, ValidationError
+from ..kubelet.events import WARNING, EventRecorder
+from ..kubelet.image_manager import Backoff, ImageManager
+from ..kubelet.metrics import KubeletMetrics
+from ..kubelet.pod_sync import Kubelet, PodRecord
+from ..oci import Platform
+from ..runtime import DEFAULT_PROFILE
+from ..runtime.base import Runtime
+from ..runtime.profiles import runtime_class
+from ..trees import subpath as sp
+from ..trees.snapshots import Snapshots
+from ._defaults import DEFAULT_FEATURE_GATES, default_root
+from ._state import NodeState
 
 
 @attrs.frozen
@@ -109,7 +83,8 @@ class Node:
             self.locks = NamedLocks(os.path.join(self.root, "locks"))
         except OSError as exc:
             raise NodeStateError(f"cannot use the node state directory (--root): {strerror(exc)}") from None
-        self._migrate_legacy_state()
+        self.state = NodeState(self.root, self.locks)
+        self.state.migrate_legacy_state()
         self.gates = FeatureGates.for_version(self.config.k8s_version, self.config.feature_gates)
         kubelet_spec = self.config.kubelet_feature_gates
         self.kubelet_gates = (
@@ -141,53 +116,26 @@ class Node:
 
     # --- clock and persistent node state ----------------------------------------------------------
 
-    def _read_json(self, name: str) -> dict[str, Any]:
-        """A state file (relative to the root), ``{}`` if there is none. Raises
-        :class:`NodeStateError`, naming the file relative to the root, if it cannot be read."""
-        try:
-            with open(os.path.join(self.root, name), "rb") as f:
-                obj = json.loads(f.read())
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise NodeStateError(f"cannot read node state {name}: {strerror(exc)}") from None
-        except (ValueError, RecursionError):
-            raise NodeStateError(f"node state {name} is corrupt (not JSON)") from None
-        return obj if isinstance(obj, dict) else {}
-
-    def _write_json(self, name: str, obj: Any) -> None:
-        path = os.path.join(self.root, name)
-        tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-        try:
-            with open(tmp, "w") as f:
-                json.dump(obj, f, indent=1, sort_keys=True)
-            os.rename(tmp, path)
-        except BaseException:
-            # A full or read-only filesystem leaves no half-written temporary file behind.
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
     def now(self) -> float:
         """The node's clock: the injected one, else wall time plus the offset ``advance`` adds."""
         if self.config.clock is not None:
             return self.config.clock()
-        return time.time() + float(self._read_json("node.json").get("clock_offset", 0.0))
+        return time.time() + float(self.state.read_json("node.json").get("clock_offset", 0.0))
 
     def advance(self, seconds: float) -> None:
         with self.locks.hold("node"):
-            state = self._read_json("node.json")
+            state = self.state.read_json("node.json")
             state["clock_offset"] = float(state.get("clock_offset", 0.0)) + seconds
-            self._write_json("node.json", state)
+            self.state.write_json("node.json", state)
 
     def metrics(self) -> KubeletMetrics:
-        return KubeletMetrics.from_json(self._read_json("metrics.json"), self.gates.image_volume_metrics_stability)
+        return KubeletMetrics.from_json(self.state.read_json("metrics.json"), self.gates.image_volume_metrics_stability)
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[Kubelet]:
         """A kubelet bound to the persisted backoff and metrics, saved back afterwards."""
         with self.locks.hold("node"):
-            state = self._read_json("node.json")
+            state = self.state.read_json("node.json")
             backoff = Backoff.from_json(state.get("backoff", {}))
             metrics = self.metrics()
             manager = ImageManager(
@@ -206,81 +154,30 @@ class Node:
                 metrics_mode=self.config.metrics_mode,
             )
             yield kubelet
-            state = self._read_json("node.json")
+            state = self.state.read_json("node.json")
             state["backoff"] = backoff.to_json()
-            self._write_json("node.json", state)
-            self._write_json("metrics.json", metrics.to_json())
+            self.state.write_json("node.json", state)
+            self.state.write_json("metrics.json", metrics.to_json())
 
     # --- secrets ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _state_name(kind: str, namespace: str, name: str) -> str:
-        """``pods/<hex>.json`` or ``secrets/<hex>.json``: a fixed-length name whatever the object's."""
-        digest = hashlib.sha256(f"{namespace}/{name}".encode("utf-8", "surrogatepass")).hexdigest()
-        return os.path.join(kind, f"{digest}.json")
-
-    def _migrate_legacy_state(self) -> None:
-        """Rename state files of earlier versions (``<namespace>_<name>.json``) to their digest
-        names, once, under the node lock. A file that cannot be read is left where it is (and is
-        not listed: only digest names are)."""
-        for kind in ("pods", "secrets"):
-            directory = os.path.join(self.root, kind)
-            try:
-                names = os.listdir(directory)
-            except OSError:
-                continue  # unreadable: reported by whatever needs the directory
-            if all(_STATE_FILE.fullmatch(f) or not f.endswith(".json") for f in names):
-                continue
-            with self.locks.hold("node"):
-                for fname in os.listdir(directory):
-                    if _STATE_FILE.fullmatch(fname) or not fname.endswith(".json"):
-                        continue
-                    old = os.path.join(kind, fname)
-                    try:
-                        obj = self._read_json(old)
-                        meta = obj["pod"]["metadata"] if kind == "pods" else obj
-                        namespace, name = meta.get("namespace") or "default", meta["name"]
-                    except (NodeStateError, KeyError, TypeError, AttributeError):
-                        continue
-                    if not isinstance(namespace, str) or not isinstance(name, str):
-                        continue
-                    # Write the new name first: a crash in between leaves both, and the next start
-                    # rewrites the same content again before removing the old one.
-                    self._write_json(self._state_name(kind, namespace, name), obj)
-                    os.unlink(os.path.join(self.root, old))
-
     def put_secret(self, secret: Secret) -> None:
         """Store a Secret (the API server's validation and size limit first)."""
-        import base64
-
         ns = secret.metadata.namespace or "default"
         secret = attrs.evolve(secret, metadata=attrs.evolve(secret.metadata, namespace=ns))
         validate_secret(secret, self.gates.minor)
-        obj = {
-            "name": secret.metadata.name,
-            "namespace": ns,
-            "type": secret.type,
-            "data": {k: base64.b64encode(v).decode() for k, v in secret.data.items()},
-        }
-        check_stored_size(obj)
-        with self.locks.hold("node"):
-            self._write_json(self._state_name("secrets", ns, secret.metadata.name), obj)
+        self.state.put_secret(secret)
 
     def keyring_for(self, pod: Pod, recorder: EventRecorder | None = None) -> Keyring:
         """The Pod's pull secrets as a keyring, then the node's own credentials (R3.4)."""
-        import base64
-
-        from .api.models import ObjectMeta
-
         found: list[Secret] = []
         missing: list[str] = []
         for name in pod.spec.image_pull_secrets:
-            obj = self._read_json(self._state_name("secrets", pod.namespace, name))
-            if obj.get("name") != name or obj.get("namespace") != pod.namespace:
+            secret = self.state.get_secret(name, pod.namespace)
+            if secret is None:
                 missing.append(name)
-                continue
-            data = {k: base64.b64decode(v) for k, v in obj.get("data", {}).items()}
-            found.append(Secret(ObjectMeta(name=name, namespace=pod.namespace), obj.get("type", ""), data))
+            else:
+                found.append(secret)
         if missing and recorder is not None:
             recorder.record(
                 WARNING,
@@ -292,36 +189,15 @@ class Node:
 
     # --- pods ---------------------------------------------------------------------------------
 
-    def _save(self, record: PodRecord) -> None:
-        self._write_json(self._state_name("pods", record.pod.namespace, record.pod.name), record.to_json())
-
-    def _load_record(self, fname: str) -> PodRecord | None:
-        """The record in ``fname``; None if there is no such file (deleted meanwhile)."""
-        obj = self._read_json(fname)
-        if not obj:
-            return None
-        try:
-            return PodRecord.from_json(obj)
-        except (ImageVolError, KeyError, TypeError, ValueError, AttributeError):
-            raise NodeStateError(f"node state {fname} is corrupt (not a Pod record)") from None
-
     def get_pod(self, name: str, namespace: str = "default") -> PodRecord:
-        record = self._load_record(self._state_name("pods", namespace, name))
-        # The file holds the names it stands for: a digest is only a file name, never the identity.
-        if record is None or (record.pod.namespace, record.pod.name) != (namespace, name):
+        record = self.state.get_pod(name, namespace)
+        if record is None:
             raise PodNotFoundError(f"pods {goquote(name)} not found")
         return record
 
     def pods(self) -> list[PodRecord]:
-        """Every Pod on the node, ordered by namespace and name as ``<namespace>_<name>`` sorts
-        (the order of the state files of earlier versions)."""
-        directory = os.path.join(self.root, "pods")
-        try:
-            names = os.listdir(directory)
-        except OSError as exc:
-            raise NodeStateError(f"cannot list node state pods/: {strerror(exc)}") from None
-        records = [self._load_record(os.path.join("pods", f)) for f in names if _STATE_FILE.fullmatch(f)]
-        return sorted((r for r in records if r is not None), key=lambda r: f"{r.pod.namespace}_{r.pod.name}")
+        """Every Pod on the node, ordered by namespace and name."""
+        return self.state.pods()
 
     def apply(self, text: str | bytes) -> list[tuple[str, PodRecord | None]]:
         """Apply a YAML or JSON request body of Pods and Secrets (bounded as the API server bounds
@@ -364,7 +240,7 @@ class Node:
             record = PodRecord.new(admitted, self.now())
             keyring = self.keyring_for(admitted, EventRecorder(record.events, clock=self.now))
             kubelet.sync_pod(record, keyring)
-            self._save(record)
+            self.state.save_pod(record)
         return f"pod/{admitted.metadata.name} created", record
 
     def sync_pod(self, name: str, namespace: str = "default") -> PodRecord:
@@ -372,7 +248,7 @@ class Node:
             record = self.get_pod(name, namespace)
             keyring = self.keyring_for(record.pod, EventRecorder(record.events, clock=self.now))
             kubelet.sync_pod(record, keyring)
-            self._save(record)
+            self.state.save_pod(record)
             return record
 
     def sync(self) -> list[PodRecord]:
@@ -385,7 +261,7 @@ class Node:
             for state in record.containers:
                 if state.container_id:
                     self.runtime.remove_container(state.container_id)
-            os.unlink(os.path.join(self.root, self._state_name("pods", namespace, name)))
+            self.state.remove_pod(name, namespace)
             return record
 
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import attrs
 
-from ._text import goquote, strerror
-from .cri import ANONYMOUS, Image, ImageService, Keyring
-from .errors import ImageVolError, InvalidReferenceError, PullError, RegistryUnavailableError
+from .._text import goquote, strerror
+from ..cri import ANONYMOUS, Image, ImageService, Keyring
+from ..errors import ImageVolError, InvalidReferenceError, PullError, RegistryUnavailableError
+from ..oci.reference import apply_default_tag
 from .events import NORMAL, WARNING, EventRecorder
 from .metrics import KubeletMetrics
-from .oci.reference import apply_default_tag
 
 INITIAL_BACKOFF = 10.0
 MAX_BACKOFF = 300.0

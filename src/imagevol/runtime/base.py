@@ -1,4 +1,4 @@
-"""Container runtimes serving the CRI of :mod:`imagevol.cri`, one profile per upstream runtime.
+"""The runtime's CRI services over one node root: :class:`Runtime`, the base of every profile.
 
 :class:`Runtime` implements both services (``ImageService``, ``RuntimeService``) over the node's
 content store, image records and snapshots; its image records are turned into CRI ``Image`` values
@@ -6,15 +6,9 @@ at the boundary, and nothing else of it reaches the kubelet side.
 
 The kubelet hands ``create_container`` a config whose image-volume mounts carry an ``ImageSpec`` and
 an ``image_sub_path`` (R8.1). The runtime materialises the image once (a shared read-only snapshot),
-resolves the sub path safely from the snapshot's root fd, and records the mount. Profiles differ only
-where the real runtimes differ (spec sections 9 and 11):
-
-* ``containerd`` (2.2): images only; the sub path must be a directory; escaping links are rejected
-  (R9.15 to R9.18).
-* ``crio``: images with file or directory sub paths, escaping links re-rooted (R9.7); artifacts laid
-  out per file with a path-prefix sub-path filter (R9.9 to R9.11).
-* ``legacy``: a runtime without ``image_sub_path`` support (containerd 2.1, R11.11): the sub path is
-  silently ignored and the whole image is mounted.
+resolves the sub path safely from the snapshot's root fd, and records the mount. The profiles
+(:mod:`imagevol.runtime.containerd`, :mod:`imagevol.runtime.crio`) override the hooks at the end of
+the class where the real runtimes differ (sections 9 and 11 of docs/requirements.md).
 
 Every runtime-side failure is an :class:`ImageVolumeMountFailedError`, whose message starts with the
 CRI sentinel (R5.5). Messages name sub paths and images, never host paths of the node.
@@ -33,10 +27,10 @@ from typing import ClassVar
 
 import attrs
 
-from ._text import goquote
-from .content.image_db import ImageRecord
-from .content.pull import ImagePuller
-from .cri import (
+from .._text import goquote
+from ..content.image_db import ImageRecord
+from ..content.pull import ImagePuller
+from ..cri import (
     ContainerConfig,
     ContainerStatus,
     FilesystemIdentifier,
@@ -48,9 +42,8 @@ from .cri import (
     MountStatus,
     PullImageResult,
 )
-from .errors import (
+from ..errors import (
     BlobNotFoundError,
-    CreateContainerError,
     ImageInUseError,
     ImageVolError,
     ImageVolumeMountFailedError,
@@ -58,11 +51,10 @@ from .errors import (
     RegistryUnavailableError,
     SubPathError,
 )
-from .oci import Digest, Manifest
-from .oci.reference import parse_normalized
-from .trees import subpath as sp
-from .trees.artifacts import artifact_file_name, is_tar_layer
-from .trees.snapshots import Snapshot, SnapshotKey, Snapshots
+from ..oci import Digest, Manifest
+from ..oci.reference import parse_normalized
+from ..trees import subpath as sp
+from ..trees.snapshots import Snapshot, SnapshotKey, Snapshots
 
 #: The name the container status had before it moved to the CRI module.
 ContainerRecord = ContainerStatus
@@ -381,133 +373,6 @@ class Runtime:
         return str(exc)
 
 
-class ContainerdRuntime(Runtime):
-    """containerd 2.2's CRI plugin (R9.15 to R9.18): ``os.OpenInRoot`` semantics, directories only.
-
-    Upstream follows at most 8 symlinks (Go's ``os.Root``); the simulation keeps the project-wide
-    budget of 40 so that one rule set (``vectors/subpath.json``) holds for every profile."""
-
-    name = "containerd"
-    policy = sp.Policy.BENEATH
-
-    def check_mount(self, mount: Mount) -> None:
-        # R9.16: the kubelet always sends these; the checks guard the CRI contract.
-        if mount.image is None:
-            return
-        if mount.host_path:
-            raise ImageVolumeMountFailedError(f"hostpath must be empty while mount image: {mount.proto_text()}")
-        if not mount.readonly:
-            raise ImageVolumeMountFailedError(f"readonly must be true while mount image: {mount.proto_text()}")
-        if not mount.image.image:
-            raise ImageVolumeMountFailedError(f"image not specified in: {mount.image.proto_text()}")
-
-    def sub_path_message(self, exc: SubPathError, base: MountStatus, mount: Mount) -> str:
-        # Upstream wraps as `failed to mount image volume: ImageVolumeMountFailed: failed to ensure
-        # image subpath %q in %q: <os.OpenInRoot error>`; the outer "failed to mount image volume: "
-        # is dropped so that the event starts with the CRI sentinel (R5.5), and the host mount point
-        # is replaced by a node-independent name.
-        return (
-            f"failed to ensure image subpath {goquote(base.sub_path)} in {goquote(self.where(base))}: "
-            f"openat {base.sub_path}: {_go_root_error(exc, base.sub_path)}"
-        )
-
-    def check_resolved(self, resolved: sp.Resolved, base: MountStatus, mount: Mount) -> None:
-        if not resolved.is_dir:
-            where = goquote(self.where(base))
-            raise ImageVolumeMountFailedError(
-                f"failed to ensure image subpath {goquote(base.sub_path)} in {where}: "
-                f"only directory subpath is supported, subpath: {goquote(base.sub_path)}, mountpoint: {where} "
-            )
-
-    def artifact_message(self, record: ImageRecord) -> str:
-        # An artifact has no rootfs diff IDs matching its layers (R9.18; exact upstream text for a
-        # non-image config is unverified, spec Q8).
-        return (
-            f"failed to get diff IDs for image volume {goquote(record.name)}: "
-            "mismatched image rootfs and manifest layers"
-        )
-
-
-class CrioRuntime(Runtime):
-    """CRI-O (R9.4 to R9.13): images through pathrs' ``OpenInRoot`` (links re-rooted, files
-    allowed), artifacts per file with a path-prefix sub-path filter."""
-
-    name = "crio"
-    policy = sp.Policy.IN_ROOT
-    supports_artifacts = True
-    reports_registry_unavailable = True
-
-    def where(self, base: MountStatus) -> str:
-        # Upstream prints the c/storage mount point of the image, `<graphroot>/overlay/<id>/merged`.
-        return f"overlay/{_digest12(base)}/merged"
-
-    def not_local_message(self, ref: str) -> str:
-        return f"image {goquote(ref)} does not exist locally"
-
-    def sub_path_message(self, exc: SubPathError, base: MountStatus, mount: Mount) -> str:
-        assert mount.image is not None
-        if exc.kind == "notfound":
-            # container_create_linux.go maps every ENOENT to this user-facing message.
-            return f"sub path {goquote(base.sub_path)} does not exist in image volume {goquote(mount.image.image)}"
-        # pathrs-lite reports the raw errno of openat2 on "<mount point>/<sub path>".
-        return f"safe mount sub path: openat2 {self.where(base)}/{base.sub_path}: {_errno_text(exc)}"
-
-    def mount_artifact(self, base: MountStatus, root_fd: int, manifest: Manifest, mount: Mount) -> MountStatus:
-        """R9.11 (``FilterMountPathsBySubPath``): empty or ``.`` mounts every file; otherwise
-        ``Clean(sub) + "/"`` must prefix at least one file name, and matching files appear with the
-        prefix stripped, which is the prefix directory of the laid-out tree."""
-        sub = base.sub_path
-        if sub in ("", "."):
-            return attrs.evolve(base, inode=os.fstat(root_fd).st_ino)
-        assert mount.image is not None
-        not_found = ImageVolumeMountFailedError(
-            f"{ImageVolumeMountFailedError.sentinel}: sub path {goquote(sub)} does not exist in OCI "
-            f"artifact volume {goquote(mount.image.image)}"
-        )
-        prefix = go_clean(sub) + "/"
-        names = [artifact_file_name(layer) for layer in manifest.layers if not is_tar_layer(layer.media_type)]
-        matched = any(name.startswith(prefix) for name in names)
-        tar_layers = any(is_tar_layer(layer.media_type) for layer in manifest.layers)
-        if not matched and not tar_layers:
-            raise not_found
-        try:
-            resolved = sp.resolve(root_fd, prefix.rstrip("/"), self.policy, self.backend)
-        except SubPathError:
-            raise not_found from None
-        try:
-            # A tar-layer artifact is laid out by extraction (artifacts.py): there the prefix must
-            # name a directory holding at least one regular file.
-            if not resolved.is_dir or (not matched and not _holds_a_file(resolved.fd)):
-                raise not_found
-            real_path = resolved.relative_path(root_fd)
-        finally:
-            resolved.close()
-        return attrs.evolve(base, real_path=real_path, is_dir=True, inode=resolved.ino)
-
-
-class LegacyRuntime(ContainerdRuntime):
-    """A runtime without ``image_sub_path`` support (containerd 2.1, R11.11): the sub path is
-    silently ignored and the whole image is mounted."""
-
-    name = "legacy"
-    honours_sub_path = False
-
-
-PROFILES: dict[str, type[Runtime]] = {
-    "containerd": ContainerdRuntime,
-    "crio": CrioRuntime,
-    "legacy": LegacyRuntime,
-}
-DEFAULT_PROFILE = "containerd"
-
-
-def runtime_class(name: str) -> type[Runtime]:
-    try:
-        return PROFILES[name]
-    except KeyError:
-        raise ValueError(f"unknown runtime {name!r}: choose from {', '.join(sorted(PROFILES))}") from None
-
-
 def _is_digest(text: str) -> bool:
     try:
         Digest.parse(text)
@@ -549,83 +414,3 @@ def _digest12(base: MountStatus) -> str:
     with contextlib.suppress(ImageVolError):
         return Digest.parse(digest).hex[:12]
     return SnapshotKey.parse(base.snapshot).short
-
-
-def go_clean(path: str) -> str:
-    """Go's ``path.Clean``: lexical, ``..`` clamped at a leading ``/``, ``.`` for nothing."""
-    rooted = path.startswith("/")
-    out: list[str] = []
-    for element in path.split("/"):
-        if element in ("", "."):
-            continue
-        if element == "..":
-            if out and out[-1] != "..":
-                out.pop()
-            elif not rooted:
-                out.append("..")
-            continue
-        out.append(element)
-    cleaned = "/".join(out)
-    return ("/" + cleaned) if rooted else (cleaned or ".")
-
-
-#: Go's strerror for the errno behind each failure kind (what pathrs-lite reports verbatim).
-_ERRNO_TEXT = {
-    "escape": "invalid cross-device link",
-    "loop": "too many levels of symbolic links",
-    "notdir": "not a directory",
-    "toolong": "file name too long",
-    "denied": "permission denied",
-    "invalid": "invalid argument",
-    "notfound": "no such file or directory",
-}
-
-
-def _errno_text(exc: SubPathError) -> str:
-    return _ERRNO_TEXT.get(exc.kind) or str(exc).rpartition(": ")[2]
-
-
-def _go_root_error(exc: SubPathError, sub_path: str) -> str:
-    """What Go's ``os.OpenInRoot`` says: escapes (and the absolute or ``..`` names it treats as
-    escapes) are ``path escapes from parent``; a NUL byte is an invalid argument."""
-    if exc.kind == "invalid":
-        return "invalid argument" if "\x00" in sub_path else sp.MESSAGES["escape"]
-    return sp.MESSAGES.get(exc.kind) or str(exc).rpartition(": ")[2]
-
-
-def _holds_a_file(dir_fd: int) -> bool:
-    """Whether a directory has a regular file somewhere below it; links are never followed and the
-    search stops at the first file."""
-    pending = [os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)]
-    try:
-        while pending:
-            fd = pending.pop()
-            try:
-                with os.scandir(fd) as it:
-                    for entry in it:
-                        if entry.is_file(follow_symlinks=False):
-                            return True
-                        if entry.is_dir(follow_symlinks=False):
-                            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-                            pending.append(os.open(entry.name, flags, dir_fd=fd))
-            finally:
-                os.close(fd)
-        return False
-    finally:
-        for fd in pending:
-            os.close(fd)
-
-
-__all__ = [
-    "DEFAULT_PROFILE",
-    "PROFILES",
-    "ContainerRecord",
-    "ContainerStatus",
-    "ContainerdRuntime",
-    "CreateContainerError",
-    "CrioRuntime",
-    "LegacyRuntime",
-    "MountStatus",
-    "Runtime",
-    "runtime_class",
-]

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from .cri import ContainerRuntime, ContainerStatus, FilesystemUsage, Image
-from .errors import ImageVolError
+from ..cri import ContainerRuntime, ContainerStatus, FilesystemUsage, Image
+from ..errors import ImageVolError
 
 DEFAULT_HIGH = 85
 DEFAULT_LOW = 80

@@ -18,14 +18,14 @@ from typing import Any
 
 import attrs
 
-from ._text import goquote, strerror
-from .api.dump import pod_to_dict
-from .api.features import FeatureGates
-from .api.load import pod_from_dict
-from .api.models import Container, Pod
-from .cri import PROPAGATION, ContainerConfig, ImageSpec, Keyring, Mount, RuntimeService
+from .._text import goquote, strerror
+from ..api.dump import pod_to_dict
+from ..api.features import FeatureGates
+from ..api.load import pod_from_dict
+from ..api.models import Container, Pod
+from ..cri import PROPAGATION, ContainerConfig, ImageSpec, Keyring, Mount, RuntimeService
+from ..errors import CreateContainerConfigError, CreateContainerError, ImageVolError, ImageVolumeMountFailedError
 from .envvars import container_env, effective_sub_path
-from .errors import CreateContainerConfigError, CreateContainerError, ImageVolError, ImageVolumeMountFailedError
 from .events import NORMAL, WARNING, Event, EventRecorder, container_field_path
 from .image_manager import ImageManager
 from .metrics import KubeletMetrics

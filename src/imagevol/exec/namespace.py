@@ -26,8 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
-from .errors import ImageVolError, SubPathError
-from .trees import subpath as sp
+from ..errors import ImageVolError, SubPathError
+from ..trees import subpath as sp
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
