@@ -180,7 +180,7 @@ def oci_layout(layout: str, gz: str, tar: str) -> None:
 _IMAGEVOL = """
 import sys, time
 t0 = time.perf_counter()
-from imagevol.trees import decompress
+from imagevol.trees import _decompress as decompress
 from imagevol.trees.layers import ApplyOptions, apply_layers
 from imagevol.oci import Digest
 # backend: "zlib" forces plain zlib, "default" keeps imagevol's choice (ISA-L, zlib-ng or zlib);
@@ -437,7 +437,7 @@ def _version(argv: Sequence[str]) -> str:
 
 
 def _bench(work: str, runs: int, scales: list[float], main_scale: float, command: str, tmpfs: bool) -> _results.Result:
-    from imagevol.trees import decompress
+    from imagevol.trees import _decompress as decompress
 
     umoci = shutil.which("umoci")
     if not umoci:

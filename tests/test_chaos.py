@@ -15,7 +15,7 @@ import pytest
 
 from imagevol.content.image_db import ImageRecord
 from imagevol.content.pull import ImagePuller
-from imagevol.content.sources.client import RetryPolicy, Timeouts
+from imagevol.content.sources._client import RetryPolicy, Timeouts
 from imagevol.content.sources.mirrors import RegistriesConfig
 from imagevol.content.sources.registry import RegistryAccess
 from imagevol.content.store import ContentStore

@@ -27,7 +27,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagevol.content.sources.client import RetryPolicy
+from imagevol.content.sources._client import RetryPolicy
 from imagevol.content.sources.registry import RegistryAccess
 from imagevol.content.store import ContentStore
 from imagevol.errors import (

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from imagevol.content.sources._client import RetryPolicy
 from imagevol.content.sources.auth import Keyring
-from imagevol.content.sources.client import RetryPolicy
 from imagevol.content.sources.registry import RegistryAccess
 from imagevol.kubelet.events import NORMAL, WARNING, Event, EventRecorder
 from imagevol.kubelet.image_manager import (

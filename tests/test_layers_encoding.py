@@ -12,9 +12,9 @@ import pytest
 
 from imagevol.errors import LayerError
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes, zstd_bytes
-from imagevol.trees import decompress
+from imagevol.trees import _decompress as decompress
+from imagevol.trees._tarstream import TarReader, parse_number, parse_pax_time
 from imagevol.trees.layers import ApplyOptions, LayerLimits
-from imagevol.trees.tarstream import TarReader, parse_number, parse_pax_time
 
 from layerkit import (
     D,

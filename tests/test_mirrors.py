@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imagevol.content.pull import ImagePuller
-from imagevol.content.sources.client import RetryPolicy
+from imagevol.content.sources._client import RetryPolicy
 from imagevol.content.sources.mirrors import RegistriesConfig, match_length
 from imagevol.content.sources.registry import RegistryAccess
 from imagevol.content.store import ContentStore

@@ -26,12 +26,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imagevol.content.pull import ImagePuller
-from imagevol.content.sources import bounds
+from imagevol.content.sources import _bounds as bounds
+from imagevol.content.sources._bounds import Deadline, Guard, SpeedMeter, Timeouts, Watchdog, duration
+from imagevol.content.sources._client import MAX_TOKEN_RESPONSE, RetryPolicy
+from imagevol.content.sources._neterrors import PLAIN_HTTP_ANSWER, describe, sanitize
 from imagevol.content.sources.auth import Keyring
-from imagevol.content.sources.bounds import Deadline, Guard, SpeedMeter, Timeouts, Watchdog, duration
-from imagevol.content.sources.client import MAX_TOKEN_RESPONSE, RetryPolicy
 from imagevol.content.sources.mirrors import RegistriesConfig
-from imagevol.content.sources.neterrors import PLAIN_HTTP_ANSWER, describe, sanitize
 from imagevol.content.sources.registry import RegistryAccess
 from imagevol.content.store import ContentStore
 from imagevol.errors import (

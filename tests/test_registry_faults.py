@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from imagevol.content.pull import ImagePuller
+from imagevol.content.sources._client import RetryPolicy, Timeouts
 from imagevol.content.sources.auth import Credentials, Keyring
-from imagevol.content.sources.client import RetryPolicy, Timeouts
 from imagevol.content.sources.registry import RegistryAccess
 from imagevol.content.store import ContentStore
 from imagevol.errors import (

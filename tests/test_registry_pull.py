@@ -287,7 +287,7 @@ def test_bearer_anonymous_pull_when_the_token_server_allows(fixtures_layout: str
 
 def test_oras_own_api_runs_through_the_safe_client(basic: peers.Registry) -> None:
     """RegistryClient is oras-py's Registry: its methods work, with our auth, Accept and timeouts."""
-    from imagevol.content.sources.client import RegistryClient
+    from imagevol.content.sources._client import RegistryClient
 
     client = RegistryClient(basic.host, plain_http=True, credentials=[Credentials(USER, PASSWORD)])
     mark = basic.mark()

@@ -16,7 +16,7 @@ import yaml
 
 from imagevol.api import load_documents
 from imagevol.api.models import Pod
-from imagevol.content.sources.client import RetryPolicy
+from imagevol.content.sources._client import RetryPolicy
 from imagevol.content.sources.registry import RegistryAccess
 from imagevol.exec.view import ContainerView
 from imagevol.kubelet.pod_sync import PodRecord

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from imagevol.api.models import Container, EnvVar, ObjectFieldSelector, ObjectMeta, Pod, PodSpec, VolumeMount
 from imagevol.errors import CreateContainerConfigError
-from imagevol.kubelet import envvars
-from imagevol.kubelet.envvars import container_env, effective_sub_path, expand
+from imagevol.kubelet import _envvars as envvars
+from imagevol.kubelet._envvars import container_env, effective_sub_path, expand
 from imagevol.node import Node
 
 from subpath_support import make_node, pod_yaml

@@ -1,6 +1,6 @@
 """The kubelet side of the CRI boundary: pod sync (:mod:`~imagevol.kubelet.pod_sync`: ``Kubelet``,
 ``PodRecord``, ``ContainerState``), the image manager (pull policy, backoff, KEP-2535), image
-garbage collection, the container environment and ``subPathExpr`` (:mod:`~imagevol.kubelet.envvars`),
+garbage collection, the container environment and ``subPathExpr`` (:mod:`~imagevol.kubelet._envvars`),
 the kubelet metrics and events.
 
 It reaches a runtime only through the protocols of :mod:`imagevol.cri`, as the real kubelet reaches

@@ -25,7 +25,7 @@ from ..api.load import pod_from_dict
 from ..api.models import Container, Pod
 from ..cri import PROPAGATION, ContainerConfig, ImageSpec, Keyring, Mount, RuntimeService
 from ..errors import CreateContainerConfigError, CreateContainerError, ImageVolError, ImageVolumeMountFailedError
-from .envvars import container_env, effective_sub_path
+from ._envvars import container_env, effective_sub_path
 from .events import NORMAL, WARNING, Event, EventRecorder, container_field_path
 from .image_manager import ImageManager
 from .metrics import KubeletMetrics

@@ -3,7 +3,7 @@
 The in-root walker (:mod:`~imagevol.trees._inroot`, over ``openat2`` from
 :mod:`~imagevol.trees._openat2`, or a userspace walk) and recursive removal
 (:mod:`~imagevol.trees._remove_tree`); layer application (:mod:`~imagevol.trees.layers`, the public
-entry, over :mod:`~imagevol.trees.decompress`, :mod:`~imagevol.trees.tarstream` and the
+entry, over :mod:`~imagevol.trees._decompress`, :mod:`~imagevol.trees._tarstream` and the
 ``_layer_*`` modules); the artifact layout (:mod:`~imagevol.trees.artifacts`); the shared read-only
 snapshots (:mod:`~imagevol.trees.snapshots`); and sub-path resolution
 (:mod:`~imagevol.trees.subpath`). It may import :mod:`imagevol.content` (snapshots read verified

@@ -36,7 +36,7 @@ from ._inroot import CREATE_NEW, NAME_MAX, PATH_ENTRY, PATH_MAX, lstat_at, umask
 from ._layer_metadata import SETID, WRITE_BITS, BuildState, restore
 from ._layer_primitives import create_or_replace, is_empty, list_dir_path
 from ._layer_tree import Tree
-from .tarstream import BLK, CHR, DIR, FIFO, LINK, REG, SYMLINK, Member, TarReader
+from ._tarstream import BLK, CHR, DIR, FIFO, LINK, REG, SYMLINK, Member, TarReader
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"

@@ -1,7 +1,7 @@
 """Applying OCI layer changesets to a directory, safely and fast: the public entry.
 
-A layer blob is decompressed (:mod:`imagevol.trees.decompress`, sniffed, bounded, hashed for its diff ID),
-read as tar (:mod:`imagevol.trees.tarstream`) and applied member by member by the changeset rules
+A layer blob is decompressed (:mod:`imagevol.trees._decompress`, sniffed, bounded, hashed for its diff ID),
+read as tar (:mod:`imagevol.trees._tarstream`) and applied member by member by the changeset rules
 (:mod:`imagevol.trees._layer_changeset`) to a tree addressed only through file descriptors
 (:mod:`imagevol.trees._layer_tree`, over the in-root walker :mod:`imagevol.trees._inroot`); metadata is restored
 by :mod:`imagevol.trees._layer_metadata`. Why nothing can be written outside the root is explained next
@@ -28,6 +28,7 @@ from .._text import goquote
 from ..errors import DiffIDMismatchError, LayerError
 from ..oci import Digest
 from . import _inroot
+from ._decompress import ChunkPipe
 from ._inroot import MAX_SYMLINK_FOLLOWS, NAME_MAX, PATH_MAX, lstat_at
 from ._layer_changeset import (
     OPAQUE_WHITEOUT,
@@ -41,8 +42,7 @@ from ._layer_metadata import BuildState
 from ._layer_primitives import write_all
 from ._layer_tree import Tree
 from ._remove_tree import rmtree
-from .decompress import ChunkPipe
-from .tarstream import TarReader
+from ._tarstream import TarReader
 
 __all__ = [
     "MAX_SYMLINK_FOLLOWS",

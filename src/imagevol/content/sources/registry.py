@@ -1,5 +1,5 @@
 """A registry as a content source: one repository's manifests and blobs over the OCI distribution
-API, through :class:`~imagevol.content.sources.client.RegistryClient` (oras-py, made safe).
+API, through :class:`~imagevol.content.sources._client.RegistryClient` (oras-py, made safe).
 
 Every answer is hostile input. Manifests are read up to 4 MiB and refused beyond (announced or
 actual), hashed, and checked against the digest asked for and against ``Docker-Content-Digest``.
@@ -29,10 +29,10 @@ from ...errors import (
 )
 from ...oci import INDEX_TYPES, MANIFEST_ACCEPT, MANIFEST_TYPES, MAX_MANIFEST_BYTES, Descriptor, Digest
 from ...oci.reference import Reference
-from . import bounds
+from . import _bounds as bounds
+from ._bounds import Deadline, SpeedMeter, duration
+from ._client import DEADLINE_EXCEEDED, RegistryClient, Reply, RetryPolicy, Timeouts, TransportError
 from .auth import Credentials, Keyring
-from .bounds import Deadline, SpeedMeter, duration
-from .client import DEADLINE_EXCEEDED, RegistryClient, Reply, RetryPolicy, Timeouts, TransportError
 from .mirrors import PullSource
 
 CHUNK = 1024 * 1024

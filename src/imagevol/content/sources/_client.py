@@ -7,7 +7,7 @@ of oras's calls go through, ``do_request``, which here returns a :class:`Reply`:
 
 * every wait is bounded (gap 3): each try of a request has a deadline, each body a low-speed
   limit, each request with its retries an overall deadline, each blob a budget across its resumes
-  (:mod:`imagevol.content.sources.bounds`, enforced on the sockets by :mod:`imagevol.content.sources.transport`);
+  (:mod:`imagevol.content.sources._bounds`, enforced on the sockets by :mod:`imagevol.content.sources._transport`);
   bodies are read only through :class:`Reply`, under those bounds, and only up to a size limit;
 * no ``@retry`` decorator (gap 4): only idempotent requests are retried, a bounded number of times,
   with exponential backoff, on connection errors, 429 and 5xx;
@@ -19,7 +19,7 @@ of oras's calls go through, ``do_request``, which here returns a :class:`Reply`:
 * credentials come only from :class:`KeyringAuth` (what the caller or the Pod's pull secrets gave):
   never from ``~/.docker/config.json``, ``ORAS_USER``/``ORAS_PASS`` or ``~/.netrc`` (gap 7);
 * ``Accept-Encoding: identity``, so the bytes hashed are the bytes the registry stored;
-* failures read like containerd's (:mod:`imagevol.content.sources.neterrors`).
+* failures read like containerd's (:mod:`imagevol.content.sources._neterrors`).
 
 Size: over 500 lines, because :class:`RegistryClient` replaces oras-py's request path as a whole
 (bounds, retries, redirects, authentication) and each step relies on the others (a :class:`Reply`
@@ -49,11 +49,12 @@ import urllib3.exceptions
 
 from ..._text import goquote
 from ...errors import AuthenticationError, PullError, RegistryUnavailableError
-from . import bounds, transport
+from . import _bounds as bounds
+from . import _transport as transport
+from ._bounds import Deadline, SpeedMeter, Timeouts, duration
+from ._challenge import Challenge, parse_challenges
+from ._neterrors import PLAIN_HTTP_ANSWER, describe, host_port, sanitize
 from .auth import Credentials
-from .bounds import Deadline, SpeedMeter, Timeouts, duration
-from .challenge import Challenge, parse_challenges
-from .neterrors import PLAIN_HTTP_ANSWER, describe, host_port, sanitize
 
 __all__ = ["KeyringAuth", "RegistryClient", "Reply", "RetryPolicy", "Timeouts", "TransportError"]
 

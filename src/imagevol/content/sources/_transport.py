@@ -1,7 +1,7 @@
 """The sockets under ``requests``, made interruptible by a request's :class:`~.bounds.Guard`.
 
 ``requests`` and urllib3 hide their sockets, and a per-read socket timeout cannot bound a whole
-request (see :mod:`imagevol.content.sources.bounds`). :func:`mount` installs connection classes that
+request (see :mod:`imagevol.content.sources._bounds`). :func:`mount` installs connection classes that
 register themselves with the guard of the request using them: when a new connection is made
 (before its TLS handshake, so a trickled handshake is bounded too) and whenever a pooled one is
 reused. The guard keeps a duplicate of the TCP socket; cutting the request is
@@ -20,7 +20,7 @@ import requests.adapters
 import urllib3
 import urllib3.connection
 
-from . import bounds
+from . import _bounds as bounds
 
 
 class _Watched:

@@ -9,7 +9,7 @@ why and shuts the guard's sockets down, which ends whatever read, TLS handshake 
 blocked on them (Go's ``context`` deadline does the same to a connection). The waiting thread then
 reports the guard's reason instead of whatever error the shut socket produced.
 
-The sockets come from :mod:`imagevol.content.sources.transport`, which registers every connection a guarded
+The sockets come from :mod:`imagevol.content.sources._transport`, which registers every connection a guarded
 request opens or reuses.
 """
 
@@ -116,7 +116,7 @@ class SpeedMeter:
 
 class Owner(Protocol):
     """A connection, which knows which request it serves now (see
-    :mod:`imagevol.content.sources.transport`)."""
+    :mod:`imagevol.content.sources._transport`)."""
 
     def carries(self, guard: Guard) -> bool: ...
 
