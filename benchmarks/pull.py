@@ -28,14 +28,12 @@ import time
 from collections.abc import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from benchmarks import _results  # noqa: E402
 from imagevol.oci import OCI_CONFIG, OCI_LAYER, Digest, canonical_json  # noqa: E402
 from imagevol.testing.images import LayoutBuilder  # noqa: E402
-
-import peers  # noqa: E402
+from tests.helpers import peers  # noqa: E402
 
 # Each Python tool runs in a fresh interpreter and prints {"seconds", "import_seconds", "rss_mb"}.
 _PY_PRELUDE = """

@@ -26,8 +26,7 @@ from imagevol.oci import (
 from imagevol.testing.tarbuild import build_layer, gzip_bytes
 from imagevol.trees.artifacts import lay_out_artifact
 from imagevol.trees.snapshots import Snapshots, plan_for
-
-from layerkit import F, S, Sandbox
+from tests.helpers.layerkit import F, S, Sandbox
 
 
 def _desc(data: bytes, media_type: str, title: str = "", key: str = ANNOTATION_TITLE) -> Descriptor:

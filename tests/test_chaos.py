@@ -20,9 +20,8 @@ from imagevol.content.sources.mirrors import RegistriesConfig
 from imagevol.content.sources.registry import RegistryAccess
 from imagevol.content.store import ContentStore
 from imagevol.errors import ImageVolError, PullError
-
-import peers
-from netfaults import Fault, Request, fault_proxy
+from tests.helpers import peers
+from tests.helpers.netfaults import Fault, Request, fault_proxy
 
 TAGS = ("v2", "layers-mix", "multi", "artifact-raw")
 

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 
 from imagevol.cli import main
 from imagevol.node import Node, NodeConfig
-
-from conftest import EXAMPLES
+from imagevol.testing.pods import pod_doc
+from tests.helpers.paths import EXAMPLES
 
 IS_ROOT = os.geteuid() == 0
 #: As root, drop the capabilities that bypass file permissions, so EACCES can happen.
@@ -35,12 +35,7 @@ NO_DAC = (
     if IS_ROOT and shutil.which("setpriv")
     else []
 )
-POD = {
-    "apiVersion": "v1",
-    "kind": "Pod",
-    "metadata": {"name": "p"},
-    "spec": {"containers": [{"name": "c", "image": "debian"}]},
-}
+POD = pod_doc("p")
 
 
 @attrs.frozen

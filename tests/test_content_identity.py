@@ -59,11 +59,10 @@ from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes, zstd_bytes
 from imagevol.trees.layers import ApplyOptions, apply_layers
 from imagevol.trees.snapshots import SnapshotKey, Snapshots, plan_for
-from test_scenarios import make_pod
-
-import peers
-from conftest import FakeClock
-from test_kubelet import PREFIX, make_node
+from tests.helpers import peers
+from tests.helpers.clock import FakeClock
+from tests.helpers.fixture_node import PREFIX, make_node
+from tests.helpers.pods import make_pod
 
 GOOD = (TarEntry("d/", "dir"), TarEntry("d/g", "file", b"g\n"), TarEntry("f", "file", b"good\n"))
 GOOD_TOP = (TarEntry("top", "file", b"top\n"),)

@@ -43,9 +43,8 @@ from imagevol.kubelet.image_manager import Backoff, ImageManager
 from imagevol.kubelet.metrics import KubeletMetrics
 from imagevol.kubelet.pod_sync import Kubelet, PodRecord
 from imagevol.node import Node
-
-from conftest import FakeClock
-from test_kubelet import PREFIX, ctr, make_node, pod, vol
+from tests.helpers.clock import FakeClock
+from tests.helpers.fixture_node import PREFIX, ctr, make_node, pod, vol
 
 
 def _image(tag: str, size: int, *, auth: tuple[str, ...] = (), pulled_at: float = 0.0) -> Image:

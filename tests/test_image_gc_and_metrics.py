@@ -15,10 +15,9 @@ from imagevol.errors import ImageInUseError
 from imagevol.kubelet.image_gc import ImageGC
 from imagevol.kubelet.metrics import KubeletMetrics
 from imagevol.node import Node
-
-from conftest import FakeClock
-from peers import free_port, require
-from test_kubelet import ctr, make_node, pod, vol
+from tests.helpers.clock import FakeClock
+from tests.helpers.fixture_node import ctr, make_node, pod, vol
+from tests.helpers.peers import free_port, require
 
 
 @pytest.fixture

@@ -28,9 +28,8 @@ from imagevol.kubelet.image_manager import (
 )
 from imagevol.kubelet.metrics import KubeletMetrics
 from imagevol.node import Node, NodeConfig
-
-import peers
-from conftest import FakeClock
+from tests.helpers import peers
+from tests.helpers.clock import FakeClock
 
 PULLED = re.compile(
     r'^Successfully pulled image "(?P<ref>[^"]+)" in (?P<d>[0-9.]+(ms|s)|0s) '

@@ -29,8 +29,7 @@ from hypothesis import strategies as st
 
 from imagevol.trees import _inroot, _remove_tree
 from imagevol.trees._inroot import Backend, Policy, WalkError
-
-from subpath_support import open_fds, walk_inodes
+from tests.helpers.subpaths import open_fds, walk_inodes
 
 NAMES = ["a", "b", "c", "l", "m"]
 COMPONENT = st.sampled_from([*NAMES, ".", "..", ""])

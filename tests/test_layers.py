@@ -14,8 +14,7 @@ import pytest
 
 from imagevol.testing.tarbuild import FIXED_MTIME, TarEntry
 from imagevol.trees.layers import ApplyOptions
-
-from layerkit import D, F, H, S, Sandbox, W
+from tests.helpers.layerkit import D, F, H, S, Sandbox, W
 
 
 @pytest.fixture

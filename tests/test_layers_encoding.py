@@ -15,8 +15,7 @@ from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes, zstd_by
 from imagevol.trees import _decompress as decompress
 from imagevol.trees._tarstream import TarReader, parse_number, parse_pax_time
 from imagevol.trees.layers import ApplyOptions, LayerLimits
-
-from layerkit import (
+from tests.helpers.layerkit import (
     D,
     F,
     Sandbox,

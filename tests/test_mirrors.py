@@ -18,8 +18,7 @@ from imagevol.content.sources.registry import RegistryAccess
 from imagevol.content.store import ContentStore
 from imagevol.errors import BlockedRegistryError, ImageNotFoundError, PullError
 from imagevol.oci.reference import parse, parse_normalized
-
-import peers
+from tests.helpers import peers
 
 # --- matching, as containers/image does it ------------------------------------------------------------
 

@@ -47,10 +47,9 @@ from imagevol.kubelet.image_manager import Backoff, ImageManager
 from imagevol.kubelet.metrics import KubeletMetrics
 from imagevol.node import Node, NodeConfig
 from imagevol.oci import MAX_MANIFEST_BYTES
-from slowserver import Seen, Shape, slow_registry
-
-import peers
-from conftest import FakeClock
+from tests.helpers import peers
+from tests.helpers.clock import FakeClock
+from tests.helpers.slowserver import Seen, Shape, slow_registry
 
 #: Small bounds, so that each case takes about a second.
 FAST = Timeouts(connect=1.0, read=1.0, request=0.6, low_speed_limit=1000, low_speed_time=0.3)

@@ -37,9 +37,8 @@ from imagevol.oci import (
     canonical_json,
     parse_manifest,
 )
-
-import peers
-from netfaults import Fault, Request, fault_proxy, static_server
+from tests.helpers import peers
+from tests.helpers.netfaults import Fault, Request, fault_proxy, static_server
 
 FAST_RETRY = RetryPolicy(attempts=3, initial=0.01, maximum=0.05, deadline=10.0)
 

@@ -23,8 +23,7 @@ from imagevol.content.sources.registry import RegistryAccess
 from imagevol.content.store import ContentStore
 from imagevol.errors import AuthenticationError, ImageNotFoundError, PlatformError
 from imagevol.oci import Descriptor, Index, Manifest, Platform, parse_manifest
-
-import peers
+from tests.helpers import peers
 
 TAGS = (
     "v2", "artifact-image", "layers", "layers-zstd", "layers-mix", "multi",

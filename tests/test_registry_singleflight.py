@@ -17,9 +17,8 @@ import pytest
 from imagevol.content.pull import ImagePuller, PullResult
 from imagevol.content.sources.registry import RegistryAccess
 from imagevol.content.store import ContentStore
-
-import peers
-from netfaults import Fault, Request, fault_proxy
+from tests.helpers import peers
+from tests.helpers.netfaults import Fault, Request, fault_proxy
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,7 @@ from imagevol.exec.view import ContainerView
 from imagevol.node import Node
 from imagevol.runtime.crio import go_clean
 from imagevol.trees.snapshots import SnapshotKey
-
-from subpath_support import REGISTRY, make_node, pod_yaml
+from tests.helpers.subpaths import REGISTRY, make_node, pod_yaml
 
 OK = "ok"
 

@@ -22,8 +22,7 @@ from imagevol.content.sources.registry import RegistryAccess
 from imagevol.content.store import ContentStore
 from imagevol.errors import BlobNotFoundError, DigestMismatchError, ManifestError, SizeMismatchError
 from imagevol.oci import MAX_MANIFEST_BYTES, OCI_LAYER, OCI_MANIFEST, Descriptor, Digest, Platform
-
-import peers
+from tests.helpers import peers
 
 AMD64 = Platform("linux", "amd64")
 

@@ -20,8 +20,7 @@ import pytest
 from imagevol.errors import SubPathError
 from imagevol.trees import _inroot, _openat2
 from imagevol.trees import subpath as sp
-
-from subpath_support import open_fds
+from tests.helpers.subpaths import open_fds
 
 BACKENDS = [sp.Backend.KERNEL, sp.Backend.USERSPACE]
 

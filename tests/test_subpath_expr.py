@@ -18,8 +18,7 @@ from imagevol.errors import CreateContainerConfigError
 from imagevol.kubelet import _envvars as envvars
 from imagevol.kubelet._envvars import container_env, effective_sub_path, expand
 from imagevol.node import Node
-
-from subpath_support import make_node, pod_yaml
+from tests.helpers.subpaths import make_node, pod_yaml
 
 # --- expansion ---------------------------------------------------------------------------------------
 

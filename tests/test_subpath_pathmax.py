@@ -23,8 +23,7 @@ from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.tarbuild import TarEntry
 from imagevol.trees import _inroot
 from imagevol.trees import subpath as sp
-
-from subpath_support import REGISTRY, pod_yaml, write_registries
+from tests.helpers.subpaths import REGISTRY, pod_yaml, write_registries
 
 BACKENDS = [sp.Backend.KERNEL, sp.Backend.USERSPACE]
 POLICIES = [sp.Policy.BENEATH, sp.Policy.IN_ROOT]

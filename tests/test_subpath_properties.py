@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 
 from imagevol.errors import SubPathError
 from imagevol.trees import subpath as sp
-
-from subpath_support import walk_inodes
+from tests.helpers.subpaths import walk_inodes
 
 NAMES = ["a", "b", "c", "l", "m", "é"]
 COMPONENT = st.sampled_from([*NAMES, ".", "..", ""])

@@ -11,8 +11,7 @@ import pytest
 
 from imagevol.testing import vectors
 from imagevol.trees import subpath as sp
-
-from conftest import VECTORS
+from tests.helpers.paths import VECTORS
 
 with open(os.path.join(VECTORS, "subpath.json")) as _f:
     SUBPATH: list[dict[str, Any]] = json.load(_f)

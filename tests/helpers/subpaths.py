@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import attrs
 
 from imagevol.node import Node, NodeConfig
 from imagevol.oci import ANNOTATION_TITLE, OCI_EMPTY, OCI_LAYER_GZIP
 from imagevol.testing.images import ARTIFACT_V2_ENTRIES, Layer, LayoutBuilder, build_artifact_v2
+from imagevol.testing.pods import container, image_volume, pod_doc, to_yaml, volume_mount
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes
 
 REGISTRY = "example.test/vols"
@@ -91,24 +93,10 @@ def pod_yaml(
     env: list[dict[str, object]] | None = None,
     mount_path: str = "/volume",
 ) -> str:
-    import yaml
-
-    mount: dict[str, object] = {"name": "vol", "mountPath": mount_path}
-    if sub_path:
-        mount["subPath"] = sub_path
-    if sub_path_expr:
-        mount["subPathExpr"] = sub_path_expr
-    container: dict[str, object] = {"name": "c", "image": "debian", "volumeMounts": [mount]}
-    if env:
-        container["env"] = env
-    return yaml.safe_dump(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "labels": {"app": "demo"}},
-            "spec": {"containers": [container], "volumes": [{"name": "vol", "image": {"reference": image}}]},
-        }
-    )
+    mount = volume_mount("vol", mount_path, sub_path, **({"subPathExpr": sub_path_expr} if sub_path_expr else {}))
+    fields: dict[str, Any] = {"env": env} if env else {}
+    ctr = container("c", mount, **fields)
+    return to_yaml(pod_doc(name, [ctr], [image_volume("vol", image)], metadata={"labels": {"app": "demo"}}))
 
 
 def open_fds() -> set[int]:
