@@ -187,7 +187,7 @@ def _target_table(section: Section) -> list[str]:
     rows = [
         [t.what, fmt_target(t), f"{OP_SIGNS[t.op]} {t.limit:g} {t.unit}", t.design, verdict(t)] for t in section.targets
     ]
-    return _table(["target", "measured", "limit", "design.md", "result"], rows)
+    return _table(["target", "measured", "limit", "goal", "result"], rows)
 
 
 def _plot_lines(plot: Plot, images: Mapping[str, str | None], reason: str | None) -> list[str]:
@@ -235,7 +235,7 @@ def render(
         for t in s.targets
     ]
     if summary:
-        out += _table(["benchmark", "target", "measured", "design.md", "result"], summary)
+        out += _table(["benchmark", "target", "measured", "goal", "result"], summary)
     else:
         out.append("No target was measured in this run.")
     if failures:

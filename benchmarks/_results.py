@@ -39,7 +39,7 @@ class Row:
 
 @attrs.frozen
 class Target:
-    """A target of design.md: met when ``value <op> limit``."""
+    """A performance goal of the project: met when ``value <op> limit``."""
 
     what: str
     design: str

@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python benchmarks/unpack.py [--dir DIR] [--runs 3] [--scales 0.25,1]
 
-Generates (seeded, untimed) the layer of oci-peers.md section 6: 20,000 small text files (512 B to
+Generates (seeded, untimed) the benchmark layer: 20,000 small text files (512 B to
 4 KiB, 200 directories) and three 50 MiB files (random, base64, words), ~219 MB of tar, gzip -6.
 Every tool unpacks it into a fresh directory on a tmpfs (mounted here when run as root without
 ``--dir``; ext4 timings are dominated by the kernel reclaiming the previous tree) and runs in its own
@@ -279,7 +279,7 @@ def on_tmpfs(path: str) -> bool:
 TAR = "tar -xzf"
 UMOCI = "umoci raw unpack"
 DEFAULT_SCALES = "0.125,0.25,0.5,1,2"
-TARGET_RATIO = 1.0  # design.md: materialise the 219 MB layer into tmpfs in at most 1.0 x GNU tar's time
+TARGET_RATIO = 1.0  # the goal: materialise the 219 MB layer into tmpfs in at most 1.0 x GNU tar's time
 
 
 @attrs.define
@@ -508,7 +508,7 @@ def _document(
     where = "a tmpfs" if tmpfs else "a filesystem that is NOT a tmpfs (timings include reclaim noise)"
     best = f"the minimum of {runs} runs" if runs > 1 else "one run"
     text = (
-        f"Input (generated, seeded, untimed): the layer of `shared/spec/oci-peers.md` section 6, {layer.scale:g} ×:"
+        f"Input (generated, seeded, untimed): the benchmark layer, {layer.scale:g} ×:"
         f" small text files of 512 B–4 KiB in directories of 100 plus three large files (random, base64,"
         f" words); {os.path.getsize(layer.tar):,} B of tar, {layer.entries:,} entries,"
         f" {os.path.getsize(layer.gz):,} B with `gzip -6`. Each tool unpacks it into a fresh directory on"

@@ -226,7 +226,7 @@ def test_ambient_credentials_are_never_used(
     basic: peers.Registry, tmp_path: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """~/.docker/config.json, ORAS_USER/ORAS_PASS and ~/.netrc all hold valid credentials; a pull
-    without credentials must still be refused (oci-peers.md gap 7), and a pull with the right
+    without credentials must still be refused (docs/pulling.md, oras-py gap 7), and a pull with the right
     credentials must not be overridden by a wrong config.json entry."""
     home = os.path.join(str(tmp_path), "home")
     os.makedirs(os.path.join(home, ".docker"))

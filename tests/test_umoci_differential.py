@@ -1,4 +1,5 @@
-"""Differential test against the real ``umoci raw unpack`` (oci-peers.md section 5).
+"""Differential test against the real ``umoci raw unpack`` (docs/security.md, "Deliberate differences
+from umoci raw unpack").
 
 Both unpack the same layer stacks (the project fixtures, and Hypothesis-generated hostile stacks,
 gzip and plain: umoci has no zstd); canonical listings (type, mode, uid:gid, mtime, content hash,
@@ -109,7 +110,8 @@ def test_fixtures_match_umoci(fixtures_layout: str, tag: str, tmp_path: object) 
 
 
 def test_fixture_layers_oracle_tree(fixtures_layout: str, tmp_path: object) -> None:
-    """The oracle tree recorded in oci-peers.md section 5 (names, types, modes, owners, hashes)."""
+    """The tree umoci raw unpack 0.4.7 produced from this image, recorded (names, types, modes, owners,
+    hashes)."""
     store = ContentStore(fixtures_layout)
     manifest = store.read_manifest(store.refs()["layers"])
     assert isinstance(manifest, Manifest)

@@ -1,5 +1,5 @@
 """Real peers for integration tests: the CNCF distribution registry on 127.0.0.1, skopeo, umoci,
-promtool (recipes: shared/spec/oci-peers.md).
+promtool (how each is started: docs/testing.md, "Peers").
 
 A missing peer skips the test locally and fails it under ``CI=true`` (the test command installs
 them; CI must never pass by skipping).
@@ -318,7 +318,8 @@ def _wait_ready(reg: Registry, timeout: float = 15.0) -> None:
 
 
 def skopeo_copy(layout: str, tag: str, reg: Registry, repo: str, dest_tag: str = "v1") -> None:
-    """Push ``layout:tag`` to ``reg`` unchanged (``--all --preserve-digests``, oci-peers.md 3)."""
+    """Push ``layout:tag`` to ``reg`` unchanged: ``--all`` keeps every platform of an index and
+    ``--preserve-digests`` refuses to recompress, so the registry serves the layout's digests."""
     cmd = [
         require("skopeo"), "--insecure-policy", "copy", "-q", "--all", "--preserve-digests",
         "--dest-tls-verify=false",

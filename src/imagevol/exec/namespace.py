@@ -1,5 +1,5 @@
 """Real mounts for ``imagevol exec --real``: run a command with a container's image volumes bind-mounted
-``ro,nosuid,nodev`` in a private mount namespace (oci-peers.md section 8), leaving the host untouched.
+``ro,nosuid,nodev`` in a private mount namespace, leaving the host untouched.
 
 A forked child makes a new mount namespace (plus a user namespace when not root), marks every mount
 private so nothing propagates back, and builds a throwaway root on a tmpfs: each top-level host

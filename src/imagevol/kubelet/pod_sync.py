@@ -1,4 +1,4 @@
-"""The kubelet's pod sync for image volumes (spec sections 3 to 6, R11.1).
+"""The kubelet's pod sync for image volumes (sections 3 to 6 of docs/requirements.md, R11.1).
 
 One ``sync_pod`` pass does what ``kuberuntime_manager.SyncPod`` does for a Pod with image volumes:
 pull every image volume in spec order through the image manager (failures are kept, not raised,

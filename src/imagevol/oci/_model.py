@@ -37,7 +37,7 @@ DOCKER_LAYER_FOREIGN_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.ta
 MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 #: Sent as ``Accept`` on every manifest request: registry 2.8 answers 404 for an OCI manifest
-#: unless an OCI type is listed explicitly (oci-peers.md section 2).
+#: unless an OCI type is listed explicitly (docs/pulling.md, oras-py gap 8).
 MANIFEST_ACCEPT = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST)
 
 #: Config media types that make a manifest a container *image* (R9.1).

@@ -148,7 +148,7 @@ def parse_image_name(text: str) -> tuple[str, str, str]:
 
 
 def apply_default_tag(text: str) -> str:
-    """The kubelet's ``applyDefaultImageTag`` (R3.5a): append ``:latest`` when there is neither a
+    """The kubelet's ``applyDefaultImageTag`` (R3.5): append ``:latest`` when there is neither a
     tag nor a digest, without qualifying the name (``busybox`` becomes ``busybox:latest``)."""
     _, tag, digest = parse_image_name(text)
     if not digest and tag and not text.endswith(":" + tag):

@@ -1,4 +1,4 @@
-"""Run test vectors in the format of ``vectors/README.md`` against this library.
+"""Run test vectors (their format: docs/testing.md, "Vector format") against this library.
 
     python -m imagevol.testing.vectors layers FILE
     python -m imagevol.testing.vectors subpath FILE [--profile containerd|crio]

@@ -1,7 +1,7 @@
 """A streaming tar reader that decodes headers the way Go's ``archive/tar`` does.
 
 The layer applier needs each member's *decoded* name (PAX ``path``/``linkpath`` records and GNU
-``L``/``K`` long names applied) before it validates anything (safe-paths.md C2.1), and it needs it
+``L``/``K`` long names applied) before it validates anything (C2.1), and it needs it
 fast: CPython's ``tarfile`` spends most of an unpack in Python-level header parsing. This reader parses
 a 512-byte header with one ``struct.unpack``, hands the member's data straight from the decompressed
 chunk to ``os.write`` (no copy for data inside a chunk) and never seeks.

@@ -1,4 +1,4 @@
-"""Laying out OCI artifacts as CRI-O does (R9.10, oci-peers.md section 3).
+"""Laying out OCI artifacts as CRI-O does (R9.10).
 
 A manifest is an *artifact* unless it is an image by R9.1 (:attr:`imagevol.oci.Manifest.is_image`).
 Each of its layers is handled on its own, in manifest order:

@@ -1,4 +1,4 @@
-"""Safe sub-path resolution inside a materialised image tree (safe-paths.md C1).
+"""Safe sub-path resolution inside a materialised image tree (C1 in docs/requirements.md).
 
 The result of a resolution is an ``O_PATH`` file descriptor, never a string: callers mount or reopen
 through ``/proc/self/fd/N``. Re-joining a checked string and opening it later is exactly the
@@ -49,7 +49,7 @@ __all__ = [
     "validate",
 ]
 
-#: Error classes of ``vectors/subpath.json`` plus two for what the vectors do not cover: the
+#: Error classes of ``tests/vectors/subpath.json`` plus two for what the vectors do not cover: the
 #: walker's kinds, ``invalid`` for the string rules, ``failed`` for an errno that says nothing.
 KINDS = ("invalid", *_inroot.KINDS, "failed")
 
