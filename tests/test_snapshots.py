@@ -210,7 +210,6 @@ def test_acquire_materialises_and_leases(tmp_path: object) -> None:
 
 _UNPRIVILEGED = r"""
 import os, sys
-sys.path.insert(0, sys.argv[2])
 from tests.helpers.layerkit import D, F, W
 from tests.helpers.snapshots import GOOD, image_plan, write_bits
 from imagevol.trees.snapshots import Snapshots
@@ -247,8 +246,8 @@ def test_unprivileged_build_with_closed_directories_across_layers() -> None:
                 "-c",
                 _UNPRIVILEGED,
                 base,
-                REPO,
             ],
+            env={**os.environ, "PYTHONPATH": REPO},
             capture_output=True,
             text=True,
             timeout=120,
