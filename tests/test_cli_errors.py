@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -286,12 +287,13 @@ def _in_namespace(script: str, *args: str) -> Result:
     return Result(p.returncode, p.stdout.decode(), p.stderr.decode())
 
 
-CLI = f"{sys.executable} -m imagevol.cli"
+#: The CLI as a shell word list (the checkout may be anywhere, a path with spaces included).
+CLI = f"{shlex.quote(sys.executable)} -m imagevol.cli"
 
 
 def test_a_root_on_a_read_only_filesystem(tmp_path: Any) -> None:
     pod = write(tmp_path, "pod.yaml", json.dumps(POD))
-    setup = f"mount -t tmpfs -o size=1m tmpfs /mnt && {CLI} --root /mnt/node apply -f {pod} >/dev/null"
+    setup = f"mount -t tmpfs -o size=1m tmpfs /mnt && {CLI} --root /mnt/node apply -f {shlex.quote(pod)} >/dev/null"
     script = f'{setup} && mount -o remount,ro /mnt && exec {CLI} --root /mnt/node "$@"'
     r = _in_namespace(script, "get", "pods")
     assert r.code == 0 and r.out.splitlines()[1].split()[0] == "p", r
@@ -312,7 +314,7 @@ def test_a_full_filesystem_leaves_no_half_written_state() -> None:
     for size in ("4k", "12k", "20k", "28k", "36k"):
         script = (
             f"mount -t tmpfs -o size={size} tmpfs /mnt && "
-            f"{CLI} --root /mnt/node --registries {registries} apply -f {pod}; code=$?; "
+            f"{CLI} --root /mnt/node --registries {shlex.quote(registries)} apply -f {shlex.quote(pod)}; code=$?; "
             "echo; echo tmp: $(find /mnt/node -name '*.tmp'); exit $code"
         )
         r = _in_namespace(script)
