@@ -348,7 +348,7 @@ def estargz_layer(
         main["digest"] = "sha256:" + hashlib.sha256(content).hexdigest()
         for i, start in enumerate(range(0, m.size, chunk_size)):
             piece = content[start : start + chunk_size]
-            target = main if i == 0 else {"name": m.name, "type": "chunk"}
+            target: dict[str, Any] = main if i == 0 else {"name": m.name, "type": "chunk"}
             target["offset"] = offsets[m.data + start]
             if start:
                 target["chunkOffset"] = start
