@@ -46,9 +46,9 @@ def parse_footer(footer: bytes) -> int:
     inflates to nothing with a valid trailer."""
     if len(footer) != FOOTER_SIZE:
         raise bad("eStargz footer is not 51 bytes")
+    if b"STARGZEXTERNALTOC" in footer:
+        raise LazyUnsupportedError("eStargz layers with an external TOC are not supported lazily")
     if footer[:4] != b"\x1f\x8b\x08\x04" or footer[10:16] != b"\x1a\x00SG\x16\x00" or footer[32:38] != b"STARGZ":
-        if b"STARGZEXTERNALTOC" in footer:
-            raise LazyUnsupportedError("eStargz layers with an external TOC are not supported lazily")
         legacy = footer[-LEGACY_FOOTER_SIZE:]
         if legacy[:4] == b"\x1f\x8b\x08\x04" and legacy[10:12] == b"\x16\x00" and legacy[28:34] == b"STARGZ":
             raise LazyUnsupportedError("legacy stargz layers are not supported lazily")
@@ -75,7 +75,7 @@ def read_toc(desc: Descriptor, reader: RangedReader, *, limits: TocLimits = DEFA
     except ManifestError:
         raise bad(f"annotation {TOC_DIGEST} is not a digest") from None
     size = reader.size
-    if size != desc.size or size <= FOOTER_SIZE + _BLOCK:
+    if size != desc.size or size <= FOOTER_SIZE:
         raise bad(f"an eStargz blob of {size} bytes cannot hold a TOC")
     start = size - max(FOOTER_SIZE, min(tail, size))
     (last,) = read_exact(reader, [ByteRange(start, size - start)])
