@@ -752,3 +752,47 @@ def test_the_lazy_view_of_toc_layers_is_the_full_pull(
                 part = os.path.join(tmp, f"p{i}{policy}")
                 materialise(lazy.closure(index, lazy.resolve(index, sub_path, policy)), part, content)
                 assert subtree(part, got[1]) == subtree(full, got[1]), (sub_path, policy)
+
+
+def test_estargz_chunks_sharing_a_member_are_found_by_their_inner_offset() -> None:
+    files = [F("a", "a" * 300), F("b", "b" * 5000), F("c", os.urandom(3000)), F("d", "d" * 70_000)]
+    layer = estargz_layer(files, chunk_size=20_000, min_chunk_size=8000)
+    assert _decompress(layer) == layer.tar
+    toc, reader = _read(layer)
+    inner = [c for e in toc.entries for c in e.chunks if c.inner_offset]
+    assert inner, "no chunk shares a member"
+    for f in files:
+        entry = next(e for e in toc.entries if e.name == f.name)
+        assert lazy.read_payload(toc, entry, reader) == f.data
+    lazy.check_members_match(toc.entries, members_of(layer.tar), time_slack_ns=999_999_999)
+
+
+def _split_records(layer: LazyLayer) -> list[dict[str, Any]]:
+    anchor = zstdchunked.anchor(layer.descriptor())
+    assert anchor.tar_split is not None
+    frame = layer.blob[anchor.tar_split.offset : anchor.tar_split.end]
+    lines = zstandard.ZstdDecompressor().decompress(frame, max_output_size=anchor.tar_split_size).splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.mark.parametrize(
+    ("change", "kind"),
+    [
+        (lambda rs: rs[1].update(type=True), "invalid_toc"),  # JSON true is no type number
+        (lambda rs: rs[1].update(position=7), "invalid_toc"),
+        (lambda rs: rs[1].update(name_raw="YQ=="), "invalid_toc"),
+        (lambda rs: rs[1].update(size=-1), "invalid_toc"),
+        (lambda rs: rs[0].update(payload="!!"), "invalid_toc"),
+        (lambda rs: rs[1].update(extra=1), "invalid_toc"),
+        (lambda rs: rs[1].update(name="other"), "mismatch"),
+        (lambda rs: rs.insert(2, {"type": 1, "name": "x", "size": 0}), "mismatch"),
+    ],
+    ids=["bool-type", "position", "name-raw", "negative-size", "payload", "unknown-key", "name", "extra-file"],
+)
+def test_malformed_tar_splits_are_refused(change: Callable[[list[dict[str, Any]]], None], kind: str) -> None:
+    layer = zstd_chunked_layer(BASE)
+    records = _split_records(layer)
+    change(records)
+    split = b"".join(json.dumps({"position": i, **r}).encode() + b"\n" for i, r in enumerate(records))
+    desc, blob = rebuild_zstd(layer, _toc(layer), split=split)
+    _refused(desc, blob, kind, members=tar_members)

@@ -42,14 +42,18 @@ def _lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
         yield pending
 
 
-def _records(pieces: Iterable[bytes]) -> Iterator[tuple[object, dict[str, object]]]:
+def _records(pieces: Iterable[bytes]) -> Iterator[tuple[int, dict[str, object]]]:
     for position, line in enumerate(_lines(pieces)):
         if len(line) > MAX_LINE:
             raise bad("tar-split line too long", "too_large")
         record = load_json(line, "tar-split line")
-        if not isinstance(record, dict) or set(record) - _KEYS or record.get("position") != position:
+        if not isinstance(record, dict) or set(record) - _KEYS:
             raise bad(f"tar-split line {position} is not a tar-split entry")
-        yield record.get("type"), record
+        kind, where = record.get("type"), record.get("position")
+        # Positions count the lines; type 1 is a file, 2 raw bytes (JSON's true is no number).
+        if type(kind) is not int or type(where) is not int or where != position or kind not in (1, 2):
+            raise bad(f"tar-split line {position} is not a tar-split entry")
+        yield kind, record
 
 
 def _payload(record: dict[str, object], position: int) -> bytes:
@@ -81,10 +85,8 @@ class _Stream:
                 data = _payload(record, position)
                 if data:
                     yield data
-            elif kind == 1:
-                yield from self._file(record, position)
             else:
-                raise bad(f"tar-split line {position} has an unknown type")
+                yield from self._file(record, position)
 
     def _file(self, record: dict[str, object], position: int) -> Iterator[bytes]:
         name, size = record.get("name", ""), record.get("size", 0)

@@ -318,10 +318,14 @@ def estargz_layer(
     entries: Sequence[TarEntry],
     *,
     chunk_size: int = 4 * 1024 * 1024,
+    min_chunk_size: int = 0,
     landmark: str | None = NO_PREFETCH_LANDMARK,
     level: int = 6,
 ) -> LazyLayer:
-    """An eStargz layer of ``entries``, a landmark file first (see the module docstring)."""
+    """An eStargz layer of ``entries``, a landmark file first (see the module docstring).
+    ``min_chunk_size`` (stargz-snapshotter's ``WithMinChunkSize``): a payload chunk starts a new
+    gzip member only once the current one holds that many bytes; the others are found by their
+    ``innerOffset`` in it."""
     if landmark is not None:
         entries = [TarEntry(landmark, "file", b"\x0f", mode=0, mtime=0), *entries]
     tar = build_layer(entries)
@@ -330,7 +334,9 @@ def estargz_layer(
     cuts = [0]
     for m in members:
         if m.entry.type == "file" and m.size:
-            cuts.extend(range(m.data, m.data + m.size, chunk_size))
+            for pos in range(m.data, m.data + m.size, chunk_size):
+                if len(cuts) == 1 or pos - cuts[-1] >= min_chunk_size:
+                    cuts.append(pos)
     cuts.append(body_end)
     blob = io.BytesIO()
     offsets: dict[int, int] = {}
@@ -349,7 +355,10 @@ def estargz_layer(
         for i, start in enumerate(range(0, m.size, chunk_size)):
             piece = content[start : start + chunk_size]
             target: dict[str, Any] = main if i == 0 else {"name": m.name, "type": "chunk"}
-            target["offset"] = offsets[m.data + start]
+            member = max(c for c in cuts if c <= m.data + start)
+            target["offset"] = offsets[member]
+            if m.data + start > member:
+                target["innerOffset"] = m.data + start - member
             if start:
                 target["chunkOffset"] = start
             if len(piece) == chunk_size:
