@@ -93,78 +93,138 @@ def index_resolve(index: lazy.MergedIndex, sub_path: str, policy: str) -> tuple[
 # --- a closure, written -------------------------------------------------------------------------------
 
 
+def _open_dir(root_fd: int, path: str) -> int:
+    """A directory fd for the symlink-free real path ``path`` below ``root_fd``, one component at
+    a time (paths of up to 4095 bytes below a temporary directory exceed PATH_MAX as strings)."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=root_fd)
+    for name in [] if path == "." else path.split("/"):
+        nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+    return fd
+
+
 def materialise(closure: lazy.Closure, root: str, content: Callable[[lazy.Node], bytes]) -> None:
-    """Write ``closure`` below the new directory ``root`` (test-only: plain paths under a private
-    temporary directory; the names come from the index, which holds no ``..`` and no absolute
-    name). Hardlink groups become hardlinks, directory modes are set last, deepest first."""
+    """Write ``closure`` below the new directory ``root`` (test-only; the runtime's writer is fd-
+    based over the in-root walker). Hardlink groups become hardlinks, directory modes are set last,
+    deepest first."""
     os.mkdir(root, 0o700)
-    first: dict[int, str] = {}
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    first: dict[int, tuple[str, str]] = {}
     dirs: list[tuple[str, int]] = []
-    for node in closure.nodes:
-        full = root if node.path == "." else os.path.join(root, node.path)
-        if node.type == "dir":
-            if node.path != ".":
-                os.mkdir(full, 0o700)
-            dirs.append((full, node.mode))
-            continue
-        if node.ino in first:
-            os.link(first[node.ino], full, follow_symlinks=False)
-            continue
-        first[node.ino] = full
-        if node.type == "reg":
-            data = content(node) if node.size else b""
-            assert len(data) == node.size, node
-            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        for node in closure.nodes:
+            if node.type == "dir" and node.path == ".":
+                dirs.append((".", node.mode))
+                continue
+            parent, _, name = node.path.rpartition("/")
+            dfd = _open_dir(root_fd, parent or ".")
             try:
-                os.write(fd, data)
-                os.fchmod(fd, node.mode)
+                _write(node, dfd, name, first, dirs, root_fd, content)
+            finally:
+                os.close(dfd)
+        for path, mode in sorted(dirs, key=lambda d: -len(d[0])):
+            fd = _open_dir(root_fd, path)
+            try:
+                os.fchmod(fd, mode)
             finally:
                 os.close(fd)
-        elif node.type == "symlink":
-            os.symlink(node.target, full)
-        elif node.type == "fifo":
-            os.mkfifo(full, 0o600)
-            os.chmod(full, node.mode)
-        else:
-            raise AssertionError(node)
-    for full, mode in sorted(dirs, key=lambda d: -len(d[0])):
-        os.chmod(full, mode)
+    finally:
+        os.close(root_fd)
+
+
+def _write(
+    node: lazy.Node,
+    dfd: int,
+    name: str,
+    first: dict[int, tuple[str, str]],
+    dirs: list[tuple[str, int]],
+    root_fd: int,
+    content: Callable[[lazy.Node], bytes],
+) -> None:
+    if node.type == "dir":
+        os.mkdir(name, 0o700, dir_fd=dfd)
+        dirs.append((node.path, node.mode))
+        return
+    if node.ino in first:
+        parent, base = first[node.ino]
+        src = _open_dir(root_fd, parent)
+        try:
+            os.link(base, name, src_dir_fd=src, dst_dir_fd=dfd, follow_symlinks=False)
+        finally:
+            os.close(src)
+        return
+    parent, _, base = node.path.rpartition("/")
+    first[node.ino] = (parent or ".", base)
+    if node.type == "reg":
+        data = content(node) if node.size else b""
+        assert len(data) == node.size, node
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
+        try:
+            os.write(fd, data)
+            os.fchmod(fd, node.mode)
+        finally:
+            os.close(fd)
+    elif node.type == "symlink":
+        os.symlink(node.target, name, dir_fd=dfd)
+    elif node.type == "fifo":
+        os.mkfifo(name, 0o600, dir_fd=dfd)
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dfd)
+        try:
+            os.fchmod(fd, node.mode)
+        finally:
+            os.close(fd)
+    else:
+        raise AssertionError(node)
 
 
 def subtree(root: str, real: str) -> dict[str, Item]:
     """What a container mounting ``real`` (a symlink-free path below ``root``) sees: every entry
     by relative path (``.`` for the mount itself) as (type, mode, content or link target, the
     paths of the subtree sharing its inode)."""
-    top = os.path.join(root, real) if real != "." else root
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        parent, _, base = real.rpartition("/")
+        if real == ".":
+            parent, base = "", "."
+        top = _open_dir(root_fd, parent or ".")
+    finally:
+        os.close(root_fd)
     raw: dict[str, tuple[os.stat_result, bytes]] = {}
-    work = ["."]
-    while work:
-        rel = work.pop()
-        full = top if rel == "." else os.path.join(top, rel)
-        st = os.lstat(full)
-        payload = b""
-        if stat.S_ISREG(st.st_mode):
-            with open(full, "rb") as f:
-                payload = f.read()
-        elif stat.S_ISLNK(st.st_mode):
-            payload = os.fsencode(os.readlink(full))
-        elif stat.S_ISDIR(st.st_mode):
-            work.extend(name if rel == "." else f"{rel}/{name}" for name in os.listdir(full))
-        raw[rel] = (st, payload)
+    try:
+        _collect(top, base, ".", raw)
+    finally:
+        os.close(top)
     groups: dict[tuple[int, int], list[str]] = {}
     for rel, (st, _) in raw.items():
         if not stat.S_ISDIR(st.st_mode):
             groups.setdefault((st.st_dev, st.st_ino), []).append(rel)
     out: dict[str, Item] = {}
     for rel, (st, payload) in raw.items():
-        kind = (
-            "dir"
-            if stat.S_ISDIR(st.st_mode)
-            else "symlink"
-            if stat.S_ISLNK(st.st_mode)
-            else ("reg" if stat.S_ISREG(st.st_mode) else "fifo" if stat.S_ISFIFO(st.st_mode) else "other")
-        )
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "other")
         group = tuple(sorted(groups.get((st.st_dev, st.st_ino), []))) if kind != "dir" else ()
         mode = None if kind == "symlink" else stat.S_IMODE(st.st_mode)
         out[rel] = (kind, mode, payload, group if len(group) > 1 else ())
     return out
+
+
+_KINDS = {stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFREG: "reg", stat.S_IFIFO: "fifo"}
+
+
+def _collect(dfd: int, name: str, rel: str, raw: dict[str, tuple[os.stat_result, bytes]]) -> None:
+    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    payload = b""
+    if stat.S_ISREG(st.st_mode):
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
+        with os.fdopen(fd, "rb") as f:
+            payload = f.read()
+    elif stat.S_ISLNK(st.st_mode):
+        payload = os.fsencode(os.readlink(name, dir_fd=dfd))
+    raw[rel] = (st, payload)
+    if stat.S_ISDIR(st.st_mode):
+        sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+        try:
+            for child in os.listdir(sub):
+                _collect(sub, child, child if rel == "." else f"{rel}/{child}", raw)
+        finally:
+            os.close(sub)

@@ -422,7 +422,11 @@ def test_the_toc_must_match_its_pinned_digests() -> None:
     tampered = bytearray(blob2)
     tampered[anchor.tar_split.offset + 5] ^= 0xFF
     with pytest.raises(LazyDigestError):
-        lazy.read_layer_toc(desc2, lazy.BytesReader(bytes(tampered)))
+        lazy.read_layer_toc(desc2, lazy.BytesReader(bytes(tampered)), members=tar_members)
+    # Without a tar reader the tar-split is not even fetched.
+    quiet = lazy.BytesReader(bytes(tampered))
+    assert not lazy.read_layer_toc(desc2, quiet).tar_split_checked
+    assert quiet.bytes_read == anchor.toc.length + 8
     es = estargz_layer(BASE)
     esd = es.descriptor()
     with pytest.raises(LazyDigestError):

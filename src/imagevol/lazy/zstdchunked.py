@@ -130,11 +130,13 @@ def read_toc(
     together, each with its 8-byte skippable-frame header): the header must be a skippable frame
     of exactly that length, the compressed TOC must hash to the pinned digest before it is
     decompressed (bounded by its declared size), and its entries must pass :func:`parse_toc`.
-    When the TOC names a tar-split digest, the tar-split must hash to it and, with ``members``
-    (a tar member reader), list exactly the TOC's entries in the same order."""
+    With ``members`` (a tar member reader) and a TOC that names a tar-split digest, the tar-split
+    is fetched in the same call, must hash to that digest and list exactly the TOC's entries in
+    the same order (``LayerToc.tar_split_checked``)."""
     pin = anchor(desc, limits)
     wanted = [ByteRange(pin.toc.offset - 8, pin.toc.length + 8)]
-    if pin.tar_split is not None:
+    if pin.tar_split is not None and members is not None:
+        # Only worth its bytes when it can be checked against the TOC.
         wanted.append(ByteRange(pin.tar_split.offset - 8, pin.tar_split.length + 8))
     answers = read_exact(reader, wanted)
     compressed = _skippable(answers[0], "TOC")
@@ -143,17 +145,15 @@ def read_toc(
     raw = b"".join(decode_frames(compressed, pin.toc_size, exact=True))
     entries, split_digest = parse_toc(raw, TocFormat.ZSTD_CHUNKED, payload_end=pin.toc.offset - 8, limits=limits)
     checked = False
-    if split_digest is not None:
-        if pin.tar_split is None:
-            raise bad(f"the TOC names a tar-split but the layer has no {TARSPLIT_POSITION} annotation")
+    if split_digest is not None and pin.tar_split is None:
+        raise bad(f"the TOC names a tar-split but the layer has no {TARSPLIT_POSITION} annotation")
+    if split_digest is not None and members is not None:
         data = _skippable(answers[1], "tar-split")
         if Digest.of(data, split_digest.algorithm) != split_digest:
             raise LazyDigestError("validating the tar-split: its digest does not match the TOC")
-        if members is not None:
-            check_tar_split(
-                decode_frames(data, pin.tar_split_size, exact=True), entries, members, limits.max_layer_bytes
-            )
-            checked = True
+        pieces = decode_frames(data, pin.tar_split_size, exact=True)
+        check_tar_split(pieces, entries, members, limits.max_layer_bytes)
+        checked = True
     return LayerToc(
         TocFormat.ZSTD_CHUNKED,
         pin.dialect,
