@@ -24,6 +24,7 @@ import base64
 import binascii
 import datetime
 import enum
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -208,18 +209,24 @@ def parse_time(text: str, where: str) -> int:
     header with no time says."""
     if not text or text == "0001-01-01T00:00:00Z":
         return 0
-    m = _TIME_RE.fullmatch(text)
-    if m is None:
-        raise bad(f"{where}: invalid time {text!r}")
-    year, month, day, hour, minute, second, frac, zone = m.groups()
     try:
-        tz = datetime.UTC
-        if zone != "Z":
-            sign = 1 if zone[0] == "+" else -1
-            tz = datetime.timezone(sign * datetime.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
-        when = datetime.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=tz)
+        return _time_ns(text)
     except ValueError:
         raise bad(f"{where}: invalid time {text!r}") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _time_ns(text: str) -> int:
+    """The nanoseconds of one RFC 3339 text (cached: the entries of a layer share few times)."""
+    m = _TIME_RE.fullmatch(text)
+    if m is None:
+        raise ValueError(text)
+    year, month, day, hour, minute, second, frac, zone = m.groups()
+    tz = datetime.UTC
+    if zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        tz = datetime.timezone(sign * datetime.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
+    when = datetime.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=tz)
     delta = when - _EPOCH
     seconds = delta.days * 86400 + delta.seconds
     return seconds * 1_000_000_000 + int((frac or "0").ljust(9, "0"))

@@ -21,6 +21,7 @@ Go reader runs here.
 from __future__ import annotations
 
 import base64
+import bisect
 import datetime
 import gzip
 import hashlib
@@ -355,7 +356,7 @@ def estargz_layer(
         for i, start in enumerate(range(0, m.size, chunk_size)):
             piece = content[start : start + chunk_size]
             target: dict[str, Any] = main if i == 0 else {"name": m.name, "type": "chunk"}
-            member = max(c for c in cuts if c <= m.data + start)
+            member = cuts[bisect.bisect_right(cuts, m.data + start) - 1]
             target["offset"] = offsets[member]
             if m.data + start > member:
                 target["innerOffset"] = m.data + start - member
