@@ -372,13 +372,18 @@ JSON_ATTACKS: list[tuple[str, bytes, str]] = [
 ]
 
 
-@pytest.mark.parametrize("fmt", ["zstd:chunked", "estargz"])
-@pytest.mark.parametrize(
-    ("case", "mutate", "kind"), NAME_ATTACKS + PAYLOAD_ATTACKS, ids=lambda x: x if isinstance(x, str) else ""
-)
+#: eStargz chunks have no end offset and no chunk type: those cases are zstd:chunked's alone.
+_ZSTD_ONLY = ("past-payload", "backwards", "unknown-chunk-type")
+HOSTILE = [
+    pytest.param(fmt, case, mutate, kind, id=f"{fmt}-{case}")
+    for fmt in ("zstd:chunked", "estargz")
+    for case, mutate, kind in NAME_ATTACKS + PAYLOAD_ATTACKS
+    if fmt == "zstd:chunked" or case not in _ZSTD_ONLY
+]
+
+
+@pytest.mark.parametrize(("fmt", "case", "mutate", "kind"), HOSTILE)
 def test_hostile_tocs_are_refused(fmt: str, case: str, mutate: Callable[[dict[str, Any]], None], kind: str) -> None:
-    if fmt == "estargz" and case in ("past-payload", "backwards", "unknown-chunk-type"):
-        pytest.skip("eStargz chunks have no end offset nor chunk type (see the eStargz tests)")
     layer = WRITERS[fmt](BASE)
     doc = _toc(layer)
     mutate(doc)
