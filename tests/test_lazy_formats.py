@@ -27,17 +27,16 @@ from hypothesis import strategies as st
 
 from imagevol import lazy
 from imagevol.errors import LayerError, LazyDigestError, LazyFormatError, LazyUnsupportedError
-from imagevol.layers import apply_layers
 from imagevol.lazy import estargz, zstdchunked
 from imagevol.oci import OCI_CONFIG, OCI_LAYER, OCI_LAYER_GZIP, Descriptor, Digest, Manifest, parse_manifest
 from imagevol.testing import strategies
 from imagevol.testing.images import LayoutBuilder
 from imagevol.testing.lazy_layers import LazyLayer, crc64_go_iso, estargz_footer, estargz_layer, zstd_chunked_layer
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes
-from lazy_support import index_resolve, materialise, members_of, plain_entries, subtree, tar_members
-
-from layerkit import D, F, H, S, Sandbox, W
-from peers import require
+from imagevol.trees.layers import apply_layers
+from tests.helpers.layerkit import D, F, H, S, Sandbox, W
+from tests.helpers.lazy import index_resolve, materialise, members_of, plain_entries, subtree, tar_members
+from tests.helpers.peers import require
 
 #: Every kind of entry, names that need PAX and GNU records, zero runs, many chunks.
 RICH = [

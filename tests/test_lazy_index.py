@@ -20,11 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imagevol import lazy
-from imagevol import subpath as sp
 from imagevol.errors import LayerError, SubPathError
 from imagevol.testing import strategies
+from imagevol.testing.strategies import LayerStack, hostile_layer_stacks
 from imagevol.testing.tarbuild import TarEntry, build_layer
-from lazy_support import (
+from imagevol.trees import subpath as sp
+from tests.helpers.layerkit import D, F, H, S, W
+from tests.helpers.lazy import (
     fd_resolve,
     full_pull,
     index_resolve,
@@ -33,10 +35,7 @@ from lazy_support import (
     subtree,
     vector_entries,
 )
-
-from conftest import VECTORS
-from layer_strategies import Stack, stack_st
-from layerkit import D, F, H, S, W
+from tests.helpers.paths import VECTORS
 
 with open(os.path.join(VECTORS, "subpath.json")) as _f:
     SUBPATH: list[dict[str, Any]] = json.load(_f)
@@ -105,8 +104,8 @@ def test_index_is_the_full_pull_for_generated_stacks(layers: list[list[TarEntry]
 
 
 @_SLOW
-@given(stack_st(max_layers=3, max_entries=8), st.lists(sub_path_st, min_size=1, max_size=6))
-def test_index_is_the_full_pull_for_hostile_stacks(stack: Stack, sub_paths: list[str]) -> None:
+@given(hostile_layer_stacks(max_layers=3, max_entries=8), st.lists(sub_path_st, min_size=1, max_size=6))
+def test_index_is_the_full_pull_for_hostile_stacks(stack: LayerStack, sub_paths: list[str]) -> None:
     """Owners, modes (0000, set-id, sticky), times and hardlink chains of the layer tests' own
     strategies."""
     check_stack(stack.layers, [*sub_paths, ".", "a", "a/b", "b/c"])

@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from imagevol import lazy
-from imagevol import subpath as sp
 from imagevol.errors import LayerError, SubPathError
-from imagevol.layers import apply_layers
-from imagevol.tarstream import Member, TarReader
 from imagevol.testing.tarbuild import TarEntry
+from imagevol.trees import subpath as sp
+from imagevol.trees._tarstream import Member, TarReader
+from imagevol.trees.layers import apply_layers
 
 Item = tuple[str, int | None, bytes, tuple[str, ...]]
 
