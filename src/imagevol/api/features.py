@@ -7,9 +7,7 @@ from collections.abc import Mapping
 
 import attrs
 
-#: Versions this simulator has profiles for; any minor in between takes the closest lower entry.
-SUPPORTED_VERSIONS = ("1.31", "1.32", "1.33", "1.34", "1.35", "1.36")
-DEFAULT_VERSION = "1.33"
+from .constants import DEFAULT_VERSION, SUPPORTED_VERSIONS
 
 
 @attrs.frozen

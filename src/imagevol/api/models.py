@@ -11,7 +11,10 @@ from collections.abc import Mapping
 
 import attrs
 
-PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+from . import constants
+
+PULL_POLICIES = constants.PULL_POLICIES
+
 MOUNT_PROPAGATIONS = ("Bidirectional", "HostToContainer", "None")
 RECURSIVE_READ_ONLY = ("Disabled", "Enabled", "IfPossible")
 

@@ -133,6 +133,14 @@ class NodeState:
         data = {k: base64.b64decode(v) for k, v in obj.get("data", {}).items()}
         return Secret(ObjectMeta(name=name, namespace=namespace), obj.get("type", ""), data)
 
+    def remove_secret(self, name: str, namespace: str) -> bool:
+        """Remove the Secret ``namespace/name``; False if there was none. The caller holds the
+        node lock."""
+        if self.get_secret(name, namespace) is None:
+            return False
+        os.unlink(os.path.join(self.root, self.state_name("secrets", namespace, name)))
+        return True
+
     # --- pods ---------------------------------------------------------------------------------
 
     def save_pod(self, record: PodRecord) -> None:
@@ -168,4 +176,5 @@ class NodeState:
         return sorted((r for r in records if r is not None), key=lambda r: f"{r.pod.namespace}_{r.pod.name}")
 
     def remove_pod(self, name: str, namespace: str) -> None:
+        """Remove the state file of the Pod ``namespace/name`` (the caller holds the node lock)."""
         os.unlink(os.path.join(self.root, self.state_name("pods", namespace, name)))

@@ -11,7 +11,7 @@ an uncompressed layer in one image), among them ``v2``: the content of
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
@@ -216,15 +216,30 @@ def build_fixtures(path: str) -> dict[str, Descriptor]:
     return dict(b.refs)
 
 
+#: The images of the demo (``imagevol demo``, ``scripts/demo``): each reference and what builds its
+#: content into a layout under the reference's tag. The demo's registries.conf mirrors each
+#: repository to the layout, so adding an image to the demo is one line here.
+DEMO_IMAGES: dict[str, Callable[[LayoutBuilder, str], Descriptor]] = {
+    "quay.io/crio/artifact:v2": build_artifact_v2,
+}
+
+
 def build_demo_layout(path: str) -> Descriptor:
-    """Only the ``v2`` image: the layout the README's demo mirrors ``quay.io/crio/artifact`` to."""
+    """The layout the README's demo mirrors its images from: every image of :data:`DEMO_IMAGES`,
+    tagged with its reference's tag. Returns the first one's descriptor."""
     b = LayoutBuilder(path)
-    desc = build_artifact_v2(b, "v2")
+    built = []
+    for reference, build in DEMO_IMAGES.items():
+        tag = reference.rpartition(":")[2]
+        if tag in b.refs:
+            raise ValueError(f"demo images {reference} and another one share the tag {tag!r} in one layout")
+        built.append(build(b, tag))
     b.save()
-    return desc
+    return built[0]
 
 
 __all__ = [
+    "DEMO_IMAGES",
     "FIXED_MTIME",
     "Layer",
     "LayoutBuilder",
