@@ -92,7 +92,7 @@ class PlatformError(PullError):
 
 
 class LayerError(ImageVolError):
-    """A layer cannot be applied safely. ``kind`` is one of the classes of ``tests/vectors/layers.json``:
+    """A layer cannot be applied safely. ``kind`` is one of the classes of ``src/imagevol/testing/data/layers.json``:
     invalid_name, invalid_whiteout, invalid_link, notfound, notdir, loop, toolong, too_large,
     unsupported."""
 
@@ -105,7 +105,7 @@ class LayerError(ImageVolError):
 
 class SubPathError(ImageVolError):
     """A sub path cannot be resolved inside an image volume. ``kind`` is one of the classes of
-    ``tests/vectors/subpath.json``: invalid, escape, notfound, notdir, loop, toolong."""
+    ``src/imagevol/testing/data/subpath.json``: invalid, escape, notfound, notdir, loop, toolong."""
 
     reason = "CreateContainerError"
 

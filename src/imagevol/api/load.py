@@ -190,6 +190,7 @@ def pod_from_dict(doc: Mapping[str, Any]) -> Pod:
 
 
 def secret_from_dict(doc: Mapping[str, Any]) -> Secret:
+    """Decode a Secret (``data`` base64, ``stringData`` as text; ``type`` defaults to ``Opaque``)."""
     meta = doc.get("metadata")
     d = _Decoder("Secret", _name_of(doc))
     data: dict[str, bytes] = {}

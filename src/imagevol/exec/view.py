@@ -165,6 +165,7 @@ class ContainerView:
             os.close(mfd)
 
     def cat(self, path: str) -> bytes:
+        """The bytes of a regular file (``cat``)."""
         fd = self._open("cat", path)
         try:
             mode = os.fstat(fd).st_mode
@@ -182,6 +183,7 @@ class ContainerView:
             os.close(fd)
 
     def ls(self, path: str) -> list[str]:
+        """The names in a directory, sorted, or the path itself for a file (``ls``)."""
         fd = self._open("ls", path)
         try:
             if not stat.S_ISDIR(os.fstat(fd).st_mode):
@@ -195,6 +197,7 @@ class ContainerView:
             os.close(fd)
 
     def readlink(self, path: str) -> str:
+        """A symlink's target, never followed (``readlink``)."""
         fd = self._open("readlink", path, follow=False)
         try:
             if not stat.S_ISLNK(os.fstat(fd).st_mode):
@@ -204,6 +207,7 @@ class ContainerView:
             os.close(fd)
 
     def stat(self, path: str) -> str:
+        """``stat``'s report on a path (the last symlink not followed)."""
         fd = self._open("stat", path, follow=False)
         try:
             st = os.fstat(fd)

@@ -34,6 +34,7 @@ _SIZE_LABELS = ((10 * 1024**2, "0-10MB"), (100 * 1024**2, "10MB-100MB"), (500 * 
 
 
 def size_label(size: int) -> str:
+    """The ``image_size_in_bytes`` label of a pull of ``size`` bytes."""
     for limit, label in _SIZE_LABELS:
         if size < limit:
             return label
@@ -66,11 +67,13 @@ class KubeletMetrics:
     stability: str = "ALPHA"
 
     def observe_pull(self, seconds: float, size: int) -> None:
+        """Count a pull of ``size`` bytes that took ``seconds``."""
         self.pull_durations.setdefault(size_label(size), _Histogram()).observe(seconds)
 
     # --- persistence ---
 
     def to_json(self) -> dict[str, Any]:
+        """The values as node state stores them."""
         return {
             "requested": self.requested,
             "succeeded": self.succeeded,
@@ -80,6 +83,7 @@ class KubeletMetrics:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any], stability: str = "ALPHA") -> KubeletMetrics:
+        """The values :meth:`to_json` stored, exposed at ``stability`` (empty: before 1.33, none)."""
         return cls(
             int(obj.get("requested", 0)),
             int(obj.get("succeeded", 0)),
@@ -91,6 +95,7 @@ class KubeletMetrics:
     # --- exposition ---
 
     def collect(self) -> Iterator[Metric]:
+        """The metric families, as a prometheus-client collector yields them."""
         if self.stability:
             for name, value in (
                 (REQUESTED, self.requested),

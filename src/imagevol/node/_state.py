@@ -62,6 +62,7 @@ class NodeState:
         return obj if isinstance(obj, dict) else {}
 
     def write_json(self, name: str, obj: Any) -> None:
+        """Write a state file (relative to the root) by a temporary file and a rename."""
         path = os.path.join(self.root, name)
         tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:
@@ -144,6 +145,7 @@ class NodeState:
     # --- pods ---------------------------------------------------------------------------------
 
     def save_pod(self, record: PodRecord) -> None:
+        """Write the Pod's record (the caller holds the node lock)."""
         self.write_json(self.state_name("pods", record.pod.namespace, record.pod.name), record.to_json())
 
     def _load_pod(self, fname: str) -> PodRecord | None:

@@ -42,6 +42,8 @@ _COMPRESS = {
 
 @attrs.frozen
 class Layer:
+    """A layer of a test image: its tar entries and compression (``gzip``, ``zstd``, ``none``)."""
+
     entries: tuple[TarEntry, ...]
     compression: str = "gzip"
 
@@ -57,6 +59,7 @@ class LayoutBuilder:
             f.write('{"imageLayoutVersion":"1.0.0"}')
 
     def add_blob(self, data: bytes, media_type: str, annotations: Mapping[str, str] | None = None) -> Descriptor:
+        """Write a blob; return its descriptor."""
         digest = Digest.of(data)
         with open(os.path.join(self.path, "blobs", "sha256", digest.hex), "wb") as f:
             f.write(data)
@@ -70,6 +73,7 @@ class LayoutBuilder:
         tag: str = "",
         config_extra: Mapping[str, object] | None = None,
     ) -> Descriptor:
+        """An image of ``layers`` with a minimal config for ``platform``, tagged ``tag`` if given."""
         platform = platform or Platform("linux", "amd64")
         descs = []
         diff_ids = []
@@ -94,6 +98,7 @@ class LayoutBuilder:
     def add_manifest(
         self, config: Descriptor, layers: Sequence[Descriptor], *, tag: str = "", artifact_type: str = ""
     ) -> Descriptor:
+        """A manifest of ``config`` and ``layers`` (an artifact with ``artifact_type``)."""
         doc: dict[str, object] = {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
@@ -120,6 +125,7 @@ class LayoutBuilder:
         return self.add_manifest(empty, layers, tag=tag, artifact_type=artifact_type)
 
     def add_index(self, manifests: Sequence[tuple[Descriptor, Platform]], *, tag: str = "") -> Descriptor:
+        """An index of ``manifests``, one per platform."""
         entries = [attrs.evolve(d, platform=p).to_json() for d, p in manifests]
         doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
         desc = self.add_blob(canonical_json(doc), OCI_INDEX)
@@ -128,9 +134,11 @@ class LayoutBuilder:
         return desc
 
     def tag(self, name: str, desc: Descriptor) -> None:
+        """Tag ``desc`` as ``name`` in the layout's ``index.json``."""
         self.refs[name] = desc
 
     def save(self) -> None:
+        """Write ``index.json`` with every tag."""
         manifests = []
         for name in sorted(self.refs):
             d = self.refs[name]
