@@ -227,7 +227,7 @@ def _target_table(section: Section) -> list[str]:
     columns = ["target", "measured"]
     if spread:
         columns.append("spread")
-    columns += ["limit", "design.md", "result"]
+    columns += ["limit", "goal", "result"]
     if notes:
         columns.append("depends on")
     return _table(columns, rows)
@@ -282,7 +282,7 @@ def render(
         for t in s.targets
     ]
     if summary:
-        out += _table(["benchmark", "target", "measured", "design.md", "result"], summary)
+        out += _table(["benchmark", "target", "measured", "goal", "result"], summary)
         missed = [
             f"{r.benchmark}: {t.what} ({fmt_target(t)}, target {t.design}{f'; depends on {t.note}' if t.note else ''})"
             for r in results

@@ -47,7 +47,7 @@ class Row:
 
 @attrs.frozen
 class Target:
-    """A target of design.md: met when ``value <op> limit``. ``low`` and ``high`` give the spread
+    """A performance goal: met when ``value <op> limit``. ``low`` and ``high`` give the spread
     of ``value`` over the runs (for a ratio: of the per-round ratios of interleaved runs); ``note``
     says what the result depends on (an idle second CPU, work not done yet)."""
 

@@ -1,4 +1,4 @@
-"""50 Pods starting at once on one image, against one Pod (design.md's fleet target).
+"""50 Pods starting at once on one image, against one Pod (the project's fleet goal).
 
 A ~64 MiB image (four gzip layers) is pushed with skopeo to a ``docker-registry`` on 127.0.0.1. On a
 fresh node, one Pod mounting it is applied and timed; on another fresh node, 50 Pods mounting it

@@ -8,7 +8,7 @@ or removed under the root (it had nothing to change, so it should write nothing)
 
     .venv/bin/python -m benchmarks.pods [--pods 1,100,1000,5000] [--runs 5] [--dir DIR] [--json PATH]
 
-Targets (design.md): with 5,000 Pods, ``get pods`` and a no-change ``sync`` under 1 s each; a
+Targets (the project's performance goals): with 5,000 Pods, ``get pods`` and a no-change ``sync`` under 1 s each; a
 no-change ``sync`` writes nothing. The peer is the same node with one Pod.
 """
 
@@ -171,7 +171,7 @@ def _document(
             get(one).row(imagevol=True, note=f"the same node with {_pods(one)}"),
             sync(one).row(imagevol=True, note=f"nothing to change; wrote {writes[one]:,} files"),
         ]
-    scale = f"{most:,} Pods" + ("" if most == DESIGN_PODS else f" (design.md asks for {DESIGN_PODS:,})")
+    scale = f"{most:,} Pods" + ("" if most == DESIGN_PODS else f" (the goal is for {DESIGN_PODS:,})")
     targets = (
         _results.Target(
             f"get pods, {scale}",

@@ -9,7 +9,8 @@ imagevol's CLI entry point inside an interpreter that has already imported it.
 
     .venv/bin/python -m benchmarks.pull [--size-mib 200] [--runs 5] [--dir DIR] [--json PATH]
 
-Targets (design.md): ``imagevol pull``, whole process, at most 2.0 x ``curl -o``; peak RSS under 80 MB.
+Targets (the project's performance goals): ``imagevol pull``, whole process, at most 2.0 x ``curl -o``;
+peak RSS under 80 MB.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ imports of ``imagevol --help`` (``-X importtime``, one run) are listed to show w
 
     .venv/bin/python -m benchmarks.startup [--runs 10] [--json PATH]
 
-Target (design.md): each command at most 4 x ``python -c pass``.
+Target (the project's performance goals): each command at most 4 x ``python -c pass``.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from imagevol.testing.tarbuild import TarEntry
 DEPTH = 10
 RESOLVE_TARGET = 3.0
 MOUNT_TARGET_MS = 5.0
-# design.md: a second mount is O(1), "independent of image size"; read here as the median second
+# The goal: a second mount is O(1), "independent of image size"; read here as the median second
 # mount of the 20,000-file image taking at most twice the 1-file image's.
 SIZE_RATIO_TARGET = 2.0
 MOUNT_KEYS = ("small", "small_subpath", "big", "big_subpath")

@@ -124,7 +124,7 @@ TAR_PLAIN = "tar -xf"
 UMOCI = "umoci raw unpack"
 TARFILE = "tarfile filter='data'"
 DEFAULT_SCALES = "0.125,0.25,0.5,1,2"
-# design.md: materialise the 219 MB layer into tmpfs in at most 0.7 x GNU tar's wall time and 0.8 x
+# The goals: materialise the 219 MB layer into tmpfs in at most 0.7 x GNU tar's wall time and 0.8 x
 # its CPU time; a zstd layer in at most 1.0 x `tar --zstd`; peak RSS flat with layer size.
 TARGET_WALL = 0.7
 TARGET_CPU = 0.8

@@ -1,10 +1,11 @@
 """A streaming tar reader that decodes headers the way Go's ``archive/tar`` does.
 
 The layer applier needs each member's *decoded* name (PAX ``path``/``linkpath`` records and GNU
-``L``/``K`` long names applied) before it validates anything (safe-paths.md C2.1), and it needs it
-fast: CPython's ``tarfile`` spends most of an unpack in Python-level header parsing. This reader parses
-a 512-byte header with one ``struct.unpack``, hands the member's data straight from the decompressed
-chunk to ``os.write`` (no copy for data inside a chunk) and never seeks.
+``L``/``K`` long names applied) before it validates anything (rule C2.1, docs/security.md), and it
+needs it fast: CPython's ``tarfile`` spends most of an unpack in Python-level header parsing. This
+reader parses a 512-byte header with one ``struct.unpack``, sums its checksum in C, remembers the
+numeric fields a layer repeats, hands the member's data straight from the decompressed chunk to
+``os.write`` (no copy for data inside a chunk) and never seeks.
 
 Decoding follows Go (containerd, umoci and CRI-O all read layers with it), and where readers are known
 to disagree the archive is refused rather than given one reading (an attacker picks the reader):
@@ -284,7 +285,7 @@ class TarReader:
         left = self._data_left
         write = os.write
         pos = self._pos
-        if pos + left <= len(self._buf):  # all of it in this chunk: most files of a layer
+        if left > 0 and pos + left <= len(self._buf):  # all of it in this chunk: most files of a layer
             view = self._view[pos : pos + left]
             done = write(fd, view)
             while done < left:
