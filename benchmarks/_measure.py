@@ -50,6 +50,8 @@ class Sample:
     rss_kib: int = 0
     #: The last line of the process's standard output as a number (an in-process timing), if any.
     inner: float | None = None
+    #: A second number on that line: the in-process CPU time, if the process printed it.
+    inner_cpu: float | None = None
 
 
 def pinned(argv: Sequence[str], cpus: str) -> list[str]:
@@ -105,10 +107,16 @@ def run(
     finally:
         if rss_path:
             os.unlink(rss_path)
-    inner = None
+    numbers: list[float] = []
     with contextlib.suppress(ValueError, IndexError):
-        inner = float(stdout.strip().splitlines()[-1])
-    return Sample(wall, usage.ru_utime + usage.ru_stime, rss, inner)
+        numbers = [float(word) for word in stdout.strip().splitlines()[-1].split()[:2]]
+    return Sample(
+        wall,
+        usage.ru_utime + usage.ru_stime,
+        rss,
+        numbers[0] if numbers else None,
+        numbers[1] if len(numbers) > 1 else None,
+    )
 
 
 @attrs.define
@@ -149,6 +157,11 @@ class Series:
         values = [s.inner for s in self.samples if s.inner is not None]
         return statistics.median(values) if values else None
 
+    @property
+    def inner_cpu(self) -> float | None:
+        values = [s.inner_cpu for s in self.samples if s.inner_cpu is not None]
+        return statistics.median(values) if values else None
+
     def row(self, *, imagevol: bool = False, note: str = "", tool: str | None = None, cpu: bool = True) -> _results.Row:
         """This series as a report row: median, spread, runs, CPU time and peak RSS."""
         return _results.Row(
@@ -170,6 +183,7 @@ def raw(series: Series) -> dict[str, list[float | int | None]]:
         "wall_s": [x.wall for x in series.samples],
         "cpu_s": [x.cpu for x in series.samples],
         "inner_s": [x.inner for x in series.samples],
+        "inner_cpu_s": [x.inner_cpu for x in series.samples],
         "peak_rss_kib": [x.rss_kib for x in series.samples],
     }
 
