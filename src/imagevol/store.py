@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
@@ -48,8 +47,6 @@ from .oci import (
 OCI_LAYOUT_VERSION = "1.0.0"
 DEFAULT_MAX_BLOB_SIZE = 64 * 1024**3
 _CHUNK = 1024 * 1024
-#: Blobs from this size up are hashed by a thread of their own (when a second CPU is there).
-_HASH_THREAD_MIN = 8 * 1024 * 1024
 
 
 @attrs.frozen
@@ -231,9 +228,7 @@ class ContentStore:
 
     def _write_verified(self, desc: Descriptor, chunks: Iterable[bytes]) -> None:
         tmp = self._p("ingest", f"{desc.digest.hex}.{os.getpid()}.{uuid.uuid4().hex}.part")
-        hasher: Any = desc.digest.hasher()
-        if desc.size >= _HASH_THREAD_MIN and _spare_cpu():
-            hasher = _HashThread(hasher)
+        hasher = desc.digest.hasher()
         written = 0
         ref = ingest_ref(desc)
         try:
@@ -264,9 +259,6 @@ class ContentStore:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm(tmp)
             raise
-        finally:
-            if isinstance(hasher, _HashThread):
-                hasher.close()
 
     def delete_blob(self, digest: Digest) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -503,55 +495,6 @@ def blob_kind(media_type: str) -> str:
     if media_type in IMAGE_CONFIG_TYPES - {""} or media_type == OCI_EMPTY or "config" in media_type:
         return "config"
     return "layer"
-
-
-def _spare_cpu() -> bool:
-    """Whether this process may run on more than one CPU (``taskset``, cpusets)."""
-    try:
-        return len(os.sched_getaffinity(0)) > 1
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return (os.cpu_count() or 1) > 1
-
-
-class _HashThread:
-    """A ``hashlib`` object updated by a thread of its own, so that hashing a large blob overlaps
-    with receiving and writing it on another CPU (``update`` releases the GIL on large buffers).
-
-    Chunks are handed over in order through a bounded queue (at most ``depth`` in flight: a few
-    MiB), as immutable ``bytes``, so what is hashed is exactly what was written; the digest is read
-    only after the thread has hashed every chunk. A failure of the thread is raised there."""
-
-    def __init__(self, hasher: Any, depth: int = 4) -> None:
-        self._hasher = hasher
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="imagevol-hash", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self._hasher.update(chunk)
-                except BaseException as exc:  # raised by hexdigest; keep draining so update never blocks
-                    self._error = exc
-
-    def update(self, chunk: bytes) -> None:
-        # A bytearray or memoryview could change after it is queued: hash a copy of it.
-        self._queue.put(chunk if type(chunk) is bytes else bytes(chunk))
-
-    def hexdigest(self) -> str:
-        self.close()
-        if self._error is not None:
-            raise self._error
-        digest: str = self._hasher.hexdigest()
-        return digest
-
-    def close(self) -> None:
-        """Stop the thread once it has hashed what it was given (idempotent)."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
 
 
 def _fsync(f: Any) -> None:
