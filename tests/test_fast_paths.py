@@ -1,26 +1,20 @@
-"""The shortcuts of the unpack and ingest hot loops give exactly what the general rules they skip
-would: the header checksum summed in C, the memo of numeric header fields, headers and data taken
-straight from a chunk, the one-split name check, and a large blob hashed by a thread of its own."""
+"""The shortcuts of the unpack hot loop give exactly what the general rules they skip would: the
+header checksum summed in C, the memo of numeric header fields, headers and data taken straight from
+a chunk, and the one-split name check."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import tarfile
-import threading
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagevol import store as store_module
 from imagevol import tarstream
-from imagevol.errors import DigestMismatchError, LayerError, SizeMismatchError
+from imagevol.errors import LayerError
 from imagevol.layers import clean_name
-from imagevol.oci import OCI_LAYER, Descriptor, Digest
-from imagevol.store import ContentStore
 from imagevol.tarstream import TarReader
 from imagevol.testing.tarbuild import TarEntry, build_layer
 
@@ -173,69 +167,3 @@ def test_clean_name_shortcut_agrees_with_the_rules(elements: list[str]) -> None:
     except LayerError as exc:
         got = exc.kind
     assert got == expected
-
-
-# --- ingest with the hash thread ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def hash_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every blob hashed by the thread, whatever its size and the CPUs this test may use."""
-    monkeypatch.setattr(store_module, "_HASH_THREAD_MIN", 0)
-    monkeypatch.setattr(store_module, "_spare_cpu", lambda: True)
-
-
-def _hash_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "imagevol-hash"]
-
-
-def test_a_reused_buffer_is_hashed_as_it_was_written(hash_thread: None, tmp_path: object) -> None:
-    data = os.urandom(3 * 65536 + 17)
-    store = ContentStore(os.path.join(str(tmp_path), "content"))
-
-    def reused() -> Iterator[bytes]:
-        buf = bytearray(65536)
-        for i in range(0, len(data), 65536):
-            piece = data[i : i + 65536]
-            buf[: len(piece)] = piece
-            yield buf[: len(piece)] if len(piece) < 65536 else buf  # type: ignore[misc]
-            buf[:] = b"\xee" * 65536  # the producer reuses its buffer at once
-
-    d = Descriptor(OCI_LAYER, Digest.of(data), len(data))
-    store.ingest(d, reused())
-    assert store.read_blob(d.digest) == data
-    assert _hash_threads() == []
-
-
-@pytest.mark.parametrize("flaw", ["digest", "long", "short", "error"])
-def test_a_bad_stream_with_the_hash_thread_leaves_nothing(hash_thread: None, tmp_path: object, flaw: str) -> None:
-    root = os.path.join(str(tmp_path), "content")
-    store = ContentStore(root)
-    data = os.urandom(1 << 20)
-    d = Descriptor(OCI_LAYER, Digest("sha256", hashlib.sha256(data).hexdigest()), len(data))
-
-    def chunks() -> Iterator[bytes]:
-        yield data[:300000]
-        if flaw == "error":
-            raise ConnectionError("dropped")
-        rest = data[300000:]
-        if flaw == "digest":
-            rest = bytes([rest[0] ^ 1]) + rest[1:]
-        elif flaw == "long":
-            rest += b"x"
-        elif flaw == "short":
-            rest = rest[:-1]
-        yield rest
-
-    expected: type[BaseException] = {
-        "digest": DigestMismatchError,
-        "long": SizeMismatchError,
-        "short": SizeMismatchError,
-        "error": ConnectionError,
-    }[flaw]
-    with pytest.raises(expected):
-        store.ingest(d, chunks())
-    assert not store.has(d.digest)
-    assert os.listdir(os.path.join(root, "blobs", "sha256")) == []
-    assert [n for n in os.listdir(os.path.join(root, "ingest")) if not n.endswith(".lock")] == []
-    assert _hash_threads() == []  # the thread stopped with the ingest
