@@ -152,6 +152,8 @@ def fmt_ratio(ratio: float) -> str:
 def fmt_target(target: Target) -> str:
     if target.unit == "×":
         return f"{target.value:.2f} ×"
+    if target.value.is_integer() and target.limit.is_integer() and target.unit not in UNITS:
+        return f"{target.value:,.0f} {target.unit}"  # a count (files)
     return f"{target.value:.2f} {target.unit}"
 
 
@@ -284,13 +286,14 @@ def render(
     if summary:
         out += _table(["benchmark", "target", "measured", "goal", "result"], summary)
         missed = [
-            f"{r.benchmark}: {t.what} ({fmt_target(t)}, target {t.design}{f'; depends on {t.note}' if t.note else ''})"
+            f"* {r.benchmark}: {t.what}: {fmt_target(t)}, goal {t.design}"
+            + (f"; depends on {t.note}" if t.note else "")
             for r in results
             for s in r.sections
             for t in s.targets
             if not t.met
         ]
-        out += ["", "Missed in this run: " + "; ".join(missed) + "." if missed else "Every target was met in this run."]
+        out += ["", *(["Missed in this run:", "", *missed] if missed else ["Every target was met in this run."])]
     else:
         out.append("No target was measured in this run.")
     if failures:

@@ -158,7 +158,10 @@ def test_report_has_a_table_per_section_with_ratios_rss_targets_and_machine() ->
     assert "| curl -o | peer | 0.200 | 0.150–0.300 | 0.100 | 3.00 | — | verifies nothing |" in text
     assert "| imagevol ÷ curl | 3.00 × | 2.50–4.00 | ≤ 2 × | ≤ 2 × curl | **MISS** | the start-up work |" in text
     assert "Load average (1 minute): 1.50 when these runs started, 1.75 when they ended." in text
-    assert "Missed in this run: " in text and "pull: imagevol ÷ curl (3.00 ×, target ≤ 2 × curl; depends on" in text
+    assert "Missed in this run:\n\n" in text
+    assert "* pull: imagevol ÷ curl: 3.00 ×, goal ≤ 2 × curl; depends on the start-up work\n" in text
+    assert _report.fmt_target(Target("files written", "writes nothing", 5002.0, 0.0, unit="files")) == "5,002 files"
+    assert _report.fmt_target(Target("get pods", "under 1 s", 1.0, 1.0, unit="s", op="<")) == "1.00 s"
     # Sections without spread keep the short table.
     assert "| tool | kind | time (s) | imagevol ÷ tool | peak RSS | note |" in text
     # No image was drawn: the report says so instead of linking one.
