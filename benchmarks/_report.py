@@ -364,7 +364,7 @@ def draw(plot: Plot, path: str) -> None:
         # Linear axes from 0: time proportional to size is a straight line through the origin, and a
         # fixed cost (interpreter start, imports) is the line's intercept.
         labels = list(plot.x_labels) or [f"{x:,.0f}" if x >= 10 else f"{x:.2g}" for x in plot.x]
-        ax.set_xticks(plot.x, labels=labels)
+        ax.set_xticks(plot.x, labels=_spaced(plot.x, labels))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
@@ -374,6 +374,19 @@ def draw(plot: Plot, path: str) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.savefig(path, format="png", metadata={"Software": None})
+
+
+def _spaced(xs: Sequence[float], labels: Sequence[str]) -> list[str]:
+    """The tick labels, leaving out those that would overlap the one shown before them."""
+    out, last = [], None
+    span = (max(xs) - min(0.0, *xs)) or 1.0
+    for x, label in zip(xs, labels, strict=True):
+        if last is not None and (x - last) / span < 0.04:
+            out.append("")
+            continue
+        out.append(label)
+        last = x
+    return out
 
 
 def _error_bars(line: Line) -> dict[str, Any]:
