@@ -23,7 +23,6 @@ import time
 from collections.abc import Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import yaml  # noqa: E402
@@ -31,12 +30,11 @@ import yaml  # noqa: E402
 from benchmarks import _results  # noqa: E402
 from imagevol.api import load_documents  # noqa: E402
 from imagevol.api.models import Pod  # noqa: E402
+from imagevol.content.sources.registry import RegistryAccess  # noqa: E402
 from imagevol.node import Node, NodeConfig  # noqa: E402
-from imagevol.sources.registry import RegistryAccess  # noqa: E402
 from imagevol.testing.images import Layer, LayoutBuilder  # noqa: E402
 from imagevol.testing.tarbuild import TarEntry  # noqa: E402
-
-import peers  # noqa: E402
+from tests.helpers import peers  # noqa: E402
 
 WALL_TARGET = 2.0
 

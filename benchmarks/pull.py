@@ -26,14 +26,12 @@ import tempfile
 from collections.abc import Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from benchmarks import _measure, _results  # noqa: E402
 from benchmarks._inputs import oci_layout  # noqa: E402
 from benchmarks._measure import Candidate, Series  # noqa: E402
-
-import peers  # noqa: E402
+from tests.helpers import peers  # noqa: E402
 
 TARGET_RATIO = 2.0
 TARGET_RSS_MB = 80.0

@@ -29,13 +29,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks import _results
-from imagevol import _openat2
-from imagevol import subpath as sp
 from imagevol.cri import ContainerConfig, ImageSpec, Mount
 from imagevol.node import Node, NodeConfig
-from imagevol.snapshots import SnapshotKey
 from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.tarbuild import TarEntry
+from imagevol.trees import _openat2
+from imagevol.trees import subpath as sp
+from imagevol.trees.snapshots import SnapshotKey
 
 DEPTH = 10
 RESOLVE_TARGET = 3.0

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from imagevol import FeatureGates, admit
 from imagevol.api import pod_from_dict
 from imagevol.errors import LayerError
-from imagevol.layers import ApplyOptions, apply_layers
+from imagevol.trees.layers import ApplyOptions, apply_layers
 from imagevol.testing.model import ModelError, apply_layers_model, listing
 from imagevol.testing.strategies import layer_stacks, pods
 from imagevol.testing.tarbuild import build_layer

@@ -1,15 +1,16 @@
+"""Fixtures shared by the whole suite and the Hypothesis profiles (``ci`` under ``CI=true``).
+Helpers that are not fixtures live in ``tests.helpers``."""
+
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-sys.path.insert(0, os.path.dirname(__file__))
-
 from imagevol.testing.images import build_fixtures
+from tests.helpers.subpaths import build_layout
 
 settings.register_profile(
     "default",
@@ -23,10 +24,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile("ci" if os.environ.get("CI") == "true" else "default")
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VECTORS = os.path.join(REPO, "tests", "vectors")
-EXAMPLES = os.path.join(REPO, "examples")
 
 
 @pytest.fixture(scope="session")
@@ -43,24 +40,9 @@ def node_root(tmp_path: pytest.TempPathFactory) -> Iterator[str]:
     yield root
 
 
-class FakeClock:
-    """An injectable clock for backoff and event timestamps."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture(scope="module")
 def layout_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A directory holding ``layout``: the sub-path test images (tests/subpath_support.py)."""
-    from subpath_support import build_layout
-
+    """A directory holding ``layout``: the sub-path test images (tests/helpers/subpaths.py)."""
     d = str(tmp_path_factory.mktemp("layouts"))
     build_layout(os.path.join(d, "layout"))
     return d

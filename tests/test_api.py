@@ -13,6 +13,9 @@ from imagevol.api import FeatureGates, admit, default_pull_policy, load_document
 from imagevol.api.dump import pod_to_dict
 from imagevol.api.models import Pod
 from imagevol.errors import ValidationError
+from imagevol.testing.pods import container as build_container
+from imagevol.testing.pods import image_volume
+from imagevol.testing.pods import pod_doc as build_pod
 
 GATES_ON = FeatureGates.for_version("1.33", "ImageVolume=true")
 
@@ -22,19 +25,12 @@ def pod_doc(
     volumes: list[dict[str, Any]] | None = None,
     **container: Any,
 ) -> dict[str, Any]:
-    c = {"name": "c", "image": "debian", "volumeMounts": mounts if mounts is not None else []}
-    c.update(container)
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "p"},
-        "spec": {
-            "containers": [c],
-            "volumes": volumes
-            if volumes is not None
-            else [{"name": "v", "image": {"reference": "quay.io/x/y:v1", "pullPolicy": "IfNotPresent"}}],
-        },
-    }
+    c = build_container("c", **{"volumeMounts": mounts if mounts is not None else [], **container})
+    return build_pod(
+        "p",
+        [c],
+        volumes if volumes is not None else [image_volume("v", "quay.io/x/y:v1", "IfNotPresent")],
+    )
 
 
 def errors_of(doc: dict[str, Any], gates: FeatureGates = GATES_ON) -> list[str]:

@@ -1,142 +1,186 @@
-"""The CRI boundary is real: the kubelet side reaches the runtime only through ``imagevol.cri``.
+"""The package layout is enforced: the import-linter contracts of pyproject.toml hold (layers, the
+CRI boundary, no cycles between siblings), no module imports another in a cycle, ``imagevol.cli``
+starts without the registry stack, and a source module over 500 lines says why in its docstring.
 
-A static check of every import statement (module level, in functions and under ``TYPE_CHECKING``
-alike), read with ``ast`` from the sources: the kubelet-side modules import the CRI module, the API
-values, ``oci``/``reference`` values, errors and each other, never the runtime side, directly or
-through anything they import. The import-linter contract of the package layout supersedes it.
+Each check is shown to fail on a graph or a configuration that breaks it.
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import grimp
 import pytest
 
 import imagevol
 
 SRC = Path(imagevol.__file__).parent
+REPO = SRC.parent.parent
+LINT_IMPORTS = shutil.which("lint-imports", path=os.path.dirname(sys.executable))
 
-#: The kubelet side of the CRI boundary.
-KUBELET_SIDE = frozenset({"kubelet", "image_manager", "image_gc", "envvars", "metrics", "events", "describe", "view"})
-#: What they may import besides each other.
-VALUES = frozenset({"cri", "api", "oci", "reference", "errors", "_text"})
-#: The exec view resolves paths inside a mount fd with the sub-path resolver, a library of fd
-#: operations that holds no node state (it moves with the view to the exec side of the layout).
-EXTRA = {"view": frozenset({"subpath"})}
-#: The runtime side and the composition root: never reached from the kubelet side.
-RUNTIME_SIDE = frozenset(
-    {"runtime", "resolver", "images", "store", "snapshots", "sources", "layers", "artifacts", "decompress",
-     "tarstream", "locks", "progress", "node", "cli", "mounts", "testing"}
-)  # fmt: skip
+#: A source module longer than this states why in its docstring, in a paragraph starting "Size:".
+MAX_LINES = 500
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
+def _lint_imports(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    if LINT_IMPORTS is None:
+        pytest.fail("lint-imports is missing: scripts/setup installs it (import-linter, the test extra)")
+    # The graph is built from the sources this test imports, whichever checkout runs it.
+    env = {**os.environ, "PYTHONPATH": str(SRC.parent)}
+    return subprocess.run(
+        [LINT_IMPORTS, "--no-cache", "--no-logo", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
 
 
-def _is_module(dotted: str) -> bool:
-    rel = Path(*dotted.split("."))
-    return (SRC.parent / rel.with_suffix(".py")).is_file() or (SRC.parent / rel / "__init__.py").is_file()
+def test_the_import_contracts_are_kept() -> None:
+    done = _lint_imports()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 broken" in done.stdout or "broken" not in done.stdout
 
 
-def imports_of(source: str, module: str, *, is_package: bool = False) -> set[str]:
-    """The imagevol modules ``source`` (the text of ``module``) imports, wherever the statement is."""
-    package = module if is_package else module.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.split(".")[0] == "imagevol")
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            if target.split(".")[0] != "imagevol":
+def test_a_broken_contract_fails_lint_imports(tmp_path: Path) -> None:
+    """The same machinery with the layers upside down: every real import is a violation."""
+    (tmp_path / ".importlinter").write_text(
+        textwrap.dedent(
+            """
+            [importlinter]
+            root_package = imagevol
+
+            [importlinter:contract:upside-down]
+            name = upside down
+            type = layers
+            layers =
+                imagevol.errors
+                imagevol.cli
+            """
+        )
+    )
+    done = _lint_imports(str(tmp_path / ".importlinter"), cwd=tmp_path)
+    assert done.returncode != 0
+    assert "imagevol.cli" in done.stdout and "BROKEN" in done.stdout
+
+
+# --- no cycle at all -----------------------------------------------------------------------------------
+
+
+def cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    counter = 0
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph.get(start, ()))))]
+        index[start] = low[start] = counter
+        counter += 1
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
                 continue
-            # `from . import subpath` imports a module; `from .cri import Mount` a name of one.
-            submodules = {f"{target}.{a.name}" for a in node.names if _is_module(f"{target}.{a.name}")}
-            found.update(submodules or {target})
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
     return found
 
 
-def _graph() -> dict[str, set[str]]:
-    graph = {}
-    for path in SRC.rglob("*.py"):
-        name = _module_name(path)
-        graph[name] = imports_of(path.read_text(), name, is_package=path.name == "__init__.py")
-    return graph
+def _module_graph() -> dict[str, set[str]]:
+    graph = grimp.build_graph("imagevol", cache_dir=None)
+    return {m: graph.find_modules_directly_imported_by(m) for m in graph.modules}
 
 
-GRAPH = _graph()
+def test_no_module_imports_another_in_a_cycle() -> None:
+    """Module level, package ``__init__`` modules and imports under TYPE_CHECKING included."""
+    graph = _module_graph()
+    assert graph.get("imagevol.cli._main")
+    assert cycles(graph) == []
 
 
-def component(module: str) -> str:
-    """``imagevol.api.dump`` -> ``api``; the package root itself -> ``imagevol``."""
-    parts = module.split(".")
-    return parts[1] if len(parts) > 1 else parts[0]
+def test_the_cycle_finder_finds_cycles() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+    assert cycles({"p": {"p.x"}, "p.x": {"p"}}) == [["p", "p.x"]]
 
 
-def _closure(start: str) -> Iterator[tuple[str, list[str]]]:
-    """Every module reachable from ``start``, with one import chain that reaches it."""
-    seen = {start}
-    pending = [(start, [start])]
-    while pending:
-        module, chain = pending.pop()
-        yield module, chain
-        for dep in sorted(GRAPH.get(module, ())):
-            if dep not in seen:
-                seen.add(dep)
-                pending.append((dep, [*chain, dep]))
+# --- start-up --------------------------------------------------------------------------------------------
+
+#: What ``imagevol --help`` must not load: the registry stack, the content store's fsspec, YAML,
+#: compression, metrics exposition, and every module that builds trees or runs containers.
+HEAVY = ("oras", "requests", "urllib3", "fsspec", "yaml", "zstandard", "isal", "prometheus_client",
+         "imagevol.node._node", "imagevol.trees", "imagevol.content", "imagevol.runtime.base",
+         "imagevol.kubelet.pod_sync")  # fmt: skip
 
 
-def test_the_scanner_sees_every_kind_of_import() -> None:
-    """The check below can fail: imports in functions, under TYPE_CHECKING, relative, absolute and
-    of sibling modules by name are all found."""
-    source = (
-        "from typing import TYPE_CHECKING\n"
-        "from .cri import Mount\n"
-        "from . import subpath as sp\n"
-        "if TYPE_CHECKING:\n    from .images import ImageRecord\n"
-        "def f():\n    from .sources.auth import Keyring\n    import imagevol.store\n"
-    )
-    found = imports_of(source, "imagevol.kubelet")
-    assert found == {"imagevol.cri", "imagevol.subpath", "imagevol.images", "imagevol.sources.auth", "imagevol.store"}
-    assert {component(m) for m in found} - VALUES == {"subpath", "images", "sources", "store"}
-    assert imports_of("from ..cri import Keyring\n", "imagevol.sources.auth") == {"imagevol.cri"}
-    assert imports_of("from .auth import Credentials\n", "imagevol.sources", is_package=True) == {
-        "imagevol.sources.auth"
-    }
+def _loaded_by(code: str) -> set[str]:
+    probe = f"import sys\n{code}\nprint('\\n'.join(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return set(done.stdout.split())
 
 
-@pytest.mark.parametrize("module", sorted(KUBELET_SIDE))
-def test_kubelet_side_imports_only_the_cri_and_values(module: str) -> None:
-    allowed = VALUES | KUBELET_SIDE | EXTRA.get(module, frozenset())
-    assert f"imagevol.{module}" in GRAPH
-    direct = GRAPH[f"imagevol.{module}"]
-    assert {m for m in direct if component(m) not in allowed} == set()
+@pytest.mark.parametrize("code", ["import imagevol.cli", "import imagevol", "import imagevol.oci, imagevol.errors"])
+def test_light_imports_load_nothing_heavy(code: str) -> None:
+    loaded = _loaded_by(code)
+    assert {m for m in loaded if m.split(".")[0] in HEAVY or m.startswith(HEAVY)} == set()
 
 
-@pytest.mark.parametrize("module", sorted(KUBELET_SIDE))
-def test_kubelet_side_never_reaches_the_runtime_side(module: str) -> None:
-    reached = {m: chain for m, chain in _closure(f"imagevol.{module}") if component(m) in RUNTIME_SIDE | {"imagevol"}}
-    assert reached == {}, " ; ".join(" -> ".join(chain) for chain in reached.values())
+def test_the_heavy_probe_sees_heavy_imports() -> None:
+    loaded = _loaded_by("import imagevol; imagevol.Node")
+    assert "imagevol.node._node" in loaded and "fsspec" in loaded
 
 
-def test_the_cri_module_imports_no_other_part_of_imagevol() -> None:
-    """Only text helpers (and the API's ``Secret`` type, for parsing pull secrets): no cycle with
-    the runtime, and either side can be replaced."""
-    assert {component(m) for m in GRAPH["imagevol.cri"]} <= {"_text", "api"}
-    assert not any(component(m) in RUNTIME_SIDE | KUBELET_SIDE for m, _ in _closure("imagevol.cri"))
+# --- module size -----------------------------------------------------------------------------------------
 
 
-def test_the_runtime_side_does_not_import_the_kubelet_side() -> None:
-    for module, deps in GRAPH.items():
-        if component(module) in {"runtime", "resolver", "images", "store", "snapshots", "sources"}:
-            assert {component(d) for d in deps} & KUBELET_SIDE == set(), module
+def long_modules_without_a_reason(root: Path, limit: int = MAX_LINES) -> list[str]:
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") <= limit:
+            continue
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if not any(paragraph.startswith("Size:") for paragraph in doc.split("\n\n")):
+            out.append(str(path.relative_to(root)))
+    return out
+
+
+def test_a_long_module_says_why_it_is_long() -> None:
+    assert long_modules_without_a_reason(SRC) == []
+
+
+def test_the_size_check_sees_a_long_module(tmp_path: Path) -> None:
+    body = "x = 1\n" * (MAX_LINES + 1)
+    (tmp_path / "long.py").write_text('"""A long module."""\n' + body)
+    (tmp_path / "reasoned.py").write_text('"""A long module.\n\nSize: one table.\n"""\n' + body)
+    (tmp_path / "short.py").write_text("x = 1\n")
+    assert long_modules_without_a_reason(tmp_path) == ["long.py"]

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from imagevol.artifacts import lay_out_artifact
+from imagevol.content.store import ContentStore
 from imagevol.errors import LayerError
 from imagevol.oci import (
     ANNOTATION_MODEL_FILEPATH,
@@ -23,11 +23,10 @@ from imagevol.oci import (
     Digest,
     Manifest,
 )
-from imagevol.snapshots import Snapshots, plan_for
-from imagevol.store import ContentStore
 from imagevol.testing.tarbuild import build_layer, gzip_bytes
-
-from layerkit import F, S, Sandbox
+from imagevol.trees.artifacts import lay_out_artifact
+from imagevol.trees.snapshots import Snapshots, plan_for
+from tests.helpers.layerkit import F, S, Sandbox
 
 
 def _desc(data: bytes, media_type: str, title: str = "", key: str = ANNOTATION_TITLE) -> Descriptor:

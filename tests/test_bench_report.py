@@ -16,6 +16,7 @@ import sys
 import textwrap
 
 import pytest
+
 from benchmarks import _measure, _report, _results, _runner, pods, startup, subpath, unpack
 from benchmarks._results import Line, Plot, Result, ResultError, Row, Section, Table, Target
 

@@ -13,16 +13,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from imagevol.content.image_db import ImageRecord
+from imagevol.content.pull import ImagePuller
+from imagevol.content.sources._client import RetryPolicy, Timeouts
+from imagevol.content.sources.mirrors import RegistriesConfig
+from imagevol.content.sources.registry import RegistryAccess
+from imagevol.content.store import ContentStore
 from imagevol.errors import ImageVolError, PullError
-from imagevol.images import ImageRecord
-from imagevol.resolver import Resolver
-from imagevol.sources.client import RetryPolicy, Timeouts
-from imagevol.sources.mirrors import RegistriesConfig
-from imagevol.sources.registry import RegistryAccess
-from imagevol.store import ContentStore
-
-import peers
-from netfaults import Fault, Request, fault_proxy
+from tests.helpers import peers
+from tests.helpers.netfaults import Fault, Request, fault_proxy
 
 TAGS = ("v2", "layers-mix", "multi", "artifact-raw")
 
@@ -56,7 +55,7 @@ def random_rule(seed: int, rate: float) -> tuple[list[str], object]:
     return injected, rule
 
 
-def _resolver(root: str, proxy_host: str) -> Resolver:
+def _resolver(root: str, proxy_host: str) -> ImagePuller:
     store = ContentStore(os.path.join(root, "content"))
     access = RegistryAccess(
         plain_http=True,
@@ -64,10 +63,10 @@ def _resolver(root: str, proxy_host: str) -> Resolver:
         retry=RetryPolicy(attempts=3, initial=0.01, maximum=0.05, deadline=5.0),
         sleep=lambda _s: None,
     )
-    return Resolver(store, RegistriesConfig(), registry_factory=access)
+    return ImagePuller(store, RegistriesConfig(), registry_factory=access)
 
 
-def _assert_store_sound(resolver: Resolver, record: ImageRecord | None) -> None:
+def _assert_store_sound(resolver: ImagePuller, record: ImageRecord | None) -> None:
     store = resolver.store
     ingest = os.path.join(store.root, "ingest")
     assert [n for n in os.listdir(ingest) if n.endswith(".part")] == []
@@ -95,7 +94,7 @@ def test_every_pull_succeeds_verified_or_fails_cleanly(reg: peers.Registry, tmp_
             except PullError as exc:
                 record = None
                 outcomes.append(type(exc).__name__)
-                assert resolver.images.get(ref) is None  # no name points at incomplete content
+                assert resolver.image_db.get(ref) is None  # no name points at incomplete content
             except ImageVolError as exc:  # pragma: no cover - a wrong error class is a failure
                 pytest.fail(f"{tag}: unexpected {type(exc).__name__}: {exc} after faults {injected}")
             _assert_store_sound(resolver, record)

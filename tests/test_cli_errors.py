@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -25,8 +26,8 @@ from hypothesis import strategies as st
 
 from imagevol.cli import main
 from imagevol.node import Node, NodeConfig
-
-from conftest import EXAMPLES
+from imagevol.testing.pods import pod_doc
+from tests.helpers.paths import EXAMPLES
 
 IS_ROOT = os.geteuid() == 0
 #: As root, drop the capabilities that bypass file permissions, so EACCES can happen.
@@ -35,12 +36,7 @@ NO_DAC = (
     if IS_ROOT and shutil.which("setpriv")
     else []
 )
-POD = {
-    "apiVersion": "v1",
-    "kind": "Pod",
-    "metadata": {"name": "p"},
-    "spec": {"containers": [{"name": "c", "image": "debian"}]},
-}
+POD = pod_doc("p")
 
 
 @attrs.frozen
@@ -291,12 +287,13 @@ def _in_namespace(script: str, *args: str) -> Result:
     return Result(p.returncode, p.stdout.decode(), p.stderr.decode())
 
 
-CLI = f"{sys.executable} -m imagevol.cli"
+#: The CLI as a shell word list (the checkout may be anywhere, a path with spaces included).
+CLI = f"{shlex.quote(sys.executable)} -m imagevol.cli"
 
 
 def test_a_root_on_a_read_only_filesystem(tmp_path: Any) -> None:
     pod = write(tmp_path, "pod.yaml", json.dumps(POD))
-    setup = f"mount -t tmpfs -o size=1m tmpfs /mnt && {CLI} --root /mnt/node apply -f {pod} >/dev/null"
+    setup = f"mount -t tmpfs -o size=1m tmpfs /mnt && {CLI} --root /mnt/node apply -f {shlex.quote(pod)} >/dev/null"
     script = f'{setup} && mount -o remount,ro /mnt && exec {CLI} --root /mnt/node "$@"'
     r = _in_namespace(script, "get", "pods")
     assert r.code == 0 and r.out.splitlines()[1].split()[0] == "p", r
@@ -317,7 +314,7 @@ def test_a_full_filesystem_leaves_no_half_written_state() -> None:
     for size in ("4k", "12k", "20k", "28k", "36k"):
         script = (
             f"mount -t tmpfs -o size={size} tmpfs /mnt && "
-            f"{CLI} --root /mnt/node --registries {registries} apply -f {pod}; code=$?; "
+            f"{CLI} --root /mnt/node --registries {shlex.quote(registries)} apply -f {shlex.quote(pod)}; code=$?; "
             "echo; echo tmp: $(find /mnt/node -name '*.tmp'); exit $code"
         )
         r = _in_namespace(script)
@@ -361,7 +358,7 @@ def test_corrupt_node_state(root: str, tmp_path: Any) -> None:
 def test_no_traceback_even_for_a_bug(root: str) -> None:
     """The last line of defence: an unexpected exception is one line (set IMAGEVOL_TRACEBACK=1
     to see the traceback)."""
-    code = "import imagevol.cli as c, sys; c._run = lambda a, o: 1 / 0; sys.exit(c.main(sys.argv[1:]))"
+    code = "import imagevol.cli._main as c, sys; c._run = lambda a, o: 1 / 0; sys.exit(c.main(sys.argv[1:]))"
     p = subprocess.run(
         [sys.executable, "-c", code, "--root", root, "get", "pods"], capture_output=True, check=False, timeout=60
     )

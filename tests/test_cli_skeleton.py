@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from imagevol.cli import main
-
-from conftest import EXAMPLES
+from imagevol.testing.pods import container, image_volume, pod_doc, to_yaml, volume_mount
+from tests.helpers.paths import EXAMPLES
 
 POD = os.path.join(EXAMPLES, "image-volume.yaml")
 REGISTRIES = os.path.join(EXAMPLES, "registries.conf")
@@ -39,22 +39,8 @@ def imagevol(root: str, *args: str) -> tuple[int, str]:
 
 
 def _pod(name: str, sub_path: str = "", reference: str = "quay.io/crio/artifact:v2", policy: str = "") -> str:
-    mount: dict[str, object] = {"name": "volume", "mountPath": "/volume"}
-    if sub_path:
-        mount["subPath"] = sub_path
-    image: dict[str, object] = {"reference": reference}
-    if policy:
-        image["pullPolicy"] = policy
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "containers": [{"name": "shell", "image": "debian", "volumeMounts": [mount]}],
-            "volumes": [{"name": "volume", "image": image}],
-        },
-    }
-    return yaml.safe_dump(doc)
+    mount = volume_mount("volume", "/volume", sub_path)
+    return to_yaml(pod_doc(name, [container("shell", mount)], [image_volume("volume", reference, policy)]))
 
 
 def _apply(root: str, tmp_path: object, text: str) -> tuple[int, str]:
@@ -190,8 +176,8 @@ def test_describe_and_delete(node_root: str, capsys: pytest.CaptureFixture[str])
 
 
 def test_the_example_registries_conf_mirrors_to_the_layout() -> None:
-    from imagevol.reference import parse_normalized
-    from imagevol.sources.mirrors import RegistriesConfig
+    from imagevol.content.sources.mirrors import RegistriesConfig
+    from imagevol.oci.reference import parse_normalized
 
     conf = RegistriesConfig.load(REGISTRIES)
     sources = conf.pull_sources(parse_normalized("quay.io/crio/artifact:v2"))

@@ -27,6 +27,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from imagevol.content.sources._client import RetryPolicy
+from imagevol.content.sources.registry import RegistryAccess
+from imagevol.content.store import ContentStore
 from imagevol.errors import (
     DiffIDMismatchError,
     DigestMismatchError,
@@ -34,9 +37,9 @@ from imagevol.errors import (
     ManifestError,
     SizeMismatchError,
 )
-from imagevol.image_gc import ImageGC
-from imagevol.kubelet import PodRecord
-from imagevol.layers import ApplyOptions, apply_layers
+from imagevol.exec.view import ContainerView
+from imagevol.kubelet.image_gc import ImageGC
+from imagevol.kubelet.pod_sync import PodRecord
 from imagevol.node import Node, NodeConfig
 from imagevol.oci import (
     OCI_CONFIG,
@@ -52,18 +55,14 @@ from imagevol.oci import (
     parse_diff_ids,
     parse_manifest,
 )
-from imagevol.snapshots import SnapshotKey, Snapshots, plan_for
-from imagevol.sources.client import RetryPolicy
-from imagevol.sources.registry import RegistryAccess
-from imagevol.store import ContentStore
 from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes, zstd_bytes
-from imagevol.view import ContainerView
-from test_scenarios import make_pod
-
-import peers
-from conftest import FakeClock
-from test_kubelet import PREFIX, make_node
+from imagevol.trees.layers import ApplyOptions, apply_layers
+from imagevol.trees.snapshots import SnapshotKey, Snapshots, plan_for
+from tests.helpers import peers
+from tests.helpers.clock import FakeClock
+from tests.helpers.fixture_node import PREFIX, make_node
+from tests.helpers.pods import make_pod
 
 GOOD = (TarEntry("d/", "dir"), TarEntry("d/g", "file", b"g\n"), TarEntry("f", "file", b"good\n"))
 GOOD_TOP = (TarEntry("top", "file", b"top\n"),)
@@ -497,7 +496,7 @@ def test_an_artifact_tree_is_keyed_by_its_manifest_digest(node_root: str, fixtur
     node = make_node(node_root, fixtures_layout, FakeClock(), runtime="crio")
     record = _start(node, "a", f"{PREFIX}:artifact-raw")
     assert record.phase == "Running"
-    [image] = node.resolver.images.all()
+    [image] = node.puller.image_db.all()
     assert _trees(node) == [f"manifest-sha256-{image.manifest_digest.hex}"]
     assert _view(node, record).cat("/volume/dir/file") == b"1\n"
 
@@ -505,9 +504,9 @@ def test_an_artifact_tree_is_keyed_by_its_manifest_digest(node_root: str, fixtur
 def test_an_image_tree_is_keyed_by_its_chain_id(node_root: str, fixtures_layout: str) -> None:
     node = make_node(node_root, fixtures_layout, FakeClock())
     _start(node, "p", f"{PREFIX}:layers-mix")
-    [image] = node.resolver.images.all()
-    manifest = node.resolver.manifest_of(image)
-    diff_ids = node.resolver.diff_ids(manifest)
+    [image] = node.puller.image_db.all()
+    manifest = node.puller.manifest_of(image)
+    diff_ids = node.puller.diff_ids(manifest)
     top = chain_id(diff_ids)
     assert top is not None
     assert _trees(node) == [f"chain-sha256-{top.hex}"]

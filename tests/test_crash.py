@@ -15,14 +15,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from imagevol.content.sources.registry import RegistryAccess
 from imagevol.node import Node, NodeConfig
-from imagevol.sources.registry import RegistryAccess
 from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.model import apply_layers_model, listing
 from imagevol.testing.tarbuild import TarEntry
-
-import peers
-from test_model import _real_listing
+from tests.helpers import peers
+from tests.helpers.listing import real_listing
 
 REF = "crash.example/big:v1"
 
@@ -59,11 +58,11 @@ _CHILD = textwrap.dedent(
     """
     import sys
     from imagevol.node import Node, NodeConfig
-    from imagevol.sources.registry import RegistryAccess
+    from imagevol.content.sources.registry import RegistryAccess
     node = Node(NodeConfig(root=sys.argv[1], registries=sys.argv[2], registry_factory=RegistryAccess()))
     node.runtime.pull_image(sys.argv[3])
-    record = node.resolver.lookup(sys.argv[3])
-    manifest = node.resolver.manifest_of(record)
+    record = node.puller.lookup(sys.argv[3])
+    manifest = node.puller.manifest_of(record)
     node.snapshots.materialise(node.snapshots.plan(record.manifest_digest, manifest))
     print("done", flush=True)
     """
@@ -86,13 +85,13 @@ def _check_after_restart(root: str, conf: str, expected: dict[str, tuple[object,
     for key in node.snapshots.published():
         tree = node.snapshots.get(key)
         assert tree is not None
-        assert _real_listing(tree) == expected
+        assert real_listing(tree) == expected
     # The next pull and build complete, and the store is clean.
     node.runtime.pull_image(REF)
-    record = node.resolver.lookup(REF)
+    record = node.puller.lookup(REF)
     assert record is not None
-    snap = node.snapshots.materialise(node.snapshots.plan(record.manifest_digest, node.resolver.manifest_of(record)))
-    assert _real_listing(snap.path) == expected
+    snap = node.snapshots.materialise(node.snapshots.plan(record.manifest_digest, node.puller.manifest_of(record)))
+    assert real_listing(snap.path) == expected
     report = node.store.fsck()
     assert report.clean, report
 

@@ -36,16 +36,15 @@ from imagevol.cri import (
     RuntimeService,
 )
 from imagevol.errors import ImageInUseError, ImageVolError, ImageVolumeMountFailedError, PullError
-from imagevol.events import NORMAL, EventRecorder
-from imagevol.image_gc import ImageGC, filesystem_capacity
-from imagevol.image_manager import Backoff, ImageManager
-from imagevol.kubelet import Kubelet, PodRecord
-from imagevol.metrics import KubeletMetrics
+from imagevol.exec.view import ContainerView
+from imagevol.kubelet.events import NORMAL, EventRecorder
+from imagevol.kubelet.image_gc import ImageGC, filesystem_capacity
+from imagevol.kubelet.image_manager import Backoff, ImageManager
+from imagevol.kubelet.metrics import KubeletMetrics
+from imagevol.kubelet.pod_sync import Kubelet, PodRecord
 from imagevol.node import Node
-from imagevol.view import ContainerView
-
-from conftest import FakeClock
-from test_kubelet import PREFIX, ctr, make_node, pod, vol
+from tests.helpers.clock import FakeClock
+from tests.helpers.fixture_node import PREFIX, ctr, make_node, pod, vol
 
 
 def _image(tag: str, size: int, *, auth: tuple[str, ...] = (), pulled_at: float = 0.0) -> Image:

@@ -12,13 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagevol import tarstream
 from imagevol.errors import LayerError
-from imagevol.layers import clean_name
-from imagevol.tarstream import TarReader
 from imagevol.testing.tarbuild import TarEntry, build_layer
-
-from layerkit import data_blocks, end_of_archive, fix_checksum, raw_header
+from imagevol.trees import _tarstream as tarstream
+from imagevol.trees._tarstream import TarReader
+from imagevol.trees.layers import clean_name
+from tests.helpers.layerkit import data_blocks, end_of_archive, fix_checksum, raw_header
 
 # --- the header checksum ---------------------------------------------------------------------------
 

@@ -12,13 +12,12 @@ import urllib.request
 import pytest
 
 from imagevol.errors import ImageInUseError
-from imagevol.image_gc import ImageGC
-from imagevol.metrics import KubeletMetrics
+from imagevol.kubelet.image_gc import ImageGC
+from imagevol.kubelet.metrics import KubeletMetrics
 from imagevol.node import Node
-
-from conftest import FakeClock
-from peers import free_port, require
-from test_kubelet import ctr, make_node, pod, vol
+from tests.helpers.clock import FakeClock
+from tests.helpers.fixture_node import ctr, make_node, pod, vol
+from tests.helpers.peers import free_port, require
 
 
 @pytest.fixture
@@ -45,7 +44,7 @@ def test_gc_removes_unused_images_and_never_one_in_use(node: Node) -> None:
     # The mounted image still works.
     status = node.runtime.container_status(node.get_pod("uses-v2").state("a").container_id)
     assert status is not None
-    key = node.runtime.snapshot_key(node.resolver.images.all()[0])
+    key = node.runtime.snapshot_key(node.puller.image_db.all()[0])
     assert key is not None
     tree = node.snapshots.get(key)
     assert tree is not None

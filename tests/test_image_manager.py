@@ -14,16 +14,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imagevol.events import NORMAL, WARNING, Event, EventRecorder
-from imagevol.image_manager import INITIAL_BACKOFF, MAX_BACKOFF, Backoff, EnsureResult, ImageManager, should_pull
-from imagevol.metrics import KubeletMetrics
+from imagevol.content.sources._client import RetryPolicy
+from imagevol.content.sources.auth import Keyring
+from imagevol.content.sources.registry import RegistryAccess
+from imagevol.kubelet.events import NORMAL, WARNING, Event, EventRecorder
+from imagevol.kubelet.image_manager import (
+    INITIAL_BACKOFF,
+    MAX_BACKOFF,
+    Backoff,
+    EnsureResult,
+    ImageManager,
+    should_pull,
+)
+from imagevol.kubelet.metrics import KubeletMetrics
 from imagevol.node import Node, NodeConfig
-from imagevol.sources.auth import Keyring
-from imagevol.sources.client import RetryPolicy
-from imagevol.sources.registry import RegistryAccess
-
-import peers
-from conftest import FakeClock
+from tests.helpers import peers
+from tests.helpers.clock import FakeClock
 
 PULLED = re.compile(
     r'^Successfully pulled image "(?P<ref>[^"]+)" in (?P<d>[0-9.]+(ms|s)|0s) '
@@ -107,7 +113,7 @@ def test_never_with_the_image_absent_is_err_image_never_pull(kubelet: Kubelet) -
         'Container image "registry.test/lab:v2" is not present with pull policy of Never',
     )
     assert [(e.type, e.reason) for e in kubelet.events] == [(WARNING, "ErrImageNeverPull")]
-    assert kubelet.node.resolver.images.all() == []  # nothing was pulled
+    assert kubelet.node.puller.image_db.all() == []  # nothing was pulled
 
 
 def test_never_with_the_image_present_uses_it(kubelet: Kubelet) -> None:
@@ -246,7 +252,7 @@ def test_backoff_rules(steps: list[tuple[float, bool]]) -> None:
 
 
 def test_secret_pulled_images_are_reverified_per_pod(fixtures_layout: str, tmp_path: object) -> None:
-    from imagevol.sources.auth import Credentials
+    from imagevol.content.sources.auth import Credentials
 
     with peers.registry(user="alice", password="s3cret") as reg:
         peers.push_fixtures(fixtures_layout, reg, ("v2",))

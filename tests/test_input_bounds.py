@@ -33,6 +33,7 @@ from imagevol.api.load import pod_from_dict
 from imagevol.cli import main
 from imagevol.errors import DecodeError, RequestEntityTooLargeError, ValidationError
 from imagevol.node import Node, NodeConfig
+from imagevol.testing.pods import pod_doc
 
 TOO_LARGE = "Error from server (RequestEntityTooLarge): Request entity too large: limit is 3145728"
 
@@ -42,15 +43,7 @@ TOO_LARGE = "Error from server (RequestEntityTooLarge): Request entity too large
 
 def pod(name: str = "p", namespace: str = "", **meta: Any) -> dict[str, Any]:
     """A Pod without image volumes: admitted and run without any registry."""
-    metadata: dict[str, Any] = {"name": name, **meta}
-    if namespace:
-        metadata["namespace"] = namespace
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata,
-        "spec": {"containers": [{"name": "c", "image": "debian"}]},
-    }
+    return pod_doc(name, namespace=namespace, metadata=meta)
 
 
 def run(root: str, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:

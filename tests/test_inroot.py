@@ -1,4 +1,4 @@
-"""The in-root walker itself (``imagevol._inroot``), below both of its users.
+"""The in-root walker itself (``imagevol.trees._inroot``), below both of its users.
 
 * On random trees (directories, files, symlinks with relative, absolute, escaping and looping
   targets) and random path strings, the kernel (openat2) and the userspace walk agree exactly,
@@ -9,7 +9,7 @@
   root, with exactly the requested mode, and what they made is what a plain lookup then finds.
 * The depth and real-length bounds count the real path (after symlinks and ``..``) and refuse
   before creating anything.
-* Recursive removal (``imagevol._remove_tree``) empties 0000-mode trees, deep ones too, and never
+* Recursive removal (``imagevol.trees._remove_tree``) empties 0000-mode trees, deep ones too, and never
   follows a symlink out.
 
 Every test keeps decoys next to the root and checks afterwards that nothing outside it changed.
@@ -27,10 +27,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagevol import _inroot, _remove_tree
-from imagevol._inroot import Backend, Policy, WalkError
-
-from subpath_support import open_fds, walk_inodes
+from imagevol.trees import _inroot, _remove_tree
+from imagevol.trees._inroot import Backend, Policy, WalkError
+from tests.helpers.subpaths import open_fds, walk_inodes
 
 NAMES = ["a", "b", "c", "l", "m"]
 COMPONENT = st.sampled_from([*NAMES, ".", "..", ""])

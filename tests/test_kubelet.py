@@ -4,52 +4,14 @@ metrics accounting (R3.x, R4.x, R5.x, R6.3, R6.4, R11.x)."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
-import yaml
 
-from imagevol.api import load_documents
 from imagevol.api.models import Pod
-from imagevol.node import Node, NodeConfig
-
-from conftest import FakeClock
-
-PREFIX = "fixtures.example/lab"
-
-
-def make_node(root: str, layout: str, clock: FakeClock, **config: Any) -> Node:
-    conf = os.path.join(root + ".registries.conf")
-    os.makedirs(os.path.dirname(conf), exist_ok=True)
-    with open(conf, "w") as f:
-        f.write(f'[[registry]]\nprefix = "{PREFIX}"\nlocation = "{PREFIX}"\n')
-        f.write(f'[[registry.mirror]]\nlocation = "oci-layout:{layout}"\n')
-    return Node(NodeConfig(root=root, registries=conf, clock=clock, **config))
-
-
-def pod(
-    name: str,
-    containers: list[dict[str, Any]],
-    volumes: list[dict[str, Any]],
-    init: list[dict[str, Any]] | None = None,
-) -> Pod:
-    spec: dict[str, Any] = {"containers": containers, "volumes": volumes}
-    if init:
-        spec["initContainers"] = init
-    doc = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
-    (obj,) = load_documents(yaml.safe_dump(doc))
-    assert isinstance(obj, Pod)
-    return obj
-
-
-def vol(name: str, tag: str, policy: str = "IfNotPresent") -> dict[str, Any]:
-    return {"name": name, "image": {"reference": f"{PREFIX}:{tag}", "pullPolicy": policy}}
-
-
-def ctr(name: str, *mounts: tuple[str, str, str], **extra: Any) -> dict[str, Any]:
-    vm = [{"name": v, "mountPath": p, **({"subPath": s} if s else {})} for v, p, s in mounts]
-    return {"name": name, "image": "debian", "volumeMounts": vm, **extra}
+from imagevol.node import Node
+from tests.helpers.clock import FakeClock
+from tests.helpers.fixture_node import PREFIX, ctr, make_node, pod, vol
 
 
 @pytest.fixture

@@ -12,10 +12,9 @@ import stat
 
 import pytest
 
-from imagevol.layers import ApplyOptions
 from imagevol.testing.tarbuild import FIXED_MTIME, TarEntry
-
-from layerkit import D, F, H, S, Sandbox, W
+from imagevol.trees.layers import ApplyOptions
+from tests.helpers.layerkit import D, F, H, S, Sandbox, W
 
 
 @pytest.fixture

@@ -10,13 +10,12 @@ import zlib
 
 import pytest
 
-from imagevol import decompress
 from imagevol.errors import LayerError
-from imagevol.layers import ApplyOptions, LayerLimits
-from imagevol.tarstream import TarReader, parse_number, parse_pax_time
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes, zstd_bytes
-
-from layerkit import (
+from imagevol.trees import _decompress as decompress
+from imagevol.trees._tarstream import TarReader, parse_number, parse_pax_time
+from imagevol.trees.layers import ApplyOptions, LayerLimits
+from tests.helpers.layerkit import (
     D,
     F,
     Sandbox,

@@ -18,14 +18,13 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from imagevol.errors import LayerError
-from imagevol.layers import ApplyOptions, apply_layer_fd, apply_layers
-from imagevol.snapshots import publish_tree
 from imagevol.testing.listing import listing, render
 from imagevol.testing.model import ModelError, apply_layers_model, writes_through_whited_out_links
+from imagevol.testing.strategies import LAYER_NAMES, LayerStack, hostile_layer_stacks, layer_entries, layer_paths
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes, zstd_bytes
-
-from layer_strategies import NAMES, Stack, entry_st, path_st, stack_st
-from layerkit import Sandbox
+from imagevol.trees.layers import ApplyOptions, apply_layer_fd, apply_layers
+from imagevol.trees.snapshots import publish_tree
+from tests.helpers.layerkit import Sandbox
 
 _EVIL_NAMES = st.sampled_from(["../x", "/../etc/passwd", "a/../../b", ".wh.d/f", "a\x00b", "x" * 300, "/", "./"])
 _EVIL_LINKS = st.sampled_from(["../../../../etc", "/", "/etc/passwd", "../" * 30, ""])
@@ -38,20 +37,22 @@ def hostile_entry(draw: st.DrawFn) -> TarEntry:
         return TarEntry(draw(_EVIL_NAMES), draw(st.sampled_from(["file", "dir", "symlink", "hardlink"])), b"x",
                         linkname="a")  # fmt: skip
     if choice == 1:
-        return TarEntry(draw(path_st), "symlink", linkname=draw(_EVIL_LINKS))
+        return TarEntry(draw(layer_paths), "symlink", linkname=draw(_EVIL_LINKS))
     if choice == 2:
-        return TarEntry(draw(path_st), "hardlink", linkname=draw(st.sampled_from(["../../etc/passwd", "/etc/passwd"])))
-    return draw(entry_st())
+        return TarEntry(
+            draw(layer_paths), "hardlink", linkname=draw(st.sampled_from(["../../etc/passwd", "/etc/passwd"]))
+        )
+    return draw(layer_entries())
 
 
 @st.composite
-def hostile_stack(draw: st.DrawFn) -> Stack:
+def hostile_stack(draw: st.DrawFn) -> LayerStack:
     layers = tuple(tuple(draw(st.lists(hostile_entry(), max_size=8))) for _ in range(draw(st.integers(1, 3))))
-    return Stack(layers, tuple(draw(st.booleans()) for _ in layers))
+    return LayerStack(layers, tuple(draw(st.booleans()) for _ in layers))
 
 
 @given(stack=hostile_stack())
-def test_nothing_outside_changes_and_failures_publish_nothing(stack: Stack) -> None:
+def test_nothing_outside_changes_and_failures_publish_nothing(stack: LayerStack) -> None:
     tmp = tempfile.mkdtemp(prefix="imagevol-prop-")
     try:
         box = Sandbox.make(tmp)
@@ -109,8 +110,8 @@ def _strip_now(text: str) -> str:
     return "\n".join(out)
 
 
-@given(stack=stack_st(), threaded=st.booleans())
-def test_result_independent_of_compression_and_thread(stack: Stack, threaded: bool) -> None:
+@given(stack=hostile_layer_stacks(), threaded=st.booleans())
+def test_result_independent_of_compression_and_thread(stack: LayerStack, threaded: bool) -> None:
     tars = [build_layer(layer) for layer in stack.layers]
     plain = _result(tars)
     for compress in (gzip_bytes, zstd_bytes):
@@ -124,22 +125,22 @@ def upper_layer(draw: st.DrawFn) -> list[TarEntry]:
     entries: dict[str, TarEntry] = {}
     for _ in range(draw(st.integers(1, 8))):
         kind = draw(st.sampled_from(["file", "dir", "whiteout", "opaque"]))
-        path = draw(path_st)
+        path = draw(layer_paths)
         if kind == "file":
             e = TarEntry(path, "file", b"upper")
         elif kind == "dir":
             e = TarEntry(path + "/", "dir")
         elif kind == "whiteout":
             parent = os.path.dirname(path)
-            e = TarEntry(os.path.join(parent, ".wh." + draw(st.sampled_from(NAMES))), "file")
+            e = TarEntry(os.path.join(parent, ".wh." + draw(st.sampled_from(LAYER_NAMES))), "file")
         else:
             e = TarEntry(os.path.join(path, ".wh..wh..opq"), "file")
         entries.setdefault(e.name.rstrip("/"), e)
     return list(entries.values())
 
 
-@given(lower=stack_st(max_layers=2), upper=upper_layer())
-def test_whiteout_position_does_not_matter(lower: Stack, upper: list[TarEntry]) -> None:
+@given(lower=hostile_layer_stacks(max_layers=2), upper=upper_layer())
+def test_whiteout_position_does_not_matter(lower: LayerStack, upper: list[TarEntry]) -> None:
     """Whatever the position of whiteouts in a layer, every order that succeeds gives one tree,
     except for the one case where order is meaningful by nature (documented in security.md): an
     entry written through a lower symlink that the same layer whites out."""

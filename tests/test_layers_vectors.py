@@ -9,8 +9,7 @@ import subprocess
 import sys
 
 from imagevol.testing.vectors import main
-
-from conftest import VECTORS
+from tests.helpers.paths import VECTORS
 
 
 def test_shipped_layer_vectors_pass(capsys: object) -> None:

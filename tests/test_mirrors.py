@@ -11,15 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from imagevol.content.pull import ImagePuller
+from imagevol.content.sources._client import RetryPolicy
+from imagevol.content.sources.mirrors import RegistriesConfig, match_length
+from imagevol.content.sources.registry import RegistryAccess
+from imagevol.content.store import ContentStore
 from imagevol.errors import BlockedRegistryError, ImageNotFoundError, PullError
-from imagevol.reference import parse, parse_normalized
-from imagevol.resolver import Resolver
-from imagevol.sources.client import RetryPolicy
-from imagevol.sources.mirrors import RegistriesConfig, match_length
-from imagevol.sources.registry import RegistryAccess
-from imagevol.store import ContentStore
-
-import peers
+from imagevol.oci.reference import parse, parse_normalized
+from tests.helpers import peers
 
 # --- matching, as containers/image does it ------------------------------------------------------------
 
@@ -178,14 +177,14 @@ def mirror(fixtures_layout: str) -> Iterator[peers.Registry]:
         yield reg
 
 
-def resolver(tmp_path: object, conf: str, *, plain_http: bool = False) -> Resolver:
+def resolver(tmp_path: object, conf: str, *, plain_http: bool = False) -> ImagePuller:
     os.makedirs(str(tmp_path), exist_ok=True)
     path = os.path.join(str(tmp_path), "registries.conf")
     with open(path, "w") as f:
         f.write(conf)
     access = RegistryAccess(plain_http=plain_http, retry=RetryPolicy(attempts=1))
     store = ContentStore(os.path.join(str(tmp_path), "content"))
-    return Resolver(store, RegistriesConfig.load(path), registry_factory=access)
+    return ImagePuller(store, RegistriesConfig.load(path), registry_factory=access)
 
 
 def two_registries(primary: peers.Registry, mirror: peers.Registry, extra: str = "") -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import stat
 import tempfile
 from typing import Any
 
@@ -14,15 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagevol import subpath as sp
 from imagevol.errors import LayerError, SubPathError
-from imagevol.layers import ApplyOptions, apply_layers
 from imagevol.testing.model import ModelError, apply_layers_model, listing, resolve_model, tree_from_entries
 from imagevol.testing.strategies import layer_stacks, pods, references, sub_paths, trees
 from imagevol.testing.tarbuild import TarEntry, build_layer
 from imagevol.testing.vectors import build_tree
-
-from conftest import VECTORS
+from imagevol.trees import subpath as sp
+from imagevol.trees.layers import ApplyOptions, apply_layers
+from tests.helpers.listing import real_listing
+from tests.helpers.paths import VECTORS
 
 
 def _load(name: str) -> list[dict[str, Any]]:
@@ -66,36 +65,6 @@ def test_model_passes_subpath_vectors(vector: dict[str, Any], policy: str) -> No
     assert got == want
 
 
-def _real_listing(root: str) -> dict[str, tuple[object, ...]]:
-    inodes: dict[tuple[int, int], list[str]] = {}
-    entries: dict[str, os.stat_result] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, root)
-            st_ = os.lstat(full)
-            entries[rel] = st_
-            if not stat.S_ISDIR(st_.st_mode):
-                inodes.setdefault((st_.st_dev, st_.st_ino), []).append(rel)
-    out: dict[str, tuple[object, ...]] = {}
-    for rel, st_ in sorted(entries.items()):
-        full = os.path.join(root, rel)
-        payload: str | bytes
-        if stat.S_ISDIR(st_.st_mode):
-            kind, payload = "dir", ""
-        elif stat.S_ISLNK(st_.st_mode):
-            kind, payload = "symlink", os.readlink(full)
-        elif stat.S_ISFIFO(st_.st_mode):
-            kind, payload = "fifo", ""
-        else:
-            with open(full, "rb") as f:
-                kind, payload = "file", f.read()
-        group = tuple(sorted(inodes.get((st_.st_dev, st_.st_ino), []))) if kind != "dir" else ()
-        mode = None if kind == "symlink" else stat.S_IMODE(st_.st_mode)
-        out[rel] = (kind, mode, payload, group if len(group) > 1 else ())
-    return out
-
-
 @settings(max_examples=150)
 @given(layer_stacks())
 def test_real_applier_agrees_with_the_model(stack: list[list[TarEntry]]) -> None:
@@ -109,7 +78,7 @@ def test_real_applier_agrees_with_the_model(stack: list[list[TarEntry]]) -> None
         blobs = [io.BytesIO(build_layer(layer)) for layer in stack]
         try:
             apply_layers(root, blobs, ApplyOptions(preserve_owner=False))
-            got: dict[str, tuple[object, ...]] | str = _real_listing(root)
+            got: dict[str, tuple[object, ...]] | str = real_listing(root)
         except LayerError as exc:
             got = exc.kind
         assert os.listdir(base) == ["root"]  # nothing beside the root
@@ -144,7 +113,7 @@ def test_real_resolver_agrees_with_the_model(entries: list[tuple[str, str, str]]
 
 @given(references())
 def test_generated_references_parse(ref: str) -> None:
-    from imagevol.reference import parse_normalized
+    from imagevol.oci.reference import parse_normalized
 
     parsed = parse_normalized(ref)
     assert parsed.path

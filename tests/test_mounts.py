@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from imagevol import mounts
-from imagevol import subpath as sp
-
-from subpath_support import REGISTRY, build_layout, make_node, pod_yaml, write_registries
+from imagevol.exec import namespace as mounts
+from imagevol.trees import subpath as sp
+from tests.helpers.privileges import AS_NOBODY, setpriv, setpriv_for_checkout
+from tests.helpers.subpaths import REGISTRY, build_layout, make_node, pod_yaml, write_registries
 
 REASON = mounts.probe()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"real mounts not permitted here: {REASON}")
@@ -123,10 +123,10 @@ def test_contents_are_the_resolved_entries(tree: str) -> None:
     assert (code, out) == (0, "1\n")
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv(1)")
 def test_nosuid_and_nodev_are_enforced(tmp_path: Any) -> None:
     """A set-uid-root copy of ``id`` and a ``/dev/zero`` node inside a volume: run as nobody, the
     program keeps nobody's identity, and the device cannot be opened."""
+    setpriv()  # the command runs from the volume, not from the checkout
     base = tempfile.mkdtemp(prefix="imagevol-nosuid-")
     try:
         os.chmod(base, 0o755)
@@ -217,10 +217,10 @@ def test_cli_exec_real(tmp_path: Any, layout_dir: str, runtime: str) -> None:
     assert done.returncode == 1 and "use --real" in done.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to become nobody")
 def test_unprivileged_user_namespace_path(tree: str) -> None:
     """Not root: the child maps itself to root in a new user namespace and mounts there (overlayfs
     with userxattr). Run as nobody on a world-readable tree."""
+    setpriv = setpriv_for_checkout()
     # The inner command runs as nobody: the system interpreter, not this venv's (its base may live
     # in a directory nobody cannot search).
     python = shutil.which("python3", path="/usr/bin:/bin")
@@ -233,7 +233,8 @@ def test_unprivileged_user_namespace_path(tree: str) -> None:
         subprocess.run(["chmod", "-R", "a+rX", base], check=True)
         script = (
             "import json, sys\n"
-            "from imagevol import mounts, subpath as sp\n"
+            "from imagevol.exec import namespace as mounts\n"
+            "from imagevol.trees import subpath as sp\n"
             "import os\n"
             "def opener():\n"
             f"    r = sp.open_root({os.path.join(base, 'vol')!r})\n"
@@ -242,7 +243,7 @@ def test_unprivileged_user_namespace_path(tree: str) -> None:
             "print(mounts.probe() or '')\n"
             f"sys.exit(mounts.run([mounts.Bind('/volume', opener)], [{python!r}, '-c', {_INSPECT!r}, '/volume']))\n"
         )
-        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", script]
+        cmd = [setpriv, *AS_NOBODY, sys.executable, "-c", script]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60, cwd="/")
     finally:
         shutil.rmtree(base)

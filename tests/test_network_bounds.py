@@ -25,6 +25,15 @@ import urllib3.exceptions
 from hypothesis import given
 from hypothesis import strategies as st
 
+from imagevol.content.pull import ImagePuller
+from imagevol.content.sources import _bounds as bounds
+from imagevol.content.sources._bounds import Deadline, Guard, SpeedMeter, Timeouts, Watchdog, duration
+from imagevol.content.sources._client import MAX_TOKEN_RESPONSE, RetryPolicy
+from imagevol.content.sources._neterrors import PLAIN_HTTP_ANSWER, describe, sanitize
+from imagevol.content.sources.auth import Keyring
+from imagevol.content.sources.mirrors import RegistriesConfig
+from imagevol.content.sources.registry import RegistryAccess
+from imagevol.content.store import ContentStore
 from imagevol.errors import (
     AuthenticationError,
     ImageNotFoundError,
@@ -33,24 +42,14 @@ from imagevol.errors import (
     PullError,
     RegistryUnavailableError,
 )
-from imagevol.events import Event, EventRecorder
-from imagevol.image_manager import Backoff, ImageManager
-from imagevol.metrics import KubeletMetrics
+from imagevol.kubelet.events import Event, EventRecorder
+from imagevol.kubelet.image_manager import Backoff, ImageManager
+from imagevol.kubelet.metrics import KubeletMetrics
 from imagevol.node import Node, NodeConfig
 from imagevol.oci import MAX_MANIFEST_BYTES
-from imagevol.resolver import Resolver
-from imagevol.sources import bounds
-from imagevol.sources.auth import Keyring
-from imagevol.sources.bounds import Deadline, Guard, SpeedMeter, Timeouts, Watchdog, duration
-from imagevol.sources.client import MAX_TOKEN_RESPONSE, RetryPolicy
-from imagevol.sources.mirrors import RegistriesConfig
-from imagevol.sources.neterrors import PLAIN_HTTP_ANSWER, describe, sanitize
-from imagevol.sources.registry import RegistryAccess
-from imagevol.store import ContentStore
-from slowserver import Seen, Shape, slow_registry
-
-import peers
-from conftest import FakeClock
+from tests.helpers import peers
+from tests.helpers.clock import FakeClock
+from tests.helpers.slowserver import Seen, Shape, slow_registry
 
 #: Small bounds, so that each case takes about a second.
 FAST = Timeouts(connect=1.0, read=1.0, request=0.6, low_speed_limit=1000, low_speed_time=0.3)
@@ -82,7 +81,7 @@ class Puller:
         self.root = os.path.join(root, "content")
         self.store = ContentStore(self.root)
         access = RegistryAccess(plain_http=plain_http, timeouts=timeouts, retry=retry, max_resumes=max_resumes)
-        self.resolver = Resolver(self.store, registries or RegistriesConfig(), registry_factory=access)
+        self.puller = ImagePuller(self.store, registries or RegistriesConfig(), registry_factory=access)
         self.elapsed = 0.0
 
     def fails(
@@ -91,7 +90,7 @@ class Puller:
         """Pull ``ref``, expecting ``kind``; return the message (checked for Python-isms)."""
         start = time.monotonic()
         with pytest.raises(kind) as exc:
-            self.resolver.pull(ref, keyring)
+            self.puller.pull(ref, keyring)
         self.elapsed = time.monotonic() - start
         message = str(exc.value)
         assert_clean(message)
@@ -99,7 +98,7 @@ class Puller:
 
     def pulls(self, ref: str) -> None:
         start = time.monotonic()
-        record = self.resolver.pull(ref).record
+        record = self.puller.pull(ref).record
         self.elapsed = time.monotonic() - start
         assert record is not None
 
@@ -111,7 +110,7 @@ class Puller:
             assert digest.split(":", 1)[1] not in present, digest
         ingest = os.path.join(self.root, "ingest")
         assert [n for n in os.listdir(ingest) if not n.endswith(".lock")] == []
-        assert self.resolver.images.all() == []
+        assert self.puller.image_db.all() == []
         with open(os.path.join(self.root, "index.json")) as f:
             assert json.load(f)["manifests"] == []
         assert self.store.fsck().corrupt == ()

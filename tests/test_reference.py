@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imagevol.errors import InvalidReferenceError
-from imagevol.reference import apply_default_tag, parse, parse_image_name, parse_normalized
+from imagevol.oci.reference import apply_default_tag, parse, parse_image_name, parse_normalized
 
 alnum = st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True)
 separator = st.sampled_from([".", "_", "__", "-", "--"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imagevol.sources.challenge import Challenge, parse_challenges, render
+from imagevol.content.sources._challenge import Challenge, parse_challenges, render
 
 token = st.from_regex(r"[A-Za-z][A-Za-z0-9_-]{0,10}", fullmatch=True)
 value = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30)

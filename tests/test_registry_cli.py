@@ -13,16 +13,17 @@ import select
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
 
 from imagevol.cli import main
+from imagevol.content.store import ContentStore
 from imagevol.oci import Index, parse_manifest
-from imagevol.store import ContentStore
-
-import peers
-from netfaults import Fault, fault_proxy
+from imagevol.testing.pods import container, image_volume, pod_doc, to_yaml
+from tests.helpers import peers
+from tests.helpers.netfaults import Fault, fault_proxy
 
 USER, PASSWORD = "alice", "s3cret"
 
@@ -193,16 +194,16 @@ def _registry_pod(directory: str, host: str, name: str, *, with_secret: bool) ->
     conf = os.path.join(directory, "registries.conf")
     with open(conf, "w") as f:
         f.write(f'[[registry]]\nlocation = "{host}"\ninsecure = true\n')
-    spec: dict[str, object] = {
-        "containers": [{"name": "shell", "image": "debian", "volumeMounts": [{"name": "v", "mountPath": "/volume"}]}],
-        "volumes": [{"name": "v", "image": {"reference": f"{host}/lab/v2:v1", "pullPolicy": "IfNotPresent"}}],
-    }
-    if with_secret:
-        spec["imagePullSecrets"] = [{"name": "regcred"}]
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+    secrets: dict[str, Any] = {"imagePullSecrets": [{"name": "regcred"}]} if with_secret else {}
+    pod = pod_doc(
+        name,
+        [container("shell", ("v", "/volume", ""))],
+        [image_volume("v", f"{host}/lab/v2:v1", "IfNotPresent")],
+        **secrets,
+    )
     manifest = os.path.join(directory, "pod.yaml")
     with open(manifest, "w") as f:
-        f.write((_secret_yaml(host) + "---\n" if with_secret else "") + yaml.safe_dump(pod))
+        f.write((_secret_yaml(host) + "---\n" if with_secret else "") + to_yaml(pod))
     return conf, manifest
 
 

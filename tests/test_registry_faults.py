@@ -15,6 +15,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from imagevol.content.pull import ImagePuller
+from imagevol.content.sources._client import RetryPolicy, Timeouts
+from imagevol.content.sources.auth import Credentials, Keyring
+from imagevol.content.sources.registry import RegistryAccess
+from imagevol.content.store import ContentStore
 from imagevol.errors import (
     AuthenticationError,
     DigestMismatchError,
@@ -32,14 +37,8 @@ from imagevol.oci import (
     canonical_json,
     parse_manifest,
 )
-from imagevol.resolver import Resolver
-from imagevol.sources.auth import Credentials, Keyring
-from imagevol.sources.client import RetryPolicy, Timeouts
-from imagevol.sources.registry import RegistryAccess
-from imagevol.store import ContentStore
-
-import peers
-from netfaults import Fault, Request, fault_proxy, static_server
+from tests.helpers import peers
+from tests.helpers.netfaults import Fault, Request, fault_proxy, static_server
 
 FAST_RETRY = RetryPolicy(attempts=3, initial=0.01, maximum=0.05, deadline=10.0)
 
@@ -77,7 +76,7 @@ class Setup:
             max_resumes=max_resumes,
             sleep=self.sleeps.append,
         )
-        self.resolver = Resolver(self.store, registry_factory=access)
+        self.puller = ImagePuller(self.store, registry_factory=access)
 
     def blobs(self) -> list[str]:
         return sorted(os.listdir(os.path.join(self.root, "blobs", "sha256")))
@@ -87,7 +86,7 @@ class Setup:
 
     def assert_nothing_recorded(self) -> None:
         assert self.parts() == []
-        assert self.resolver.images.all() == []
+        assert self.puller.image_db.all() == []
         with open(os.path.join(self.root, "index.json")) as f:
             assert json.load(f)["manifests"] == []
 
@@ -131,7 +130,7 @@ def test_a_corrupt_config_is_rejected_and_nothing_is_stored(fixtures_layout: str
         peers.push_fixtures(fixtures_layout, reg, ("v2",))
         _corrupt(reg, manifest.config.digest, "flip")
         with pytest.raises(DigestMismatchError) as exc:
-            setup.resolver.pull(f"{reg.host}/lab/v2:v1")
+            setup.puller.pull(f"{reg.host}/lab/v2:v1")
     assert f"expected {manifest.config.digest}" in str(exc.value)
     assert setup.blobs() == []  # the config is fetched first: nothing at all reached blobs/
     setup.assert_nothing_recorded()
@@ -145,7 +144,7 @@ def test_a_corrupt_layer_is_rejected_and_never_stored(fixtures_layout: str, setu
         peers.push_fixtures(fixtures_layout, reg, ("layers-mix",))
         _corrupt(reg, bad, how)
         with pytest.raises((DigestMismatchError, SizeMismatchError, RegistryUnavailableError)) as exc:
-            setup.resolver.pull(f"{reg.host}/lab/layers-mix:v1")
+            setup.puller.pull(f"{reg.host}/lab/layers-mix:v1")
     assert str(bad) in str(exc.value)
     assert bad.hex not in setup.blobs()
     setup.assert_nothing_recorded()
@@ -165,7 +164,7 @@ def test_a_dropped_blob_download_resumes_with_range(reg: peers.Registry, fixture
     cut = layer.size // 2
     with fault_proxy(reg.host, blob_rule(layer.digest, Fault(drop_after=cut))) as proxy:
         mark = reg.mark()
-        setup.resolver.pull(f"{proxy.host}/lab/layers-mix:v1")
+        setup.puller.pull(f"{proxy.host}/lab/layers-mix:v1")
         gets = proxy.seen(f"/blobs/{layer.digest}")
     assert [r.header("Range") for r in gets] == ["", f"bytes={cut}-"]
     assert [e.status for e in peers.blob_gets(reg.access(mark), str(layer.digest))] == [200, 206]
@@ -185,7 +184,7 @@ def test_a_server_that_ignores_range_is_handled(reg: peers.Registry, fixtures_la
         return Fault(drop_after=layer.size // 3) if seen[0] == 1 else Fault(drop_request_headers=("Range",))
 
     with fault_proxy(reg.host, rule) as proxy:
-        setup.resolver.pull(f"{proxy.host}/lab/layers-mix:v1")
+        setup.puller.pull(f"{proxy.host}/lab/layers-mix:v1")
     assert seen[0] == 2
     assert setup.store.verify_blob(layer.digest)
 
@@ -204,7 +203,7 @@ def test_a_wrong_content_range_is_refused(reg: peers.Registry, fixtures_layout: 
         return Fault(set_headers={"Content-Range": f"bytes 0-{layer.size - 1}/{layer.size}"})
 
     with fault_proxy(reg.host, rule) as proxy, pytest.raises(PullError) as exc:
-        setup.resolver.pull(f"{proxy.host}/lab/layers-mix:v1")
+        setup.puller.pull(f"{proxy.host}/lab/layers-mix:v1")
     assert "asked for bytes 10-" in str(exc.value)
     assert layer.digest.hex not in setup.blobs()
     setup.assert_nothing_recorded()
@@ -219,7 +218,7 @@ def test_a_server_that_never_answers_times_out_quickly(reg: peers.Registry, tmp_
     with fault_proxy(reg.host, rule) as proxy:
         start = time.monotonic()
         with pytest.raises(RegistryUnavailableError) as exc:
-            setup.resolver.pull(f"{proxy.host}/lab/v2:v1")
+            setup.puller.pull(f"{proxy.host}/lab/v2:v1")
         elapsed = time.monotonic() - start
         tries = len(proxy.seen("/manifests/"))
     assert elapsed < 5, elapsed
@@ -235,7 +234,7 @@ def test_a_blob_that_stalls_mid_body_is_resumed(reg: peers.Registry, fixtures_la
     setup = Setup(str(tmp_path), timeouts=Timeouts(connect=1, read=0.3))
     with fault_proxy(reg.host, blob_rule(layer.digest, Fault(stall_after=20))) as proxy:
         start = time.monotonic()
-        setup.resolver.pull(f"{proxy.host}/lab/layers-mix:v1")
+        setup.puller.pull(f"{proxy.host}/lab/layers-mix:v1")
         elapsed = time.monotonic() - start
         ranges = [r.header("Range") for r in proxy.seen(f"/blobs/{layer.digest}")]
     assert elapsed < 3, elapsed
@@ -256,7 +255,7 @@ def test_a_blob_that_keeps_stalling_is_given_up(reg: peers.Registry, fixtures_la
     with fault_proxy(reg.host, rule) as proxy:
         start = time.monotonic()
         with pytest.raises(RegistryUnavailableError) as exc:
-            setup.resolver.pull(f"{proxy.host}/lab/layers-mix:v1")
+            setup.puller.pull(f"{proxy.host}/lab/layers-mix:v1")
         elapsed = time.monotonic() - start
         ranges = [r.header("Range") for r in proxy.seen(f"/blobs/{layer.digest}")]
     assert elapsed < 5, elapsed
@@ -276,7 +275,7 @@ def test_a_trickling_blob_is_cut_not_resumed(reg: peers.Registry, fixtures_layou
     with fault_proxy(reg.host, blob_rule(layer.digest, Fault(trickle=(1, 0.02)))) as proxy:
         start = time.monotonic()
         with pytest.raises(RegistryUnavailableError) as exc:
-            setup.resolver.pull(f"{proxy.host}/lab/layers-mix:v1")
+            setup.puller.pull(f"{proxy.host}/lab/layers-mix:v1")
         elapsed = time.monotonic() - start
         ranges = [r.header("Range") for r in proxy.seen(f"/blobs/{layer.digest}")]
         assert "transfer too slow: less than 10000 bytes/s" in str(exc.value)
@@ -284,14 +283,14 @@ def test_a_trickling_blob_is_cut_not_resumed(reg: peers.Registry, fixtures_layou
         assert ranges == [""]
         assert layer.digest.hex not in setup.blobs()
         setup.assert_nothing_recorded()
-        setup.resolver.pull(f"{proxy.host}/lab/layers-mix:v1")  # the trickle was a one-off
+        setup.puller.pull(f"{proxy.host}/lab/layers-mix:v1")  # the trickle was a one-off
     assert setup.store.verify_blob(layer.digest)
 
 
 def test_a_refused_connection_is_registry_unavailable(setup: Setup) -> None:
     port = peers.free_port()
     with pytest.raises(RegistryUnavailableError) as exc:
-        setup.resolver.pull(f"127.0.0.1:{port}/lab/v2:v1")
+        setup.puller.pull(f"127.0.0.1:{port}/lab/v2:v1")
     assert "connection refused" in str(exc.value)
     assert setup.sleeps == [0.01, 0.02]  # bounded: attempts - 1 waits, doubling
 
@@ -309,7 +308,7 @@ def test_503s_are_retried_with_backoff(reg: peers.Registry, setup: Setup) -> Non
         return None
 
     with fault_proxy(reg.host, rule) as proxy:
-        assert setup.resolver.pull(f"{proxy.host}/lab/v2:v1").record
+        assert setup.puller.pull(f"{proxy.host}/lab/v2:v1").record
     assert setup.sleeps == [0.01, 0.02]
 
 
@@ -319,7 +318,7 @@ def test_persistent_503_gives_up_after_the_attempts(reg: peers.Registry, setup: 
 
     with fault_proxy(reg.host, rule) as proxy:
         with pytest.raises(RegistryUnavailableError) as exc:
-            setup.resolver.pull(f"{proxy.host}/lab/v2:v1")
+            setup.puller.pull(f"{proxy.host}/lab/v2:v1")
         assert len(proxy.seen("/manifests/")) == FAST_RETRY.attempts
     assert "503 Service Unavailable" in str(exc.value)
 
@@ -335,7 +334,7 @@ def test_retry_after_is_honoured_but_capped(reg: peers.Registry, tmp_path: objec
 
     setup = Setup(str(tmp_path))
     with fault_proxy(reg.host, rule) as proxy:
-        setup.resolver.pull(f"{proxy.host}/lab/v2:v1")
+        setup.puller.pull(f"{proxy.host}/lab/v2:v1")
     assert setup.sleeps == [FAST_RETRY.maximum]
 
 
@@ -350,7 +349,7 @@ def test_default_policy_never_waits_minutes() -> None:
 
 def test_manifest_requests_list_the_oci_types_explicitly(reg: peers.Registry, setup: Setup) -> None:
     with fault_proxy(reg.host) as proxy:
-        setup.resolver.pull(f"{proxy.host}/lab/multi:v1")
+        setup.puller.pull(f"{proxy.host}/lab/multi:v1")
         gets = proxy.seen("/manifests/")
     assert len(gets) == 2  # the index by tag, the platform manifest by digest
     for req in gets:
@@ -369,7 +368,7 @@ def test_a_manifest_announced_over_4mib_is_refused(setup: Setup) -> None:
         return (200, {}, b"{}") if req.path == "/v2/" else (200, {"Content-Type": OCI_INDEX}, big)
 
     with static_server(answer) as server, pytest.raises(ManifestError) as exc:
-        setup.resolver.pull(f"{server.host}/lab/big:v1")
+        setup.puller.pull(f"{server.host}/lab/big:v1")
     assert f"exceeds the {MAX_MANIFEST_BYTES}-byte limit" in str(exc.value)
     setup.assert_nothing_recorded()
 
@@ -379,7 +378,7 @@ def test_a_manifest_over_4mib_without_length_is_refused(reg: peers.Registry, set
         Fault(body=b" " * (MAX_MANIFEST_BYTES + 100), no_length=True) if "/manifests/" in req.path else None
     )
     with fault_proxy(reg.host, rule) as proxy, pytest.raises(ManifestError) as exc:
-        setup.resolver.pull(f"{proxy.host}/lab/v2:v1")
+        setup.puller.pull(f"{proxy.host}/lab/v2:v1")
     assert "exceeds the" in str(exc.value)
 
 
@@ -394,7 +393,7 @@ def test_an_index_entry_over_4mib_is_not_fetched(setup: Setup) -> None:
         return (200, {}, b"{}") if req.path == "/v2/" else (200, {"Content-Type": OCI_INDEX}, index)
 
     with static_server(answer) as server, pytest.raises(ManifestError):
-        setup.resolver.pull(f"{server.host}/lab/big:v1")
+        setup.puller.pull(f"{server.host}/lab/big:v1")
     assert requested == ["/v2/", "/v2/lab/big/manifests/v1"]
 
 
@@ -402,7 +401,7 @@ def test_a_lying_docker_content_digest_is_refused(reg: peers.Registry, setup: Se
     lie = "sha256:" + "0" * 64
     rule = lambda req: Fault(set_headers={"Docker-Content-Digest": lie}) if "/manifests/" in req.path else None  # noqa: E731
     with fault_proxy(reg.host, rule) as proxy, pytest.raises(DigestMismatchError) as exc:
-        setup.resolver.pull(f"{proxy.host}/lab/v2:v1")
+        setup.puller.pull(f"{proxy.host}/lab/v2:v1")
     assert lie in str(exc.value)
     setup.assert_nothing_recorded()
 
@@ -413,7 +412,7 @@ def test_a_swapped_platform_manifest_is_refused(reg: peers.Registry, fixtures_la
         other = f.read()
     rule = lambda req: Fault(body=other) if "/manifests/sha256:" in req.path else None  # noqa: E731
     with fault_proxy(reg.host, rule) as proxy, pytest.raises(DigestMismatchError):
-        setup.resolver.pull(f"{proxy.host}/lab/multi:v1")
+        setup.puller.pull(f"{proxy.host}/lab/multi:v1")
     setup.assert_nothing_recorded()
 
 
@@ -425,7 +424,7 @@ def test_a_content_length_that_disagrees_with_the_descriptor_is_refused(
     layer = manifest.layers[0]
     fault = Fault(set_headers={"Content-Length": str(layer.size + delta)}, drop_after=layer.size + min(delta, 0))
     with fault_proxy(reg.host, blob_rule(layer.digest, fault)) as proxy, pytest.raises(SizeMismatchError) as exc:
-        setup.resolver.pull(f"{proxy.host}/lab/v2:v1")
+        setup.puller.pull(f"{proxy.host}/lab/v2:v1")
     assert f"registry announces {layer.size + delta} bytes" in str(exc.value)
     assert layer.digest.hex not in setup.blobs()
     setup.assert_nothing_recorded()
@@ -438,7 +437,7 @@ def test_more_bytes_than_declared_are_refused(reg: peers.Registry, fixtures_layo
         data = f.read()
     fault = Fault(body=data + b"trailing garbage", no_length=True)
     with fault_proxy(reg.host, blob_rule(layer.digest, fault)) as proxy, pytest.raises(SizeMismatchError) as exc:
-        setup.resolver.pull(f"{proxy.host}/lab/v2:v1")
+        setup.puller.pull(f"{proxy.host}/lab/v2:v1")
     assert "more than the" in str(exc.value)
     assert layer.digest.hex not in setup.blobs()
     setup.assert_nothing_recorded()
@@ -449,7 +448,7 @@ def test_a_content_encoded_blob_is_refused(reg: peers.Registry, fixtures_layout:
     layer = manifest.layers[0]
     fault = Fault(set_headers={"Content-Encoding": "gzip"})
     with fault_proxy(reg.host, blob_rule(layer.digest, fault)) as proxy, pytest.raises(PullError) as exc:
-        setup.resolver.pull(f"{proxy.host}/lab/v2:v1")
+        setup.puller.pull(f"{proxy.host}/lab/v2:v1")
     assert "Content-Encoding" in str(exc.value)
 
 
@@ -460,7 +459,7 @@ def test_a_blob_over_the_maximum_size_is_refused_before_fetching(
     setup = Setup(str(tmp_path), max_blob_size=manifest.layers[0].size - 1)
     mark = reg.mark()
     with pytest.raises(SizeMismatchError) as exc:
-        setup.resolver.pull(f"{reg.host}/lab/v2:v1")
+        setup.puller.pull(f"{reg.host}/lab/v2:v1")
     assert f"exceeds the maximum blob size of {manifest.layers[0].size - 1} bytes" in str(exc.value)
     assert peers.blob_gets(reg.access(mark)) == []
     assert setup.blobs() == []
@@ -480,7 +479,7 @@ def test_credentials_do_not_follow_a_redirect_to_another_host(fixtures_layout: s
             redirect = Fault(respond=(307, {"Location": f"http://{storage.host}/blob"}, b""))
             with fault_proxy(reg.host, blob_rule(layer.digest, redirect)) as proxy:
                 keyring = Keyring.single(proxy.host, Credentials("alice", "s3cret"))
-                setup.resolver.pull(f"{proxy.host}/lab/v2:v1", keyring)
+                setup.puller.pull(f"{proxy.host}/lab/v2:v1", keyring)
                 assert proxy.seen(f"/blobs/{layer.digest}")[0].header("Authorization").startswith("Basic ")
             assert [r.header("Authorization") for r in storage.requests] == [""]
     assert setup.store.verify_blob(layer.digest)
@@ -494,7 +493,7 @@ def test_a_redirect_loop_stops(reg: peers.Registry, setup: Setup) -> None:
 
     with fault_proxy(reg.host, rule) as proxy:
         with pytest.raises(PullError) as exc:
-            setup.resolver.pull(f"{proxy.host}/lab/v2:v1")
+            setup.puller.pull(f"{proxy.host}/lab/v2:v1")
         assert len(proxy.seen("/manifests/")) == 6  # the request and 5 redirects, not retried
     assert "stopped after 5 redirects" in str(exc.value)
     assert exc.value.reason == "ErrImagePull"
@@ -519,7 +518,7 @@ def test_a_hostile_token_response_is_refused(setup: Setup, body: bytes) -> None:
     with static_server(answer) as server:
         port[0] = int(server.host.rsplit(":", 1)[1])
         with pytest.raises(AuthenticationError) as exc:
-            setup.resolver.pull(f"{server.host}/lab/v2:v1")
+            setup.puller.pull(f"{server.host}/lab/v2:v1")
     assert not [r for r in server.requests if "X-Injected" in str(r.headers)]
     assert "failed to authorize" in str(exc.value)
 
@@ -530,7 +529,7 @@ def test_a_blob_without_progress_for_the_deadline_is_given_up(
     _, manifest = layout_manifest(fixtures_layout, "layers-mix")
     layer = manifest.layers[0]
     setup = Setup(str(tmp_path), timeouts=Timeouts(connect=1, read=0.2), max_resumes=50)
-    setup.resolver.registry_factory = RegistryAccess(
+    setup.puller.registry_factory = RegistryAccess(
         plain_http=True,
         timeouts=Timeouts(connect=1, read=0.2),
         retry=RetryPolicy(attempts=3, initial=0.01, maximum=0.05, deadline=0.5),
@@ -546,6 +545,6 @@ def test_a_blob_without_progress_for_the_deadline_is_given_up(
     with fault_proxy(reg.host, rule) as proxy:
         start = time.monotonic()
         with pytest.raises(RegistryUnavailableError):
-            setup.resolver.pull(f"{proxy.host}/lab/layers-mix:v1")
+            setup.puller.pull(f"{proxy.host}/lab/layers-mix:v1")
         elapsed = time.monotonic() - start
     assert elapsed < 3, elapsed  # the deadline (0.5 s without a byte) ended it, not 50 resumes

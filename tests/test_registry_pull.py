@@ -17,14 +17,13 @@ from collections.abc import Iterator
 import pytest
 
 from imagevol.api.models import ObjectMeta, Secret
+from imagevol.content.pull import ImagePuller
+from imagevol.content.sources.auth import DOCKER_CONFIG_JSON, Credentials, Keyring
+from imagevol.content.sources.registry import RegistryAccess
+from imagevol.content.store import ContentStore
 from imagevol.errors import AuthenticationError, ImageNotFoundError, PlatformError
 from imagevol.oci import Descriptor, Index, Manifest, Platform, parse_manifest
-from imagevol.resolver import Resolver
-from imagevol.sources.auth import DOCKER_CONFIG_JSON, Credentials, Keyring
-from imagevol.sources.registry import RegistryAccess
-from imagevol.store import ContentStore
-
-import peers
+from tests.helpers import peers
 
 TAGS = (
     "v2", "artifact-image", "layers", "layers-zstd", "layers-mix", "multi",
@@ -60,9 +59,9 @@ def bearer(fixtures_layout: str) -> Iterator[peers.Registry]:
         yield reg
 
 
-def resolver(tmp_path: object, platform: Platform | None = None) -> Resolver:
+def resolver(tmp_path: object, platform: Platform | None = None) -> ImagePuller:
     store = ContentStore(os.path.join(str(tmp_path), "content"))
-    return Resolver(store, platform=platform or Platform("linux", "amd64"), registry_factory=RegistryAccess(True))
+    return ImagePuller(store, platform=platform or Platform("linux", "amd64"), registry_factory=RegistryAccess(True))
 
 
 def creds(reg: peers.Registry, user: str = USER, password: str = PASSWORD) -> Keyring:
@@ -164,14 +163,14 @@ def test_no_matching_platform_names_the_available_ones(
         r.pull(f"{anon.host}/lab/multi:v1")
     assert f"no matching manifest for {platform}" in str(exc.value)
     assert "(available: linux/amd64, linux/arm64/v8)" in str(exc.value)
-    assert r.images.all() == []
+    assert r.image_db.all() == []
 
 
 def test_the_default_platform_is_the_host(anon: peers.Registry, tmp_path: object) -> None:
     import platform as host
 
     store = ContentStore(os.path.join(str(tmp_path), "content"))
-    r = Resolver(store, registry_factory=RegistryAccess(True))
+    r = ImagePuller(store, registry_factory=RegistryAccess(True))
     machine = host.machine().lower()
     if machine not in ("x86_64", "amd64", "aarch64", "arm64"):
         pytest.skip(f"the multi fixture has no {machine} manifest")
@@ -200,7 +199,7 @@ def test_basic_auth_without_credentials_is_denied(basic: peers.Registry, tmp_pat
         r.pull(f"{basic.host}/lab/v2:v1")
     assert "pull access denied" in str(exc.value)
     assert exc.value.reason == "ErrImagePull"
-    assert r.images.all() == []
+    assert r.image_db.all() == []
 
 
 def test_wrong_credentials_are_denied(basic: peers.Registry, tmp_path: object) -> None:
@@ -227,7 +226,7 @@ def test_ambient_credentials_are_never_used(
     basic: peers.Registry, tmp_path: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """~/.docker/config.json, ORAS_USER/ORAS_PASS and ~/.netrc all hold valid credentials; a pull
-    without credentials must still be refused (oci-peers.md gap 7), and a pull with the right
+    without credentials must still be refused (docs/pulling.md, oras-py gap 7), and a pull with the right
     credentials must not be overridden by a wrong config.json entry."""
     home = os.path.join(str(tmp_path), "home")
     os.makedirs(os.path.join(home, ".docker"))
@@ -287,7 +286,7 @@ def test_bearer_anonymous_pull_when_the_token_server_allows(fixtures_layout: str
 
 def test_oras_own_api_runs_through_the_safe_client(basic: peers.Registry) -> None:
     """RegistryClient is oras-py's Registry: its methods work, with our auth, Accept and timeouts."""
-    from imagevol.sources.client import RegistryClient
+    from imagevol.content.sources._client import RegistryClient
 
     client = RegistryClient(basic.host, plain_http=True, credentials=[Credentials(USER, PASSWORD)])
     mark = basic.mark()

@@ -14,12 +14,11 @@ from collections.abc import Callable, Iterator
 import fsspec
 import pytest
 
-from imagevol.resolver import PullResult, Resolver
-from imagevol.sources.registry import RegistryAccess
-from imagevol.store import ContentStore
-
-import peers
-from netfaults import Fault, Request, fault_proxy
+from imagevol.content.pull import ImagePuller, PullResult
+from imagevol.content.sources.registry import RegistryAccess
+from imagevol.content.store import ContentStore
+from tests.helpers import peers
+from tests.helpers.netfaults import Fault, Request, fault_proxy
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +41,7 @@ def pull_in_threads(stores: list[ContentStore], refs: list[str]) -> list[PullRes
     results: list[PullResult | BaseException] = [RuntimeError("not run")] * len(refs)
 
     def run(i: int) -> None:
-        resolver = Resolver(stores[i], registry_factory=RegistryAccess(plain_http=True))
+        resolver = ImagePuller(stores[i], registry_factory=RegistryAccess(plain_http=True))
         barrier.wait()
         try:
             results[i] = resolver.pull(refs[i])

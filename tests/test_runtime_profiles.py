@@ -14,11 +14,11 @@ import pytest
 from imagevol import runtime as rt
 from imagevol.cri import ContainerConfig, ImageService, ImageSpec, Mount, RuntimeService
 from imagevol.errors import ImageVolError, ImageVolumeMountFailedError
+from imagevol.exec.view import ContainerView
 from imagevol.node import Node
-from imagevol.snapshots import SnapshotKey
-from imagevol.view import ContainerView
-
-from subpath_support import REGISTRY, make_node, pod_yaml
+from imagevol.runtime.crio import go_clean
+from imagevol.trees.snapshots import SnapshotKey
+from tests.helpers.subpaths import REGISTRY, make_node, pod_yaml
 
 OK = "ok"
 
@@ -41,7 +41,7 @@ def _mounts(node: Node, state: Any) -> list[rt.MountStatus]:
 
 
 def _digest12(node: Node) -> str:
-    [record] = [r for r in node.resolver.images.all() if r.name.endswith(":tricky")]
+    [record] = [r for r in node.puller.image_db.all() if r.name.endswith(":tricky")]
     return record.manifest_digest.hex[:12]
 
 
@@ -305,9 +305,15 @@ def test_go_clean_matches_go_path_clean() -> None:
         "/": "/",
     }
     for text, want in cases.items():
-        assert rt.go_clean(text) == want, text
+        assert go_clean(text) == want, text
 
 
 def test_unknown_runtime_profile() -> None:
     with pytest.raises(ValueError, match="choose from containerd, crio, legacy"):
         rt.runtime_class("docker")
+
+
+def test_the_profile_names_the_cli_offers_are_the_profiles() -> None:
+    """``--runtime`` takes its choices from the cheap name list, without importing the profiles."""
+    assert tuple(sorted(rt.PROFILES)) == rt.PROFILE_NAMES
+    assert rt.DEFAULT_PROFILE in rt.PROFILES

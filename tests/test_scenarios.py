@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import yaml
 
-from imagevol.api import load_documents
-from imagevol.api.models import Pod
-from imagevol.kubelet import PodRecord
+from imagevol.content.sources._client import RetryPolicy
+from imagevol.content.sources.registry import RegistryAccess
+from imagevol.exec.view import ContainerView
+from imagevol.kubelet.pod_sync import PodRecord
 from imagevol.node import Node, NodeConfig
-from imagevol.sources.client import RetryPolicy
-from imagevol.sources.registry import RegistryAccess
-from imagevol.view import ContainerView
-
-import peers
-from conftest import FakeClock
+from tests.helpers import peers
+from tests.helpers.clock import FakeClock
+from tests.helpers.pods import make_pod
 
 
 @pytest.fixture(scope="module")
@@ -48,30 +44,6 @@ def node(node_root: str, clock: FakeClock, request: pytest.FixtureRequest) -> No
 
 def kitten(reg: peers.Registry) -> str:
     return f"{reg.host}/e2e-test-images/kitten:1.0"
-
-
-def make_pod(name: str, volumes: list[tuple[str, str, str]], mounts: list[tuple[str, str, str]], **extra: Any) -> Pod:
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "containers": [
-                {
-                    "name": "c",
-                    "image": "busybox",
-                    "volumeMounts": [
-                        {"name": v, "mountPath": p, **({"subPath": s} if s else {})} for v, p, s in mounts
-                    ],
-                }
-            ],
-            "volumes": [{"name": n, "image": {"reference": r, "pullPolicy": pol}} for n, r, pol in volumes],
-            **extra,
-        },
-    }
-    (pod,) = load_documents(yaml.safe_dump(doc))
-    assert isinstance(pod, Pod)
-    return pod
 
 
 def view(node: Node, record: PodRecord) -> ContainerView:

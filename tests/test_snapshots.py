@@ -14,50 +14,25 @@ import time
 import pytest
 
 from imagevol.errors import DigestMismatchError, ImageInUseError, ImageVolError, LayerError
-from imagevol.oci import Manifest
-from imagevol.snapshots import SnapshotKey, SnapshotPlan, Snapshots, plan_for
-from imagevol.store import ContentStore
-from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.tarbuild import TarEntry
-
-from layerkit import D, F, S
-
-
-def _image(path: str, *layers: list[TarEntry], tag: str = "t") -> tuple[ContentStore, SnapshotPlan]:
-    b = LayoutBuilder(path)
-    desc = b.add_image([Layer(tuple(layer)) for layer in layers], tag=tag)
-    b.save()
-    store = ContentStore(path)
-    manifest = store.read_manifest(desc)
-    assert isinstance(manifest, Manifest)
-    return store, plan_for(store, desc.digest, manifest)
-
-
-def _write_bits(root: str) -> list[str]:
-    bad = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [".", *dirnames, *filenames]:
-            full = os.path.join(dirpath, name)
-            st = os.lstat(full)
-            if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o222:
-                bad.append(full)
-    return bad
+from imagevol.trees.snapshots import SnapshotKey, Snapshots
+from tests.helpers.layerkit import D, F, S
+from tests.helpers.paths import REPO
+from tests.helpers.privileges import AS_NOBODY, setpriv_for_checkout
+from tests.helpers.snapshots import GOOD, image_plan, write_bits
 
 
 def _staging(snaps: Snapshots) -> list[str]:
     return os.listdir(os.path.join(snaps.root, ".staging"))
 
 
-GOOD = [D("d", 0o777), F("d/f", "x", 0o666), F("exe", "#!", 0o775), S("l", "d/f"), TarEntry("p", "fifo", mode=0o666)]
-
-
 def test_published_tree_is_complete_and_read_only(tmp_path: object) -> None:
-    store, plan = _image(f"{tmp_path}/layout", GOOD, [F("d/g", "y"), D("e", 0o000), F("e/z", "z")])
+    store, plan = image_plan(f"{tmp_path}/layout", GOOD, [F("d/g", "y"), D("e", 0o000), F("e/z", "z")])
     snaps = Snapshots(f"{tmp_path}/snaps", store)
     snap = snaps.materialise(plan)
     assert snap.path == snaps.path(plan.key) and not snap.artifact
     assert sorted(os.listdir(snap.path)) == ["d", "e", "exe", "l", "p"]
-    assert _write_bits(snap.path) == []
+    assert write_bits(snap.path) == []
     assert stat.S_IMODE(os.stat(f"{snap.path}/exe").st_mode) == 0o555
     assert stat.S_IMODE(os.stat(f"{snap.path}/e").st_mode) == 0o000
     assert _staging(snaps) == []
@@ -72,7 +47,7 @@ def test_published_tree_is_complete_and_read_only(tmp_path: object) -> None:
     ids=["dotdot", "notdir", "loop"],
 )
 def test_failed_layer_publishes_nothing(tmp_path: object, bad: list[TarEntry]) -> None:
-    store, plan = _image(f"{tmp_path}/layout", GOOD, bad)
+    store, plan = image_plan(f"{tmp_path}/layout", GOOD, bad)
     snaps = Snapshots(f"{tmp_path}/snaps", store)
     with pytest.raises(LayerError):
         snaps.materialise(plan)
@@ -83,7 +58,7 @@ def test_failed_layer_publishes_nothing(tmp_path: object, bad: list[TarEntry]) -
 
 
 def test_corrupt_blob_publishes_nothing(tmp_path: object) -> None:
-    store, plan = _image(f"{tmp_path}/layout", GOOD)
+    store, plan = image_plan(f"{tmp_path}/layout", GOOD)
     blob = store.blob_path(plan.manifest.layers[0].digest)
     with open(blob, "rb") as f:
         data = bytearray(f.read())
@@ -97,7 +72,7 @@ def test_corrupt_blob_publishes_nothing(tmp_path: object) -> None:
 
 
 def test_threads_build_once(tmp_path: object) -> None:
-    store, plan = _image(f"{tmp_path}/layout", GOOD)
+    store, plan = image_plan(f"{tmp_path}/layout", GOOD)
     snaps = Snapshots(f"{tmp_path}/snaps", store)
     builds: list[SnapshotKey] = []
     results: list[str] = []
@@ -118,9 +93,9 @@ def test_threads_build_once(tmp_path: object) -> None:
 
 _CHILD = r"""
 import os, sys, time
-from imagevol.snapshots import Snapshots
-from imagevol.store import ContentStore
-import imagevol.snapshots as s
+from imagevol.trees.snapshots import Snapshots
+from imagevol.content.store import ContentStore
+import imagevol.trees.snapshots as s
 layout, snaps_root, log, mode = sys.argv[1:5]
 store = ContentStore(layout)
 desc = store.refs()["t"]
@@ -149,7 +124,7 @@ def _child(args: list[str]) -> subprocess.Popen[str]:
 
 
 def test_processes_build_once(tmp_path: object) -> None:
-    _, plan = _image(f"{tmp_path}/layout", GOOD)
+    _, plan = image_plan(f"{tmp_path}/layout", GOOD)
     log = f"{tmp_path}/builds.log"
     args = [f"{tmp_path}/layout", f"{tmp_path}/snaps", log, "normal"]
     procs = [_child(args) for _ in range(3)]
@@ -161,7 +136,7 @@ def test_processes_build_once(tmp_path: object) -> None:
 
 
 def test_crash_mid_build_leaves_nothing_and_is_cleaned(tmp_path: object) -> None:
-    store, plan = _image(f"{tmp_path}/layout", GOOD, [F("second", "2")])
+    store, plan = image_plan(f"{tmp_path}/layout", GOOD, [F("second", "2")])
     snaps_root = f"{tmp_path}/snaps"
     proc = _child([f"{tmp_path}/layout", snaps_root, f"{tmp_path}/log", "hang"])
     assert proc.stdout is not None
@@ -177,7 +152,7 @@ def test_crash_mid_build_leaves_nothing_and_is_cleaned(tmp_path: object) -> None
 
 
 def test_recover_keeps_a_build_in_progress(tmp_path: object) -> None:
-    store, plan = _image(f"{tmp_path}/layout", GOOD)
+    store, plan = image_plan(f"{tmp_path}/layout", GOOD)
     snaps = Snapshots(f"{tmp_path}/snaps", store)
     busy = os.path.join(snaps.root, ".staging", f"{plan.key.name}.{os.getpid()}.x")
     os.mkdir(busy)
@@ -188,7 +163,7 @@ def test_recover_keeps_a_build_in_progress(tmp_path: object) -> None:
 
 
 def test_leases_block_removal(tmp_path: object) -> None:
-    store, plan = _image(f"{tmp_path}/layout", GOOD)
+    store, plan = image_plan(f"{tmp_path}/layout", GOOD)
     snaps = Snapshots(f"{tmp_path}/snaps", store)
     path = snaps.materialise(plan).path
     snaps.lease(plan.key, "c1")
@@ -208,7 +183,7 @@ def test_leases_block_removal(tmp_path: object) -> None:
 
 
 def test_removal_while_building_waits(tmp_path: object) -> None:
-    store, plan = _image(f"{tmp_path}/layout", GOOD)
+    store, plan = image_plan(f"{tmp_path}/layout", GOOD)
     snaps = Snapshots(f"{tmp_path}/snaps", store)
     started = threading.Event()
 
@@ -225,7 +200,7 @@ def test_removal_while_building_waits(tmp_path: object) -> None:
 
 
 def test_acquire_materialises_and_leases(tmp_path: object) -> None:
-    store, plan = _image(f"{tmp_path}/layout", GOOD)
+    store, plan = image_plan(f"{tmp_path}/layout", GOOD)
     snaps = Snapshots(f"{tmp_path}/snaps", store)
     snap = snaps.acquire(plan, "c1")
     assert snaps.holders(plan.key) == ["c1"] and os.path.isdir(snap.path)
@@ -235,13 +210,12 @@ def test_acquire_materialises_and_leases(tmp_path: object) -> None:
 
 _UNPRIVILEGED = r"""
 import os, sys
-sys.path.insert(0, sys.argv[2])
-from test_snapshots import GOOD, _image, _write_bits
-from layerkit import D, F, W
-from imagevol.snapshots import Snapshots
+from tests.helpers.layerkit import D, F, W
+from tests.helpers.snapshots import GOOD, image_plan, write_bits
+from imagevol.trees.snapshots import Snapshots
 base = sys.argv[1]
 layers = ([D("z", 0o000), F("z/f", "1")], [F("z/g", "2"), D("e", 0o555), F("e/x", "x"), W("z/.wh.f")])
-store, plan = _image(base + "/layout", GOOD, *layers)
+store, plan = image_plan(base + "/layout", GOOD, *layers)
 snap = Snapshots(base + "/snaps", store).materialise(plan)
 assert sorted(os.listdir(snap.path)) == ["d", "e", "exe", "l", "p", "z"]
 assert os.stat(snap.path + "/z").st_mode & 0o777 == 0
@@ -260,25 +234,20 @@ def test_unprivileged_build_with_closed_directories_across_layers() -> None:
     import shutil
     import tempfile
 
-    setpriv = shutil.which("setpriv")
-    if os.geteuid() != 0 or setpriv is None:
-        pytest.skip("needs root and setpriv to drop to an unprivileged user")
+    setpriv = setpriv_for_checkout()
     base = tempfile.mkdtemp(prefix="imagevol-unpriv-")
     try:
         os.chmod(base, 0o777)
-        here = os.path.dirname(os.path.abspath(__file__))
         proc = subprocess.run(
             [
                 setpriv,
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
+                *AS_NOBODY,
                 sys.executable,
                 "-c",
                 _UNPRIVILEGED,
                 base,
-                here,
             ],
+            env={**os.environ, "PYTHONPATH": REPO},
             capture_output=True,
             text=True,
             timeout=120,

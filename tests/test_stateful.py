@@ -14,15 +14,14 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from imagevol.image_gc import ImageGC
+from imagevol.kubelet.image_gc import ImageGC
 from imagevol.node import Node
-from imagevol.snapshots import SnapshotKey
 from imagevol.testing.images import ARTIFACT_V2_ENTRIES, LAYERS_FIXTURE, build_fixtures, kitten_entries
 from imagevol.testing.model import apply_layers_model, listing
-
-from conftest import FakeClock
-from test_kubelet import ctr, make_node, pod, vol
-from test_model import _real_listing
+from imagevol.trees.snapshots import SnapshotKey
+from tests.helpers.clock import FakeClock
+from tests.helpers.fixture_node import ctr, make_node, pod, vol
+from tests.helpers.listing import real_listing
 
 IMAGES = {
     "v2": [list(ARTIFACT_V2_ENTRIES)],
@@ -103,7 +102,7 @@ class NodeMachine(RuleBasedStateMachine):
             for mount in status.mounts:
                 tree = self.node.snapshots.get(SnapshotKey.parse(mount.snapshot))
                 assert tree is not None, f"{tag} removed while mounted by {name}"
-                assert _real_listing(tree) == EXPECTED[tag]
+                assert real_listing(tree) == EXPECTED[tag]
 
     @invariant()
     def store_is_consistent(self) -> None:

@@ -17,13 +17,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imagevol.cli import main
+from imagevol.content.pull import ImagePuller
+from imagevol.content.sources.registry import RegistryAccess
+from imagevol.content.store import ContentStore
 from imagevol.errors import BlobNotFoundError, DigestMismatchError, ManifestError, SizeMismatchError
 from imagevol.oci import MAX_MANIFEST_BYTES, OCI_LAYER, OCI_MANIFEST, Descriptor, Digest, Platform
-from imagevol.resolver import Resolver
-from imagevol.sources.registry import RegistryAccess
-from imagevol.store import ContentStore
-
-import peers
+from tests.helpers import peers
 
 AMD64 = Platform("linux", "amd64")
 
@@ -49,7 +48,7 @@ def files_under(root: str, sub: str) -> list[str]:
 def test_skopeo_and_umoci_read_the_store(reg: peers.Registry, tmp_path: object) -> None:
     skopeo, umoci = peers.require("skopeo"), peers.require("umoci")
     root = os.path.join(str(tmp_path), "content")
-    resolver = Resolver(ContentStore(root), platform=AMD64, registry_factory=RegistryAccess(True))
+    resolver = ImagePuller(ContentStore(root), platform=AMD64, registry_factory=RegistryAccess(True))
     names = {tag: f"{reg.host}/lab/{tag}:v1" for tag in ("layers", "multi", "artifact-raw")}
     records = {tag: resolver.pull(name).record for tag, name in names.items()}
     for tag, name in names.items():
@@ -69,7 +68,7 @@ def test_skopeo_and_umoci_read_the_store(reg: peers.Registry, tmp_path: object) 
 def test_skopeo_copies_out_of_the_store_with_digests_intact(reg: peers.Registry, tmp_path: object) -> None:
     skopeo = peers.require("skopeo")
     root = os.path.join(str(tmp_path), "content")
-    record = Resolver(ContentStore(root), registry_factory=RegistryAccess(True)).pull(f"{reg.host}/lab/v2:v1").record
+    record = ImagePuller(ContentStore(root), registry_factory=RegistryAccess(True)).pull(f"{reg.host}/lab/v2:v1").record
     out = os.path.join(str(tmp_path), "copy")
     peers.run(
         [skopeo, "--insecure-policy", "copy", "-q", "--preserve-digests", f"oci:{root}:{record.name}", f"oci:{out}:x"]
@@ -85,7 +84,7 @@ def test_a_pull_onto_the_memory_filesystem(reg: peers.Registry) -> None:
     fs = fsspec.filesystem("memory")
     root = f"/imagevol-store-{os.getpid()}/content"
     store = ContentStore(root, fs)
-    resolver = Resolver(store, platform=AMD64, registry_factory=RegistryAccess(True))
+    resolver = ImagePuller(store, platform=AMD64, registry_factory=RegistryAccess(True))
     record = resolver.pull(f"{reg.host}/lab/multi:v1").record
     manifest = resolver.manifest_of(record)
     assert all(store.verify_blob(b.digest) for b in manifest.blobs())
@@ -179,7 +178,7 @@ def _fsck(root: str, *args: str) -> tuple[int, str]:
 def test_fsck_reports_then_repairs(reg: peers.Registry, tmp_path: object) -> None:
     node = os.path.join(str(tmp_path), "node")
     root = os.path.join(node, "content")
-    resolver = Resolver(ContentStore(root), platform=AMD64, registry_factory=RegistryAccess(True))
+    resolver = ImagePuller(ContentStore(root), platform=AMD64, registry_factory=RegistryAccess(True))
     record = resolver.pull(f"{reg.host}/lab/layers:v1").record
     manifest = resolver.manifest_of(record)
     assert _fsck(node) == (0, f"checked {len(manifest.blobs()) + 1} blobs\ncontent store is clean\n")

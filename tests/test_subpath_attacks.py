@@ -17,11 +17,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from imagevol import _inroot, _openat2
-from imagevol import subpath as sp
 from imagevol.errors import SubPathError
-
-from subpath_support import open_fds
+from imagevol.trees import _inroot, _openat2
+from imagevol.trees import subpath as sp
+from tests.helpers.subpaths import open_fds
 
 BACKENDS = [sp.Backend.KERNEL, sp.Backend.USERSPACE]
 
@@ -144,8 +143,7 @@ def test_directory_moved_out_mid_walk_is_caught(race_tree: dict[str, str], monke
 
 _PROC_PROBE = r"""
 import json, os, sys, ctypes
-sys.path[:0] = json.loads(sys.argv[2])
-from imagevol import subpath as sp
+from imagevol.trees import subpath as sp
 base = sys.argv[1]
 root = os.path.join(base, "root")
 os.makedirs(os.path.join(root, "proc"))
@@ -175,9 +173,9 @@ def test_procfs_magic_links_are_refused_by_both_backends(tmp_path: object) -> No
     a private mount namespace), /proc/self/root and friends are never followed."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) to mount procfs in a private namespace")
-    paths = json.dumps([p for p in sys.path if p])
-    cmd = ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", _PROC_PROBE, str(tmp_path), paths]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
+    cmd = ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", _PROC_PROBE, str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the child imports as we do
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60, env=env)
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout)
     for key, (kernel, user) in results.items():

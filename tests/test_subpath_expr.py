@@ -13,13 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imagevol import envvars
 from imagevol.api.models import Container, EnvVar, ObjectFieldSelector, ObjectMeta, Pod, PodSpec, VolumeMount
-from imagevol.envvars import container_env, effective_sub_path, expand
 from imagevol.errors import CreateContainerConfigError
+from imagevol.kubelet import _envvars as envvars
+from imagevol.kubelet._envvars import container_env, effective_sub_path, expand
 from imagevol.node import Node
-
-from subpath_support import make_node, pod_yaml
+from tests.helpers.subpaths import make_node, pod_yaml
 
 # --- expansion ---------------------------------------------------------------------------------------
 

@@ -15,16 +15,15 @@ from typing import Any
 import attrs
 import pytest
 
-from imagevol import _inroot
-from imagevol import subpath as sp
 from imagevol.api import Pod, load_documents
 from imagevol.errors import SubPathError
+from imagevol.exec.view import ContainerView
 from imagevol.node import Node, NodeConfig
 from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.tarbuild import TarEntry
-from imagevol.view import ContainerView
-
-from subpath_support import REGISTRY, pod_yaml, write_registries
+from imagevol.trees import _inroot
+from imagevol.trees import subpath as sp
+from tests.helpers.subpaths import REGISTRY, pod_yaml, write_registries
 
 BACKENDS = [sp.Backend.KERNEL, sp.Backend.USERSPACE]
 POLICIES = [sp.Policy.BENEATH, sp.Policy.IN_ROOT]

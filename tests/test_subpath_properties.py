@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagevol import subpath as sp
 from imagevol.errors import SubPathError
-
-from subpath_support import walk_inodes
+from imagevol.trees import subpath as sp
+from tests.helpers.subpaths import walk_inodes
 
 NAMES = ["a", "b", "c", "l", "m", "é"]
 COMPONENT = st.sampled_from([*NAMES, ".", "..", ""])

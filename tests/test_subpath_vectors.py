@@ -1,4 +1,4 @@
-"""Every vector of ``vectors/subpath.json`` under both profiles and both backends, through the
+"""Every vector of ``tests/vectors/subpath.json`` under both profiles and both backends, through the
 project's vector runner (the same code ``python -m imagevol.testing.vectors subpath`` runs)."""
 
 from __future__ import annotations
@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 
-from imagevol import subpath as sp
 from imagevol.testing import vectors
-
-from conftest import VECTORS
+from imagevol.trees import subpath as sp
+from tests.helpers.paths import VECTORS
 
 with open(os.path.join(VECTORS, "subpath.json")) as _f:
     SUBPATH: list[dict[str, Any]] = json.load(_f)

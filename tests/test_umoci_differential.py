@@ -1,4 +1,5 @@
-"""Differential test against the real ``umoci raw unpack`` (oci-peers.md section 5).
+"""Differential test against the real ``umoci raw unpack`` (docs/security.md, "Deliberate differences
+from umoci raw unpack").
 
 Both unpack the same layer stacks (the project fixtures, and Hypothesis-generated hostile stacks,
 gzip and plain: umoci has no zstd); canonical listings (type, mode, uid:gid, mtime, content hash,
@@ -29,14 +30,14 @@ import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from imagevol.content.store import ContentStore
 from imagevol.errors import LayerError
-from imagevol.layers import LayerEntryError, apply_layers
 from imagevol.oci import Manifest
-from imagevol.store import ContentStore
 from imagevol.testing.listing import Item, listing, render
-
-from layer_strategies import Outcome, Stack, now_ns, run_imagevol, run_umoci, stack_st
-from peers import require
+from imagevol.testing.strategies import LayerStack, hostile_layer_stacks
+from imagevol.trees.layers import LayerEntryError, apply_layers
+from tests.helpers.peers import require
+from tests.helpers.umoci import Outcome, now_ns, run_imagevol, run_umoci
 
 pytestmark = pytest.mark.peers
 
@@ -109,7 +110,8 @@ def test_fixtures_match_umoci(fixtures_layout: str, tag: str, tmp_path: object) 
 
 
 def test_fixture_layers_oracle_tree(fixtures_layout: str, tmp_path: object) -> None:
-    """The oracle tree recorded in oci-peers.md section 5 (names, types, modes, owners, hashes)."""
+    """The tree umoci raw unpack 0.4.7 produced from this image, recorded (names, types, modes, owners,
+    hashes)."""
     store = ContentStore(fixtures_layout)
     manifest = store.read_manifest(store.refs()["layers"])
     assert isinstance(manifest, Manifest)
@@ -148,7 +150,7 @@ def test_fixture_layers_oracle_tree(fixtures_layout: str, tmp_path: object) -> N
 # --- generated stacks ------------------------------------------------------------------------------
 
 
-def _compare(stack: Stack, umoci: str) -> str:
+def _compare(stack: LayerStack, umoci: str) -> str:
     """'' when the outcomes agree (up to the documented differences), else a description."""
     base = tempfile.mkdtemp(prefix="imagevol-diff-")
     try:
@@ -169,7 +171,7 @@ def _compare(stack: Stack, umoci: str) -> str:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _ours(stack: Stack, root: str) -> Outcome:
+def _ours(stack: LayerStack, root: str) -> Outcome:
     os.makedirs(root)
     try:
         apply_layers(root, [io.BytesIO(b) for b in stack.blobs()])
@@ -182,8 +184,8 @@ def _ours(stack: Stack, root: str) -> Outcome:
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], deadline=None)
-@given(stack=stack_st(setid_dirs=False))
-def test_generated_stacks_match_umoci(stack: Stack) -> None:
+@given(stack=hostile_layer_stacks(setid_dirs=False))
+def test_generated_stacks_match_umoci(stack: LayerStack) -> None:
     umoci = require("umoci")
     problem = _compare(stack, umoci)
     if problem:
@@ -193,7 +195,7 @@ def test_generated_stacks_match_umoci(stack: Stack) -> None:
 # --- documented differences, shown explicitly ----------------------------------------------------
 
 
-def _both(stack: Stack) -> tuple[Outcome, Outcome]:
+def _both(stack: LayerStack) -> tuple[Outcome, Outcome]:
     umoci = require("umoci")
     base = tempfile.mkdtemp(prefix="imagevol-diff-")
     try:
@@ -202,19 +204,19 @@ def _both(stack: Stack) -> tuple[Outcome, Outcome]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _stack(*layers: list[object]) -> Stack:
-    return Stack(tuple(tuple(layer) for layer in layers), (False,) * len(layers))  # type: ignore[arg-type]
+def _stack(*layers: list[object]) -> LayerStack:
+    return LayerStack(tuple(tuple(layer) for layer in layers), (False,) * len(layers))  # type: ignore[arg-type]
 
 
 def test_difference_setid_bits() -> None:
-    from layerkit import F
+    from tests.helpers.layerkit import F
 
     ours, theirs = _both(_stack([F("suid", "x", 0o4755)]))
     assert ours.items["suid"].mode == 0o755 and theirs.items["suid"].mode == 0o4755
 
 
 def test_difference_dotdot_names() -> None:
-    from layerkit import F, H
+    from tests.helpers.layerkit import F, H
 
     ours, theirs = _both(_stack([F("../../escape", "x")]))
     assert ours.error == "invalid_name" and list(theirs.items) == ["escape"]  # umoci clamps
@@ -223,14 +225,14 @@ def test_difference_dotdot_names() -> None:
 
 
 def test_difference_whiteout_prefixed_directory() -> None:
-    from layerkit import F
+    from tests.helpers.layerkit import F
 
     ours, theirs = _both(_stack([F(".wh.d/f", "x")]))
     assert ours.error == "invalid_name" and ".wh.d/f" in theirs.items
 
 
 def test_difference_whiteout_under_a_file() -> None:
-    from layerkit import F, W
+    from tests.helpers.layerkit import F, W
 
     ours, theirs = _both(_stack([F("f", "x")], [W("f/.wh.y")]))
     assert ours.error == "notdir" and list(theirs.items) == ["f"]
@@ -238,8 +240,7 @@ def test_difference_whiteout_under_a_file() -> None:
 
 def test_difference_devices() -> None:
     from imagevol.testing.tarbuild import TarEntry
-
-    from layerkit import F
+    from tests.helpers.layerkit import F
 
     ours, theirs = _both(_stack([F("keep", "x")], [TarEntry("keep", "chardev", devmajor=1, devminor=3)]))
     assert ours.items["keep"].type == "file"  # skipped: nothing replaced

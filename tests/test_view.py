@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from imagevol import subpath as sp
+from imagevol.exec.view import ContainerView, ViewError
 from imagevol.runtime import MountStatus
-from imagevol.view import ContainerView, ViewError
+from imagevol.trees import subpath as sp
 
 
 def _status(path: str, key: str, real_path: str = ".", is_dir: bool = True) -> MountStatus:

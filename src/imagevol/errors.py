@@ -92,7 +92,7 @@ class PlatformError(PullError):
 
 
 class LayerError(ImageVolError):
-    """A layer cannot be applied safely. ``kind`` is one of the classes of ``vectors/layers.json``:
+    """A layer cannot be applied safely. ``kind`` is one of the classes of ``tests/vectors/layers.json``:
     invalid_name, invalid_whiteout, invalid_link, notfound, notdir, loop, toolong, too_large,
     unsupported."""
 
@@ -105,7 +105,7 @@ class LayerError(ImageVolError):
 
 class SubPathError(ImageVolError):
     """A sub path cannot be resolved inside an image volume. ``kind`` is one of the classes of
-    ``vectors/subpath.json``: invalid, escape, notfound, notdir, loop, toolong."""
+    ``tests/vectors/subpath.json``: invalid, escape, notfound, notdir, loop, toolong."""
 
     reason = "CreateContainerError"
 
@@ -194,3 +194,35 @@ class ValidationError(ImageVolError):
         self.errors = list(errors)
         detail = errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
         super().__init__(f"{kind} {goquote(name)} is invalid: {detail}")
+
+
+# --- lazy sub paths (TOC formats) ---------------------------------------------------------------
+
+
+class LazyFormatError(ContentError):
+    """A layer's table of contents (zstd:chunked or eStargz), its footer, its annotations, its
+    tar-split or a payload fetched by range is malformed, hostile or inconsistent. ``kind`` says
+    which rule refused it: invalid_toc, invalid_name, invalid_link, invalid_whiteout, toolong,
+    too_large, mismatch (the TOC disagrees with the tar), range (a reader answered the wrong bytes),
+    digest, unsupported. Lazy mode never fails a mount because of it: it falls back to the full
+    pull and records why."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class LazyDigestError(LazyFormatError, DigestMismatchError):
+    """Bytes read for a TOC, a tar-split, a file or a chunk do not hash to the digest that pins
+    them (the manifest's annotation for a TOC, the verified TOC for everything else)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("digest", message)
+
+
+class LazyUnsupportedError(LazyFormatError):
+    """The layer has no table of contents that imagevol can trust or read: no pinned TOC digest,
+    a legacy stargz footer, an external TOC, a conflicting set of annotations."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("unsupported", message)

@@ -1,28 +1,51 @@
-"""Kubernetes API objects as the API server sees them: decoding, defaulting, field dropping and
-validation, per Kubernetes version and feature gates."""
+"""The Kubernetes API as the API server sees it: the slice of core/v1 image volumes touch
+(:mod:`~imagevol.api.models`), bounded YAML/JSON decoding (:mod:`~imagevol.api.bounded_yaml`,
+:mod:`~imagevol.api.load`, :mod:`~imagevol.api.limits`), encoding (:mod:`~imagevol.api.dump`),
+defaulting and field dropping (:mod:`~imagevol.api.defaults`), validation
+(:mod:`~imagevol.api.validation`), admission (:mod:`~imagevol.api.admission`), per Kubernetes
+version and feature gates (:mod:`~imagevol.api.features`).
+
+Pure values and functions: the package imports only :mod:`imagevol.oci` (image references),
+:mod:`imagevol.errors` and text helpers. Names are exported lazily, so importing one module of the
+package does not load the YAML decoder.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import attrs
+from .._exports import lazy_exports
 
-from .defaults import default_pod, default_pull_policy, drop_disabled_fields
-from .features import DEFAULT_VERSION, SUPPORTED_VERSIONS, FeatureGates
-from .load import load_documents, pod_from_dict, secret_from_dict
-from .models import (
-    Container,
-    EnvVar,
-    ImageVolumeSource,
-    ObjectFieldSelector,
-    ObjectMeta,
-    Pod,
-    PodSpec,
-    Secret,
-    Volume,
-    VolumeMount,
-)
-from .validation import generate_name, validate_pod, validate_secret
+if TYPE_CHECKING:
+    from .admission import ADMISSION_PLUGINS, admit, always_pull_images
+    from .defaults import default_pod, default_pull_policy, drop_disabled_fields
+    from .features import DEFAULT_VERSION, SUPPORTED_VERSIONS, FeatureGates
+    from .load import load_documents, pod_from_dict, secret_from_dict
+    from .models import (
+        Container,
+        EnvVar,
+        ImageVolumeSource,
+        ObjectFieldSelector,
+        ObjectMeta,
+        Pod,
+        PodSpec,
+        Secret,
+        Volume,
+        VolumeMount,
+    )
+    from .validation import generate_name, validate_pod, validate_secret
+
+_WHERE = {
+    ".admission": ("ADMISSION_PLUGINS", "admit", "always_pull_images"),
+    ".defaults": ("default_pod", "default_pull_policy", "drop_disabled_fields"),
+    ".features": ("DEFAULT_VERSION", "SUPPORTED_VERSIONS", "FeatureGates"),
+    ".load": ("load_documents", "pod_from_dict", "secret_from_dict"),
+    ".models": ("Container", "EnvVar", "ImageVolumeSource", "ObjectFieldSelector", "ObjectMeta", "Pod", "PodSpec",
+                "Secret", "Volume", "VolumeMount"),
+    ".validation": ("generate_name", "validate_pod", "validate_secret"),
+}  # fmt: skip
+
+__getattr__, __dir__ = lazy_exports(globals(), {name: module for module, names in _WHERE.items() for name in names})
 
 __all__ = [
     "ADMISSION_PLUGINS",
@@ -51,46 +74,3 @@ __all__ = [
     "validate_pod",
     "validate_secret",
 ]
-
-
-ADMISSION_PLUGINS = ("AlwaysPullImages",)
-
-
-def admit(pod: Pod, gates: FeatureGates, old: Pod | None = None, admission_plugins: Sequence[str] = ()) -> Pod:
-    """What the API server does to a Pod on create: generate a name from ``generateName``, default
-    (decode time), drop disabled fields (R2.8), run the enabled mutating admission plugins,
-    validate. Returns the stored object or raises ``ValidationError``."""
-    unknown = sorted(set(admission_plugins) - set(ADMISSION_PLUGINS))
-    if unknown:
-        raise ValueError(f"unknown admission plugin(s): {', '.join(unknown)} (known: {', '.join(ADMISSION_PLUGINS)})")
-    if not pod.metadata.name and pod.metadata.generate_name:
-        # rest.BeforeCreate: the name is generated before validation, which then checks it.
-        pod = attrs.evolve(pod, metadata=attrs.evolve(pod.metadata, name=generate_name(pod.metadata.generate_name)))
-    pod = default_pod(pod, gates)
-    pod = drop_disabled_fields(pod, gates, old)
-    if "AlwaysPullImages" in admission_plugins:
-        pod = always_pull_images(pod)
-    validate_pod(pod, gates)
-    return pod
-
-
-def always_pull_images(pod: Pod) -> Pod:
-    """The AlwaysPullImages admission plugin: every container and, since image volumes, every
-    image volume gets ``pullPolicy: Always`` (R3.12), so no Pod uses an image its credentials were
-    not checked for."""
-
-    def containers(cs: tuple[Container, ...]) -> tuple[Container, ...]:
-        return tuple(attrs.evolve(c, image_pull_policy="Always") for c in cs)
-
-    volumes = tuple(
-        attrs.evolve(v, image=attrs.evolve(v.image, pull_policy="Always")) if v.image is not None else v
-        for v in pod.spec.volumes
-    )
-    spec = attrs.evolve(
-        pod.spec,
-        containers=containers(pod.spec.containers),
-        init_containers=containers(pod.spec.init_containers),
-        ephemeral_containers=containers(pod.spec.ephemeral_containers),
-        volumes=volumes,
-    )
-    return attrs.evolve(pod, spec=spec)

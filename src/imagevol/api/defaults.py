@@ -7,7 +7,7 @@ import uuid
 import attrs
 
 from ..errors import InvalidReferenceError
-from ..reference import DEFAULT_TAG, parse_image_name
+from ..oci.reference import DEFAULT_TAG, parse_image_name
 from .features import FeatureGates
 from .models import Container, Pod, PodSpec, Volume
 

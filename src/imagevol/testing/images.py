@@ -5,7 +5,7 @@ timestamps, gzip mtime 0 and sorted compact JSON, so two builds are byte-identic
 stable. :func:`build_fixtures` writes the project's fixtures (``layers-mix`` has a gzip, a zstd and
 an uncompressed layer in one image), among them ``v2``: the content of
 ``quay.io/crio/artifact:v2`` (an image-format object with one tar+gzip layer holding ``dir/``,
-``dir/file`` = ``1\\n`` and ``file`` = ``2\\n``, owned by 1000:100; oci-peers.md section 3).
+``dir/file`` = ``1\\n`` and ``file`` = ``2\\n``, owned by 1000:100; R10.1).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """A pure, in-memory reference model of layer application and sub-path resolution.
 
-It states the rules of ``safe-paths.md`` (C1, C2) as plainly as possible, with no file
+It states the rules C1 and C2 of docs/requirements.md as plainly as possible, with no file
 descriptors, no caches and no speed tricks, so that property tests can hold the real implementation
-(:mod:`imagevol.layers`, :mod:`imagevol.subpath`) against it. Users can do the same in their own
+(:mod:`imagevol.trees.layers`, :mod:`imagevol.trees.subpath`) against it. Users can do the same in their own
 suites: generate layer stacks with :mod:`imagevol.testing.strategies`, apply them with both, compare
 :func:`listing` outputs.
 """

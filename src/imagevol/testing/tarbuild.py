@@ -49,7 +49,7 @@ class TarEntry:
 
     @classmethod
     def from_vector(cls, obj: Mapping[str, Any]) -> TarEntry:
-        """An entry in the format of ``vectors/layers.json``."""
+        """An entry in the format of ``tests/vectors/layers.json``."""
         return cls(
             name=obj["name"],
             type=obj.get("type", "file"),

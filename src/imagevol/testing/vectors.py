@@ -1,4 +1,4 @@
-"""Run test vectors in the format of ``vectors/README.md`` against this library.
+"""Run test vectors (their format: docs/testing.md, "Vector format") against this library.
 
     python -m imagevol.testing.vectors layers FILE
     python -m imagevol.testing.vectors subpath FILE [--profile containerd|crio]
@@ -22,10 +22,10 @@ from typing import Any
 
 import attrs
 
-from .. import subpath as sp
 from ..errors import LayerError, SubPathError
-from ..layers import BuildState, apply_layer_fd
-from ..snapshots import publish_tree
+from ..trees import subpath as sp
+from ..trees.layers import BuildState, apply_layer_fd
+from ..trees.snapshots import publish_tree
 from .tarbuild import TarEntry, build_layer
 
 

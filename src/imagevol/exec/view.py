@@ -1,0 +1,244 @@
+"""What a container sees through its image-volume mounts: read-only ``cat``/``ls``/``stat``/
+``readlink`` evaluated against the container's mount table, without any mount.
+
+Each mount is re-opened by the runtime (``RuntimeService.open_mount``, an imagevol extension of the
+CRI: the recorded symlink-free path, ``RESOLVE_NO_SYMLINKS``, same inode), and paths inside a mount
+are resolved beneath the mount with the same safe resolver as sub paths: a symlink or ``..`` that
+leaves the volume is reported, never followed on the host. Only directories and regular files are
+ever opened for reading: a device node shipped in an image is refused here exactly as the ``nodev``
+mount of ``exec --real`` refuses it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import stat
+from collections.abc import Callable, Iterator, Sequence
+
+import attrs
+
+from ..cri import MountStatus
+from ..errors import ImageVolError, SubPathError
+from ..trees import subpath as sp
+
+COMMANDS = ("cat", "ls", "stat", "readlink")
+
+
+class ViewError(ImageVolError):
+    """A file command failed inside the container view (message in coreutils style)."""
+
+
+_STRERROR = {
+    "notfound": "No such file or directory",
+    "notdir": "Not a directory",
+    "loop": "Too many levels of symbolic links",
+    "toolong": "File name too long",
+    "invalid": "Invalid argument",
+    "denied": "Permission denied",
+}
+
+
+@attrs.frozen
+class _Target:
+    mount: MountStatus
+    #: Path inside the mount, as typed (``..`` kept: it is resolved, scoped, not cleaned).
+    rest: str
+
+
+def _components(path: str) -> list[str]:
+    return [c for c in path.split("/") if c not in ("", ".")]
+
+
+class ContainerView:
+    """``open_mount`` returns an ``O_PATH`` fd on what a mount status mounts (the runtime's
+    :meth:`~imagevol.cri.RuntimeService.open_mount`)."""
+
+    def __init__(self, container: str, mounts: Sequence[MountStatus], open_mount: Callable[[MountStatus], int]) -> None:
+        self.container = container
+        self.mounts = list(mounts)
+        self.open_mount = open_mount
+        self._points = {tuple(_components(m.container_path)): m for m in self.mounts}
+
+    def _covering(self, parts: list[str]) -> tuple[MountStatus, list[str]] | None:
+        """The innermost mount whose mount point is a prefix of ``parts``, and the rest."""
+        for n in range(len(parts), -1, -1):
+            found = self._points.get(tuple(parts[:n]))
+            if found is not None:
+                return found, parts[n:]
+        return None
+
+    def _target(self, cmd: str, path: str) -> _Target:
+        """Find the mount ``path`` ends in. Mount points are plain directories of the container's
+        own filesystem (not modelled), so outside every mount and at a mount's root ``..`` is
+        lexical; inside a volume the rest is kept verbatim for the scoped resolver (links and
+        ``..`` there depend on the volume's content), unless it walks onto a nested mount point."""
+        if not path.startswith("/"):
+            raise ViewError(f"{cmd}: {path}: paths in a container view must be absolute")
+        prefix: list[str] = []  # container path of the current mount point (or position outside)
+        mount: MountStatus | None = None
+        rest: list[str] = []  # components inside the current mount, verbatim
+        for c in path.split("/"):
+            if mount is not None and (c != ".." or _components("/".join(rest))):
+                rest.append(c)
+                if ".." not in rest:
+                    nested = self._points.get(tuple(prefix + _components("/".join(rest))))
+                    if nested is not None:
+                        mount, prefix, rest = nested, prefix + _components("/".join(rest)), []
+                continue
+            if c == "..":
+                prefix = prefix[:-1]
+                covering = self._covering(prefix) if mount is not None else None
+                if covering is not None:  # back from a nested mount's root into its parent mount
+                    mount, extra = covering
+                    prefix, rest = prefix[: len(prefix) - len(extra)], extra
+                    continue
+            elif c not in ("", "."):
+                prefix.append(c)
+            mount, rest = self._points.get(tuple(prefix)), []
+        if mount is None:
+            listed = ", ".join(sorted(m.container_path for m in self.mounts)) or "none"
+            raise ViewError(
+                f"{cmd}: {path}: not inside any image-volume mount of container {self.container!r} "
+                f"(imagevol models image-volume mounts only; mounts: {listed})"
+            )
+        return _Target(mount, "/".join(rest))
+
+    def _mount_fd(self, m: MountStatus) -> int:
+        try:
+            return self.open_mount(m)
+        except ImageVolError as exc:
+            raise ViewError(str(exc)) from None
+
+    def _open(self, cmd: str, path: str, *, follow: bool = True) -> int:
+        """An ``O_PATH`` fd on ``path``, the final symlink followed or not."""
+        target = self._target(cmd, path)
+        mfd = self._mount_fd(target.mount)
+        if not target.rest.strip("/"):
+            return mfd
+        try:
+            if not stat.S_ISDIR(os.fstat(mfd).st_mode):
+                raise ViewError(f"{cmd}: {path}: Not a directory")
+            parent, _, name = target.rest.rpartition("/")
+            if follow or name in ("", ".", ".."):
+                return sp.lookup(mfd, target.rest, sp.Policy.BENEATH, shown=path).fd
+            pfd = sp.lookup(mfd, parent or ".", sp.Policy.BENEATH, shown=path).fd
+            try:
+                if not stat.S_ISDIR(os.fstat(pfd).st_mode):
+                    raise ViewError(f"{cmd}: {path}: Not a directory")
+                # The last name is looked up in a directory we hold, without following it.
+                return os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            except FileNotFoundError:
+                raise ViewError(f"{cmd}: {path}: No such file or directory") from None
+            finally:
+                os.close(pfd)
+        except SubPathError as exc:
+            if exc.kind == "escape":
+                raise ViewError(
+                    f"{cmd}: {path}: leads outside the volume mounted at {target.mount.container_path} "
+                    "(into the container's own filesystem, which imagevol does not model)"
+                ) from None
+            raise ViewError(f"{cmd}: {path}: {_STRERROR.get(exc.kind, exc.kind)}") from None
+        finally:
+            os.close(mfd)
+
+    def cat(self, path: str) -> bytes:
+        fd = self._open("cat", path)
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise ViewError(f"cat: {path}: Is a directory")
+            if not stat.S_ISREG(mode):
+                # Never open a device node, FIFO or socket from an image: a block device would read
+                # the host's disk, a FIFO would block forever. Mounts are nodev for the same reason.
+                raise ViewError(f"cat: {path}: {_kind(mode)}: not opened (image volumes are mounted nodev)")
+            # Re-open the very inode we resolved, through its magic link (no name lookup).
+            rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+            with open(rfd, "rb") as f:
+                return f.read()
+        finally:
+            os.close(fd)
+
+    def ls(self, path: str) -> list[str]:
+        fd = self._open("ls", path)
+        try:
+            if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                return [path]
+            rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                return sorted(os.listdir(rfd))
+            finally:
+                os.close(rfd)
+        finally:
+            os.close(fd)
+
+    def readlink(self, path: str) -> str:
+        fd = self._open("readlink", path, follow=False)
+        try:
+            if not stat.S_ISLNK(os.fstat(fd).st_mode):
+                raise ViewError(f"readlink: {path}: not a symbolic link")
+            return os.readlink("", dir_fd=fd)
+        finally:
+            os.close(fd)
+
+    def stat(self, path: str) -> str:
+        fd = self._open("stat", path, follow=False)
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        mtime = datetime.datetime.fromtimestamp(st.st_mtime, datetime.UTC)
+        lines = [
+            f"  File: {path}",
+            f"  Size: {st.st_size:<10}  Type: {_kind(st.st_mode)}",
+            f"Access: ({stat.S_IMODE(st.st_mode):04o}/{stat.filemode(st.st_mode)})  Uid: {st.st_uid}  Gid: {st.st_gid}",
+            f"Modify: {mtime:%Y-%m-%d %H:%M:%S} +0000",
+            f"Mounted: read-only from {_short(self._target('stat', path).mount)}",
+        ]
+        return "\n".join(lines)
+
+    def run(self, argv: Sequence[str]) -> Iterator[bytes]:
+        """Run one file command; yields output chunks (raises ``ViewError``)."""
+        if not argv or argv[0] not in COMMANDS:
+            raise ViewError(
+                f"exec: {argv[0] if argv else '(nothing)'}: only {', '.join(COMMANDS)} are available "
+                "in a container view (use --real to run real commands where the host allows it)"
+            )
+        cmd, args = argv[0], [a for a in argv[1:] if not a.startswith("-")]
+        if not args:
+            raise ViewError(f"{cmd}: missing operand")
+        for path in args:
+            if cmd == "cat":
+                yield self.cat(path)
+            elif cmd == "ls":
+                names = self.ls(path)
+                if len(args) > 1:
+                    yield f"{path}:\n".encode()
+                yield "".join(f"{n}\n" for n in names).encode()
+            elif cmd == "readlink":
+                yield (self.readlink(path) + "\n").encode()
+            else:
+                yield (self.stat(path) + "\n").encode()
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if stat.S_ISREG(mode):
+        return "regular file"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISCHR(mode):
+        return "character special file"
+    if stat.S_ISBLK(mode):
+        return "block special file"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "special file"
+
+
+def _short(m: MountStatus) -> str:
+    sub = f", sub path {m.sub_path!r}" if m.sub_path else ""
+    return f"{m.user_specified_image} ({m.image_id[:19]}){sub}"

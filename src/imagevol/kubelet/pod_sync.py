@@ -1,0 +1,335 @@
+"""The kubelet's pod sync for image volumes (sections 3 to 6 of docs/requirements.md, R11.1).
+
+One ``sync_pod`` pass does what ``kuberuntime_manager.SyncPod`` does for a Pod with image volumes:
+pull every image volume in spec order through the image manager (failures are kept, not raised,
+R3.9), then start init containers in order (a failing non-sidecar init container blocks the rest,
+R5.7), then regular containers. Each container start builds the container's image-volume map (a failed
+pull surfaces here, R4.2), builds mounts (``subPathExpr`` expansion and re-validation, R4.4/R4.5),
+calls the runtime's ``CreateContainer`` and then counts metrics (R6.3/R6.4). Containers already
+running are left alone; failed ones are retried on the next pass (R5.6).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from .._text import goquote, strerror
+from ..api.dump import pod_to_dict
+from ..api.features import FeatureGates
+from ..api.load import pod_from_dict
+from ..api.models import Container, Pod
+from ..cri import PROPAGATION, ContainerConfig, ImageSpec, Keyring, Mount, RuntimeService
+from ..errors import CreateContainerConfigError, CreateContainerError, ImageVolError, ImageVolumeMountFailedError
+from ._envvars import container_env, effective_sub_path
+from .events import NORMAL, WARNING, Event, EventRecorder, container_field_path
+from .image_manager import ImageManager
+from .metrics import KubeletMetrics
+
+#: R6.4: ``upstream`` reproduces the known over-count of kubernetes PR #138460, ``fixed`` counts
+#: only start attempts that reached the runtime's CreateContainer.
+METRICS_MODES = ("upstream", "fixed")
+
+
+@attrs.define
+class ContainerState:
+    name: str
+    kind: str  # initContainers | containers | ephemeralContainers
+    state: str = "waiting"  # waiting | running | terminated
+    reason: str = "ContainerCreating"
+    message: str = ""
+    container_id: str = ""
+    started_at: float = 0.0
+    sidecar: bool = False
+    attempts: int = 0
+
+    @property
+    def done(self) -> bool:
+        """Running, or (for a non-sidecar init container) run to completion."""
+        return self.state == "running" or (self.state == "terminated" and self.reason == "Completed")
+
+
+@attrs.define
+class VolumeResult:
+    """The pod-level pull result of one image volume (R3.8): an image ref, or an error."""
+
+    volume: str
+    user_image: str
+    image_ref: str = ""
+    reason: str = ""
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+
+@attrs.define
+class PodRecord:
+    """What the node knows about one Pod: its admitted spec and its status."""
+
+    pod: Pod
+    containers: list[ContainerState]
+    volumes: dict[str, VolumeResult] = attrs.field(factory=dict)
+    events: list[Event] = attrs.field(factory=list)
+    created_at: float = 0.0
+    syncs: int = 0
+
+    @classmethod
+    def new(cls, pod: Pod, now: float) -> PodRecord:
+        states = [ContainerState(c.name, "initContainers", sidecar=c.restart_policy == "Always",
+                                 reason="PodInitializing") for c in pod.spec.init_containers]  # fmt: skip
+        states += [ContainerState(c.name, "containers") for c in pod.spec.containers]
+        return cls(pod, states, created_at=now)
+
+    @property
+    def sandbox_id(self) -> str:
+        return hashlib.sha256(f"sandbox/{self.pod.uid}".encode()).hexdigest()
+
+    def state(self, name: str) -> ContainerState:
+        for s in self.containers:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @property
+    def phase(self) -> str:
+        regular = [s for s in self.containers if s.kind == "containers"]
+        return "Running" if regular and all(s.state == "running" for s in regular) else "Pending"
+
+    @property
+    def status_text(self) -> str:
+        """The STATUS column of ``kubectl get pod``."""
+        inits = [s for s in self.containers if s.kind == "initContainers"]
+        for i, s in enumerate(inits):
+            if not s.done and not s.sidecar:
+                reason = s.reason if s.reason not in ("PodInitializing", "ContainerCreating") else ""
+                return f"Init:{reason}" if reason else f"Init:{i}/{len(inits)}"
+        for s in self.containers:
+            if s.kind == "containers" and s.state == "waiting" and s.reason not in ("ContainerCreating",):
+                return s.reason
+        return self.phase if self.phase == "Running" else "ContainerCreating"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pod": pod_to_dict(self.pod),
+            "containers": [attrs.asdict(s) for s in self.containers],
+            "volumes": {k: attrs.asdict(v) for k, v in self.volumes.items()},
+            "events": [e.to_json() for e in self.events],
+            "created_at": self.created_at,
+            "syncs": self.syncs,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> PodRecord:
+        return cls(
+            pod=pod_from_dict(obj["pod"]),
+            containers=[ContainerState(**s) for s in obj["containers"]],
+            volumes={k: VolumeResult(**v) for k, v in obj.get("volumes", {}).items()},
+            events=[Event.from_json(e) for e in obj.get("events", [])],
+            created_at=float(obj.get("created_at", 0.0)),
+            syncs=int(obj.get("syncs", 0)),
+        )
+
+
+# --- environment and subPathExpr --------------------------------------------------------------------
+# ``expand``, ``container_env`` and ``effective_sub_path`` live in envvars.py (re-exported here).
+
+
+# --- the kubelet ---------------------------------------------------------------------------------
+
+
+class Kubelet:
+    """The pod sync of one node. It reaches the runtime through the CRI only (:mod:`imagevol.cri`):
+    ``CreateContainer`` on ``runtime``, and the image service through ``image_manager``."""
+
+    def __init__(
+        self,
+        runtime: RuntimeService,
+        image_manager: ImageManager,
+        metrics: KubeletMetrics,
+        gates: FeatureGates,
+        *,
+        clock: Callable[[], float] = time.time,
+        metrics_mode: str = "upstream",
+        node_name: str = "imagevol-node",
+    ) -> None:
+        if metrics_mode not in METRICS_MODES:
+            raise ValueError(f"metrics mode must be one of {METRICS_MODES}")
+        self.runtime = runtime
+        self.images = image_manager
+        self.metrics = metrics
+        self.gates = gates
+        self.clock = clock
+        self.metrics_mode = metrics_mode
+        self.node_name = node_name
+
+    def sync_pod(self, record: PodRecord, keyring: Keyring | None = None) -> PodRecord:
+        """One SyncPod pass over ``record`` (mutated in place and returned)."""
+        keyring = keyring or Keyring()
+        recorder = EventRecorder(record.events, clock=self.clock)
+        record.syncs += 1
+        pod = record.pod
+        # R3.1/R3.11: every pass that reaches container start resolves every image volume, in order.
+        record.volumes = self._pull_volumes(pod, keyring, recorder) if self.gates.enabled("ImageVolume") else {}
+        for state in record.containers:
+            if state.kind != "initContainers":
+                continue
+            if state.done:
+                continue
+            self._start(record, self._spec(pod, state), state, recorder)
+            if not state.done and not state.sidecar:
+                return record  # R5.7: a failing init container blocks the Pod
+        for state in record.containers:
+            if state.kind == "containers" and state.state != "running":
+                self._start(record, self._spec(pod, state), state, recorder)
+        return record
+
+    @staticmethod
+    def _spec(pod: Pod, state: ContainerState) -> Container:
+        group = pod.spec.init_containers if state.kind == "initContainers" else pod.spec.containers
+        return next(c for c in group if c.name == state.name)
+
+    def _pull_volumes(self, pod: Pod, keyring: Keyring, recorder: EventRecorder) -> dict[str, VolumeResult]:
+        results: dict[str, VolumeResult] = {}
+        for volume in pod.spec.volumes:
+            if volume.image is None:
+                continue
+            res = self.images.ensure(pod.uid, volume.image.reference, volume.image.pull_policy, keyring, recorder)
+            results[volume.name] = VolumeResult(
+                volume.name, volume.image.reference, res.image_ref, res.reason, res.message
+            )
+        return results
+
+    def _image_volumes(
+        self, record: PodRecord, container: Container, state: ContainerState, recorder: EventRecorder
+    ) -> dict[str, VolumeResult] | None:
+        """``toKubeContainerImageVolumes`` (R4.2): the container's image volumes, or None after
+        recording one event per failing mount and the last failure on the container."""
+        mine: dict[str, VolumeResult] = {}
+        last: VolumeResult | None = None
+        field = container_field_path(container.name, state.kind)
+        for m in container.volume_mounts:
+            res = record.volumes.get(m.name)
+            if res is None:
+                continue
+            if not res.ok:
+                recorder.record(WARNING, "Failed", f"Error: {res.reason}", field)
+                last = res
+                continue
+            mine[m.name] = res
+        if last is not None:
+            _wait(state, last.reason, last.message)
+            return None
+        return mine
+
+    def _mounts(self, pod: Pod, container: Container, volumes: Mapping[str, VolumeResult]) -> tuple[Mount, ...]:
+        """``makeMounts`` for image volumes (R4.3 to R4.7)."""
+        env = container_env(pod, container, self.node_name)
+        mounts = []
+        for m in container.volume_mounts:
+            vol = pod.spec.volume(m.name)
+            if vol is None:
+                raise CreateContainerConfigError(
+                    f"cannot find volume {goquote(m.name)} to mount into container {goquote(container.name)}"
+                )
+            sub = effective_sub_path(m, env)
+            res = volumes.get(m.name)
+            if res is None:
+                if vol.image is not None:
+                    # R5.8: the kubelet gate is off; the API accepted the volume, the generic path
+                    # has no host path to offer.
+                    mounts.append(Mount(m.mount_path, "", m.read_only, None, sub, PROPAGATION[m.mount_propagation]))
+                continue
+            spec = ImageSpec(res.image_ref, res.user_image, annotations=dict(pod.metadata.annotations))
+            mounts.append(Mount(m.mount_path, "", True, spec, sub, PROPAGATION[m.mount_propagation]))
+        return tuple(mounts)
+
+    def _start(self, record: PodRecord, container: Container, state: ContainerState, recorder: EventRecorder) -> None:
+        pod = record.pod
+        field = container_field_path(container.name, state.kind)
+        state.attempts += 1
+        volumes = self._image_volumes(record, container, state, recorder)
+        if volumes is None:
+            return  # R6.3: nothing is counted before the image-volume map exists
+        called_runtime = False
+        error: ImageVolError | None = None
+        try:
+            mounts = self._mounts(pod, container, volumes)
+            config = ContainerConfig(container.name, container.image, mounts)
+            called_runtime = True
+            missing = [mt for mt in mounts if mt.image is None and not mt.host_path]
+            if missing:
+                raise _KubeletGateOffError(self.runtime.name, missing[0].container_path)
+            created = self.runtime.create_container(record.sandbox_id, config)
+        except CreateContainerConfigError as exc:
+            error = exc
+            recorder.record(WARNING, "Failed", f"Error: {exc}", field)
+            _wait(state, "CreateContainerConfigError", str(exc))
+        except (ImageVolError, OSError) as raised:
+            # A local failure of the runtime (disk full while building a tree, a read-only store)
+            # is reported like any CreateContainerError, without the host path Python attaches.
+            error = raised if isinstance(raised, ImageVolError) else _local_create_error(container.name, raised)
+            recorder.record(WARNING, "Failed", f"Error: {error}", field)
+            _wait(state, "CreateContainerError", str(error))
+        else:
+            recorder.record(NORMAL, "Created", f"Created container: {container.name}", field)
+            recorder.record(NORMAL, "Started", f"Started container {container.name}", field)
+            state.container_id = created.id
+            state.started_at = self.clock()
+            if state.kind == "initContainers" and not state.sidecar:
+                # The simulator runs no processes: an init container that starts, completes.
+                state.state, state.reason, state.message = "terminated", "Completed", ""
+            else:
+                state.state, state.reason, state.message = "running", "", ""
+        self._count(container, volumes, error, called_runtime)
+
+    def _count(
+        self,
+        container: Container,
+        volumes: Mapping[str, VolumeResult],
+        error: ImageVolError | None,
+        called_runtime: bool,
+    ) -> None:
+        """``incrementImageVolumeMetrics`` (R6.3), per mount per start attempt."""
+        if self.metrics_mode == "fixed" and not called_runtime:
+            return
+        for m in container.volume_mounts:
+            if m.name not in volumes:
+                continue
+            self.metrics.requested += 1
+            if self.metrics_mode == "upstream":
+                # R6.4: only runtime-reported image-volume mount failures are errors.
+                failed = isinstance(error, ImageVolumeMountFailedError)
+            else:
+                failed = error is not None
+            if failed:
+                self.metrics.errors += 1
+            else:
+                self.metrics.succeeded += 1
+
+
+class _KubeletGateOffError(ImageVolError):
+    """R5.8: the kubelet's gate is off, so no image was pulled and the runtime gets an image-volume
+    mount with neither host path nor image; runtimes refuse it."""
+
+    reason = "CreateContainerError"
+
+    def __init__(self, runtime: str, container_path: str) -> None:
+        if runtime == "crio":
+            msg = "mount.HostPath is empty"
+        else:
+            msg = f"failed to generate spec: host path is not set for mount {goquote(container_path)}"
+        super().__init__(msg)
+
+
+def _local_create_error(name: str, exc: OSError) -> CreateContainerError:
+    return CreateContainerError(f"failed to create container {goquote(name)}: {strerror(exc)}")
+
+
+def _wait(state: ContainerState, reason: str, message: str) -> None:
+    state.state, state.reason, state.message = "waiting", reason, message

@@ -1,0 +1,24 @@
+"""The node: the composition root that builds one simulated node under a root directory
+(:class:`Node`, :class:`NodeConfig` in :mod:`~imagevol.node._node`) and the node's persistent Pod
+and Secret state (:mod:`~imagevol.node._state`).
+
+Only this package builds the runtime side (content store, puller, snapshots, a runtime profile) and
+hands the runtime to the kubelet side; it may import every package below it (kubelet, exec,
+runtime, trees, content, cri, api, oci, errors). Above it are only the CLI and the test kit.
+``Node`` and ``NodeConfig`` are exported lazily.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._exports import lazy_exports
+from ._defaults import DEFAULT_FEATURE_GATES, default_root
+
+if TYPE_CHECKING:
+    from ._node import Node, NodeConfig
+    from ._state import NodeState
+
+__getattr__, __dir__ = lazy_exports(globals(), {"Node": "._node", "NodeConfig": "._node", "NodeState": "._state"})
+
+__all__ = ["DEFAULT_FEATURE_GATES", "Node", "NodeConfig", "NodeState", "default_root"]

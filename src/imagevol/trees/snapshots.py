@@ -1,0 +1,523 @@
+"""Read-only materialised trees, shared by every mount, named by what they contain.
+
+* **Keyed by content identity.** An image's tree is named by the ChainID of its layers (image spec,
+  config.md), computed from the config's ``rootfs.diff_ids``: images whose layer stacks are
+  identical share one tree whatever their manifests, tags or layer compressions, and no two
+  different stacks ever share one. An artifact has no diff IDs and its layout depends on its
+  manifest (file names come from layer annotations), so its tree is named by its manifest digest.
+  Directory names: ``chain-<alg>-<hex>``, ``chain-empty`` (an image without layers),
+  ``manifest-<alg>-<hex>``.
+* **Verified while built.** Every blob is re-hashed while it is read (a blob corrupted on disk after
+  ingest fails the build), and every image layer's *uncompressed* stream is hashed too and compared
+  with its diff ID: a layer that is not the one the config names fails the build ("wrong diff id
+  calculated on extraction", containerd's wording), so a tree under a chain key holds exactly the
+  layers the chain names, and one image cannot change what another image's Pods see.
+* **Built in private, published by rename.** A tree is built in ``.staging/<name>.<pid>.<nonce>``
+  (mode 0700, so nobody else looks in), files are created without write bits and directories lose
+  theirs at the end; only then is the directory renamed to ``<name>``. A tree under its final name
+  is therefore always complete and read-only, and a failed build removes its staging directory and
+  publishes nothing.
+* **Single flight.** A build holds the flock ``snapshot-<name>`` for its whole duration: concurrent
+  materialisations of one key, from threads or processes, wait for it and then find the tree.
+* **Crash recovery.** A builder that dies leaves only its staging directory, and the kernel drops its
+  flock. :meth:`Snapshots.recover` (run on every start) removes each staging directory whose lock it
+  can take: nobody is building it, so it is debris (this also holds when the dead builder's pid has
+  been reused). Trees an earlier version keyed by manifest digest (a bare ``<hex>`` name) are never
+  used for new mounts; they stay while a lease holds them and are removed once none does.
+* **Leases.** A mount holds a tree with a lease (an empty file ``.leases/<name>/<holder>``), taken
+  and checked under the same lock as removal: a tree is removed only when no lease holds it, and a
+  lease is never granted on a tree being removed.
+
+Size: over 500 lines, because building, leasing, publishing and removing a tree share one lock per
+tree and one staging discipline; the code that writes trees lives in :mod:`imagevol.trees.layers`
+and :mod:`imagevol.trees.artifacts`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import stat
+import uuid
+from collections.abc import Callable
+from typing import IO, Any, TypeVar
+
+import attrs
+
+from .._text import goquote
+from ..content.locks import NamedLocks
+from ..content.store import ContentStore, mismatch
+from ..errors import DiffIDMismatchError, DigestMismatchError, ImageInUseError, ImageVolError
+from ..oci import MAX_CONFIG_BYTES, Descriptor, Digest, Manifest, chain_id, image_diff_ids
+from .artifacts import lay_out_artifact
+from .layers import ApplyOptions, BuildState, Tree, apply_layer_fd, rmtree
+
+_WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+_KEY = re.compile(r"(chain|manifest)-([a-z0-9]+)-([0-9a-f]+)")
+_LEGACY = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
+
+CHAIN = "chain"
+MANIFEST = "manifest"
+#: Trees of an earlier version, named by a bare manifest digest: kept only while leased.
+LEGACY = "legacy"
+
+
+@attrs.frozen(order=True)
+class SnapshotKey:
+    """The name of a tree: the ChainID of an image's layers (``digest`` None for an image without
+    layers), or an artifact's manifest digest."""
+
+    kind: str
+    digest: Digest | None = None
+
+    @classmethod
+    def for_chain(cls, diff_ids: tuple[Digest, ...]) -> SnapshotKey:
+        return cls(CHAIN, chain_id(diff_ids))
+
+    @classmethod
+    def for_manifest(cls, digest: Digest) -> SnapshotKey:
+        return cls(MANIFEST, digest)
+
+    @classmethod
+    def parse(cls, text: str) -> SnapshotKey:
+        """A key from its name (or the ``sha256:<hex>`` an earlier version recorded). Only names of
+        letters, digits and ``-`` parse, so a key never names a path outside ``snapshots/``."""
+        if text == f"{CHAIN}-empty":
+            return cls(CHAIN)
+        m = _KEY.fullmatch(text)
+        if m is not None:
+            try:
+                return cls(m.group(1), Digest.parse(f"{m.group(2)}:{m.group(3)}"))
+            except ImageVolError:
+                pass
+        m = _LEGACY.fullmatch(text)
+        if m is not None:
+            return cls(LEGACY, Digest("sha256", m.group(1)))
+        raise ImageVolError(f"invalid snapshot key {text!r}")
+
+    @property
+    def name(self) -> str:
+        if self.kind == LEGACY and self.digest is not None:
+            return self.digest.hex
+        if self.digest is None:
+            return f"{self.kind}-empty"
+        return f"{self.kind}-{self.digest.algorithm}-{self.digest.hex}"
+
+    @property
+    def short(self) -> str:
+        """Twelve characters for messages."""
+        return self.digest.hex[:12] if self.digest is not None else "empty"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@attrs.frozen
+class SnapshotPlan:
+    """What a tree is built from: its key, the manifest, and for an image the diff ID of each layer
+    (from its config)."""
+
+    key: SnapshotKey
+    manifest: Manifest
+    diff_ids: tuple[Digest, ...] = ()
+
+    @property
+    def artifact(self) -> bool:
+        return not self.manifest.is_image
+
+
+def plan_for(store: ContentStore, manifest_digest: Digest, manifest: Manifest) -> SnapshotPlan:
+    """How to build the tree of ``manifest`` (whose digest is ``manifest_digest``): for an image,
+    its config is read from ``store`` (size and digest checked) and its diff IDs give the chain
+    key; an artifact's key is its manifest digest."""
+    if not manifest.is_image:
+        return SnapshotPlan(SnapshotKey.for_manifest(manifest_digest), manifest)
+    config = store.read_verified(manifest.config, MAX_CONFIG_BYTES)
+    diff_ids = image_diff_ids(manifest, config)
+    return SnapshotPlan(SnapshotKey.for_chain(diff_ids), manifest, diff_ids)
+
+
+@attrs.frozen
+class Snapshot:
+    key: SnapshotKey
+    path: str
+    artifact: bool
+    warnings: tuple[str, ...] = ()
+
+
+class _VerifyingReader(io.RawIOBase):
+    """Hashes a blob while it is read and fails at EOF if it does not match: a blob corrupted on
+    disk after ingest can never become a published tree. The size was checked against the
+    descriptor before (``ContentStore.check_size``), so a mismatch here is the store's bytes having
+    changed, never a descriptor lying."""
+
+    def __init__(self, inner: IO[bytes], desc: Descriptor) -> None:
+        self.inner = inner
+        self.desc = desc
+        self.hasher: Any = desc.digest.hasher()
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.inner.read(len(buffer))
+        n = len(data)
+        if n:
+            self.count += n
+            if self.count > self.desc.size:
+                raise DigestMismatchError(
+                    f"{mismatch('digest', self.desc)}: blob {self.desc.digest} in the content store is corrupt: "
+                    "it grew while it was read"
+                )
+            self.hasher.update(data)
+            buffer[:n] = data
+            return n
+        if self.count != self.desc.size or self.hasher.hexdigest() != self.desc.digest.hex:
+            got = Digest(self.desc.digest.algorithm, self.hasher.hexdigest())
+            raise DigestMismatchError(
+                f"{mismatch('digest', self.desc)}: blob {self.desc.digest} in the content store is corrupt: "
+                f"{self.count} bytes hashing to {got}"
+            )
+        return 0
+
+    def close(self) -> None:
+        self.inner.close()
+        super().close()
+
+
+class Snapshots:
+    """The ``snapshots/`` directory of a node."""
+
+    def __init__(
+        self,
+        root: str,
+        store: ContentStore,
+        *,
+        options: ApplyOptions | None = None,
+        verify: bool = True,
+    ) -> None:
+        self.root = os.path.abspath(root)
+        self.store = store
+        base = options or ApplyOptions()
+        self.options = attrs.evolve(base, strip_write_bits=True)
+        self.verify = verify
+        self._staging = os.path.join(self.root, ".staging")
+        self._leases = os.path.join(self.root, ".leases")
+        for d in (self.root, self._staging, self._leases):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        self.locks = NamedLocks(os.path.join(self.root, ".locks"))
+        self.recover()
+
+    # --- keys -----------------------------------------------------------------------------------
+
+    def plan(self, manifest_digest: Digest, manifest: Manifest) -> SnapshotPlan:
+        """:func:`plan_for` on this node's content store."""
+        return plan_for(self.store, manifest_digest, manifest)
+
+    # --- lookup ---------------------------------------------------------------------------------
+
+    def path(self, key: SnapshotKey) -> str:
+        return os.path.join(self.root, key.name)
+
+    def get(self, key: SnapshotKey) -> str | None:
+        p = self.path(key)
+        return p if os.path.isdir(p) else None
+
+    def published(self) -> list[SnapshotKey]:
+        """Every published tree (those of an earlier version included)."""
+        out = []
+        for name in sorted(os.listdir(self.root)):
+            if name.startswith("."):
+                continue
+            with contextlib.suppress(ImageVolError):
+                out.append(SnapshotKey.parse(name))
+        return out
+
+    def usage(self) -> tuple[int, int]:
+        """Bytes and entries of the snapshots directory (trees, builds in progress, leases, locks):
+        the apparent size of every file, symlink and special file (a hard link once per name) and
+        one entry per name, directories included.
+
+        The walk goes from directory fd to directory fd with ``O_NOFOLLOW``: a symlink in a tree
+        is measured as a link and never followed, so nothing outside the directory is ever
+        looked at, whatever an image's links point to. It holds one fd per level (trees nest
+        deeper than any path the kernel accepts); a directory it may not read (a layer can ship
+        mode 0000) is counted but not entered."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        total = entries = 0
+        # Each frame: (fd of a directory already listed, names of its subdirectories still to visit).
+        frames: list[tuple[int, list[str]]] = []
+
+        def visit(fd: int) -> None:
+            nonlocal total, entries
+            subdirs: list[str] = []
+            try:
+                with os.scandir(fd) as it:
+                    for entry in it:
+                        try:
+                            st = entry.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue  # removed meanwhile
+                        entries += 1
+                        if stat.S_ISDIR(st.st_mode):
+                            subdirs.append(entry.name)
+                        else:
+                            total += st.st_size
+            except OSError:
+                os.close(fd)
+                return
+            frames.append((fd, subdirs))
+
+        try:
+            visit(os.open(self.root, flags))
+            while frames:
+                fd, subdirs = frames[-1]
+                if not subdirs:
+                    frames.pop()
+                    os.close(fd)
+                    continue
+                try:
+                    child = os.open(subdirs.pop(), flags, dir_fd=fd)
+                except OSError:
+                    continue  # removed or replaced meanwhile, or not ours to read
+                visit(child)
+        finally:
+            for fd, _ in frames:
+                os.close(fd)
+        return total, entries
+
+    def _lock(self, key: SnapshotKey, *, blocking: bool = True) -> contextlib.AbstractContextManager[bool]:
+        return self.locks.hold(f"snapshot-{key.name}", blocking=blocking)
+
+    # --- build --------------------------------------------------------------------------------
+
+    def _open_blob(self, desc: Descriptor) -> IO[bytes]:
+        # A descriptor whose size differs from the stored blob lies (the blob was verified when it
+        # was ingested): say so before reading, rather than blaming the store at the end.
+        self.store.check_size(desc)
+        blob = self.store.open_blob(desc.digest)
+        if not self.verify:
+            return blob
+        return io.BufferedReader(_VerifyingReader(blob, desc), buffer_size=1024 * 1024)
+
+    def materialise(self, plan: SnapshotPlan, on_build: Callable[[SnapshotKey], None] | None = None) -> Snapshot:
+        """The published tree of ``plan``, building it if needed."""
+        key = plan.key
+        existing = self.get(key)
+        if existing is not None:
+            return Snapshot(key, existing, plan.artifact)
+        with self._lock(key):
+            existing = self.get(key)
+            if existing is not None:
+                return Snapshot(key, existing, plan.artifact)
+            if on_build is not None:
+                on_build(key)
+            staging = os.path.join(self._staging, f"{key.name}.{os.getpid()}.{uuid.uuid4().hex}")
+            state = BuildState()
+            warnings = publish_tree(
+                self.path(key), staging, lambda root_fd: self._build(root_fd, plan, state), state=state
+            )
+            return Snapshot(key, self.path(key), plan.artifact, tuple(warnings))
+
+    def _build(self, root_fd: int, plan: SnapshotPlan, state: BuildState) -> list[str]:
+        manifest = plan.manifest
+        if plan.artifact:
+            return lay_out_artifact(root_fd, manifest, self._open_blob, self.options, state)
+        if len(plan.diff_ids) != len(manifest.layers):  # plan() guarantees it; a hand-made plan may not
+            raise DiffIDMismatchError(
+                f"number of layers and diffIDs don't match: {len(manifest.layers)} != {len(plan.diff_ids)}"
+            )
+        warnings = []
+        count = len(manifest.layers)
+        for i, (layer, want) in enumerate(zip(manifest.layers, plan.diff_ids, strict=True)):
+            with self._open_blob(layer) as blob:
+                stats = apply_layer_fd(root_fd, blob, self.options, state, diff_algorithm=want.algorithm)
+            if stats.diff_id != want:
+                raise DiffIDMismatchError(
+                    f"wrong diff id calculated on extraction {goquote(str(stats.diff_id))}: the image config "
+                    f"names {goquote(str(want))} for layer {i + 1} of {count} ({layer.digest})"
+                )
+            if stats.skipped_devices:
+                warnings.append(
+                    f"layer {layer.digest}: skipped {len(stats.skipped_devices)} device node(s)"
+                    f" ({', '.join(stats.skipped_devices[:3])})"
+                )
+        return warnings
+
+    def acquire(self, plan: SnapshotPlan, holder: str) -> Snapshot:
+        """Materialise (if needed) and lease in one step, so that no removal can slip in between
+        (``materialise`` then ``lease`` leaves that window; ``lease`` then fails cleanly)."""
+        while True:
+            snap = self.materialise(plan)
+            try:
+                self.lease(plan.key, holder)
+            except ImageVolError:
+                if self.get(plan.key) is None:
+                    continue  # removed in between: build it again
+                raise
+            return snap
+
+    # --- crash recovery ---------------------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Remove staging directories nobody is building (their builder crashed), and trees of an
+        earlier version (named by manifest digest) that no lease holds."""
+        removed = []
+        for name in sorted(os.listdir(self._staging)):
+            try:
+                key: SnapshotKey | None = SnapshotKey.parse(name.split(".", 1)[0])
+            except ImageVolError:
+                key = None
+            if key is None:
+                rmtree(os.path.join(self._staging, name))
+                removed.append(name)
+                continue
+            with self._lock(key, blocking=False) as free:
+                if free and os.path.lexists(os.path.join(self._staging, name)):
+                    rmtree(os.path.join(self._staging, name))
+                    removed.append(name)
+        for key in self.published():
+            if key.kind == LEGACY:
+                with self._lock(key, blocking=False) as free:
+                    if free and not self.holders(key) and self._remove_locked(key):
+                        removed.append(key.name)
+        return removed
+
+    # --- leases and removal -------------------------------------------------------------------------
+
+    def _lease_dir(self, key: SnapshotKey) -> str:
+        return os.path.join(self._leases, key.name)
+
+    def lease(self, key: SnapshotKey, holder: str) -> None:
+        """Hold the published tree of ``key`` for ``holder`` (a container)."""
+        with self._lock(key):
+            if self.get(key) is None:
+                raise ImageVolError(f"snapshot {key} is not materialised")
+            d = self._lease_dir(key)
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            with open(os.path.join(d, _safe(holder)), "w"):
+                pass
+
+    def release(self, key: SnapshotKey, holder: str) -> None:
+        with self._lock(key):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self._lease_dir(key), _safe(holder)))
+            with contextlib.suppress(OSError):
+                os.rmdir(self._lease_dir(key))
+
+    def holders(self, key: SnapshotKey) -> list[str]:
+        try:
+            return sorted(os.listdir(self._lease_dir(key)))
+        except FileNotFoundError:
+            return []
+
+    def remove(self, key: SnapshotKey) -> bool:
+        """Delete a published tree; refused while any lease holds it."""
+        with self._lock(key):
+            holders = self.holders(key)
+            if holders:
+                raise ImageInUseError(f"snapshot {key} is in use by {', '.join(holders)}")
+            return self._remove_locked(key)
+
+    def _remove_locked(self, key: SnapshotKey) -> bool:
+        path = self.get(key)
+        if path is None:
+            return False
+        # Rename first so that nobody ever sees a half-deleted tree under the key.
+        doomed = os.path.join(self._staging, f"{key.name}.{os.getpid()}.{uuid.uuid4().hex}")
+        os.rename(path, doomed)
+        rmtree(doomed)
+        return True
+
+
+T = TypeVar("T")
+
+
+def publish_tree(
+    dest: str,
+    staging: str,
+    build: Callable[[int], T],
+    *,
+    read_only: bool = True,
+    state: BuildState | None = None,
+) -> T:
+    """Build a tree in the new private directory ``staging`` with ``build(root_fd)``, seal it
+    (``read_only``), apply the modes ``state`` deferred, and rename it to ``dest``. On any error the
+    staging directory is removed and nothing appears at ``dest``. ``staging`` must be on the same
+    filesystem as ``dest``."""
+    os.mkdir(staging, 0o700)
+    try:
+        os.chmod(staging, 0o755)  # an image root is 0755 unless a layer says otherwise
+        root_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            result = build(root_fd)
+            if read_only:
+                seal(staging, skip_root=True)
+            root_mode = stat.S_IMODE(os.fstat(root_fd).st_mode)
+            if state is not None:
+                root_mode = state.deferred.pop((), root_mode)
+                state.finish(root_fd, strip_write=read_only)
+            if read_only:
+                root_mode &= ~_WRITE_BITS
+            # Moving a directory to another parent needs write permission on it (its ".." entry
+            # changes) unless one is privileged. Root seals the tree's root before the rename, so
+            # nothing writable ever appears under the final name; an unprivileged builder must do
+            # it just after (for that instant the root is writable by the builder alone).
+            privileged = os.geteuid() == 0
+            if privileged:
+                os.fchmod(root_fd, root_mode)
+            os.rename(staging, dest)
+            if not privileged:
+                os.fchmod(root_fd, root_mode)
+        finally:
+            os.close(root_fd)
+        return result
+    finally:
+        rmtree(staging)  # a no-op after the rename
+
+
+def _safe(holder: str) -> str:
+    return hashlib.sha256(holder.encode()).hexdigest()[:32] if "/" in holder or holder.startswith(".") else holder
+
+
+def seal(root: str, *, skip_root: bool = False) -> None:
+    """Remove the write bits of every directory of the tree (C2.11). Files, FIFOs and artifact
+    files were created without them (``strip_write_bits``); symlinks have no mode of their own.
+
+    Directories are reached from the root one component at a time without following symlinks and
+    handled deepest first, so none is reopened after losing its bits (it does not matter to root,
+    but keeps the walk correct for an unprivileged builder too)."""
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        tree = Tree(root_fd)
+        order: list[tuple[str, ...]] = []
+        pending: list[tuple[str, ...]] = [()]
+        while pending:
+            parts = pending.pop()
+            fd = tree.open_real(parts)
+            if fd is None:  # pragma: no cover - nothing changes a staging tree under us
+                continue
+            try:
+                with os.scandir(fd) as it:
+                    pending.extend((*parts, e.name) for e in it if e.is_dir(follow_symlinks=False))
+            finally:
+                os.close(fd)
+            order.append(parts)
+        for parts in reversed(order):
+            if skip_root and not parts:
+                continue
+            fd = tree.open_real(parts)
+            if fd is None:  # pragma: no cover
+                continue
+            try:
+                mode = stat.S_IMODE(os.fstat(fd).st_mode)
+                if mode & _WRITE_BITS:
+                    os.fchmod(fd, mode & ~_WRITE_BITS)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root_fd)
