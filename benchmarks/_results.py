@@ -28,18 +28,28 @@ class ResultError(ValueError):
 
 @attrs.frozen
 class Row:
-    """One tool's measurement. ``imagevol`` marks imagevol's own rows (the others are peers)."""
+    """One tool's measurement. ``imagevol`` marks imagevol's own rows (the others are peers).
+
+    ``seconds`` is the median of ``runs`` runs (0: not stated), ``low`` and ``high`` the fastest
+    and the slowest of them (the spread), ``cpu_seconds`` the median CPU time (user + system) of
+    the whole process where it was measured."""
 
     tool: str
     seconds: float
     imagevol: bool = False
     rss_mib: float | None = None
     note: str = ""
+    low: float | None = None
+    high: float | None = None
+    runs: int = 0
+    cpu_seconds: float | None = None
 
 
 @attrs.frozen
 class Target:
-    """A performance goal of the project: met when ``value <op> limit``."""
+    """A performance goal: met when ``value <op> limit``. ``low`` and ``high`` give the spread
+    of ``value`` over the runs (for a ratio: of the per-round ratios of interleaved runs); ``note``
+    says what the result depends on (an idle second CPU, work not done yet)."""
 
     what: str
     design: str
@@ -47,6 +57,9 @@ class Target:
     limit: float
     unit: str = "×"
     op: str = "<="
+    low: float | None = None
+    high: float | None = None
+    note: str = ""
 
     @property
     def met(self) -> bool:
@@ -64,14 +77,23 @@ class Table:
 
 @attrs.frozen
 class Line:
+    """One series: a value per x, with optional error bars from ``low`` to ``high`` (the spread)."""
+
     label: str
     values: tuple[float, ...]
+    low: tuple[float, ...] = ()
+    high: tuple[float, ...] = ()
+
+
+PLOT_KINDS = ("line", "bar")
 
 
 @attrs.frozen
 class Plot:
-    """A line plot, written as ``docs/benchmarks-<id>.png`` when matplotlib is installed and shown
-    in the section ``section`` (after the benchmark's last section when empty)."""
+    """A plot, written as ``docs/benchmarks-<id>.png`` when matplotlib is installed and shown in
+    the section ``section`` (after the benchmark's last section when empty). ``kind`` is ``line``
+    (numeric ``x``) or ``bar`` (one group of bars per ``x_labels`` entry, one bar per line; ``x``
+    then only numbers the groups)."""
 
     id: str
     section: str
@@ -80,6 +102,8 @@ class Plot:
     y_label: str
     x: tuple[float, ...]
     lines: tuple[Line, ...]
+    kind: str = "line"
+    x_labels: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -94,6 +118,8 @@ class Section:
     rows: tuple[Row, ...]
     targets: tuple[Target, ...] = ()
     tables: tuple[Table, ...] = ()
+    #: The 1-minute load average when the section's runs started and when they ended.
+    load: tuple[float, float] | None = None
 
     def primary_row(self) -> Row:
         for row in self.rows:
@@ -205,6 +231,10 @@ def from_json(doc: Any) -> Result:
                 imagevol=_opt(r, "imagevol", bool, f"{where}.rows[{j}]", False),
                 rss_mib=_float_or_none(_opt(r, "rss_mib", (int, float), f"{where}.rows[{j}]", None)),
                 note=_opt(r, "note", str, f"{where}.rows[{j}]", ""),
+                low=_float_or_none(_opt(r, "low", (int, float), f"{where}.rows[{j}]", None)),
+                high=_float_or_none(_opt(r, "high", (int, float), f"{where}.rows[{j}]", None)),
+                runs=_opt(r, "runs", int, f"{where}.rows[{j}]", 0),
+                cpu_seconds=_float_or_none(_opt(r, "cpu_seconds", (int, float), f"{where}.rows[{j}]", None)),
             )
             for j, r in enumerate(_list(s, "rows", where))
         )
@@ -216,6 +246,9 @@ def from_json(doc: Any) -> Result:
                 limit=_num(_get(t, "limit", (int, float), f"{where}.targets[{j}]"), where),
                 unit=_opt(t, "unit", str, f"{where}.targets[{j}]", "×"),
                 op=_opt(t, "op", str, f"{where}.targets[{j}]", "<="),
+                low=_float_or_none(_opt(t, "low", (int, float), f"{where}.targets[{j}]", None)),
+                high=_float_or_none(_opt(t, "high", (int, float), f"{where}.targets[{j}]", None)),
+                note=_opt(t, "note", str, f"{where}.targets[{j}]", ""),
             )
             for j, t in enumerate(_list(s, "targets", where, required=False))
         )
@@ -237,6 +270,7 @@ def from_json(doc: Any) -> Result:
                 rows=rows,
                 targets=targets,
                 tables=tables,
+                load=_load(s.get("load"), where),
             )
         )
     plots = []
@@ -254,9 +288,13 @@ def from_json(doc: Any) -> Result:
                     Line(
                         label=_get(line, "label", str, f"{where}.lines[{j}]"),
                         values=tuple(_num(v, where) for v in _get(line, "values", list, f"{where}.lines[{j}]")),
+                        low=tuple(_num(v, where) for v in _opt(line, "low", list, f"{where}.lines[{j}]", [])),
+                        high=tuple(_num(v, where) for v in _opt(line, "high", list, f"{where}.lines[{j}]", [])),
                     )
                     for j, line in enumerate(_get(p, "lines", list, where))
                 ),
+                kind=_opt(p, "kind", str, where, "line"),
+                x_labels=tuple(str(v) for v in _opt(p, "x_labels", list, where, [])),
             )
         )
     versions = _opt(doc, "versions", dict, "document", {})
@@ -270,6 +308,14 @@ def from_json(doc: Any) -> Result:
     )
     validate(result)
     return result
+
+
+def _load(value: Any, where: str) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2:
+        raise ResultError(f"{where}: 'load' must be [start, end]")
+    return _num(value[0], where), _num(value[1], where)
 
 
 def validate(result: Result) -> None:
@@ -287,6 +333,12 @@ def validate(result: Result) -> None:
         for row in section.rows:
             if not row.seconds > 0:
                 raise ResultError(f"section {section.id!r}: {row.tool!r} has a non-positive time")
+            if (row.low is None) != (row.high is None) or (
+                row.low is not None and row.high is not None and not row.low <= row.seconds <= row.high
+            ):
+                raise ResultError(f"section {section.id!r}: {row.tool!r}: the spread must hold the median")
+            if row.runs < 0:
+                raise ResultError(f"section {section.id!r}: {row.tool!r} has a negative number of runs")
         for target in section.targets:
             if target.op not in OPS:
                 raise ResultError(f"section {section.id!r}: operator {target.op!r} is not one of {OPS}")
@@ -299,9 +351,17 @@ def validate(result: Result) -> None:
             raise ResultError(f"plot {plot.id!r}: no section {plot.section!r}")
         if not plot.id.replace("-", "").replace("_", "").isalnum():
             raise ResultError(f"plot id {plot.id!r}: use letters, digits, '-' and '_' only")
+        if plot.kind not in PLOT_KINDS:
+            raise ResultError(f"plot {plot.id!r}: kind {plot.kind!r} is not one of {PLOT_KINDS}")
+        if plot.x_labels and len(plot.x_labels) != len(plot.x):
+            raise ResultError(f"plot {plot.id!r}: {len(plot.x_labels)} labels for {len(plot.x)} points")
+        if plot.kind == "bar" and not plot.x_labels:
+            raise ResultError(f"plot {plot.id!r}: a bar plot needs x_labels")
         for line in plot.lines:
             if len(line.values) != len(plot.x):
                 raise ResultError(f"plot {plot.id!r}: line {line.label!r} has {len(line.values)} points")
+            if len(line.low) != len(line.high) or (line.low and len(line.low) != len(plot.x)):
+                raise ResultError(f"plot {plot.id!r}: line {line.label!r}: the spread needs a point per x")
 
 
 def ratio_rows(section: Section) -> Sequence[tuple[Row, float]]:

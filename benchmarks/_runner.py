@@ -33,6 +33,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_DIR = os.path.join(REPO, "benchmarks")
 JSON_OPTION = re.compile(r"--json[ =]\[?PATH\]?")
 MACHINE_FILE = "machine.json"
+#: The order of the report (and of the runs): the benchmarks of the goals first, the others after.
+ORDER = ("unpack", "pull", "startup", "pods", "fleet", "subpath")
 
 
 def discover(directory: str = BENCH_DIR, python: str = sys.executable) -> list[str]:
@@ -149,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             name = entry.removesuffix(".json")
             if entry.endswith(".json") and entry != MACHINE_FILE and (not args.names or name in args.names):
                 results.append(_results.read(os.path.join(args.results, entry)))
+        results.sort(key=lambda r: (ORDER.index(r.benchmark) if r.benchmark in ORDER else len(ORDER), r.benchmark))
         if not results:
             parser.error(f"no results in {args.results}: run the benchmarks first")
         machine = _report.load_machine(machine_path) if os.path.exists(machine_path) else _report.machine_info(REPO)
@@ -173,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(e))
     if not args.no_plots:
         ensure_matplotlib(install=not args.no_install)
-    names = args.names or found
+    names = args.names or sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
     print(f"benchmarks/run: {', '.join(names)}", flush=True)
     for entry in os.listdir(args.results):  # --render shows this run only
         if entry.endswith(".json"):

@@ -1,104 +1,79 @@
-"""Pull a 200 MiB blob from a registry on 127.0.0.1: imagevol against curl, oras-py and skopeo.
+"""Pull a 200 MiB blob from a registry on 127.0.0.1: ``imagevol pull`` against curl, oras-py and skopeo.
 
-One run measures every tool on the same blob, in alternating rounds, and prints the best time of
-each, its ratio to curl, and the peak RSS of the Python processes. imagevol verifies digest and size
-while streaming and renames into its content store; curl and oras-py verify nothing; skopeo (to a
-``dir:``) verifies the digest. Python tools are timed inside their own process (their import time
-is reported apart); curl and skopeo are timed as whole processes.
+Every tool runs as a whole process (interpreter start and imports included for the Python ones),
+interleaved run by run with the others, each into a fresh directory: ``imagevol pull`` (the CLI, as
+a user runs it: digest and size verified while streaming, temp file and rename into its content
+store), ``curl -o`` (verifies nothing), oras-py's ``download_blob`` (verifies nothing) and
+``skopeo copy`` to a ``dir:`` (verifies the digest). One more row, labelled in-process, times
+imagevol's CLI entry point inside an interpreter that has already imported it.
 
-    .venv/bin/python benchmarks/pull.py [--size-mib 200] [--rounds 3] [--dir DIR] [--json PATH]
+    .venv/bin/python -m benchmarks.pull [--size-mib 200] [--runs 5] [--dir DIR] [--json PATH]
 
-With ``--json PATH`` it also writes the results document ``benchmarks/run`` renders into
-docs/benchmarks.md (``benchmarks/_results.py``).
-
-Target (docs/pulling.md): imagevol <= 2.5 x curl with verification on, peak RSS under 80 MB.
+Targets (the project's performance goals): ``imagevol pull``, whole process, at most 2.0 x ``curl -o``;
+peak RSS under 80 MB.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
 import os
 import random
 import shutil
-import subprocess
+import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
+from collections.abc import Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from benchmarks import _results  # noqa: E402
-from imagevol.oci import OCI_CONFIG, OCI_LAYER, Digest, canonical_json  # noqa: E402
-from imagevol.testing.images import LayoutBuilder  # noqa: E402
+from benchmarks import _measure, _results  # noqa: E402
+from benchmarks._inputs import oci_layout  # noqa: E402
+from benchmarks._measure import Candidate, Series  # noqa: E402
 from tests.helpers import peers  # noqa: E402
 
-# Each Python tool runs in a fresh interpreter and prints {"seconds", "import_seconds", "rss_mb"}.
-_PY_PRELUDE = """
-import json, sys, time
-t0 = time.perf_counter()
-"""
-# Peak RSS from VmHWM: getrusage's ru_maxrss survives execve, so a child of a big parent would
-# report the parent's size; VmHWM belongs to the process's own address space.
-_PY_REPORT = """
-hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({"seconds": elapsed, "import_seconds": imported - t0, "rss_mb": int(hwm.split()[1]) / 1024}))
-"""
-IMAGEVOL = (
-    _PY_PRELUDE
-    + """
-from imagevol import Resolver
-from imagevol.content.sources.registry import RegistryAccess
-from imagevol.content.store import ContentStore
-imported = time.perf_counter()
-store = ContentStore(sys.argv[2])
-resolver = Resolver(store, registry_factory=RegistryAccess(plain_http=True))
-start = time.perf_counter()
-record = resolver.pull(sys.argv[1]).record
-elapsed = time.perf_counter() - start
-"""
-    + _PY_REPORT
-)
-ORAS = (
-    _PY_PRELUDE
-    + """
+TARGET_RATIO = 2.0
+TARGET_RSS_MB = 80.0
+LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+# oras-py's download_blob in a process of its own; prints the download alone.
+_ORAS = """
+import sys, time
 import oras.provider
-imported = time.perf_counter()
 host, repo, digest, out = sys.argv[1:5]
 registry = oras.provider.Registry(hostname=host, insecure=True)
 start = time.perf_counter()
 registry.download_blob(f"{host}/{repo}", digest, out)
-elapsed = time.perf_counter() - start
+print(time.perf_counter() - start)
 """
-    + _PY_REPORT
-)
+
+# imagevol's CLI entry point (wherever its module lives: the console script's target), called
+# inside an interpreter that has already imported it; prints the call alone.
+_IMAGEVOL_IN_PROCESS = """
+import importlib.metadata, sys, time
+(entry,) = importlib.metadata.entry_points(group="console_scripts", name="imagevol")
+main = entry.load()
+start = time.perf_counter()
+status = main(sys.argv[1:])
+elapsed = time.perf_counter() - start
+if status:
+    sys.exit(status)
+print(elapsed)
+"""
 
 
-def build(layout: str, size: int) -> Digest:
-    """An image whose one layer is ``size`` random bytes (seeded: the same blob every run)."""
-    data = random.Random(4639).randbytes(size)
-    b = LayoutBuilder(layout)
-    layer = b.add_blob(data, OCI_LAYER)
-    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [str(layer.digest)]}}
-    b.add_manifest(b.add_blob(canonical_json(config), OCI_CONFIG), [layer], tag="big")
-    b.save()
-    return layer.digest
-
-
-def timed(argv: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(argv, check=True, capture_output=True, timeout=600)
-    return time.perf_counter() - start
-
-
-def python_tool(script: str, *args: str) -> dict[str, float]:
-    proc = subprocess.run(
-        [sys.executable, "-c", script, *args], check=True, capture_output=True, text=True, timeout=600
-    )
-    report: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return report
+def build(layout: str, size: int) -> str:
+    """An image whose one layer is ``size`` random bytes (seeded: the same blob every run); returns
+    the layer's digest."""
+    blob = os.path.join(layout + ".blob")
+    with open(blob, "wb") as f:
+        f.write(random.Random(4639).randbytes(size))
+    with open(blob, "rb") as f:
+        hexdigest = hashlib.file_digest(f, "sha256").hexdigest()
+    oci_layout(layout, blob, hexdigest, media_type=LAYER)
+    os.unlink(blob)
+    return f"sha256:{hexdigest}"
 
 
 def scratch_root() -> str:
@@ -106,18 +81,23 @@ def scratch_root() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pull", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5, help="runs per tool, interleaved; the median counts")
     parser.add_argument("--dir", default=None, help="where the tools write (default: /dev/shm if present)")
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the results document to PATH")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.size_mib < 1:
+        parser.error("--size-mib must be positive")
+    _measure.check_runs(args.runs)
     size = args.size_mib * 1024 * 1024
     curl, skopeo = peers.require("curl"), peers.require("skopeo")
+    imagevol = _measure.imagevol_command()
     work = tempfile.mkdtemp(prefix="imagevol-bench-")
     target = args.dir or scratch_root()
     scratch = tempfile.mkdtemp(prefix="imagevol-bench-", dir=target)
+    py = sys.executable
     try:
         layout = os.path.join(work, "layout")
         digest = build(layout, size)
@@ -125,103 +105,126 @@ def main() -> int:
             peers.skopeo_copy(layout, "big", reg, "bench/big")
             ref = f"{reg.host}/bench/big:v1"
             url = f"http://{reg.host}/v2/bench/big/blobs/{digest}"
-            results: dict[str, list[float]] = {
-                "curl": [],
-                "imagevol": [],
-                "imagevol-cli": [],
-                "oras-py": [],
-                "skopeo": [],
-            }
-            extra: dict[str, list[dict[str, float]]] = {"imagevol": [], "oras-py": []}
-
-            def fresh(name: str) -> str:
-                path = os.path.join(scratch, name)
-                shutil.rmtree(path, ignore_errors=True)
-                return path
-
-            runs: list[tuple[str, Callable[[], float]]] = [
-                ("curl", lambda: timed([curl, "-sf", "-o", fresh("curl.blob"), url])),
-                ("imagevol", lambda: _py("imagevol", IMAGEVOL, extra, ref, fresh("store"))),
-                ("imagevol-cli", lambda: timed([sys.executable, "-m", "imagevol.cli", "--root", fresh("node"),
-                                                "pull", ref, "--plain-http"])),
-                ("oras-py", lambda: _py("oras-py", ORAS, extra, reg.host, "bench/big", str(digest),
-                                        fresh("oras.blob"))),
-                ("skopeo", lambda: timed([skopeo, "--insecure-policy", "copy", "-q", "--preserve-digests",
-                                          "--src-tls-verify=false", f"docker://{ref}", f"dir:{fresh('skopeo')}"])),
-            ]  # fmt: skip
-            for _ in range(args.rounds):
-                for name, run in runs:
-                    results[name].append(run())
-            with open(os.path.join(scratch, "store", "blobs", "sha256", digest.hex), "rb") as f:
-                assert os.fstat(f.fileno()).st_size == size  # the verified blob is in the store
-        best = {name: min(times) for name, times in results.items()}
-        rss = {name: max(r["rss_mb"] for r in reports) for name, reports in extra.items()}
-        imports = {name: min(r["import_seconds"] for r in reports) for name, reports in extra.items()}
-        print(f"blob: {args.size_mib} MiB, {args.rounds} rounds, best of each; target dir on {target}")
-        print(f"{'tool':12} {'seconds':>8} {'x curl':>7} {'peak RSS':>9}  notes")
-        notes = {
-            "curl": "no verification",
-            "imagevol": f"digest+size verified, temp+rename (imports {imports['imagevol']:.2f}s, not timed)",
-            "imagevol-cli": "imagevol pull, whole process (interpreter start and imports included)",
-            "oras-py": f"download_blob, no verification (imports {imports['oras-py']:.2f}s, not timed)",
-            "skopeo": "copy to dir:, digest verified (whole process)",
-        }
-        for name in results:
-            mem = f"{rss[name]:.1f} MB" if name in rss else "-"
-            print(f"{name:12} {best[name]:8.3f} {best[name] / best['curl']:7.2f} {mem:>9}  {notes[name]}")
-        ok = best["imagevol"] <= 2.5 * best["curl"] and rss["imagevol"] < 80
-        print(f"target (<= 2.5 x curl, < 80 MB): {'met' if ok else 'NOT met'}")
-        if args.json:
-            _results.write(args.json, _report(args, best, rss, notes, target))
-        return 0 if ok else 1
+            pull = ["pull", ref, "--plain-http"]
+            copy = [skopeo, "--insecure-policy", "copy", "-q", "--preserve-digests", "--src-tls-verify=false"]
+            copy.append(f"docker://{ref}")
+            tools = [
+                Candidate("curl -o", lambda d: [curl, "-sf", "-o", f"{d}/blob", url]),
+                Candidate("imagevol pull", lambda d: [*imagevol, "--root", f"{d}/node", *pull]),
+                Candidate(
+                    "oras-py download_blob", lambda d: [py, "-c", _ORAS, reg.host, "bench/big", digest, f"{d}/blob"]
+                ),
+                Candidate("skopeo copy", lambda d: [*copy, f"dir:{d}/copy"]),
+                Candidate(
+                    "imagevol pull, in process",
+                    lambda d: [py, "-c", _IMAGEVOL_IN_PROCESS, "--root", f"{d}/node", *pull],
+                ),
+            ]
+            print(f"blob: {args.size_mib} MiB from {reg.host}; {args.runs} interleaved runs; writing to {target}")
+            with _measure.load_window() as load:
+                series = _measure.interleave(tools, args.runs, scratch=scratch)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
+    result = _document(args, series, load.span, target)
+    for row in result.sections[0].rows:
+        print(f"  {row.tool:28} {row.seconds:7.3f} s  ({row.low:.3f}-{row.high:.3f})  {row.note}")
+    missed = [t for t in result.sections[0].targets if not t.met]
+    for t in result.sections[0].targets:
+        print(f"  {'PASS' if t.met else 'MISS'} {t.what}: {t.value:.2f} {t.unit} (target {t.design})")
+    if args.json:
+        _results.write(args.json, result)
+    return 1 if missed else 0
 
 
-def _report(
-    args: argparse.Namespace, best: dict[str, float], rss: dict[str, float], notes: dict[str, str], target: str
+def _document(
+    args: argparse.Namespace, series: dict[str, Series], load: tuple[float, float], target: str
 ) -> _results.Result:
-    mib = 1024 * 1024 / 1e6  # rss values are MB (VmHWM / 1024); the report wants MiB
-    rows = tuple(
-        _results.Row(
-            name,
-            seconds,
-            imagevol=name.startswith("imagevol"),
-            rss_mib=rss[name] / mib if name in rss else None,
-            note=notes[name],
+    whole = series["imagevol pull"]
+    inner = series["imagevol pull, in process"]
+    inner_values = [s.inner for s in inner.samples if s.inner is not None]
+    oras_alone = series["oras-py download_blob"].inner
+    notes = {
+        "curl -o": "verifies nothing",
+        "imagevol pull": "digest and size verified while streaming, temp file and rename into the content store",
+        "oras-py download_blob": "verifies nothing" + (f"; download alone {oras_alone:.2f} s" if oras_alone else ""),
+        "skopeo copy": "to a dir:, digest verified",
+    }
+    rows = [
+        series[name].row(imagevol=name.startswith("imagevol"), note=notes[name])
+        for name in ("imagevol pull", "curl -o", "oras-py download_blob", "skopeo copy")
+    ]
+    if inner_values:
+        rows.append(
+            _results.Row(
+                "imagevol pull, in process",
+                statistics.median(inner_values),
+                imagevol=True,
+                note="the CLI's entry point timed inside a process that has already imported it"
+                " (no interpreter start, no imports)",
+                low=min(inner_values),
+                high=max(inner_values),
+                runs=len(inner_values),
+            )
         )
-        for name, seconds in best.items()
-    )
+    ratio = _measure.paired(whole, series["curl -o"])
+    start_up = ""
+    if inner_values:
+        alone = statistics.median(inner_values)
+        start_up = (
+            f"the start-up work: the pull itself takes {alone:.2f} s ({alone / series['curl -o'].wall:.2f} × curl),"
+            f" interpreter start and imports the other {max(0.0, whole.wall - alone):.2f} s"
+        )
+    rss = (whole.rss_mib or 0.0) * 1024 * 1024 / 1e6
     section = _results.Section(
         id="blob",
         title=f"Pull and verify a {args.size_mib} MiB blob from the loopback registry",
         text=(
-            f"One uncompressed {args.size_mib} MiB layer pushed with skopeo to a `docker-registry` on "
-            f"127.0.0.1; every tool fetches it {args.rounds} times in alternating rounds (best time "
-            f"shown), writing to {target}. imagevol verifies digest and size while streaming and renames "
-            "into its content store; curl and oras-py verify nothing."
+            f"One uncompressed {args.size_mib} MiB layer pushed with skopeo to a `docker-registry` on 127.0.0.1;"
+            f" each tool fetches it {args.runs} times, as a process of its own, interleaved run by run with the"
+            f" others, into a fresh directory on {target}. imagevol's time is the whole `imagevol pull` command"
+            " (interpreter start and imports included), as curl's is curl's."
         ),
         unit="s",
-        primary="imagevol",
-        rows=rows,
+        primary="imagevol pull",
+        rows=tuple(rows),
         targets=(
-            _results.Target("imagevol ÷ curl", "≤ 2.5 × curl", best["imagevol"] / best["curl"], 2.5),
-            _results.Target("imagevol peak RSS", "peak RSS < 80 MB", rss["imagevol"], 80, unit="MB", op="<"),
+            ratio.target(
+                "imagevol pull ÷ curl -o, whole processes",
+                f"≤ {TARGET_RATIO:g} × curl",
+                TARGET_RATIO,
+                note=start_up,
+            ),
+            _results.Target("imagevol pull peak RSS", "peak RSS < 80 MB", rss, TARGET_RSS_MB, unit="MB", op="<"),
+        ),
+        load=load,
+    )
+    names = ("curl -o", "imagevol pull", "oras-py download_blob", "skopeo copy")
+    plot = _results.Plot(
+        id="pull",
+        section="blob",
+        title=f"Pulling a {args.size_mib} MiB blob, whole processes (median, fastest–slowest)",
+        x_label="tool",
+        y_label="wall time (s)",
+        x=tuple(float(i) for i in range(len(names))),
+        x_labels=names,
+        kind="bar",
+        lines=(
+            _results.Line(
+                "whole process",
+                tuple(series[n].wall for n in names),
+                low=tuple(series[n].low for n in names),
+                high=tuple(series[n].high for n in names),
+            ),
         ),
     )
     return _results.Result(
         "pull",
-        f"python -m benchmarks.pull --size-mib {args.size_mib} --rounds {args.rounds}",
+        f"python -m benchmarks.pull --size-mib {args.size_mib} --runs {args.runs}",
         (section,),
-        raw={"best_seconds": best, "rss_mb": rss},
+        plots=(plot,),
+        raw={name: _measure.raw(s) for name, s in series.items()},
     )
-
-
-def _py(name: str, script: str, extra: dict[str, list[dict[str, float]]], *args: str) -> float:
-    report = python_tool(script, *args)
-    extra[name].append(report)
-    return report["seconds"]
 
 
 if __name__ == "__main__":

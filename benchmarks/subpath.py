@@ -46,12 +46,25 @@ SIZE_RATIO_TARGET = 2.0
 MOUNT_KEYS = ("small", "small_subpath", "big", "big_subpath")
 
 
-def _best(fn: Callable[[], object], number: int, repeat: int) -> float:
-    """Seconds per call: the minimum over ``repeat`` runs of ``number`` calls (timeit's advice)."""
-    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number
+def _rounds(fns: dict[str, tuple[Callable[[], object], int]], repeat: int) -> dict[str, list[float]]:
+    """Seconds per call of each function: ``repeat`` rounds, each timing every function once over
+    its number of calls, in turn (so that a change in the machine's load hits them alike)."""
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, (fn, number) in fns.items():
+            out[name].append(timeit.timeit(fn, number=number) / number)
+    return out
 
 
-def bench_resolve(number: int = 20000, repeat: int = 7) -> dict[str, float]:
+def _spread(values: Sequence[float], scale: float = 1.0) -> dict[str, float]:
+    return {
+        "median": statistics.median(values) * scale,
+        "low": min(values) * scale,
+        "high": max(values) * scale,
+    }
+
+
+def bench_resolve(number: int = 20000, repeat: int = 7) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="imagevol-bench-") as base:
         parts = [f"d{i}" for i in range(DEPTH)]
         os.makedirs(os.path.join(base, *parts))
@@ -76,17 +89,24 @@ def bench_resolve(number: int = 20000, repeat: int = 7) -> dict[str, float]:
             def userspace() -> None:
                 sp.resolve(root, sub, sp.Policy.BENEATH, sp.Backend.USERSPACE).close()
 
-            bare_s = _best(bare, number, repeat)
-            kernel_s = _best(kernel, number, repeat)
-            user_s = _best(userspace, max(1, number // 4), repeat)
+            load = os.getloadavg()[0]
+            rounds = _rounds(
+                {"bare": (bare, number), "kernel": (kernel, number), "user": (userspace, max(1, number // 4))}, repeat
+            )
         finally:
             os.close(root)
+    kernel_ratios = [k / b for k, b in zip(rounds["kernel"], rounds["bare"], strict=True)]
+    user_ratios = [u / b for u, b in zip(rounds["user"], rounds["bare"], strict=True)]
     return {
-        "openat2_us": bare_s * 1e6,
-        "imagevol_kernel_us": kernel_s * 1e6,
-        "imagevol_userspace_us": user_s * 1e6,
-        "kernel_ratio": kernel_s / bare_s,
-        "userspace_ratio": user_s / bare_s,
+        "openat2_us": statistics.median(rounds["bare"]) * 1e6,
+        "imagevol_kernel_us": statistics.median(rounds["kernel"]) * 1e6,
+        "imagevol_userspace_us": statistics.median(rounds["user"]) * 1e6,
+        "kernel_ratio": statistics.median(kernel_ratios),
+        "userspace_ratio": statistics.median(user_ratios),
+        "spread_us": {name: _spread(values, 1e6) for name, values in rounds.items()},
+        "kernel_ratio_spread": [min(kernel_ratios), max(kernel_ratios)],
+        "repeat": repeat,
+        "load": [load, os.getloadavg()[0]],
     }
 
 
@@ -124,7 +144,7 @@ def bench_second_mount(files: int = 20000, number: int = 200) -> dict[str, Any]:
             NodeConfig(root=os.path.join(base, "node"), registries=registries, runtime="containerd", hermetic=True)
         )
         runtime = node.runtime
-        result: dict[str, Any] = {"files": files}
+        result: dict[str, Any] = {"files": files, "load": [os.getloadavg()[0]]}
         for tag in ("small", "big"):
             image = runtime.pull_image(f"bench.test/img:{tag}").image_ref
             for sub_path in ("", "data"):
@@ -150,38 +170,50 @@ def bench_second_mount(files: int = 20000, number: int = 200) -> dict[str, Any]:
                     "first_mount_ms": first_ms,
                     "second_mount_ms_min": min(mounts) * 1e3,
                     "second_mount_ms_median": statistics.median(mounts) * 1e3,
+                    "second_mount_ms_max": max(mounts) * 1e3,
                     "create_container_ms_median": statistics.median(cycles) * 1e3,
                 }
+        result["load"].append(os.getloadavg()[0])
         result["size_ratio_median"] = (
             result["big"]["second_mount_ms_median"] / result["small"]["second_mount_ms_median"]
         )
         return result
 
 
-def document(
-    resolve: dict[str, float], mount: dict[str, Any], command: str, number: int, mounts: int
-) -> _results.Result:
+def document(resolve: dict[str, Any], mount: dict[str, Any], command: str, number: int, mounts: int) -> _results.Result:
     """The results as the document benchmarks/run renders."""
     files = mount["files"]
+    spread = resolve["spread_us"]
+
+    def resolve_row(tool: str, key: str, imagevol: bool, note: str = "") -> _results.Row:
+        return _results.Row(
+            tool,
+            spread[key]["median"] / 1e6,
+            imagevol=imagevol,
+            note=note,
+            low=spread[key]["low"] / 1e6,
+            high=spread[key]["high"] / 1e6,
+            runs=resolve["repeat"],
+        )
+
     resolve_rows = (
-        _results.Row("imagevol resolve, kernel backend", resolve["imagevol_kernel_us"] / 1e6, imagevol=True),
-        _results.Row(
+        resolve_row("imagevol resolve, kernel backend", "kernel", True),
+        resolve_row(
             "imagevol resolve, userspace walk",
-            resolve["imagevol_userspace_us"] / 1e6,
-            imagevol=True,
-            note="without openat2: one component at a time, containment checked",
+            "user",
+            True,
+            "without openat2: one component at a time, containment checked",
         ),
-        _results.Row(
-            "bare openat2", resolve["openat2_us"] / 1e6, note="ctypes syscall, open_how prebuilt: the floor in Python"
-        ),
+        resolve_row("bare openat2", "bare", False, "ctypes syscall, open_how prebuilt: the floor in Python"),
     )
     resolve_section = _results.Section(
         id="resolve",
         title=f"Resolve a {DEPTH}-component sub path",
         text=(
             f"`subpath.resolve` of a {DEPTH}-component path beneath a directory fd (policy BENEATH), against one"
-            " bare `openat2` call with the same flags on the same path. In process; each time is the best of 7"
-            f" runs of {number:,} calls (the userspace walk: {max(1, number // 4):,} calls), per call."
+            " bare `openat2` call with the same flags on the same path. In process; per call, the median of"
+            f" {resolve['repeat']} rounds timing {number:,} calls of each in turn (the userspace walk:"
+            f" {max(1, number // 4):,} calls), with the spread of the rounds."
         ),
         unit="µs",
         primary="imagevol resolve, kernel backend",
@@ -192,8 +224,11 @@ def document(
                 design=f"≤ {RESOLVE_TARGET:g} × raw openat2",
                 value=resolve["kernel_ratio"],
                 limit=RESOLVE_TARGET,
+                low=resolve["kernel_ratio_spread"][0],
+                high=resolve["kernel_ratio_spread"][1],
             ),
         ),
+        load=(resolve["load"][0], resolve["load"][1]),
     )
 
     def label(key: str) -> str:
@@ -205,7 +240,9 @@ def document(
             f"second mount, {label(key)}",
             mount[key]["second_mount_ms_median"] / 1e3,
             imagevol=True,
-            note=f"median of {mounts}; min {mount[key]['second_mount_ms_min']:.3f} ms",
+            low=mount[key]["second_mount_ms_min"] / 1e3,
+            high=mount[key]["second_mount_ms_max"] / 1e3,
+            runs=mounts,
         )
         for key in ("big", "big_subpath", "small", "small_subpath")
     ]
@@ -229,7 +266,7 @@ def document(
             "`mount_image_volume` of the containerd profile (what `CreateContainer` does per image volume) on an"
             f" image whose tree is already materialised: a {files:,}-file image against a 1-file image, with and"
             " without a sub path, compared with the first mount that builds the tree. In process; times are"
-            f" medians of {mounts} mounts."
+            f" medians of {mounts} mounts, with the fastest and the slowest."
         ),
         unit="ms",
         primary=f"second mount, {label('big')}",
@@ -257,6 +294,7 @@ def document(
                 cycles,
             ),
         ),
+        load=(mount["load"][0], mount["load"][1]),
     )
     return _results.Result(
         benchmark="subpath",
@@ -287,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = f"python -m benchmarks.subpath --files {args.files} --number {args.number} --mounts {args.mounts}"
         _results.write(args.json, document(resolve, mount, command, args.number, args.mounts))
     else:
-        print(f"resolve a {DEPTH}-component sub path (best of 7 runs)")
+        print(f"resolve a {DEPTH}-component sub path (median of {resolve['repeat']} rounds)")
         print(f"  bare openat2            {resolve['openat2_us']:8.2f} us")
         print(f"  imagevol, kernel        {resolve['imagevol_kernel_us']:8.2f} us  x{resolve['kernel_ratio']:.2f}")
         print(

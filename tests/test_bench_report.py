@@ -17,7 +17,7 @@ import textwrap
 
 import pytest
 
-from benchmarks import _report, _results, _runner, subpath, unpack
+from benchmarks import _measure, _report, _results, _runner, pods, startup, subpath, unpack
 from benchmarks._results import Line, Plot, Result, ResultError, Row, Section, Table, Target
 
 MACHINE = _report.Machine(
@@ -94,7 +94,41 @@ def synthetic() -> list[Result]:
             ),
         ),
     )
-    return [unpack_result, resolve]
+    pull = Result(
+        benchmark="pull",
+        command="python -m benchmarks.pull --runs 5",
+        sections=(
+            Section(
+                id="blob",
+                title="Pull a blob",
+                text="Whole processes.",
+                unit="s",
+                primary="imagevol pull",
+                rows=(
+                    Row("imagevol pull", 0.6, imagevol=True, rss_mib=48.0, low=0.5, high=0.9, runs=5, cpu_seconds=0.55),
+                    Row("curl -o", 0.2, low=0.15, high=0.3, runs=5, cpu_seconds=0.1, note="verifies nothing"),
+                ),
+                targets=(
+                    Target("imagevol ÷ curl", "≤ 2 × curl", 3.0, 2.0, low=2.5, high=4.0, note="the start-up work"),
+                ),
+                load=(1.5, 1.75),
+            ),
+        ),
+        plots=(
+            Plot(
+                id="pull",
+                section="blob",
+                title="Pulling a blob",
+                x_label="tool",
+                y_label="s",
+                x=(0.0, 1.0),
+                lines=(Line("whole process", (0.2, 0.6), low=(0.15, 0.5), high=(0.3, 0.9)),),
+                kind="bar",
+                x_labels=("curl", "imagevol"),
+            ),
+        ),
+    )
+    return [unpack_result, resolve, pull]
 
 
 def test_report_has_a_table_per_section_with_ratios_rss_targets_and_machine() -> None:
@@ -118,6 +152,19 @@ def test_report_has_a_table_per_section_with_ratios_rss_targets_and_machine() ->
     assert "**By layer size**" in text and "| 219 | 0.50 |" in text
     assert "`benchmarks/unpack.py --runs 3`; GNU tar 1.35." in text
     assert "* `pull`: exited with status 1 and wrote no results" in text
+    # Medians with their spread, CPU time, runs and load; targets with the spread of the per-round
+    # ratios and what they depend on; missed targets listed by name.
+    assert "| tool | kind | median (s) | spread (s) | CPU (s) | imagevol ÷ tool | peak RSS | note |" in text
+    assert "| **imagevol pull** | imagevol | 0.600 | 0.500–0.900 | 0.550 | 1.00 | 48.0 MiB |  |" in text
+    assert "| curl -o | peer | 0.200 | 0.150–0.300 | 0.100 | 3.00 | — | verifies nothing |" in text
+    assert "| imagevol ÷ curl | 3.00 × | 2.50–4.00 | ≤ 2 × | ≤ 2 × curl | **MISS** | the start-up work |" in text
+    assert "Load average (1 minute): 1.50 when these runs started, 1.75 when they ended." in text
+    assert "Missed in this run:\n\n" in text
+    assert "* pull: imagevol ÷ curl: 3.00 ×, goal ≤ 2 × curl; depends on the start-up work\n" in text
+    assert _report.fmt_target(Target("files written", "writes nothing", 5002.0, 0.0, unit="files")) == "5,002 files"
+    assert _report.fmt_target(Target("get pods", "under 1 s", 1.0, 1.0, unit="s", op="<")) == "1.00 s"
+    # Sections without spread keep the short table.
+    assert "| tool | kind | time (s) | imagevol ÷ tool | peak RSS | note |" in text
     # No image was drawn: the report says so instead of linking one.
     assert "not drawn" in text and "](benchmarks-unpack.png)" not in text
     linked = _report.render(synthetic(), MACHINE, images={"unpack": "benchmarks-unpack.png"})
@@ -167,12 +214,14 @@ def test_plot_is_drawn_when_matplotlib_is_installed_and_reported_missing_otherwi
         text = f.read()
     png = os.path.join(str(tmp_path), "benchmarks-unpack.png")
     if importlib.util.find_spec("matplotlib") is not None:
-        assert images == {"unpack": "benchmarks-unpack.png"} and reason is None
-        width, height = _png_size(png)
-        assert width > 400 and height > 200
+        assert images == {"unpack": "benchmarks-unpack.png", "pull": "benchmarks-pull.png"} and reason is None
+        for name in ("unpack", "pull"):  # a line plot and a bar plot, both with error bars
+            width, height = _png_size(os.path.join(str(tmp_path), f"benchmarks-{name}.png"))
+            assert width > 400 and height > 200
         assert "![Materialising a layer](benchmarks-unpack.png)" in text
+        assert "![Pulling a blob](benchmarks-pull.png)" in text
     else:
-        assert images == {"unpack": None} and reason is not None and "matplotlib" in reason
+        assert images == {"unpack": None, "pull": None} and reason is not None and "matplotlib" in reason
         assert not os.path.exists(png)
         assert "not drawn: matplotlib is not installed" in text
         with pytest.raises(_report.PlotUnavailableError):
@@ -195,6 +244,11 @@ def test_result_documents_round_trip_and_are_validated(tmp_path: pytest.TempPath
         ("sections.0.targets.0.op", ">"),
         ("plots.0.x", [1.0, 2.0]),
         ("plots.0.section", "elsewhere"),
+        ("plots.0.kind", "pie"),
+        ("plots.0.lines.0.low", [0.1]),
+        ("sections.0.rows.0.low", 2.0),  # the spread must hold the median
+        ("sections.0.rows.0.runs", -1),
+        ("sections.0.load", [1.0]),
         ("schema", 99),
     ]
     for where, value in broken:
@@ -206,6 +260,10 @@ def test_result_documents_round_trip_and_are_validated(tmp_path: pytest.TempPath
         node[last] = value
         with pytest.raises(ResultError):
             _results.from_json(bad)
+    bar = json.loads(json.dumps(_results.to_json(synthetic()[2])))
+    bar["plots"][0]["x_labels"] = []
+    with pytest.raises(ResultError, match="x_labels"):
+        _results.from_json(bar)
 
 
 def test_runner_renders_saved_results(tmp_path: pytest.TempPathFactory) -> None:
@@ -246,7 +304,7 @@ def test_discovery_takes_modules_documenting_json_path(tmp_path: pytest.TempPath
     with open(os.path.join(package, "broken.py"), "w") as f:
         f.write("raise SystemExit(3)\n")
     assert _runner.discover(package) == ["good"]
-    assert {"unpack", "subpath"} <= set(_runner.discover())
+    assert {"unpack", "subpath", "pull", "fleet", "startup", "pods"} <= set(_runner.discover())
 
 
 def test_subpath_writes_its_document(tmp_path: pytest.TempPathFactory) -> None:
@@ -263,19 +321,107 @@ def test_unpack_writes_its_document(tmp_path: pytest.TempPathFactory) -> None:
     path = os.path.join(str(tmp_path), "unpack.json")
     work = os.path.join(str(tmp_path), "work")
     os.mkdir(work)
-    argv = ["--dir", work, "--runs", "1", "--scales", "0.005,0.01", "--main-scale", "0.005", "--json", path]
-    assert unpack.main(argv) == 0
+    argv = ["--dir", work, "--runs", "1", "--scales", "0.005,0.01", "--main-scale", "0.005", "--entries", "200"]
+    assert unpack.main([*argv, "--json", path]) in (0, 1)  # 1: a target missed (no timing is asserted)
     assert os.listdir(work) == []  # the layers are removed
     result = _results.read(path)
-    (section,) = result.sections
-    names = [row.tool for row in section.rows]
-    assert names[0] == unpack.TAR and section.primary in names and "tarfile filter='data'" in names
+    assert [s.id for s in result.sections] == ["layer", "pinned", "formats", "entries"]
+    layer, pinned, formats, entries = result.sections
+    names = [row.tool for row in layer.rows]
+    assert names[0] == unpack.TAR and layer.primary in names and unpack.TARFILE in names
     assert (unpack.UMOCI in names) == (shutil.which("umoci") is not None)
+    assert all(row.runs == 1 and row.low == row.seconds == row.high and row.cpu_seconds for row in layer.rows)
+    assert all(section.load is not None for section in result.sections)
+    assert layer.targets[0].what == "imagevol ÷ GNU tar, wall, 2 CPUs"
+    assert layer.targets[0].note  # depends on an idle second CPU
+    assert pinned.targets[0].what == "imagevol ÷ GNU tar, CPU time, one CPU"
+    assert all(row.tool.endswith("on one CPU") for row in pinned.rows)
+    assert {row.tool for row in formats.rows} == {unpack.TAR_ZSTD, unpack.TAR_PLAIN, "imagevol, zstd",
+                                                   "imagevol, uncompressed"}  # fmt: skip
+    assert entries.unit == "µs" and entries.primary == "imagevol applier, per entry"
+    plots = {plot.id: plot for plot in result.plots}
+    assert set(plots) == {"unpack", "unpack-format"}
+    assert len(plots["unpack"].x) == 2 and plots["unpack"].x[0] < plots["unpack"].x[1]
+    assert len(plots["unpack"].lines) == 2 + (shutil.which("umoci") is not None)
+    assert plots["unpack-format"].kind == "bar" and plots["unpack-format"].x_labels[1] == "zstd -3"
+    assert {"gzip", "gzip@0.01", "gzip-pinned", "formats", "entries"} <= set(result.raw)
+
+
+def test_startup_writes_its_document(tmp_path: pytest.TempPathFactory) -> None:
+    path = os.path.join(str(tmp_path), "startup.json")
+    assert startup.main(["--runs", "1", "--json", path]) in (0, 1)
+    result = _results.read(path)
+    (section,) = result.sections
+    assert {row.tool for row in section.rows} == {startup.PYTHON, startup.HELP, startup.GET_PODS, startup.IMPORT}
+    assert [t.what for t in section.targets] == [
+        f"{startup.HELP} ÷ {startup.PYTHON}",
+        f"{startup.GET_PODS} ÷ {startup.PYTHON}",
+    ]
+    (table,) = section.tables
+    assert table.rows and table.rows[0][1] == "1"  # the heaviest import is one the command makes itself
     (plot,) = result.plots
-    assert len(plot.x) == 2 and plot.x[0] < plot.x[1]
-    assert len(plot.lines) == 2 + (shutil.which("umoci") is not None)
-    assert section.targets[0].what == "imagevol ÷ GNU tar"
-    assert set(result.raw["layers"]) == {"0.005", "0.01"}
+    assert plot.kind == "bar" and len(plot.x_labels) == 4
+
+
+def test_pods_writes_its_document(tmp_path: pytest.TempPathFactory) -> None:
+    path = os.path.join(str(tmp_path), "pods.json")
+    assert pods.main(["--pods", "1,3", "--runs", "1", "--dir", str(tmp_path), "--json", path]) in (0, 1)
+    result = _results.read(path)
+    (section,) = result.sections
+    assert [row.tool for row in section.rows] == [
+        "get pods, 3 Pods",
+        "sync, 3 Pods",
+        "get pods, 1 Pod",
+        "sync, 1 Pod",
+    ]
+    writes = section.targets[2]
+    assert writes.unit == "files" and writes.value == result.raw["writes"]["3"]
+    assert [row[0] for row in section.tables[0].rows] == ["1", "3"]
+    assert os.listdir(str(tmp_path)) == ["pods.json"]  # the node roots are removed
+
+
+def test_files_written_counts_new_replaced_and_removed_files(tmp_path: pytest.TempPathFactory) -> None:
+    root = str(tmp_path)
+    for name in ("same", "rewritten", "removed"):
+        with open(os.path.join(root, name), "w") as f:
+            f.write(name)
+    before = pods.snapshot(root)
+    with open(os.path.join(root, "rewritten.tmp"), "w") as f:
+        f.write("rewritten")
+    os.replace(os.path.join(root, "rewritten.tmp"), os.path.join(root, "rewritten"))  # a new inode
+    os.unlink(os.path.join(root, "removed"))
+    os.mkdir(os.path.join(root, "dir"))  # a directory alone is not a file written
+    with open(os.path.join(root, "dir", "new"), "w") as f:
+        f.write("new")
+    assert pods.changed(before, pods.snapshot(root)) == 3
+    assert pods.changed(before, before) == 0
+
+
+def test_runs_are_interleaved_rotated_and_measured(tmp_path: pytest.TempPathFactory) -> None:
+    log = os.path.join(str(tmp_path), "log")
+    scratch = os.path.join(str(tmp_path), "scratch")
+    os.mkdir(scratch)
+
+    def tool(name: str) -> _measure.Candidate:
+        # Each run appends its name and whether its scratch directory was fresh and empty.
+        script = f'test -z "$(ls -A "$1")" && echo {name} >> {log}; echo 0.25'
+        return _measure.Candidate(name, lambda d: ["sh", "-c", script, "sh", d])
+
+    series = _measure.interleave([tool("a"), tool("b"), tool("c")], 3, scratch=scratch, progress=False)
+    with open(log) as f:
+        assert f.read().split() == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert os.listdir(scratch) == []  # every run's directory is removed
+    a = series["a"]
+    assert len(a.samples) == 3 and all(s.inner == 0.25 and s.wall > 0 and s.cpu >= 0 for s in a.samples)
+    assert a.low <= a.wall <= a.high
+    row = a.row(imagevol=True)
+    assert row.runs == 3 and row.low == a.low and row.high == a.high
+    if _measure.GNU_TIME:
+        assert a.rss_mib is not None and a.rss_mib > 0
+    ratio = _measure.paired(a, a)
+    assert ratio.median == ratio.low == ratio.high == 1.0
+    with pytest.raises(_measure.MeasureError, match="exited with status 3"):
+        _measure.run(["sh", "-c", "echo broken >&2; exit 3"])
 
 
 def test_machine_info_describes_this_machine() -> None:

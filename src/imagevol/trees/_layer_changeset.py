@@ -73,6 +73,12 @@ def clean_name(name: str, *, what: str = "name") -> tuple[str, ...]:
     Leading ``/`` and ``.``/empty elements are dropped (names are root-relative); NUL or any ``..``
     element is refused; an element over 255 bytes or a normalised path of 4096 bytes or more is
     ``toolong``."""
+    if len(name) <= NAME_MAX // 4 and "\x00" not in name:
+        # The common case, decided without building anything twice: a short relative name with no
+        # empty, "." or ".." element is its own split (the rules below would keep every element).
+        elements = name.split("/")
+        if "" not in elements and "." not in elements and ".." not in elements:
+            return tuple(elements)
     kind = "invalid_name" if what == "name" else "invalid_link"
     if "\x00" in name:
         raise LayerError(kind, f"{what} {name!r} contains NUL")
@@ -235,7 +241,8 @@ class ChangesetApplier:
         found = self.tree.parent(parts[:-1], create=True)
         assert found is not None
         dir_fd, real_parent = found
-        self.touch(dir_fd, real_parent)
+        if real_parent not in self.touched:
+            self.touch(dir_fd, real_parent)
         real = (*real_parent, base)
         if kind == REG:
             self.regular(m, reader, dir_fd, base, real)
@@ -257,7 +264,8 @@ class ChangesetApplier:
             self.fifo(m, dir_fd, base, real)
         else:  # pragma: no cover - the reader only returns the types above
             raise LayerError("unsupported", f"{m.name!r}: unsupported tar entry type {kind!r}")
-        self.mark_upper(real)
+        if self.track:
+            self.mark_upper(real)
 
     def regular(self, m: Member, reader: TarReader, dir_fd: int, base: str, real: tuple[str, ...]) -> None:
         mode = m.mode & self.file_mask
@@ -271,13 +279,18 @@ class ChangesetApplier:
             if m.size:
                 reader.copy_to(fd)
                 self.stats.bytes += m.size
-            restore(
-                fd,
-                owner=self._owner(m),
-                mode=mode if mode & self.umask else None,  # else created with exactly this mode
-                xattrs=m.xattrs,
-                times=(m.mtime_ns, m.mtime_ns),
-            )
+            owner = self._owner(m)
+            if owner is None and not m.xattrs and not mode & self.umask:
+                # Nothing but the times to set: what restore() would do, without its dispatch.
+                os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
+            else:
+                restore(
+                    fd,
+                    owner=owner,
+                    mode=mode if mode & self.umask else None,  # else created with exactly this mode
+                    xattrs=m.xattrs,
+                    times=(m.mtime_ns, m.mtime_ns),
+                )
         finally:
             os.close(fd)
         self.stats.files += 1
