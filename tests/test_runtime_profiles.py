@@ -173,15 +173,21 @@ def test_crio_artifact_sub_path_must_prefix_a_file_name(nodes: dict[str, Node], 
     )
 
 
-def test_crio_tar_artifact_prefix_is_checked_on_the_extracted_tree(nodes: dict[str, Node]) -> None:
+def test_crio_tar_artifact_is_one_file_never_extracted(nodes: dict[str, Node]) -> None:
+    """A tar-typed artifact layer is bound as the file its title names (R9.10): the whole volume
+    shows the tar itself, and no name inside the tar is a sub path (R9.11)."""
     node = nodes["crio"]
-    _, state = _start(node, "tar", image=f"{REGISTRY}:tar-artifact", sub_path="dir")
+    _, state = _start(node, "tar", image=f"{REGISTRY}:tar-artifact")
     assert state.state == "running", state.message
     view = ContainerView("c", _mounts(node, state), node.runtime.open_mount)
-    assert view.cat("/volume/file") == b"1\n"
-    for sub_path in ("empty", "file", "nope"):  # no regular file below / not a directory / missing
-        _, state = _start(node, f"tar-{sub_path}", image=f"{REGISTRY}:tar-artifact", sub_path=sub_path)
-        assert "does not exist in OCI artifact volume" in state.message, sub_path
+    assert view.ls("/volume") == ["content.tar.gz"]
+    assert view.cat("/volume/content.tar.gz").startswith(b"\x1f\x8b")  # the gzip blob, as pulled
+    for sub_path in ("dir", "empty", "file", "content.tar.gz"):
+        _, state = _start(
+            node, f"tar-{sub_path.replace('.', '-')}", image=f"{REGISTRY}:tar-artifact", sub_path=sub_path
+        )
+        assert state.reason == "CreateContainerError"
+        assert f'sub path "{sub_path}" does not exist in OCI artifact volume' in state.message, sub_path
 
 
 @pytest.mark.parametrize("profile", ["containerd", "legacy"])

@@ -62,7 +62,7 @@ def build_layout(path: str) -> None:
         artifact_type="application/x.test.test.test.v1",
         tag="subpath",
     )
-    # An artifact whose one layer is a tar (laid out by extraction): dir/file, file, empty/.
+    # An artifact whose one layer is a tar (mounted as the file content.tar.gz, never extracted).
     tar = gzip_bytes(build_layer((*ARTIFACT_V2_ENTRIES, _d("empty/"))))
     layer = builder.add_blob(tar, OCI_LAYER_GZIP, {ANNOTATION_TITLE: "content.tar.gz"})
     empty = attrs.evolve(builder.add_blob(b"{}", OCI_EMPTY), data=b"{}")
