@@ -113,8 +113,9 @@ class FakeRuntime:
                 raise ImageVolumeMountFailedError(f"image {m.image.image} is not local")
             mounts.append(MountStatus(m.container_path, m.image.image, m.image.user_specified_image,
                                       "fake", ".", True, m.image_sub_path))  # fmt: skip
-        status = ContainerStatus(f"{len(self.created):064x}", sandbox_id, config.name, config.image,
-                                 tuple(mounts), self.clock())  # fmt: skip
+        status = ContainerStatus(f"{len(self.created):064x}", sandbox_id, config.name,
+                                 config.image.user_specified_image, tuple(mounts), self.clock(),
+                                 image_id=config.image.image)  # fmt: skip
         self.containers[status.id] = status
         return status
 

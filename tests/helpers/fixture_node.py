@@ -15,15 +15,30 @@ from .clock import FakeClock
 
 #: The repository the fixtures are mirrored under.
 PREFIX = "fixtures.example/lab"
+#: Where the registry of the container images is said to be: a closed loopback port, so that an
+#: image the mirror lacks fails at once and no test ever reaches docker.io.
+CLOSED = "127.0.0.1:9"
+
+
+def container_image_registries(layout: str) -> str:
+    """registries.conf entries serving ``docker.io/library`` (the Pod builder's default container
+    image ``debian`` is ``docker.io/library/debian:latest``) from the OCI layout ``layout``, which
+    must hold ``debian:latest`` as the project fixtures do (``imagevol.testing.images``)."""
+    return (
+        f'[[registry]]\nprefix = "docker.io/library"\nlocation = "{CLOSED}/library"\n'
+        f'[[registry.mirror]]\nlocation = "oci-layout:{layout}"\n'
+    )
 
 
 def make_node(root: str, layout: str, clock: FakeClock, **config: Any) -> Node:
-    """A node at ``root`` pulling ``PREFIX`` from the OCI layout ``layout``."""
+    """A node at ``root`` pulling ``PREFIX``, and the container image ``debian``, from the OCI
+    layout ``layout``."""
     conf = os.path.join(root + ".registries.conf")
     os.makedirs(os.path.dirname(conf), exist_ok=True)
     with open(conf, "w") as f:
         f.write(f'[[registry]]\nprefix = "{PREFIX}"\nlocation = "{PREFIX}"\n')
         f.write(f'[[registry.mirror]]\nlocation = "oci-layout:{layout}"\n')
+        f.write(container_image_registries(layout))
     return Node(NodeConfig(root=root, registries=conf, clock=clock, **config))
 
 

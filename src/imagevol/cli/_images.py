@@ -142,14 +142,24 @@ def fsck(args: argparse.Namespace, out: TextIO) -> int:
 
 def _fixtures_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory")
-    p.add_argument("--demo", action="store_true", help="only the quay.io/crio/artifact:v2 image")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="only the demo's images: quay.io/crio/artifact:v2 and the BusyBox stand-in for debian "
+        "(the layout is replaced only when it differs)",
+    )
 
 
 def fixtures(args: argparse.Namespace, out: TextIO) -> int:
     from ..testing.images import build_demo_layout, build_fixtures
 
     if args.demo:
-        build_demo_layout(args.directory)
+        try:
+            refs = build_demo_layout(args.directory)
+        except FileNotFoundError as exc:
+            raise CommandError(f"cannot build the demo's debian stand-in: {exc.args[0]}") from None
+        for tag, desc in sorted(refs.items()):
+            out.write(f"{tag}\t{desc.digest}\n")
     else:
         for tag, desc in sorted(build_fixtures(args.directory).items()):
             out.write(f"{tag}\t{desc.digest}\n")

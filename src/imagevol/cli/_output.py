@@ -61,6 +61,7 @@ def describe_pod(record: PodRecord, now: float) -> str:
             if st.container_id:
                 lines.append(f"    Container ID:   imagevol://{st.container_id}")
             lines.append(f"    Image:          {c.image}")
+            lines.append(f"    Image ID:       {st.image_id}".rstrip())
             lines.append(f"    State:          {st.state.capitalize()}")
             if st.reason:
                 lines.append(f"      Reason:       {st.reason}")
@@ -70,10 +71,15 @@ def describe_pod(record: PodRecord, now: float) -> str:
             lines.append("    Mounts:")
             if not c.volume_mounts:
                 lines.append("      <none>")
+            # ImageVolumeWithDigest: the exact image each image-volume mount shows (R11.9).
+            refs = {v["mountPath"]: v["volumeStatus"]["image"]["imageRef"] for v in st.volume_mounts
+                    if "image" in v.get("volumeStatus", {})}  # fmt: skip
             for m in c.volume_mounts:
                 extra = f' (path "{m.sub_path}")' if m.sub_path else ""
                 extra = f' (path expr "{m.sub_path_expr}")' if m.sub_path_expr else extra
                 lines.append(f"      {m.mount_path} from {m.name} (ro){extra}")
+                if m.mount_path in refs:
+                    lines.append(f"        Image Ref:  {refs[m.mount_path]}")
 
     containers("initContainers", "Init Containers")
     containers("containers", "Containers")
