@@ -16,8 +16,6 @@ from imagevol.testing.images import (
     Layer,
     LayoutBuilder,
     build_artifact_v2,
-    build_debian_standin,
-    host_busybox,
 )
 from imagevol.testing.pods import container, image_volume, pod_doc, to_yaml, volume_mount
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes
@@ -76,8 +74,6 @@ def build_layout(path: str) -> None:
     layer = builder.add_blob(tar, OCI_LAYER_GZIP, {ANNOTATION_TITLE: "content.tar.gz"})
     empty = attrs.evolve(builder.add_blob(b"{}", OCI_EMPTY), data=b"{}")
     builder.add_manifest(empty, [layer], tag="tar-artifact", artifact_type="application/vnd.example.lab+type")
-    # The Pods' container image (docker.io/library/debian:latest, container_image_registries).
-    build_debian_standin(builder, host_busybox() or b"", "debian:latest")
     builder.save()
 
 
@@ -88,7 +84,7 @@ def write_registries(directory: str, layout: str) -> str:
             f'[[registry]]\nprefix = "{REGISTRY}"\nlocation = "{REGISTRY}"\n\n'
             f'[[registry.mirror]]\nlocation = "oci-layout:{layout}"\n'
         )
-        f.write(container_image_registries(layout))
+        f.write(container_image_registries())
     return path
 
 

@@ -282,10 +282,11 @@ def build_fixtures(path: str) -> dict[str, Descriptor]:
         tag="artifact-subpath",
     )
     b.add_image([Layer(kitten_entries())], tag="kitten")
-    # The container image of the Pod builder's default container (``debian``): as the tag
-    # ``debian`` and as ``debian:latest``, the name a registries.conf mirror with the prefix
-    # ``docker.io/library`` looks up. A host without BusyBox gets a placeholder for the binary.
-    build_debian_standin(b, host_busybox() or _NO_BUSYBOX, "debian", "debian:latest")
+    # The container images of the Pods the test kit builds (``debian``, ``busybox``): as the tag
+    # ``debian`` and as ``debian:latest`` and ``busybox:latest``, the names a registries.conf
+    # mirror with the prefix ``docker.io/library`` looks up. A host without BusyBox gets a
+    # placeholder for the binary (the simulator runs no process).
+    build_debian_standin(b, host_busybox() or _NO_BUSYBOX, "debian", "debian:latest", "busybox:latest")
     b.save()
     return dict(b.refs)
 
