@@ -52,7 +52,6 @@ from imagevol.node import Node
 from tests.helpers.clock import FakeClock
 from tests.helpers.fixture_node import PREFIX, ctr, make_node, pod, vol
 
-
 #: The Pods' container image, as the image manager asks for it (``debian`` with the default tag).
 DEBIAN = "debian:latest"
 DEBIAN_IMAGE = Image(
