@@ -104,7 +104,11 @@ def test_a_missing_container_image_never_runs(cli: Cli, reg: peers.Registry, tmp
         ("Warning", "Failed", f'Failed to pull image "{missing}": {first}'),
         ("Warning", "Failed", "Error: ErrImagePull"),
     ]
-    assert record.phase == "Pending" and cli("get", "pods")[1].splitlines()[1].split()[:3] == ["p", "0/1", "ErrImagePull"]
+    assert record.phase == "Pending" and cli("get", "pods")[1].splitlines()[1].split()[:3] == [
+        "p",
+        "0/1",
+        "ErrImagePull",
+    ]
     node = Node(NodeConfig(root=cli.root))
     assert node.runtime.list_containers() == [] and node.snapshots.published() == []  # never created
 
@@ -245,7 +249,9 @@ def test_a_container_and_an_image_volume_share_the_backoff_key(cli: Cli, reg: pe
     assert per_attempt >= 1 and len(tags) == 2 * per_attempt
 
 
-@pytest.mark.parametrize(("mode", "first", "second"), [("upstream", (1, 1, 0), (2, 2, 0)), ("fixed", (0, 0, 0), (0, 0, 0))])
+@pytest.mark.parametrize(
+    ("mode", "first", "second"), [("upstream", (1, 1, 0), (2, 2, 0)), ("fixed", (0, 0, 0), (0, 0, 0))]
+)
 def test_metrics_of_a_pod_whose_container_image_fails(
     node_root: str,
     conf: str,
@@ -262,7 +268,9 @@ def test_metrics_of_a_pod_whose_container_image_fails(
     "success" per attempt (kubernetes PR #138460); the fixed mode counts nothing for it."""
     cli = Cli(node_root, conf, capsys, "--metrics-mode", mode)
     doc = pod_doc(
-        "m", [container("c", ("v", "/volume", ""), image=f"{reg.host}/lab/absent:v1")], [image_volume("v", _ref(reg, "v2"))]
+        "m",
+        [container("c", ("v", "/volume", ""), image=f"{reg.host}/lab/absent:v1")],
+        [image_volume("v", _ref(reg, "v2"))],
     )
     cli.apply(tmp_path, doc)
     assert _counters(cli) == first
@@ -309,10 +317,21 @@ def _digest_pod(reg: peers.Registry) -> dict[str, Any]:
 
 
 def test_image_volume_with_digest_reports_what_was_mounted(
-    node_root: str, conf: str, capsys: pytest.CaptureFixture[str], reg: peers.Registry, tmp_path: Any, fixtures_layout: str
+    node_root: str,
+    conf: str,
+    capsys: pytest.CaptureFixture[str],
+    reg: peers.Registry,
+    tmp_path: Any,
+    fixtures_layout: str,
 ) -> None:
     cli = Cli(
-        node_root, conf, capsys, "--k8s-version", "1.35", "--feature-gates", "ImageVolume=true,ImageVolumeWithDigest=true"
+        node_root,
+        conf,
+        capsys,
+        "--k8s-version",
+        "1.35",
+        "--feature-gates",
+        "ImageVolume=true,ImageVolumeWithDigest=true",
     )
     assert cli.apply(tmp_path, _digest_pod(reg))[0] == 0
     digest = _layout_digest(fixtures_layout, "v2")
