@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from imagevol.testing.images import build_fixtures
+from tests.helpers.fixture_node import container_image_registries
 from tests.helpers.subpaths import build_layout
 
 settings.register_profile(
@@ -32,6 +33,25 @@ def fixtures_layout(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = str(tmp_path_factory.mktemp("fixtures") / "layout")
     build_fixtures(path)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def container_images_conf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A registries.conf serving only the Pods' container images (``debian``, ``busybox``: the
+    BusyBox stand-in) from an OCI layout, docker.io itself on a closed loopback port: for nodes
+    whose image volumes come from a registry of their own. It is also ``$IMAGEVOL_REGISTRIES`` for
+    the whole session, so that a CLI run without ``--registries`` (in this process or a child)
+    pulls the container image of its Pod offline and never reaches docker.io."""
+    path = str(tmp_path_factory.mktemp("conf") / "registries.conf")
+    with open(path, "w") as f:
+        f.write(container_image_registries())
+    saved = os.environ.get("IMAGEVOL_REGISTRIES")
+    os.environ["IMAGEVOL_REGISTRIES"] = path
+    yield path
+    if saved is None:
+        os.environ.pop("IMAGEVOL_REGISTRIES", None)
+    else:
+        os.environ["IMAGEVOL_REGISTRIES"] = saved
 
 
 @pytest.fixture

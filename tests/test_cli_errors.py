@@ -294,7 +294,7 @@ CLI = f"{shlex.quote(sys.executable)} -m imagevol.cli"
 
 def test_a_root_on_a_read_only_filesystem(tmp_path: Any) -> None:
     pod = write(tmp_path, "pod.yaml", json.dumps(POD))
-    setup = f"mount -t tmpfs -o size=1m tmpfs /mnt && {CLI} --root /mnt/node apply -f {shlex.quote(pod)} >/dev/null"
+    setup = f"mount -t tmpfs -o size=16m tmpfs /mnt && {CLI} --root /mnt/node apply -f {shlex.quote(pod)} >/dev/null"
     script = f'{setup} && mount -o remount,ro /mnt && exec {CLI} --root /mnt/node "$@"'
     r = _in_namespace(script, "get", "pods")
     assert r.code == 0 and r.out.splitlines()[1].split()[0] == "p", r

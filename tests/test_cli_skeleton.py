@@ -19,12 +19,13 @@ REGISTRIES = os.path.join(EXAMPLES, "registries.conf")
 
 
 def offline_registries(root: str) -> str:
-    """examples/registries.conf with the primary location moved to a closed port on 127.0.0.1,
-    so that a tag the mirror lacks fails at once instead of going to quay.io."""
+    """examples/registries.conf with the primary locations moved to a closed port on 127.0.0.1,
+    so that a tag the mirror lacks fails at once instead of going to quay.io or docker.io."""
     with open(REGISTRIES) as f:
         text = f.read()
     layout = os.path.join(EXAMPLES, "oci-layout")
     text = text.replace('location = "quay.io/crio/artifact"', 'location = "127.0.0.1:9/crio/artifact"')
+    text = text.replace('location = "docker.io/library"', 'location = "127.0.0.1:9/library"')
     text = text.replace('location = "oci-layout:oci-layout"', f'location = "oci-layout:{layout}"')
     path = root.rstrip("/") + ".registries.conf"
     with open(path, "w") as f:

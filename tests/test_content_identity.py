@@ -148,6 +148,12 @@ def _start(node: Node, name: str, ref: str, policy: str = "IfNotPresent") -> Pod
     return record
 
 
+def _volume_images(node: Node) -> list[Any]:
+    """The node's images but the Pods' container image (docker.io/library/busybox, the fixtures'
+    stand-in)."""
+    return [i for i in node.runtime.list_images() if not i.reference.startswith("docker.io/library/")]
+
+
 def _no_evil_anywhere(node: Node) -> None:
     assert not any(b"evil" in data for data in _all_file_bytes(node.snapshots.root))
 
@@ -175,9 +181,11 @@ def _ref(reg: peers.Registry, tag: str) -> str:
 
 
 @pytest.fixture
-def node(node_root: str) -> Node:
+def node(node_root: str, container_images_conf: str) -> Node:
     access = RegistryAccess(plain_http=True, retry=RetryPolicy(attempts=1))
-    return Node(NodeConfig(root=node_root, clock=FakeClock(), registry_factory=access))
+    return Node(
+        NodeConfig(root=node_root, clock=FakeClock(), registry_factory=access, registries=container_images_conf)
+    )
 
 
 @pytest.mark.parametrize("pull_order", ["good-first", "evil-first"])
@@ -264,7 +272,7 @@ def test_identical_chains_share_a_tree_and_other_chains_do_not(node: Node, reg: 
     refs = [_ref(reg, t) for t in ("z-good", "relabelled", "recompressed", "other")]
     records = [_start(node, f"p{i}", ref) for i, ref in enumerate(refs)]
     assert all(r.phase == "Running" for r in records)
-    ids = {r.id for r in node.runtime.list_images()}
+    ids = {r.id for r in _volume_images(node)}
     assert len(ids) == 3  # three configs...
     assert len(_trees(node)) == 2  # ...two chains
     snaps = {node.runtime.container_status(r.state("c").container_id).mounts[0].snapshot for r in records}  # type: ignore[union-attr]
@@ -340,7 +348,7 @@ def test_a_config_whose_diff_ids_lie_fails_and_leaves_nothing(node_root: str, tm
         assert (state.state, state.reason) == ("waiting", "ErrImagePull")
         assert state.message.startswith(f'failed to pull and unpack image "{ref}": ')
         assert expected in state.message
-        assert node.runtime.list_images() == []
+        assert _volume_images(node) == []
     else:
         assert (state.state, state.reason) == ("waiting", "CreateContainerError")
         want = f'ImageVolumeMountFailed: failed to unpack image volume "{ref}": '
@@ -419,7 +427,7 @@ def test_a_lying_descriptor_fails_its_own_image_and_names_it(
     assert text.startswith(f'failed to pull and unpack image "{liar}": {what} {blobs[blob].digest}: ')
     assert good not in text and "corrupt" not in text
     # Its image is not recorded, nothing of it was published, and the honest image is untouched.
-    assert [r.reference for r in node.runtime.list_images()] == [good]
+    assert [r.reference for r in _volume_images(node)] == [good]
     assert len(_trees(node)) == 1 and _staging(node) == []
     assert not [n for n in os.listdir(os.path.join(node.store.root, "ingest")) if n.endswith(".part")]
     assert _view(node, node.get_pod("good")).cat("/volume/f") == b"good\n"
@@ -445,7 +453,7 @@ def test_a_manifest_descriptor_that_lies_about_its_size_names_the_image(node_roo
 
 
 def test_a_registry_serving_other_bytes_for_a_layer_is_a_digest_mismatch_of_that_image(
-    node_root: str, twins: str
+    node_root: str, twins: str, container_images_conf: str
 ) -> None:
     """The registry's stored blob is swapped for bytes of the same size: the pull fails naming the
     image and the layer, and the honest twin pulled from elsewhere is untouched."""
@@ -458,7 +466,9 @@ def test_a_registry_serving_other_bytes_for_a_layer_is_a_digest_mismatch_of_that
             f.seek(0)
             f.write(bytes([data[0] ^ 1]) + data[1:])
         access = RegistryAccess(plain_http=True, retry=RetryPolicy(attempts=1))
-        node = Node(NodeConfig(root=node_root, clock=FakeClock(), registry_factory=access))
+        node = Node(
+            NodeConfig(root=node_root, clock=FakeClock(), registry_factory=access, registries=container_images_conf)
+        )
         ref = f"{r.host}/ident/tampered:v1"
         record = _start(node, "p", ref)
         state = record.state("c")
@@ -466,7 +476,7 @@ def test_a_registry_serving_other_bytes_for_a_layer_is_a_digest_mismatch_of_that
         assert state.message.startswith(
             f'failed to pull and unpack image "{ref}": digest mismatch for layer {m.layers[0].digest}: '
         )
-        assert node.runtime.list_images() == [] and _trees(node) == []
+        assert _volume_images(node) == [] and _trees(node) == []
 
 
 def _layout_ref(layout: str, tag: str) -> Descriptor:
@@ -496,7 +506,7 @@ def test_an_artifact_tree_is_keyed_by_its_manifest_digest(node_root: str, fixtur
     node = make_node(node_root, fixtures_layout, FakeClock(), runtime="crio")
     record = _start(node, "a", f"{PREFIX}:artifact-raw")
     assert record.phase == "Running"
-    [image] = node.puller.image_db.all()
+    [image] = [r for r in node.puller.image_db.all() if r.name.startswith(PREFIX)]
     assert _trees(node) == [f"manifest-sha256-{image.manifest_digest.hex}"]
     assert _view(node, record).cat("/volume/dir/file") == b"1\n"
 
@@ -504,7 +514,7 @@ def test_an_artifact_tree_is_keyed_by_its_manifest_digest(node_root: str, fixtur
 def test_an_image_tree_is_keyed_by_its_chain_id(node_root: str, fixtures_layout: str) -> None:
     node = make_node(node_root, fixtures_layout, FakeClock())
     _start(node, "p", f"{PREFIX}:layers-mix")
-    [image] = node.puller.image_db.all()
+    [image] = [r for r in node.puller.image_db.all() if r.name.startswith(PREFIX)]
     manifest = node.puller.manifest_of(image)
     diff_ids = node.puller.diff_ids(manifest)
     top = chain_id(diff_ids)
@@ -716,7 +726,7 @@ def test_embedded_config_data_that_lies_is_a_mismatch_of_that_image(node_root: s
         node.runtime.pull_image(f"{PREFIX}:embedded")
     assert str(info.value).startswith(f'failed to pull and unpack image "{PREFIX}:embedded": ')
     assert f"mismatch for config {config.digest}" in str(info.value)
-    assert node.runtime.list_images() == [] and _trees(node) == []
+    assert _volume_images(node) == [] and _trees(node) == []
 
 
 def test_a_config_over_the_limit_is_refused_before_anything_is_fetched(node_root: str, tmp_path: object) -> None:

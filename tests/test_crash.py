@@ -48,7 +48,7 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, dict[str
         f.write('[[registry]]\nprefix = "crash.example/big"\nlocation = "crash.example/big"\n')
         f.write(f'[[registry.mirror]]\nlocation = "oci-layout:{path}"\n')
     expected: dict[str, tuple[object, ...]] = {
-        p: (kind, mode & ~0o222 if isinstance(mode, int) else None, payload, group)
+        p: (kind, mode if isinstance(mode, int) else None, payload, group)
         for p, (kind, mode, payload, group) in listing(apply_layers_model(layers)).items()
     }
     return conf, base, expected

@@ -35,7 +35,13 @@ from imagevol.cri import (
     PullImageResult,
     RuntimeService,
 )
-from imagevol.errors import ImageInUseError, ImageVolError, ImageVolumeMountFailedError, PullError
+from imagevol.errors import (
+    CreateContainerError,
+    ImageInUseError,
+    ImageVolError,
+    ImageVolumeMountFailedError,
+    PullError,
+)
 from imagevol.exec.view import ContainerView
 from imagevol.kubelet.events import NORMAL, EventRecorder
 from imagevol.kubelet.image_gc import ImageGC, filesystem_capacity
@@ -45,6 +51,14 @@ from imagevol.kubelet.pod_sync import Kubelet, PodRecord
 from imagevol.node import Node
 from tests.helpers.clock import FakeClock
 from tests.helpers.fixture_node import PREFIX, ctr, make_node, pod, vol
+
+#: The Pods' container image, as the image manager asks for it (``debian`` with the default tag).
+DEBIAN = "debian:latest"
+DEBIAN_IMAGE = Image(
+    "sha256:" + hashlib.sha256(b"debian config").hexdigest(),
+    ("docker.io/library/debian:latest",),
+    ("docker.io/library/debian@sha256:" + hashlib.sha256(b"debian").hexdigest(),),
+)
 
 
 def _image(tag: str, size: int, *, auth: tuple[str, ...] = (), pulled_at: float = 0.0) -> Image:
@@ -88,7 +102,7 @@ class FakeRuntime:
 
     def remove_image(self, reference: str) -> Image:
         image = self.local[reference]
-        if any(m.image_id == image.id for c in self.containers.values() for m in c.mounts):
+        if any(image.id in {c.image_id, *(m.image_id for m in c.mounts)} for c in self.containers.values()):
             raise ImageInUseError("image is in use by a container")
         self.removed.append(reference)
         return self.local.pop(reference)
@@ -104,6 +118,8 @@ class FakeRuntime:
     # RuntimeService
     def create_container(self, sandbox_id: str, config: ContainerConfig) -> ContainerStatus:
         self.created.append((sandbox_id, config))
+        if config.image.image not in {i.id for i in self.local.values()}:
+            raise CreateContainerError(f"image {config.image.image} is not local")
         if self.mount_failure:
             raise ImageVolumeMountFailedError(self.mount_failure)
         mounts = []
@@ -113,8 +129,9 @@ class FakeRuntime:
                 raise ImageVolumeMountFailedError(f"image {m.image.image} is not local")
             mounts.append(MountStatus(m.container_path, m.image.image, m.image.user_specified_image,
                                       "fake", ".", True, m.image_sub_path))  # fmt: skip
-        status = ContainerStatus(f"{len(self.created):064x}", sandbox_id, config.name, config.image,
-                                 tuple(mounts), self.clock())  # fmt: skip
+        status = ContainerStatus(f"{len(self.created):064x}", sandbox_id, config.name,
+                                 config.image.user_specified_image, tuple(mounts), self.clock(),
+                                 image_id=config.image.image)  # fmt: skip
         self.containers[status.id] = status
         return status
 
@@ -142,6 +159,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 def fake(tmp_path: str, clock: FakeClock) -> FakeRuntime:
     remote = {f"{PREFIX}:{t}": _image(t, size) for t, size in (("v2", 1000), ("kitten", 5000), ("old", 300))}
+    remote[DEBIAN] = DEBIAN_IMAGE
     trees = os.path.join(tmp_path, "trees")
     for image in remote.values():
         os.makedirs(os.path.join(trees, image.id.replace(":", "-"), "dir"))
@@ -172,17 +190,22 @@ def test_a_pod_syncs_against_the_fake_runtime(fake: FakeRuntime, clock: FakeCloc
     kubelet = _kubelet(fake, clock)
     keyring = Keyring.single("fixtures.example", Credentials("alice", "s3cret"))
     record = kubelet.sync_pod(_record("p"), keyring)
-    # The image manager asked ImageStatus (absent), then PullImage with the Pod's keyring.
-    assert fake.pulls == [(f"{PREFIX}:v2", keyring)]
-    # CreateContainer received the CRI mount: the image ID from the pull, the Pod's reference.
+    # The image manager asked ImageStatus (absent), then PullImage with the Pod's keyring: the
+    # volume's image, then the container's own.
+    assert fake.pulls == [(f"{PREFIX}:v2", keyring), (DEBIAN, keyring)]
+    # CreateContainer received the container's image and the CRI mount: the image IDs from the
+    # pulls, the Pod's references.
     image = fake.remote[f"{PREFIX}:v2"]
     [(sandbox, config)] = fake.created
     assert sandbox == record.sandbox_id
+    assert config.image == ImageSpec(DEBIAN_IMAGE.id, "debian")
     assert config.mounts == (Mount("/v", "", True, ImageSpec(image.id, f"{PREFIX}:v2"), "dir"),)
     state = record.state("c")
     assert (state.state, state.container_id) == ("running", f"{1:064x}")
-    assert [(e.type, e.reason) for e in record.events] == [
-        (NORMAL, "Pulling"), (NORMAL, "Pulled"), (NORMAL, "Created"), (NORMAL, "Started")
+    assert [(e.type, e.reason, e.field_path) for e in record.events] == [
+        (NORMAL, "Pulling", ""), (NORMAL, "Pulled", ""),
+        (NORMAL, "Pulling", "spec.containers{c}"), (NORMAL, "Pulled", "spec.containers{c}"),
+        (NORMAL, "Created", "spec.containers{c}"), (NORMAL, "Started", "spec.containers{c}"),
     ]  # fmt: skip
     assert record.events[1].message == (
         f'Successfully pulled image "{PREFIX}:v2" in 1.5s (0s including waiting). Image size: 1000 bytes.'
@@ -191,7 +214,7 @@ def test_a_pod_syncs_against_the_fake_runtime(fake: FakeRuntime, clock: FakeCloc
     assert (kubelet.metrics.requested, kubelet.metrics.succeeded, kubelet.metrics.errors) == (1, 1, 0)
     # A second pass leaves the running container alone and finds the image present.
     kubelet.sync_pod(record, keyring)
-    assert len(fake.pulls) == 1 and len(fake.created) == 1
+    assert len(fake.pulls) == 2 and len(fake.created) == 1
     assert record.events[-1].message == f'Container image "{PREFIX}:v2" already present on machine'
 
 
@@ -221,9 +244,10 @@ def test_kep_2535_is_decided_from_the_image_status(fake: FakeRuntime, clock: Fak
     fake.local[f"{PREFIX}:v2"] = _image("v2", 1000, auth=(creds.fingerprint(),))
     kubelet = _kubelet(fake, clock, ensure_secrets=True)
     kubelet.sync_pod(_record("with"), Keyring.single("mirror.example", creds))
-    assert fake.pulls == []
+    assert [ref for ref, _ in fake.pulls] == [DEBIAN]
     kubelet.sync_pod(_record("without"), Keyring())
-    assert [ref for ref, _ in fake.pulls] == [f"{PREFIX}:v2"]
+    # (``debian`` is ``:latest``, so pulled at every start: pull policy Always.)
+    assert [ref for ref, _ in fake.pulls] == [DEBIAN, f"{PREFIX}:v2", DEBIAN]
 
 
 def test_image_manager_reports_the_pulled_image(fake: FakeRuntime, clock: FakeClock) -> None:
@@ -247,7 +271,8 @@ def test_image_gc_frees_through_the_cri_only(fake: FakeRuntime, clock: FakeClock
     # 80% of 7000 is 5600: removing "old" (pulled first, never mounted) is not enough, "kitten" too.
     result = gc.collect(capacity=7000)
     assert result.removed == (f"{PREFIX}:old", f"{PREFIX}:kitten")
-    assert result.kept_in_use == (f"{PREFIX}:v2",)
+    # In use: the container's own image and the image it mounts.
+    assert result.kept_in_use == ("docker.io/library/debian:latest", f"{PREFIX}:v2")
     assert (result.usage_before, result.usage_after) == (6300, 1000)
     assert fake.removed == [f"{PREFIX}:old", f"{PREFIX}:kitten"]
     assert fake.collections == 3  # the runtime's collector: once first, once per removal

@@ -19,6 +19,9 @@ from tests.helpers.clock import FakeClock
 from tests.helpers.fixture_node import ctr, make_node, pod, vol
 from tests.helpers.peers import free_port, require
 
+#: The container image of the fixture Pods (the BusyBox stand-in).
+DEBIAN = "docker.io/library/debian:latest"
+
 
 @pytest.fixture
 def node(node_root: str, fixtures_layout: str) -> Node:
@@ -37,14 +40,15 @@ def test_gc_removes_unused_images_and_never_one_in_use(node: Node) -> None:
     gc = ImageGC(node.runtime, clock=node.now)
     result = gc.collect(capacity=1, high_percent=85, low_percent=80)  # far over the threshold
     assert result.removed == ("fixtures.example/lab:kitten",)
-    assert result.kept_in_use == ("fixtures.example/lab:v2",)
-    assert [r.reference for r in node.runtime.list_images()] == ["fixtures.example/lab:v2"]
+    # In use: the running container's own image and the image it mounts.
+    assert result.kept_in_use == (DEBIAN, "fixtures.example/lab:v2")
+    assert [r.reference for r in node.runtime.list_images()] == [DEBIAN, "fixtures.example/lab:v2"]
     assert _blob_count(node) < blobs_before
     assert node.store.fsck().clean
     # The mounted image still works.
     status = node.runtime.container_status(node.get_pod("uses-v2").state("a").container_id)
     assert status is not None
-    key = node.runtime.snapshot_key(node.puller.image_db.all()[0])
+    key = node.runtime.snapshot_key(node.puller.image_db.lookup("fixtures.example/lab:v2"))  # type: ignore[arg-type]
     assert key is not None
     tree = node.snapshots.get(key)
     assert tree is not None
@@ -58,16 +62,19 @@ def test_gc_below_the_high_threshold_does_nothing(node: Node) -> None:
     gc = ImageGC(node.runtime, clock=node.now)
     result = gc.collect(capacity=10**12)
     assert result.removed == ()
-    assert len(node.runtime.list_images()) == 1
+    assert len(node.runtime.list_images()) == 2  # the volume's image and the container's
 
 
 def test_rmi_of_an_image_in_use_fails_like_crio(node: Node) -> None:
     node.create_pod(pod("p", [ctr("a", ("v", "/v", ""))], [vol("v", "v2")]))
-    with pytest.raises(ImageInUseError, match="image is in use by a container"):
-        node.runtime.remove_image("fixtures.example/lab:v2")
-    assert len(node.runtime.list_images()) == 1
+    # The mounted image and the container's own image alike.
+    for ref in ("fixtures.example/lab:v2", DEBIAN):
+        with pytest.raises(ImageInUseError, match="image is in use by a container"):
+            node.runtime.remove_image(ref)
+    assert len(node.runtime.list_images()) == 2
     node.delete_pod("p")
     node.runtime.remove_image("fixtures.example/lab:v2")
+    node.runtime.remove_image(DEBIAN)
     assert node.runtime.list_images() == []
     assert node.snapshots.published() == []
 

@@ -132,13 +132,17 @@ def test_should_pull_is_the_kubelets(policy: str, present: bool, pull: bool) -> 
     assert should_pull(policy, present) is pull
 
 
-def test_no_tag_means_latest_in_the_key_not_in_the_messages(kubelet: Kubelet) -> None:
+def test_no_tag_means_latest_in_the_pull_not_in_the_messages_nor_the_key(kubelet: Kubelet) -> None:
+    """The kubelet pulls ``:latest`` but names the image as written, in its events and in the
+    backoff key (``<podUID>_<image as written>``): ``lab`` and ``lab:latest`` back off apart."""
     res = kubelet.ensure("registry.test/lab")
     assert res.reason == "ErrImagePull"
     assert kubelet.events[0].message == 'Pulling image "registry.test/lab"'
     assert kubelet.events[1].message.startswith('Failed to pull image "registry.test/lab": ')
     assert '"registry.test/lab:latest"' in kubelet.events[1].message
-    assert list(kubelet.backoff.entries) == ["pod-a_registry.test/lab:latest"]
+    assert list(kubelet.backoff.entries) == ["pod-a_registry.test/lab"]
+    assert kubelet.ensure("registry.test/lab").reason == "ImagePullBackOff"
+    assert kubelet.ensure("registry.test/lab:latest").reason == "ErrImagePull"
 
 
 def test_an_invalid_name_is_invalid_image_name(kubelet: Kubelet) -> None:
@@ -159,6 +163,7 @@ def test_a_failed_pull_then_backs_off_10s_doubling_to_300s(kubelet: Kubelet) -> 
     assert kubelet.last().type == WARNING
     assert kubelet.last().message == f'Failed to pull image "{image}": {res.message}'
     assert res.message.startswith(f'failed to pull and unpack image "{image}": failed to resolve reference')
+    failure = res.message
     waits = []
     for _ in range(7):
         # Probe each second until the backoff lets a pull through again.
@@ -172,6 +177,9 @@ def test_a_failed_pull_then_backs_off_10s_doubling_to_300s(kubelet: Kubelet) -> 
                 break
             assert [(e.reason, e.message) for e in kubelet.events] == [("BackOff", f'Back-off pulling image "{image}"')]
             assert kubelet.events[0].type == NORMAL
+            # The waiting message says why the last pull failed; the event does not.
+            assert res.message == f'Back-off pulling image "{image}": ErrImagePull: {failure}'
+        failure = res.message
         assert res.reason == "ErrImagePull" and kubelet.reasons() == ["Pulling", "Failed"]
         waits.append(waited)
     assert waits == [10, 20, 40, 80, 160, 300, 300]

@@ -23,6 +23,7 @@ from imagevol.content.store import ContentStore
 from imagevol.oci import Index, parse_manifest
 from imagevol.testing.pods import container, image_volume, pod_doc, to_yaml
 from tests.helpers import peers
+from tests.helpers.fixture_node import container_image_registries
 from tests.helpers.netfaults import Fault, fault_proxy
 
 USER, PASSWORD = "alice", "s3cret"
@@ -194,6 +195,7 @@ def _registry_pod(directory: str, host: str, name: str, *, with_secret: bool) ->
     conf = os.path.join(directory, "registries.conf")
     with open(conf, "w") as f:
         f.write(f'[[registry]]\nlocation = "{host}"\ninsecure = true\n')
+        f.write(container_image_registries())
     secrets: dict[str, Any] = {"imagePullSecrets": [{"name": "regcred"}]} if with_secret else {}
     pod = pod_doc(
         name,

@@ -13,7 +13,7 @@ import pytest
 
 from imagevol import runtime as rt
 from imagevol.cri import ContainerConfig, ImageService, ImageSpec, Mount, RuntimeService
-from imagevol.errors import ImageVolError, ImageVolumeMountFailedError
+from imagevol.errors import CreateContainerError, ImageVolError, ImageVolumeMountFailedError
 from imagevol.exec.view import ContainerView
 from imagevol.node import Node
 from imagevol.runtime.crio import go_clean
@@ -164,7 +164,7 @@ def test_crio_artifact_sub_path_must_prefix_a_file_name(nodes: dict[str, Node], 
         image_id = _pulled(node, "subpath")
         mount = Mount("/v", image=ImageSpec(image_id), image_sub_path=sub_path)
         with pytest.raises(ImageVolumeMountFailedError, match="does not exist in OCI artifact volume"):
-            node.runtime.create_container("sandbox", ContainerConfig("c", "img", (mount,)))
+            node.runtime.create_container("sandbox", ContainerConfig("c", _own_image(node), (mount,)))
         return
     _, state = _start(node, "art", image=f"{REGISTRY}:subpath", sub_path=sub_path)
     [image] = [r for r in node.runtime.list_images() if r.reference.endswith(":subpath")]
@@ -174,15 +174,21 @@ def test_crio_artifact_sub_path_must_prefix_a_file_name(nodes: dict[str, Node], 
     )
 
 
-def test_crio_tar_artifact_prefix_is_checked_on_the_extracted_tree(nodes: dict[str, Node]) -> None:
+def test_crio_tar_artifact_is_one_file_never_extracted(nodes: dict[str, Node]) -> None:
+    """A tar-typed artifact layer is bound as the file its title names (R9.10): the whole volume
+    shows the tar itself, and no name inside the tar is a sub path (R9.11)."""
     node = nodes["crio"]
-    _, state = _start(node, "tar", image=f"{REGISTRY}:tar-artifact", sub_path="dir")
+    _, state = _start(node, "tar", image=f"{REGISTRY}:tar-artifact")
     assert state.state == "running", state.message
     view = ContainerView("c", _mounts(node, state), node.runtime.open_mount)
-    assert view.cat("/volume/file") == b"1\n"
-    for sub_path in ("empty", "file", "nope"):  # no regular file below / not a directory / missing
-        _, state = _start(node, f"tar-{sub_path}", image=f"{REGISTRY}:tar-artifact", sub_path=sub_path)
-        assert "does not exist in OCI artifact volume" in state.message, sub_path
+    assert view.ls("/volume") == ["content.tar.gz"]
+    assert view.cat("/volume/content.tar.gz").startswith(b"\x1f\x8b")  # the gzip blob, as pulled
+    for sub_path in ("dir", "empty", "file", "content.tar.gz"):
+        _, state = _start(
+            node, f"tar-{sub_path.replace('.', '-')}", image=f"{REGISTRY}:tar-artifact", sub_path=sub_path
+        )
+        assert state.reason == "CreateContainerError"
+        assert f'sub path "{sub_path}" does not exist in OCI artifact volume' in state.message, sub_path
 
 
 @pytest.mark.parametrize("profile", ["containerd", "legacy"])
@@ -199,6 +205,11 @@ def _pulled(node: Node, tag: str) -> str:
     return node.runtime.pull_image(f"{REGISTRY}:{tag}").image_ref
 
 
+def _own_image(node: Node) -> ImageSpec:
+    """The container's own image, pulled as the kubelet would before ``CreateContainer``."""
+    return ImageSpec(node.runtime.pull_image("debian").image_ref, "debian")
+
+
 @pytest.mark.parametrize("profile", sorted(rt.PROFILES))
 def test_profiles_implement_the_cri_services(nodes: dict[str, Node], profile: str) -> None:
     runtime = nodes[profile].runtime
@@ -210,6 +221,7 @@ def test_profiles_implement_the_cri_services(nodes: dict[str, Node], profile: st
 def test_containerd_checks_the_cri_mount_r9_16(nodes: dict[str, Node]) -> None:
     runtime = nodes["containerd"].runtime
     image = _pulled(nodes["containerd"], "v2")
+    own = _own_image(nodes["containerd"])
     spec = ImageSpec(image, "quay.io/crio/artifact:v2")
     cases = [
         (Mount("/v", host_path="/x", image=spec), "hostpath must be empty while mount image: "),
@@ -219,7 +231,7 @@ def test_containerd_checks_the_cri_mount_r9_16(nodes: dict[str, Node]) -> None:
     ]
     for mount, message in cases:
         with pytest.raises(ImageVolumeMountFailedError) as info:
-            runtime.create_container("sandbox", ContainerConfig("c", "img", (mount,)))
+            runtime.create_container("sandbox", ContainerConfig("c", own, (mount,)))
         assert str(info.value).startswith("ImageVolumeMountFailed: " + message), str(info.value)
     assert str(info.value)
     # The CRI message is quoted the way Go prints it: protobuf text, defaults omitted.
@@ -232,13 +244,40 @@ def test_containerd_checks_the_cri_mount_r9_16(nodes: dict[str, Node]) -> None:
 
 def test_crio_messages_for_bad_cri_mounts(nodes: dict[str, Node]) -> None:
     runtime = nodes["crio"].runtime
+    own = _own_image(nodes["crio"])
     for mount, message in [
         (Mount("/v", image=ImageSpec("")), "invalid mount specified: "),
         (Mount("/v", image=ImageSpec("sha256:" + "0" * 64)), f'image "sha256:{"0" * 64}" does not exist locally'),
     ]:
         with pytest.raises(ImageVolumeMountFailedError) as info:
-            runtime.create_container("sandbox", ContainerConfig("c", "img", (mount,)))
+            runtime.create_container("sandbox", ContainerConfig("c", own, (mount,)))
         assert str(info.value).startswith("ImageVolumeMountFailed: " + message)
+
+
+@pytest.mark.parametrize(
+    ("profile", "message"),
+    [
+        ("containerd", 'failed to resolve image "{image}": not found'),
+        ("crio", 'image "{image}" does not exist locally'),
+    ],
+)
+def test_create_container_needs_the_containers_own_image(nodes: dict[str, Node], profile: str, message: str) -> None:
+    """The runtime builds a container from its image: one that is not local, or an artifact (no
+    rootfs), is a CreateContainerError that holds nothing, whatever the mounts."""
+    node = nodes[profile]
+    artifact = _pulled(node, "subpath") if profile == "crio" else "sha256:" + "1" * 64
+    mount = Mount("/v", image=ImageSpec(_pulled(node, "v2")))
+    for image in ("sha256:" + "0" * 64, "never-pulled:v1", artifact):
+        with pytest.raises(CreateContainerError) as info:
+            node.runtime.create_container("sandbox", ContainerConfig("c", ImageSpec(image, "x"), (mount,)))
+        assert str(info.value) == message.format(image=image)
+    assert node.runtime.list_containers() == []
+    assert all(node.snapshots.holders(key) == [] for key in node.snapshots.published())
+    # With its image, the same container is created and reports it as the runtimes do.
+    status = node.runtime.create_container("sandbox", ContainerConfig("c", _own_image(node), (mount,)))
+    [record] = [r for r in node.puller.image_db.all() if r.name == "docker.io/library/debian:latest"]
+    assert (status.image, status.image_id) == ("docker.io/library/debian:latest", record.image_id)
+    assert status.image_ref == f"docker.io/library/debian@{record.target.digest}"
 
 
 def test_direct_cri_sub_paths_outside_the_kubelet_rules(nodes: dict[str, Node]) -> None:
@@ -246,10 +285,11 @@ def test_direct_cri_sub_paths_outside_the_kubelet_rules(nodes: dict[str, Node]) 
     refuse them before any I/O, with the wording of Go's os.Root for containerd."""
     node = nodes["containerd"]
     image = _pulled(node, "tricky")
+    own = _own_image(node)
     for sub_path in ["/etc", "etc/../../..", "a\x00b"]:
         mount = Mount("/v", image=ImageSpec(image), image_sub_path=sub_path)
         with pytest.raises(ImageVolumeMountFailedError) as info:
-            node.runtime.create_container("sandbox", ContainerConfig("c", "img", (mount,)))
+            node.runtime.create_container("sandbox", ContainerConfig("c", own, (mount,)))
         text = "invalid argument" if "\x00" in sub_path else "path escapes from parent"
         assert str(info.value).endswith(f"openat {sub_path}: {text}")
 

@@ -36,10 +36,15 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def node(node_root: str, clock: FakeClock, request: pytest.FixtureRequest) -> Node:
+def node(node_root: str, clock: FakeClock, request: pytest.FixtureRequest, container_images_conf: str) -> Node:
     runtime = getattr(request, "param", "containerd")
     access = RegistryAccess(plain_http=True, retry=RetryPolicy(attempts=1))
-    return Node(NodeConfig(root=node_root, clock=clock, registry_factory=access, runtime=runtime))
+    # The Pods' container image (busybox) comes from the stand-in, offline; volumes from `reg`.
+    return Node(
+        NodeConfig(
+            root=node_root, clock=clock, registry_factory=access, runtime=runtime, registries=container_images_conf
+        )
+    )
 
 
 def kitten(reg: peers.Registry) -> str:
@@ -124,7 +129,7 @@ def test_pull_policy_always(node: Node, reg: peers.Registry) -> None:
     # Always asks the registry again (the manifest), and finds every blob already present.
     manifest_gets = [line for line in reg.requests()[before:] if "/manifests/" in line]
     assert manifest_gets
-    assert next(e for e in record.events if e.reason == "Pulling").count == 2
+    assert next(e for e in record.events if e.reason == "Pulling" and not e.field_path).count == 2
 
 
 def test_artifact_v2_blog_pod(node: Node, reg: peers.Registry) -> None:

@@ -1,5 +1,6 @@
-"""Snapshots: one read-only tree per layer chain, built in staging, published by rename, built once
-under concurrency (threads and processes), cleaned after crashes, removed only when unleased."""
+"""Snapshots: one tree per layer chain (modes as the layers say, private to the node), built in
+staging, published by rename, built once under concurrency (threads and processes), cleaned after
+crashes, removed only when unleased."""
 
 from __future__ import annotations
 
@@ -19,22 +20,26 @@ from imagevol.trees.snapshots import SnapshotKey, Snapshots
 from tests.helpers.layerkit import D, F, S
 from tests.helpers.paths import REPO
 from tests.helpers.privileges import AS_NOBODY, setpriv_for_checkout
-from tests.helpers.snapshots import GOOD, image_plan, write_bits
+from tests.helpers.snapshots import GOOD, image_plan, modes
 
 
 def _staging(snaps: Snapshots) -> list[str]:
     return os.listdir(os.path.join(snaps.root, ".staging"))
 
 
-def test_published_tree_is_complete_and_read_only(tmp_path: object) -> None:
-    store, plan = image_plan(f"{tmp_path}/layout", GOOD, [F("d/g", "y"), D("e", 0o000), F("e/z", "z")])
+def test_published_tree_is_complete_keeps_its_modes_and_is_private(tmp_path: object) -> None:
+    store, plan = image_plan(f"{tmp_path}/layout", GOOD, [F("d/g", "y", 0o640), D("e", 0o000), F("e/z", "z")])
     snaps = Snapshots(f"{tmp_path}/snaps", store)
     snap = snaps.materialise(plan)
     assert snap.path == snaps.path(plan.key) and not snap.artifact
     assert sorted(os.listdir(snap.path)) == ["d", "e", "exe", "l", "p"]
-    assert write_bits(snap.path) == []
-    assert stat.S_IMODE(os.stat(f"{snap.path}/exe").st_mode) == 0o555
-    assert stat.S_IMODE(os.stat(f"{snap.path}/e").st_mode) == 0o000
+    # The layers' modes, write bits included: 0644 stays 0644, 0755 stays 0755 (read-only is the
+    # mounts' job). Only set-id bits go (C2.9).
+    want = {".": 0o755, "d": 0o777, "d/f": 0o666, "d/g": 0o640, "exe": 0o775, "p": 0o666, "e": 0o000, "e/z": 0o644}
+    assert modes(snap.path) == want
+    # What keeps a writable-looking tree safe: nobody but the node's user can reach it.
+    for d in (snaps.root, f"{snaps.root}/.staging", f"{snaps.root}/.leases"):
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o700 and os.stat(d).st_uid == os.geteuid()
     assert _staging(snaps) == []
     # Every mount shares the one tree.
     again = snaps.materialise(plan)
@@ -211,7 +216,7 @@ def test_acquire_materialises_and_leases(tmp_path: object) -> None:
 _UNPRIVILEGED = r"""
 import os, sys
 from tests.helpers.layerkit import D, F, W
-from tests.helpers.snapshots import GOOD, image_plan, write_bits
+from tests.helpers.snapshots import GOOD, image_plan, modes
 from imagevol.trees.snapshots import Snapshots
 base = sys.argv[1]
 layers = ([D("z", 0o000), F("z/f", "1")], [F("z/g", "2"), D("e", 0o555), F("e/x", "x"), W("z/.wh.f")])

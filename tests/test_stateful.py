@@ -34,9 +34,8 @@ SUB_PATHS = {"v2": ["", "dir"], "kitten": ["", "etc"], "layers": ["", "a", "e/de
 def _expected(tag: str) -> dict[str, tuple[object, ...]]:
     out: dict[str, tuple[object, ...]] = {}
     for path, (kind, mode, payload, group) in listing(apply_layers_model(IMAGES[tag])).items():
-        # Published trees carry no write bits.
-        stripped = mode & ~0o222 if isinstance(mode, int) else None
-        out[path] = (kind, stripped, payload, group)
+        # Published trees keep the layers' modes (read-only is the mounts' job).
+        out[path] = (kind, mode if isinstance(mode, int) else None, payload, group)
     return out
 
 

@@ -36,6 +36,7 @@ from imagevol.oci import Manifest
 from imagevol.testing.listing import Item, listing, render
 from imagevol.testing.strategies import LayerStack, hostile_layer_stacks
 from imagevol.trees.layers import LayerEntryError, apply_layers
+from imagevol.trees.snapshots import Snapshots, plan_for
 from tests.helpers.peers import require
 from tests.helpers.umoci import Outcome, now_ns, run_imagevol, run_umoci
 
@@ -80,6 +81,34 @@ def assert_same(ours: dict[str, Item], theirs: dict[str, Item], since_ns: int, c
 
 
 # --- fixtures --------------------------------------------------------------------------------------
+
+
+def _umoci_unpack(layout: str, tag: str, rootfs: str) -> None:
+    umoci = require("umoci")
+    old = os.umask(0o022)
+    try:
+        subprocess.run(
+            [umoci, "raw", "unpack", "--image", f"{layout}:{tag}", rootfs], check=True, capture_output=True, timeout=60
+        )
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("tag", UMOCI_IMAGE_TAGS)
+def test_published_trees_keep_the_modes_umoci_gives(fixtures_layout: str, tag: str, tmp_path: object) -> None:
+    """The tree a node publishes (what every mount shares) is the unpacked image, modes included:
+    a 0644 file is 0644, a 0755 tool 0755, as umoci unpacks them. Read-only is the mounts' job."""
+    since = now_ns()
+    theirs_root = os.path.join(str(tmp_path), "umoci")
+    _umoci_unpack(fixtures_layout, tag, theirs_root)
+    store = ContentStore(fixtures_layout)
+    desc = store.refs()[tag]
+    manifest = store.read_manifest(desc)
+    assert isinstance(manifest, Manifest)
+    snap = Snapshots(os.path.join(str(tmp_path), "snaps"), store).materialise(plan_for(store, desc.digest, manifest))
+    ours, theirs = listing(snap.path), listing(theirs_root)
+    assert any(item.mode & 0o222 for item in ours.values()), "the fixture has no writable entry to compare"
+    assert_same(ours, theirs, since, f" on the published tree of {tag}")
 
 
 @pytest.mark.parametrize("tag", UMOCI_IMAGE_TAGS)

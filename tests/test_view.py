@@ -129,3 +129,39 @@ def test_run_concatenates_outputs(view: ContainerView) -> None:
     assert b"".join(view.run(["ls", "/volume/dir/sub", "/single"])) == b"/volume/dir/sub:\nnested\n/single:\n/single\n"
     assert b"".join(view.run(["readlink", "/volume/dir/up"])) == b"../file\n"
     assert b"Mounted: read-only from example.test/img:v1" in b"".join(view.run(["stat", "/volume/file"]))
+
+
+def _snapshot(root: str) -> list[tuple[str, int, int, float]]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            st = os.lstat(os.path.join(dirpath, name))
+            out.append((os.path.relpath(os.path.join(dirpath, name), root), st.st_mode, st.st_size, st.st_mtime))
+    return sorted(out)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["touch", "/volume/file"], "touch: /volume/file: Read-only file system"),
+        (["touch", "/volume/new"], "touch: /volume/new: Read-only file system"),
+        (["rm", "-rf", "/volume/dir"], "rm: /volume/dir: Read-only file system"),
+        (["mkdir", "-p", "/volume/dir/sub/x"], "mkdir: /volume/dir/sub/x: Read-only file system"),
+        (["mv", "/volume/file", "/volume/moved"], "mv: /volume/file: Read-only file system\nmv: /volume/moved: "),
+        (["cp", "/volume/file", "/single"], "cp: /single: Read-only file system"),
+        (["chmod", "0777", "/volume/file"], "chmod: /volume/file: Read-only file system"),
+        (["tee", "/volume/file"], "tee: /volume/file: Read-only file system"),
+        (["cp", "/volume/file", "/tmp/x"], "cp: /tmp/x: not inside any image-volume mount"),
+        (["touch"], "touch: missing operand"),
+    ],
+)
+def test_writes_fail_as_on_a_read_only_mount(view: ContainerView, tmp_path: Any, argv: list[str], message: str) -> None:
+    """Published trees keep their modes (a 0644 file stays writable by its owner on the node), so it
+    is the view that must refuse: every write command fails on an image-volume mount, and nothing
+    in the trees changes."""
+    before = _snapshot(str(tmp_path))
+    with pytest.raises(ViewError) as info:
+        list(view.run(argv))
+    assert str(info.value).startswith(message)
+    assert _snapshot(str(tmp_path)) == before
+    assert view.cat("/volume/file") == b"2\n"

@@ -14,7 +14,8 @@ from imagevol.trees.snapshots import SnapshotPlan, plan_for
 
 from .layerkit import D, F, S
 
-#: One of each kind of entry, with write bits the published tree must lose.
+#: One of each kind of entry, with write bits the published tree must keep (read-only is the
+#: mounts' job).
 GOOD = [D("d", 0o777), F("d/f", "x", 0o666), F("exe", "#!", 0o775), S("l", "d/f"), TarEntry("p", "fifo", mode=0o666)]
 
 
@@ -29,13 +30,14 @@ def image_plan(path: str, *layers: list[TarEntry], tag: str = "t") -> tuple[Cont
     return store, plan_for(store, desc.digest, manifest)
 
 
-def write_bits(root: str) -> list[str]:
-    """Every entry below ``root`` (itself included) that has a write bit, links aside."""
-    bad = []
+def modes(root: str) -> dict[str, int]:
+    """The permission bits of every entry below ``root`` (``.`` for itself), links aside."""
+    out = {}
     for dirpath, dirnames, filenames in os.walk(root):
-        for name in [".", *dirnames, *filenames]:
+        for name in [*dirnames, *filenames]:
             full = os.path.join(dirpath, name)
             st = os.lstat(full)
-            if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o222:
-                bad.append(full)
-    return bad
+            if not stat.S_ISLNK(st.st_mode):
+                out[os.path.relpath(full, root)] = stat.S_IMODE(st.st_mode)
+    out["."] = stat.S_IMODE(os.lstat(root).st_mode)
+    return out

@@ -11,9 +11,16 @@ import attrs
 
 from imagevol.node import Node, NodeConfig
 from imagevol.oci import ANNOTATION_TITLE, OCI_EMPTY, OCI_LAYER_GZIP
-from imagevol.testing.images import ARTIFACT_V2_ENTRIES, Layer, LayoutBuilder, build_artifact_v2
+from imagevol.testing.images import (
+    ARTIFACT_V2_ENTRIES,
+    Layer,
+    LayoutBuilder,
+    build_artifact_v2,
+)
 from imagevol.testing.pods import container, image_volume, pod_doc, to_yaml, volume_mount
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes
+
+from .fixture_node import container_image_registries
 
 REGISTRY = "example.test/vols"
 
@@ -62,7 +69,7 @@ def build_layout(path: str) -> None:
         artifact_type="application/x.test.test.test.v1",
         tag="subpath",
     )
-    # An artifact whose one layer is a tar (laid out by extraction): dir/file, file, empty/.
+    # An artifact whose one layer is a tar (mounted as the file content.tar.gz, never extracted).
     tar = gzip_bytes(build_layer((*ARTIFACT_V2_ENTRIES, _d("empty/"))))
     layer = builder.add_blob(tar, OCI_LAYER_GZIP, {ANNOTATION_TITLE: "content.tar.gz"})
     empty = attrs.evolve(builder.add_blob(b"{}", OCI_EMPTY), data=b"{}")
@@ -77,6 +84,7 @@ def write_registries(directory: str, layout: str) -> str:
             f'[[registry]]\nprefix = "{REGISTRY}"\nlocation = "{REGISTRY}"\n\n'
             f'[[registry.mirror]]\nlocation = "oci-layout:{layout}"\n'
         )
+        f.write(container_image_registries())
     return path
 
 

@@ -147,7 +147,10 @@ def fsck(args: argparse.Namespace, out: TextIO) -> int:
 def _fixtures_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory", metavar="DIR", help="where to write the OCI image layout")
     p.add_argument(
-        "--demo", action="store_true", help="only the demo's images (what imagevol demo writes as DIR/oci-layout)"
+        "--demo",
+        action="store_true",
+        help="only the demo's images: quay.io/crio/artifact:v2 and the BusyBox stand-in for debian"
+        " (what imagevol demo writes as DIR/oci-layout; the layout is replaced only when it differs)",
     )
 
 
@@ -156,7 +159,12 @@ def fixtures(args: argparse.Namespace, out: TextIO) -> int:
     from ..testing.images import build_demo_layout, build_fixtures
 
     if args.demo:
-        build_demo_layout(args.directory)
+        try:
+            refs = build_demo_layout(args.directory)
+        except FileNotFoundError as exc:
+            raise CommandError(f"cannot build the demo's debian stand-in: {exc.args[0]}") from None
+        for tag, desc in sorted(refs.items()):
+            out.write(f"{tag}\t{desc.digest}\n")
     else:
         for tag, desc in sorted(build_fixtures(args.directory).items()):
             out.write(f"{tag}\t{desc.digest}\n")
@@ -177,13 +185,16 @@ def demo(args: argparse.Namespace, out: TextIO) -> int:
     from ..testing.demo import write_demo
     from ..testing.images import DEMO_IMAGES
 
-    files = write_demo(args.directory)
+    try:
+        files = write_demo(args.directory)
+    except FileNotFoundError as exc:
+        raise CommandError(f"cannot build the demo's debian stand-in: {exc.args[-1]}") from None
     # Paths as the user gave the directory (relative stays relative), quoted for a shell.
     layout, registries, pod = (
         shlex.quote(os.path.join(args.directory, os.path.basename(p)))
         for p in (files.layout, files.registries, files.pod)
     )
-    out.write(f"wrote {layout} ({', '.join(DEMO_IMAGES)}), {registries} and {pod}\n")
+    out.write(f"wrote {layout} ({', '.join(i.reference for i in DEMO_IMAGES)}), {registries} and {pod}\n")
     out.write("run the Pod offline and look at what its container sees:\n")
     out.write(f"  imagevol --registries {registries} apply -f {pod}\n")
     out.write("  imagevol exec image-volume -c shell -- cat /volume/file\n")

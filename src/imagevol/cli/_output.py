@@ -354,6 +354,9 @@ def _describe_container(name: str, image: str, volume_mounts: Sequence[Any], st:
     lines.append(f"    Ready:          {'True' if st.get('ready') else 'False'}")
     lines.append(f"    Restart Count:  {st.get('restartCount', 0)}")
     lines.append("    Mounts:")
+    # ImageVolumeWithDigest: the exact image each image-volume mount shows (R11.9).
+    refs = {v["mountPath"]: v["volumeStatus"]["image"]["imageRef"] for v in st.get("volumeMounts", ())
+            if "image" in v.get("volumeStatus", {})}  # fmt: skip
     if not volume_mounts:
         lines.append("      <none>")
     for m in volume_mounts:
@@ -364,6 +367,8 @@ def _describe_container(name: str, image: str, volume_mounts: Sequence[Any], st:
         if m.sub_path_expr:
             flags.append(f"pathExpr={json.dumps(m.sub_path_expr, ensure_ascii=False)}")
         lines.append(f"      {m.mount_path} from {m.name} ({','.join(flags)})")
+        if m.mount_path in refs:
+            lines.append(f"        Image Ref:  {refs[m.mount_path]}")
     return lines
 
 

@@ -100,12 +100,20 @@ class Mount:
         )
 
 
+def _image_spec(value: ImageSpec | str) -> ImageSpec:
+    return value if isinstance(value, ImageSpec) else ImageSpec(value)
+
+
 @attrs.frozen
 class ContainerConfig:
-    """``runtime.v1.ContainerConfig``, the fields image volumes need."""
+    """``runtime.v1.ContainerConfig``, the fields imagevol needs. ``image`` is the container's own
+    image as the kubelet hands it over after ``EnsureImageExists``: ``image.image`` is the image
+    ref the pull returned (the image ID), ``user_specified_image`` the Pod's ``image`` (a plain
+    string is taken as ``ImageSpec(string)``). The runtime finds that image in its store to build
+    the container from it."""
 
     name: str
-    image: str
+    image: ImageSpec = attrs.field(converter=_image_spec)
     mounts: tuple[Mount, ...] = ()
     envs: tuple[tuple[str, str], ...] = ()
 
@@ -139,9 +147,14 @@ class MountStatus:
 
 @attrs.frozen
 class ContainerStatus:
-    """``runtime.v1.ContainerStatus``, the fields image volumes need (the simulator runs no
-    processes, so a container that exists is running). ``list_containers`` answers with these too,
-    mounts included, where the CRI's ``ListContainers`` returns the shorter ``Container``."""
+    """``runtime.v1.ContainerStatus``, the fields imagevol needs (the simulator runs no processes,
+    so a container that exists is running). ``list_containers`` answers with these too, mounts
+    included, where the CRI's ``ListContainers`` returns the shorter ``Container``.
+
+    The container's own image, as containerd and CRI-O report it: ``image`` is the image's name
+    (``image.image``: the reference it was pulled by, fully qualified), ``image_ref`` the exact image,
+    ``<repository>@<digest it was pulled by>`` (the kubelet's ``imageID``), and ``image_id`` the
+    local image ID (``ListContainers``' ``image_ref``: what the image GC and ``RemoveImage`` match)."""
 
     id: str
     sandbox_id: str
@@ -149,6 +162,8 @@ class ContainerStatus:
     image: str
     mounts: tuple[MountStatus, ...]
     created_at: float
+    image_ref: str = ""
+    image_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The status as the runtime's state file stores it."""
@@ -158,7 +173,16 @@ class ContainerStatus:
     def from_json(cls, obj: dict[str, Any]) -> ContainerStatus:
         """The status :meth:`to_json` stored."""
         mounts = tuple(MountStatus(**m) for m in obj.get("mounts", ()))
-        return cls(obj["id"], obj["sandbox_id"], obj["name"], obj["image"], mounts, obj["created_at"])
+        return cls(
+            obj["id"],
+            obj["sandbox_id"],
+            obj["name"],
+            obj["image"],
+            mounts,
+            obj["created_at"],
+            str(obj.get("image_ref", "")),
+            str(obj.get("image_id", "")),
+        )
 
 
 # --- what the runtime answers about images ------------------------------------------------------------

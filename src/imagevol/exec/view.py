@@ -26,6 +26,14 @@ COMMANDS = ("cat", "ls", "stat", "readlink")
 #: How deep :meth:`ContainerView.tree` descends at most: one directory fd is held per level, so a
 #: hostile image nested thousands of levels deep ends in a note, never in running out of fds.
 MAX_TREE_DEPTH = 128
+#: Commands that write, and which of their operands they write to: ``all``, ``last`` (the
+#: destination of ``cp``/``ln``) or ``rest`` (all but the mode or owner of ``chmod``/``chown``).
+#: On an image-volume mount each fails as on the read-only mount (R11.4), and nothing is written:
+#: the view never opens anything for writing.
+WRITE_COMMANDS = {
+    "touch": "all", "mkdir": "all", "rm": "all", "rmdir": "all", "mv": "all", "tee": "all",
+    "truncate": "all", "cp": "last", "ln": "last", "chmod": "rest", "chown": "rest", "chgrp": "rest",
+}  # fmt: skip
 
 
 class ViewError(ImageVolError):
@@ -289,6 +297,8 @@ class ContainerView:
 
     def run(self, argv: Sequence[str]) -> Iterator[bytes]:
         """Run one file command; yields output chunks (raises ``ViewError``)."""
+        if argv and argv[0] in WRITE_COMMANDS:
+            self._refuse_write(argv[0], [a for a in argv[1:] if not a.startswith("-")])
         if not argv or argv[0] not in COMMANDS:
             raise ViewError(
                 f"exec: {argv[0] if argv else '(nothing)'}: only {', '.join(COMMANDS)} are available "
@@ -309,6 +319,19 @@ class ContainerView:
                 yield (self.readlink(path) + "\n").encode()
             else:
                 yield (self.stat(path) + "\n").encode()
+
+    def _refuse_write(self, cmd: str, args: list[str]) -> None:
+        """A write into an image volume fails with ``Read-only file system``, as the ``ro`` mount
+        makes it fail (BusyBox's wording); a write elsewhere is outside what the view models."""
+        which = WRITE_COMMANDS[cmd]
+        targets = args[-1:] if which == "last" else args[1:] if which == "rest" else args
+        if not targets:
+            raise ViewError(f"{cmd}: missing operand")
+        errors = []
+        for path in targets:
+            self._target(cmd, path)  # outside every mount: says so
+            errors.append(f"{cmd}: {path}: Read-only file system")
+        raise ViewError("\n".join(errors))
 
 
 def _listing(fd: int) -> tuple[list[str], str]:

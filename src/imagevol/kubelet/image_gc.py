@@ -3,8 +3,10 @@
 It talks to the runtime through the CRI only (:mod:`imagevol.cri`): ``ListImages``, ``RemoveImage``,
 ``ListContainers``/``ContainerStatus`` for what is in use, and ``ImageFsInfo`` for the usage of the
 image filesystem, whose capacity is asked of the node (``statvfs`` of the reported mount point, as
-the kubelet's stats provider does). An image is in use when any container, running or not, reports
-a status mount whose image ID is the image's (R7.1, R7.2: the runtime echoes ``Mount.image.image``).
+the kubelet's stats provider does). An image is in use when any container, running or not, runs
+from it (the container's ``image_id``, as the kubelet's ``detectImages`` takes every container's
+image ID) or reports a status mount whose image ID is the image's (R7.1, R7.2: the runtime echoes
+``Mount.image.image``). Container images and image volumes share one content store and these rules.
 When usage is above the high threshold, unused images are removed, least recently used first, until
 usage is below the low threshold (``realImageGCManager.freeSpace``); an image in use is never
 removed. The runtime's own garbage collector (an imagevol extension of the CRI) then takes what no
@@ -75,14 +77,14 @@ class ImageGC:
         return filesystem_capacity(self.image_fs().fs_id.mountpoint)
 
     def in_use(self) -> set[str]:
-        """Image IDs some container's status mounts."""
+        """Image IDs some container runs from or mounts."""
         return _in_use(self.runtime.list_containers())
 
     def last_used(self, image: Image, containers: Sequence[ContainerStatus] | None = None) -> float:
-        """When a container last mounted the image, else when it was pulled."""
+        """When a container last ran from or mounted the image, else when it was pulled."""
         if containers is None:
             containers = self.runtime.list_containers()
-        times = [c.created_at for c in containers for m in c.mounts if m.image_id == image.id]
+        times = [c.created_at for c in containers if image.id in _used_by(c)]
         return max(times, default=image.pulled_at)
 
     def collect(
@@ -122,8 +124,15 @@ class ImageGC:
         return GCResult(before, self.usage(), capacity, tuple(removed), kept, freed)
 
 
+def _used_by(container: ContainerStatus) -> set[str]:
+    used = {m.image_id for m in container.mounts}
+    if container.image_id:
+        used.add(container.image_id)
+    return used
+
+
 def _in_use(containers: Sequence[ContainerStatus]) -> set[str]:
-    return {m.image_id for c in containers for m in c.mounts}
+    return {image_id for c in containers for image_id in _used_by(c)}
 
 
 def filesystem_capacity(path: str) -> int:

@@ -1,8 +1,14 @@
-"""The kubelet's image manager: ``EnsureImageExists`` for image volumes (R3.5 to R3.7, R7.4).
+"""The kubelet's image manager: ``EnsureImageExists`` for container images and image volumes alike
+(R3.4 to R3.7, R7.4).
 
-Pull policy, the ``ErrImageNeverPull`` / ``ImagePullBackOff`` / ``InvalidImageName`` outcomes, pull
-events against the Pod, and the per ``<podUID>_<image>`` backoff (10 s doubling to 300 s) on an
-injectable clock. The runtime is reached through the CRI ``ImageService`` only (:mod:`imagevol.cri`).
+Pull policy, the ``ErrImageNeverPull`` / ``ImagePullBackOff`` / ``InvalidImageName`` outcomes, the
+``Pulling``/``Pulled``/``Failed``/``BackOff`` events (against the Pod for an image volume, against
+the container, ``spec.containers{NAME}``, for its image), and the per ``<podUID>_<image as
+written>`` backoff (10 s doubling to 300 s) on an injectable clock: a container and an image volume
+of one Pod naming the same image share it (R3.6). While backing off, the result's message carries
+the last pull error (``Back-off pulling image "x": ErrImagePull: ...``), as the kubelet puts it in
+the container's waiting message. The runtime is reached through the CRI ``ImageService`` only
+(:mod:`imagevol.cri`).
 """
 
 from __future__ import annotations
@@ -33,12 +39,15 @@ def should_pull(policy: str, present: bool) -> bool:
 
 @attrs.define
 class Backoff:
-    """``flowcontrol.Backoff`` with the kubelet's image settings and no jitter."""
+    """``flowcontrol.Backoff`` with the kubelet's image settings and no jitter, and the image
+    manager's ``prevPullErrMsg`` (the last pull error per key, shown while backing off)."""
 
     initial: float = INITIAL_BACKOFF
     maximum: float = MAX_BACKOFF
     #: key -> (current backoff, last update)
     entries: dict[str, tuple[float, float]] = attrs.field(factory=dict)
+    #: key -> ``<reason>: <message>`` of the last failed pull
+    errors: dict[str, str] = attrs.field(factory=dict)
 
     def in_backoff(self, key: str, now: float) -> bool:
         """Whether pulls of ``key`` are backing off at ``now``."""
@@ -59,15 +68,21 @@ class Backoff:
         """Forget entries not touched for twice the maximum backoff."""
         for key in [k for k, (_, last) in self.entries.items() if now - last > 2 * self.maximum]:
             del self.entries[key]
+            self.errors.pop(key, None)
 
     def to_json(self) -> dict[str, Any]:
         """The backoff as node state stores it."""
-        return {k: list(v) for k, v in self.entries.items()}
+        out: dict[str, Any] = {}
+        for key, (duration, last) in self.entries.items():
+            out[key] = [duration, last, self.errors[key]] if key in self.errors else [duration, last]
+        return out
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Backoff:
         """The backoff :meth:`to_json` stored."""
-        return cls(entries={k: (float(v[0]), float(v[1])) for k, v in obj.items()})
+        entries = {k: (float(v[0]), float(v[1])) for k, v in obj.items()}
+        errors = {k: str(v[2]) for k, v in obj.items() if len(v) > 2}
+        return cls(entries=entries, errors=errors)
 
 
 @attrs.frozen
@@ -140,23 +155,25 @@ class ImageManager:
             present = False  # treated as absent for this Pod: the registry must be asked again
         if not should_pull(policy, present):
             if present and status is not None:
-                log(NORMAL, "Pulled", f"Container image {goquote(requested)} already present on machine")
+                # With KEP-2535 on, the kubelet says the Pod's access was checked too.
+                checked = " and can be accessed by the pod" if self.ensure_secret_pulled_images else ""
+                log(NORMAL, "Pulled", f"Container image {goquote(requested)} already present on machine{checked}")
                 return EnsureResult(status.id, image=status)
-            if status is not None:
-                msg = (
-                    f"Container image {goquote(requested)} is not present with pull policy of Never "
-                    "(pulled with other credentials; this Pod's credentials are not verified)"
-                )
-            else:
-                msg = f"Container image {goquote(requested)} is not present with pull policy of Never"
+            # Also when the image is present but this Pod's credentials never proved access to it:
+            # the kubelet does not reveal that an image it may not hand over exists.
+            msg = f"Container image {goquote(requested)} is not present with pull policy of Never"
             log(WARNING, "ErrImageNeverPull", msg)
             return EnsureResult(message=msg, reason="ErrImageNeverPull")
-        key = f"{pod_uid}_{image}"
+        # The key is the image as written, not defaulted: `busybox` and `busybox:latest` are two.
+        key = f"{pod_uid}_{requested}"
         now = self.clock()
         if self.backoff.in_backoff(key, now):
             msg = f"Back-off pulling image {goquote(requested)}"
             log(NORMAL, "BackOff", msg)
-            return EnsureResult(message=msg, reason="ImagePullBackOff")
+            previous = self.backoff.errors.get(key)
+            # The event says only that; the waiting message also says why the last pull failed.
+            return EnsureResult(message=f"{msg}: {previous}" if previous else msg, reason="ImagePullBackOff")
+        self.backoff.errors.pop(key, None)
         log(NORMAL, "Pulling", f"Pulling image {goquote(requested)}")
         started = time.monotonic()
         try:
@@ -165,7 +182,9 @@ class ImageManager:
             failure = raised if isinstance(raised, ImageVolError) else _local_pull_error(image, raised)
             log(WARNING, "Failed", f"Failed to pull image {goquote(requested)}: {failure}")
             self.backoff.next(key, self.clock())
-            return self._pull_error(requested, failure)
+            outcome = self._pull_error(requested, failure)
+            self.backoff.errors[key] = f"{outcome.reason}: {outcome.message}"
+            return outcome
         waited = time.monotonic() - started
         size = result.image.size
         self.metrics.observe_pull(result.duration, size)

@@ -1,12 +1,18 @@
-"""The kubelet's pod sync for image volumes (sections 3 to 6 of docs/requirements.md, R11.1).
+"""The kubelet's pod sync (sections 3 to 6 of docs/requirements.md, R11.1).
 
 One ``sync_pod`` pass does what ``kuberuntime_manager.SyncPod`` does for a Pod with image volumes:
 pull every image volume in spec order through the image manager (failures are kept, not raised,
 R3.9), then start init containers in order (a failing non-sidecar init container blocks the rest,
-R5.7), then regular containers. Each container start builds the container's image-volume map (a failed
-pull surfaces here, R4.2), builds mounts (``subPathExpr`` expansion and re-validation, R4.4/R4.5),
-calls the runtime's ``CreateContainer`` and then counts metrics (R6.3/R6.4). Containers already
-running are left alone; failed ones are retried on the next pass (R5.6).
+R5.7), then regular containers. Each container start is ``startContainer``'s: build the container's
+image-volume map (a failed volume pull surfaces here, R4.2), pull the container's own image through
+the same image manager (``EnsureImageExists``, events against the container), build mounts
+(``subPathExpr`` expansion and re-validation, R4.4/R4.5), call the runtime's ``CreateContainer``
+with the pulled image and the mounts, and then count metrics (R6.3/R6.4). Containers already running
+are left alone; failed ones are retried on the next pass (R5.6), a failed image pull under the
+image backoff.
+
+What the record keeps of a container is the API's ``containerStatuses[]`` entry, see
+:class:`ContainerState`.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ from typing import Any
 import attrs
 
 from .._text import goquote, strerror
+from ..api.defaults import default_pull_policy
 from ..api.dump import pod_to_dict
 from ..api.features import FeatureGates
 from ..api.load import pod_from_dict
 from ..api.models import Container, Pod
-from ..cri import PROPAGATION, ContainerConfig, ImageSpec, Keyring, Mount, RuntimeService
+from ..cri import PROPAGATION, ContainerConfig, ContainerStatus, ImageSpec, Keyring, Mount, RuntimeService
 from ..errors import CreateContainerConfigError, CreateContainerError, ImageVolError, ImageVolumeMountFailedError
 from ._envvars import container_env, effective_sub_path
 from .events import NORMAL, WARNING, Event, EventRecorder, container_field_path
@@ -37,7 +44,15 @@ METRICS_MODES = ("upstream", "fixed")
 
 @attrs.define
 class ContainerState:
-    """The state of one container as the kubelet reports it: waiting (with a reason), running or terminated."""
+    """One entry of the Pod's ``status.containerStatuses`` / ``initContainerStatuses``.
+
+    ``state``, ``reason`` and ``message`` are ``state.{waiting,running,terminated}`` with its reason
+    and message; ``container_id`` is ``containerID`` (without the ``<runtime>://`` prefix);
+    ``image`` is ``image`` (the spec's image until the runtime created the container, then the
+    runtime's name for it, ``docker.io/library/debian:latest``); ``image_id`` is ``imageID``
+    (``<repository>@<digest>`` of the image the container runs from); ``volume_mounts`` is
+    ``volumeMounts`` in the API's JSON shape (``name``, ``mountPath``, ``readOnly`` and, for an image
+    volume, ``volumeStatus.image.imageRef``), reported with ``ImageVolumeWithDigest`` only (R11.9)."""
 
     name: str
     kind: str  # initContainers | containers | ephemeralContainers
@@ -48,6 +63,9 @@ class ContainerState:
     started_at: float = 0.0
     sidecar: bool = False
     attempts: int = 0
+    image: str = ""
+    image_id: str = ""
+    volume_mounts: list[dict[str, Any]] = attrs.field(factory=list)
 
     @property
     def done(self) -> bool:
@@ -85,9 +103,13 @@ class PodRecord:
     @classmethod
     def new(cls, pod: Pod, now: float) -> PodRecord:
         """The record of a Pod just admitted at ``now``: every container waiting."""
-        states = [ContainerState(c.name, "initContainers", sidecar=c.restart_policy == "Always",
-                                 reason="PodInitializing") for c in pod.spec.init_containers]  # fmt: skip
-        states += [ContainerState(c.name, "containers") for c in pod.spec.containers]
+        states = [
+            ContainerState(
+                c.name, "initContainers", sidecar=c.restart_policy == "Always", reason="PodInitializing", image=c.image
+            )
+            for c in pod.spec.init_containers
+        ]
+        states += [ContainerState(c.name, "containers", image=c.image) for c in pod.spec.containers]
         return cls(pod, states, created_at=now)
 
     @property
@@ -190,12 +212,12 @@ class Kubelet:
                 continue
             if state.done:
                 continue
-            self._start(record, self._spec(pod, state), state, recorder)
+            self._start(record, self._spec(pod, state), state, recorder, keyring)
             if not state.done and not state.sidecar:
                 return record  # R5.7: a failing init container blocks the Pod
         for state in record.containers:
             if state.kind == "containers" and state.state != "running":
-                self._start(record, self._spec(pod, state), state, recorder)
+                self._start(record, self._spec(pod, state), state, recorder, keyring)
         return record
 
     @staticmethod
@@ -258,18 +280,31 @@ class Kubelet:
             mounts.append(Mount(m.mount_path, "", True, spec, sub, PROPAGATION[m.mount_propagation]))
         return tuple(mounts)
 
-    def _start(self, record: PodRecord, container: Container, state: ContainerState, recorder: EventRecorder) -> None:
+    def _start(
+        self, record: PodRecord, container: Container, state: ContainerState, recorder: EventRecorder, keyring: Keyring
+    ) -> None:
+        """``startContainer`` for one container, then ``incrementImageVolumeMetrics``."""
         pod = record.pod
         field = container_field_path(container.name, state.kind)
         state.attempts += 1
         volumes = self._image_volumes(record, container, state, recorder)
         if volumes is None:
             return  # R6.3: nothing is counted before the image-volume map exists
+        # Step 1 of startContainer: the container's own image, through the image manager, with
+        # its events on the container. A failure stops the start before CreateContainer.
+        policy = container.image_pull_policy or default_pull_policy(container.image)
+        pulled = self.images.ensure(pod.uid, container.image, policy, keyring, recorder, field)
+        if not pulled.ok:
+            recorder.record(WARNING, "Failed", f"Error: {pulled.reason}", field)
+            _wait(state, pulled.reason, pulled.message)
+            self._count(container, volumes, failed=True, mount_failed=False, called_runtime=False)
+            return
         called_runtime = False
         error: ImageVolError | None = None
         try:
             mounts = self._mounts(pod, container, volumes)
-            config = ContainerConfig(container.name, container.image, mounts)
+            image = ImageSpec(pulled.image_ref, container.image, annotations=dict(pod.metadata.annotations))
+            config = ContainerConfig(container.name, image, mounts)
             called_runtime = True
             missing = [mt for mt in mounts if mt.image is None and not mt.host_path]
             if missing:
@@ -290,33 +325,66 @@ class Kubelet:
             recorder.record(NORMAL, "Started", f"Started container {container.name}", field)
             state.container_id = created.id
             state.started_at = self.clock()
+            state.image, state.image_id = created.image or container.image, created.image_ref
+            state.volume_mounts = self._volume_mount_statuses(container, volumes, created) if self._with_digest else []
             if state.kind == "initContainers" and not state.sidecar:
                 # The simulator runs no processes: an init container that starts, completes.
                 state.state, state.reason, state.message = "terminated", "Completed", ""
             else:
                 state.state, state.reason, state.message = "running", "", ""
-        self._count(container, volumes, error, called_runtime)
+        self._count(
+            container,
+            volumes,
+            failed=error is not None,
+            mount_failed=isinstance(error, ImageVolumeMountFailedError),
+            called_runtime=called_runtime,
+        )
+
+    @property
+    def _with_digest(self) -> bool:
+        """R11.9: the kubelet reports image-volume digests with both gates on."""
+        return self.gates.enabled("ImageVolume") and self.gates.enabled("ImageVolumeWithDigest")
+
+    @staticmethod
+    def _volume_mount_statuses(
+        container: Container, volumes: Mapping[str, VolumeResult], created: ContainerStatus
+    ) -> list[dict[str, Any]]:
+        """``containerStatuses[].volumeMounts`` (API JSON shape): every mount of the container, and
+        for an image volume ``volumeStatus.image.imageRef``, the exact image the runtime mounted
+        (``<repository>@<digest>``, as ``imageID`` names the container's image; R11.9)."""
+        mounted = {m.container_path: m for m in created.mounts}
+        out: list[dict[str, Any]] = []
+        for m in container.volume_mounts:
+            entry: dict[str, Any] = {"name": m.name, "mountPath": m.mount_path}
+            status = mounted.get(m.mount_path) if m.name in volumes else None
+            entry["readOnly"] = True if m.name in volumes else m.read_only
+            if status is not None and status.image_ref:
+                entry["volumeStatus"] = {"image": {"imageRef": status.image_ref}}
+            out.append(entry)
+        return out
 
     def _count(
         self,
         container: Container,
         volumes: Mapping[str, VolumeResult],
-        error: ImageVolError | None,
+        *,
+        failed: bool,
+        mount_failed: bool,
         called_runtime: bool,
     ) -> None:
-        """``incrementImageVolumeMetrics`` (R6.3), per mount per start attempt."""
+        """``incrementImageVolumeMetrics`` (R6.3), per mount per start attempt. Upstream counts
+        every start attempt that had an image-volume map, and only a runtime image-volume mount
+        failure as an error: an attempt that failed before ``CreateContainer`` (the container's
+        image failed to pull, a config error) is a "success" (R6.4, kubernetes PR #138460). The
+        fixed mode counts only attempts that reached ``CreateContainer``, and any failure there as
+        an error."""
         if self.metrics_mode == "fixed" and not called_runtime:
             return
         for m in container.volume_mounts:
             if m.name not in volumes:
                 continue
             self.metrics.requested += 1
-            if self.metrics_mode == "upstream":
-                # R6.4: only runtime-reported image-volume mount failures are errors.
-                failed = isinstance(error, ImageVolumeMountFailedError)
-            else:
-                failed = error is not None
-            if failed:
+            if mount_failed if self.metrics_mode == "upstream" else failed:
                 self.metrics.errors += 1
             else:
                 self.metrics.succeeded += 1

@@ -18,7 +18,6 @@ output as soon as the kubelet records it.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from ..api.dump import pod_to_dict
@@ -110,12 +109,15 @@ def _state(state: ContainerState, container_id: str) -> dict[str, Any]:
     return {"waiting": waiting}
 
 
-def _mounts(
-    record: PodRecord, state: ContainerState, image_refs: Mapping[tuple[str, str], str]
-) -> list[dict[str, Any]]:
+def _mounts(record: PodRecord, state: ContainerState) -> list[dict[str, Any]]:
     """``VolumeMountStatus`` per mount of the container's spec: read-only as the spec says, the
     recursive read-only mode of a read-only mount, and for an image volume the exact image mounted
-    when the node reports it (``ImageVolumeWithDigest``)."""
+    as the kubelet recorded it when it created the container (``ImageVolumeWithDigest`` only)."""
+    recorded = {
+        v["mountPath"]: v["volumeStatus"]["image"]["imageRef"]
+        for v in _extra(state, "volume_mounts", ())
+        if "image" in v.get("volumeStatus", {})
+    }
     group = record.pod.spec.init_containers if state.kind == "initContainers" else record.pod.spec.containers
     spec = next((c for c in group if c.name == state.name), None)
     out: list[dict[str, Any]] = []
@@ -123,16 +125,14 @@ def _mounts(
         mount: dict[str, Any] = {"name": m.name, "mountPath": m.mount_path, "readOnly": m.read_only}
         if m.read_only:
             mount["recursiveReadOnly"] = "Enabled" if m.recursive_read_only in ("Enabled", "IfPossible") else "Disabled"
-        ref = image_refs.get((state.name, m.mount_path))
+        ref = recorded.get(m.mount_path)
         if ref:
             mount["volumeStatus"] = {"image": {"imageRef": ref}}
         out.append(mount)
     return out
 
 
-def _container_status(
-    record: PodRecord, state: ContainerState, runtime: str, image_refs: Mapping[tuple[str, str], str]
-) -> dict[str, Any]:
+def _container_status(record: PodRecord, state: ContainerState, runtime: str) -> dict[str, Any]:
     group = record.pod.spec.init_containers if state.kind == "initContainers" else record.pod.spec.containers
     image = next((c.image for c in group if c.name == state.name), "")
     container_id = f"{_ID_SCHEMES.get(runtime, runtime)}://{state.container_id}" if state.container_id else ""
@@ -148,19 +148,14 @@ def _container_status(
     }
     if container_id:
         out["containerID"] = container_id
-        out["volumeMounts"] = _mounts(record, state, image_refs)
+        out["volumeMounts"] = _mounts(record, state)
     return out
 
 
-def pod_status(
-    record: PodRecord, *, runtime: str = "containerd", image_refs: Mapping[tuple[str, str], str] | None = None
-) -> dict[str, Any]:
+def pod_status(record: PodRecord, *, runtime: str = "containerd") -> dict[str, Any]:
     """``status`` of the Pod: phase, conditions, start time, container statuses.
 
-    ``runtime`` is the ``--runtime`` profile (the scheme of container IDs); ``image_refs`` maps
-    ``(container, mountPath)`` to the exact image an image-volume mount shows, reported as
-    ``volumeStatus.image.imageRef`` (the ``ImageVolumeWithDigest`` gate: pass it only when on)."""
-    refs = image_refs or {}
+    ``runtime`` is the ``--runtime`` profile (the scheme of container IDs)."""
     out: dict[str, Any] = {
         "phase": record.phase,
         "conditions": _conditions(record),
@@ -170,8 +165,8 @@ def pod_status(
     inits = [s for s in record.containers if s.kind == "initContainers"]
     regular = sorted((s for s in record.containers if s.kind == "containers"), key=lambda s: s.name)
     if inits:
-        out["initContainerStatuses"] = [_container_status(record, s, runtime, refs) for s in inits]
-    out["containerStatuses"] = [_container_status(record, s, runtime, refs) for s in regular]
+        out["initContainerStatuses"] = [_container_status(record, s, runtime) for s in inits]
+    out["containerStatuses"] = [_container_status(record, s, runtime) for s in regular]
     return out
 
 
@@ -180,7 +175,6 @@ def pod_object(
     *,
     node_name: str = NODE_NAME,
     runtime: str = "containerd",
-    image_refs: Mapping[tuple[str, str], str] | None = None,
 ) -> dict[str, Any]:
     """The Pod as ``kubectl get pod NAME -o json`` prints it: ``apiVersion``, ``kind``, metadata
     with ``uid``, ``namespace`` and ``creationTimestamp``, the spec as admitted (defaults included,
@@ -189,7 +183,7 @@ def pod_object(
     obj["metadata"] = {**obj["metadata"], "namespace": record.pod.namespace}
     obj["metadata"]["creationTimestamp"] = timestamp(record.created_at)
     obj["spec"] = {**obj["spec"], "nodeName": record.pod.spec.node_name or node_name}
-    obj["status"] = pod_status(record, runtime=runtime, image_refs=image_refs)
+    obj["status"] = pod_status(record, runtime=runtime)
     return obj
 
 

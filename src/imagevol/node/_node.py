@@ -361,13 +361,7 @@ class Node:
         """The Pod as the API server returns it, status included (``kubectl get pod -o json``):
         container IDs carry this node's runtime, and with the kubelet's ``ImageVolumeWithDigest``
         gate on, each image-volume mount reports the exact image it shows."""
-        refs: dict[tuple[str, str], str] = {}
-        if self.kubelet_gates.enabled("ImageVolumeWithDigest"):
-            for state in record.containers:
-                status = self.runtime.container_status(state.container_id) if state.container_id else None
-                for m in status.mounts if status is not None else ():
-                    refs[(state.name, m.container_path)] = m.image_ref
-        return pod_object(record, node_name=NODE_NAME, runtime=self.runtime.name, image_refs=refs)
+        return pod_object(record, node_name=NODE_NAME, runtime=self.runtime.name)
 
     def event_objects(self, record: PodRecord) -> list[dict[str, Any]]:
         """The Pod's events as ``v1 Event`` objects (``kubectl get events -o json``)."""

@@ -37,6 +37,7 @@ from ..cri import (
     FilesystemUsage,
     Image,
     ImageFsInfo,
+    ImageSpec,
     Keyring,
     Mount,
     MountStatus,
@@ -44,6 +45,7 @@ from ..cri import (
 )
 from ..errors import (
     BlobNotFoundError,
+    CreateContainerError,
     ImageInUseError,
     ImageVolError,
     ImageVolumeMountFailedError,
@@ -109,18 +111,19 @@ class Runtime:
         return [_cri_image(r) for r in self.puller.image_db.all()]
 
     def images_in_use(self) -> set[str]:
-        """Image IDs that some container mounts (what the image GC learns from ContainerStatus)."""
-        return {m.image_id for c in self.list_containers() for m in c.mounts}
+        """Image IDs that some container runs from or mounts (what the image GC learns from the
+        containers the runtime lists)."""
+        return {image_id for c in self.list_containers() for image_id in _images_of(c)}
 
     def remove_image(self, reference: str) -> Image:
-        """``RemoveImage``: refused while a container mounts the image (R7.3, as CRI-O does). The
-        record goes; its tree goes too unless another image has the same layer chain (or a
-        container of an image pulled over it still holds the tree). Blobs stay until
+        """``RemoveImage``: refused while a container runs from the image or mounts it (R7.3, as
+        CRI-O does). The record goes; its tree goes too unless another image has the same layer
+        chain (or a container of an image pulled over it still holds the tree). Blobs stay until
         :meth:`garbage_collect`."""
         record = self.puller.image_db.lookup(reference) or _latest(self.puller.image_db.by_id(reference))
         if record is None:
             raise ImageVolError(f"image {goquote(reference)} not found")
-        users = [c for c in self.list_containers() if any(m.image_id == record.image_id for m in c.mounts)]
+        users = [c for c in self.list_containers() if record.image_id in _images_of(c)]
         if users:
             raise ImageInUseError(f"image used by {users[0].id[:13]}: image is in use by a container")
         self.puller.image_db.remove(record.name)
@@ -178,7 +181,11 @@ class Runtime:
     # --- container service --------------------------------------------------------------------
 
     def create_container(self, sandbox_id: str, config: ContainerConfig) -> ContainerStatus:
-        """``CreateContainer``: mount every image volume of ``config``, or fail and hold nothing."""
+        """``CreateContainer``: find the container's image in the store, mount every image volume
+        of ``config``, or fail and hold nothing. The container's image is recorded in its status
+        (``image``, ``image_ref``, ``image_id``); its rootfs is not built, the simulator runs no
+        process."""
+        image = self.container_image(config.image)
         container_id = secrets.token_hex(32)
         mounted: list[MountStatus] = []
         try:
@@ -190,7 +197,16 @@ class Runtime:
             for status in mounted:
                 self.snapshots.release(SnapshotKey.parse(status.snapshot), container_id)
             raise
-        record = ContainerStatus(container_id, sandbox_id, config.name, config.image, tuple(mounted), time.time())
+        record = ContainerStatus(
+            container_id,
+            sandbox_id,
+            config.name,
+            image.name,
+            tuple(mounted),
+            time.time(),
+            image_ref=image.repo_digest,
+            image_id=image.image_id,
+        )
         self._save(record)
         return record
 
@@ -237,12 +253,28 @@ class Runtime:
                 os.unlink(tmp)
             raise
 
+    def container_image(self, spec: ImageSpec) -> ImageRecord:
+        """The record of a container's own image (``ContainerConfig.image``), as the kubelet pulled
+        it. An OCI artifact has no rootfs: a container cannot run from one."""
+        record = self._find_local(spec)
+        if record is None or record.artifact:
+            raise CreateContainerError(self.not_local_message(spec.image))
+        return record
+
     # --- image volumes ------------------------------------------------------------------------
 
     def _local_image(self, mount: Mount) -> ImageRecord:
-        """The record of the image the kubelet pulled for this mount.
+        """The record of the image the kubelet pulled for this mount (:meth:`_find_local`)."""
+        assert mount.image is not None
+        record = self._find_local(mount.image)
+        if record is None:
+            raise ImageVolumeMountFailedError(self.not_local_message(mount.image.image))
+        return record
 
-        ``image.image`` is the image ID the pull returned (R3.8) and ``user_specified_image`` the
+    def _find_local(self, spec: ImageSpec) -> ImageRecord | None:
+        """The local record ``spec`` names, or None.
+
+        ``image`` is the image ID the pull returned (R3.8) and ``user_specified_image`` the
         Pod's own reference. The record that reference names is used when it still has that ID:
         the Pod mounts the manifest its reference was pulled as, never whichever image happens to
         share the config. Only when the reference no longer names that ID (retagged since) or is
@@ -250,20 +282,15 @@ class Runtime:
         containerd's image named by the ID points at the last one pulled. Every image with one ID
         has the same config, hence the same diff IDs and tree key: the choice can decide whether a
         missing tree can be built (its layers are verified), never what a mount contains."""
-        assert mount.image is not None
-        ref = mount.image.image
-        record: ImageRecord | None = None
+        ref = spec.image
+        if not ref:
+            return None
         if not _is_digest(ref):
-            record = self.puller.lookup(ref)
-        else:
-            named = self.puller.lookup(mount.image.user_specified_image) if mount.image.user_specified_image else None
-            if named is not None and named.answers_to(ref):
-                record = named
-            else:
-                record = _latest(r for r in self.puller.image_db.by_id(ref) if self.puller.is_complete(r))
-        if record is None:
-            raise ImageVolumeMountFailedError(self.not_local_message(ref))
-        return record
+            return self.puller.lookup(ref)
+        named = self.puller.lookup(spec.user_specified_image) if spec.user_specified_image else None
+        if named is not None and named.answers_to(ref):
+            return named
+        return _latest(r for r in self.puller.image_db.by_id(ref) if self.puller.is_complete(r))
 
     def _acquire(self, record: ImageRecord, holder: str) -> tuple[Snapshot, Manifest]:
         """The image's published tree, leased to ``holder`` with no window for a removal."""
@@ -408,6 +435,14 @@ def _cri_image(record: ImageRecord) -> Image:
         auth=record.auth,
         pulled_at=record.pulled_at,
     )
+
+
+def _images_of(container: ContainerStatus) -> set[str]:
+    """The image IDs a container uses: its own image and the images it mounts."""
+    used = {m.image_id for m in container.mounts}
+    if container.image_id:
+        used.add(container.image_id)
+    return used
 
 
 def _latest(records: Iterable[ImageRecord]) -> ImageRecord | None:

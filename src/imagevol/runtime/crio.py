@@ -12,7 +12,7 @@ from ..cri import Mount, MountStatus
 from ..errors import ImageVolumeMountFailedError, SubPathError
 from ..oci import Manifest
 from ..trees import subpath as sp
-from ..trees.artifacts import artifact_file_name, is_tar_layer
+from ..trees.artifacts import artifact_file_name
 from .base import Runtime, _digest12
 
 
@@ -46,7 +46,9 @@ class CrioRuntime(Runtime):
     def mount_artifact(self, base: MountStatus, root_fd: int, manifest: Manifest, mount: Mount) -> MountStatus:
         """R9.11 (``FilterMountPathsBySubPath``): empty or ``.`` mounts every file; otherwise
         ``Clean(sub) + "/"`` must prefix at least one file name, and matching files appear with the
-        prefix stripped, which is the prefix directory of the laid-out tree."""
+        prefix stripped. The tree holds exactly one file per named blob (artifacts.py), so the
+        matching files are the contents of the prefix directory and it is that directory which is
+        mounted."""
         sub = base.sub_path
         if sub in ("", "."):
             return attrs.evolve(base, inode=os.fstat(root_fd).st_ino)
@@ -56,19 +58,15 @@ class CrioRuntime(Runtime):
             f"artifact volume {goquote(mount.image.image)}"
         )
         prefix = go_clean(sub) + "/"
-        names = [artifact_file_name(layer) for layer in manifest.layers if not is_tar_layer(layer.media_type)]
-        matched = any(name.startswith(prefix) for name in names)
-        tar_layers = any(is_tar_layer(layer.media_type) for layer in manifest.layers)
-        if not matched and not tar_layers:
+        # The filter works on the names as the annotations spell them, as CRI-O's does.
+        if not any(artifact_file_name(layer).startswith(prefix) for layer in manifest.layers):
             raise not_found
         try:
             resolved = sp.resolve(root_fd, prefix.rstrip("/"), self.policy, self.backend)
         except SubPathError:
             raise not_found from None
         try:
-            # A tar-layer artifact is laid out by extraction (artifacts.py): there the prefix must
-            # name a directory holding at least one regular file.
-            if not resolved.is_dir or (not matched and not _holds_a_file(resolved.fd)):
+            if not resolved.is_dir:  # pragma: no cover - a name with the prefix made it a directory
                 raise not_found
             real_path = resolved.relative_path(root_fd)
         finally:
@@ -108,26 +106,3 @@ _ERRNO_TEXT = {
 
 def _errno_text(exc: SubPathError) -> str:
     return _ERRNO_TEXT.get(exc.kind) or str(exc).rpartition(": ")[2]
-
-
-def _holds_a_file(dir_fd: int) -> bool:
-    """Whether a directory has a regular file somewhere below it; links are never followed and the
-    search stops at the first file."""
-    pending = [os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)]
-    try:
-        while pending:
-            fd = pending.pop()
-            try:
-                with os.scandir(fd) as it:
-                    for entry in it:
-                        if entry.is_file(follow_symlinks=False):
-                            return True
-                        if entry.is_dir(follow_symlinks=False):
-                            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-                            pending.append(os.open(entry.name, flags, dir_fd=fd))
-            finally:
-                os.close(fd)
-        return False
-    finally:
-        for fd in pending:
-            os.close(fd)

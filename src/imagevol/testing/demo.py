@@ -64,8 +64,8 @@ def registries_conf(layout: str = LAYOUT) -> str:
         "# the layout lacks falls through to the registry itself, as on a real node. `oci-layout:PATH`",
         "# is imagevol's extension for offline mirrors; PATH is relative to this file.",
     ]
-    for repository in dict.fromkeys(reference.rpartition(":")[0] for reference in DEMO_IMAGES):
-        lines += ["", "[[registry]]", f'prefix = "{repository}"', f'location = "{repository}"']
+    for prefix in dict.fromkeys(image.prefix for image in DEMO_IMAGES):
+        lines += ["", "[[registry]]", f'prefix = "{prefix}"', f'location = "{prefix}"']
         lines += ["", "[[registry.mirror]]", f'location = "oci-layout:{layout}"']
     return "\n".join(lines) + "\n"
 

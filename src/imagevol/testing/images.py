@@ -5,13 +5,24 @@ timestamps, gzip mtime 0 and sorted compact JSON, so two builds are byte-identic
 stable. :func:`build_fixtures` writes the project's fixtures (``layers-mix`` has a gzip, a zstd and
 an uncompressed layer in one image), among them ``v2``: the content of
 ``quay.io/crio/artifact:v2`` (an image-format object with one tar+gzip layer holding ``dir/``,
-``dir/file`` = ``1\\n`` and ``file`` = ``2\\n``, owned by 1000:100; R10.1).
+``dir/file`` = ``1\\n`` and ``file`` = ``2\\n``, owned by 1000:100; R10.1), and ``debian``: a
+small stand-in for the blog Pod's container image (:func:`build_debian_standin`), a BusyBox
+userland with a minimal ``/etc``.
+
+:func:`build_demo_layout` writes the layout ``scripts/demo`` mirrors ``quay.io/crio/artifact`` and
+``docker.io/library`` to (``examples/registries.conf``): ``v2`` and the stand-in as
+``debian:latest``. Everything is byte-reproducible except the BusyBox binary, which is the host's
+(Debian's ``busybox-static``): its digest is whatever that binary hashes to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import uuid
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import attrs
 
@@ -188,6 +199,66 @@ def kitten_entries() -> tuple[TarEntry, ...]:
     )
 
 
+#: Where Debian's ``busybox-static`` package installs the binary the stand-in is made of.
+HOST_BUSYBOX = "/usr/bin/busybox"
+#: The applets linked into ``/bin`` (each a relative symlink to ``busybox``).
+BUSYBOX_APPLETS = (
+    "[", "ash", "basename", "cat", "chmod", "cp", "cut", "date", "df", "dirname", "du", "echo", "env",
+    "false", "find", "grep", "head", "hostname", "id", "kill", "ln", "ls", "mkdir", "mount", "mv", "od",
+    "printf", "ps", "pwd", "readlink", "realpath", "rm", "rmdir", "sed", "seq", "sh", "sha256sum",
+    "sleep", "sort", "stat", "tail", "tee", "test", "touch", "tr", "true", "uname", "wc", "whoami",
+    "xargs",
+)  # fmt: skip
+#: The stand-in's ``PATH`` (Debian's image sets this one).
+STANDIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_NO_BUSYBOX = b"#!/bin/sh\n# imagevol: no BusyBox on the host that built this fixture (busybox-static)\nexit 127\n"
+
+
+def host_busybox(path: str = HOST_BUSYBOX) -> bytes | None:
+    """The host's BusyBox binary, or None when there is none."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def debian_standin_entries(busybox: bytes) -> tuple[TarEntry, ...]:
+    """The one layer of the stand-in for ``debian``: ``/bin/busybox`` (``busybox``, 0755), its
+    applets as symlinks, and a minimal ``/etc`` (``passwd``, ``group``, ``os-release`` saying what
+    it is), ``/root``, ``/tmp`` and ``/home``."""
+    applets = tuple(TarEntry(f"bin/{name}", "symlink", linkname="busybox") for name in BUSYBOX_APPLETS)
+    return (
+        _d("bin/"),
+        TarEntry("bin/busybox", "file", busybox, mode=0o755),
+        *applets,
+        _d("etc/"),
+        _f("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
+        _f("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
+        _f("etc/hostname", "imagevol\n"),
+        _f(
+            "etc/os-release",
+            'PRETTY_NAME="BusyBox stand-in for Debian (imagevol demo)"\nNAME="BusyBox"\nID=busybox\n'
+            'ID_LIKE=debian\nHOME_URL="https://busybox.net/"\n',
+        ),
+        _d("home/"),
+        _d("root/", mode=0o700),
+        _d("tmp/", mode=0o1777),
+        _d("usr/"),
+        _d("usr/bin/"),
+    )
+
+
+def build_debian_standin(builder: LayoutBuilder, busybox: bytes, *tags: str) -> Descriptor:
+    """The stand-in for the blog Pod's ``debian`` container image, tagged ``tags``: one gzip layer
+    (:func:`debian_standin_entries`) and a config with ``Cmd`` ``["sh"]`` and Debian's ``PATH``."""
+    config = {"Env": [f"PATH={STANDIN_PATH}"], "Cmd": ["sh"]}
+    desc = builder.add_image([Layer(debian_standin_entries(busybox))], config_extra={"config": config})
+    for tag in tags:
+        builder.tag(tag, desc)
+    return desc
+
+
 def build_artifact_v2(builder: LayoutBuilder, tag: str = "v2") -> Descriptor:
     """The content of ``quay.io/crio/artifact:v2``."""
     return builder.add_image([Layer(ARTIFACT_V2_ENTRIES)], tag=tag)
@@ -220,38 +291,99 @@ def build_fixtures(path: str) -> dict[str, Descriptor]:
         tag="artifact-subpath",
     )
     b.add_image([Layer(kitten_entries())], tag="kitten")
+    # The container images of the Pods the test kit builds (``debian``, ``busybox``): as the tag
+    # ``debian`` and as ``debian:latest`` and ``busybox:latest``, the names a registries.conf
+    # mirror with the prefix ``docker.io/library`` looks up. A host without BusyBox gets a
+    # placeholder for the binary (the simulator runs no process).
+    build_debian_standin(b, host_busybox() or _NO_BUSYBOX, "debian", "debian:latest", "busybox:latest")
     b.save()
     return dict(b.refs)
 
 
-#: The images of the demo (``imagevol demo``, ``scripts/demo``): each reference and what builds its
-#: content into a layout under the reference's tag. The demo's registries.conf mirrors each
-#: repository to the layout, so adding an image to the demo is one line here.
-DEMO_IMAGES: dict[str, Callable[[LayoutBuilder, str], Descriptor]] = {
-    "quay.io/crio/artifact:v2": build_artifact_v2,
-}
+class DemoImage(NamedTuple):
+    """One image of the demo: the reference its Pod names, the registries.conf prefix mirrored to
+    the demo's layout, and what builds it into a layout under a reference name."""
+
+    reference: str
+    prefix: str
+    build: Callable[[LayoutBuilder, str], Descriptor]
+
+    @property
+    def ref_name(self) -> str:
+        """The layout's ``org.opencontainers.image.ref.name`` a mirror of :attr:`prefix` looks up:
+        what remains of the reference after the prefix (``v2``, ``debian:latest``)."""
+        return self.reference.removeprefix(self.prefix).lstrip("/:")
 
 
-def build_demo_layout(path: str) -> Descriptor:
-    """The layout the README's demo mirrors its images from: every image of :data:`DEMO_IMAGES`,
-    tagged with its reference's tag. Returns the first one's descriptor."""
-    b = LayoutBuilder(path)
-    built = []
-    for reference, build in DEMO_IMAGES.items():
-        tag = reference.rpartition(":")[2]
-        if tag in b.refs:
-            raise ValueError(f"demo images {reference} and another one share the tag {tag!r} in one layout")
-        built.append(build(b, tag))
-    b.save()
-    return built[0]
+def _build_host_debian_standin(builder: LayoutBuilder, ref_name: str) -> Descriptor:
+    busybox = host_busybox()
+    if busybox is None:
+        raise FileNotFoundError(f"no BusyBox at {HOST_BUSYBOX}: install busybox-static")
+    return build_debian_standin(builder, busybox, ref_name)
+
+
+#: The images of the demo (``imagevol demo``, ``scripts/demo``, ``examples/``). The demo's
+#: registries.conf mirrors each prefix to the layout, so adding an image to the demo is one line.
+DEMO_IMAGES: tuple[DemoImage, ...] = (
+    DemoImage("quay.io/crio/artifact:v2", "quay.io/crio/artifact", build_artifact_v2),
+    DemoImage("docker.io/library/debian:latest", "docker.io/library", _build_host_debian_standin),
+)
+
+
+def build_demo_layout(path: str) -> dict[str, Descriptor]:
+    """The layout the demo mirrors its images to: every image of :data:`DEMO_IMAGES` under its
+    :attr:`DemoImage.ref_name` (the ``debian`` stand-in made of the host's BusyBox).
+
+    The layout at ``path`` is replaced only when the new one differs (another BusyBox, say), and
+    then whole: it is built next to it and renamed into place, so no stale blob stays and a failed
+    build leaves the old one. Raises ``FileNotFoundError`` when there is no BusyBox."""
+    path = os.path.abspath(path)
+    staging = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.new"
+    try:
+        b = LayoutBuilder(staging)
+        for image in DEMO_IMAGES:
+            if image.ref_name in b.refs:
+                raise ValueError(f"demo image {image.reference} and another one share {image.ref_name!r} in one layout")
+            image.build(b, image.ref_name)
+        b.save()
+        if _same_layout(staging, path):
+            return dict(b.refs)
+        old = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old"
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path, old)
+        os.rename(staging, path)
+        shutil.rmtree(old, ignore_errors=True)
+        return dict(b.refs)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _same_layout(a: str, b: str) -> bool:
+    """Two layouts with the same index and the same blob files (deterministic builds: a blob's
+    name is its digest, so names are enough)."""
+    try:
+        with open(os.path.join(a, "index.json"), "rb") as fa, open(os.path.join(b, "index.json"), "rb") as fb:
+            if fa.read() != fb.read():
+                return False
+        return sorted(os.listdir(os.path.join(a, "blobs", "sha256"))) == sorted(
+            os.listdir(os.path.join(b, "blobs", "sha256"))
+        )
+    except FileNotFoundError:
+        return False
 
 
 __all__ = [
+    "BUSYBOX_APPLETS",
     "DEMO_IMAGES",
     "FIXED_MTIME",
+    "HOST_BUSYBOX",
+    "DemoImage",
     "Layer",
     "LayoutBuilder",
     "build_artifact_v2",
+    "build_debian_standin",
     "build_demo_layout",
     "build_fixtures",
+    "debian_standin_entries",
+    "host_busybox",
 ]

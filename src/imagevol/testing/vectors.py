@@ -174,7 +174,7 @@ def run_layer_vector(vector: Mapping[str, Any]) -> Outcome:
             state.finish(root_fd)
 
         try:
-            publish_tree(root, staging, build, read_only=False)
+            publish_tree(root, staging, build)
         except LayerError as exc:
             error = exc.kind
             message = str(exc)

@@ -1,17 +1,28 @@
-"""Laying out OCI artifacts as CRI-O does (R9.10).
+"""Laying out OCI artifacts as CRI-O mounts them (R9.10): one file per layer blob.
 
 A manifest is an *artifact* unless it is an image by R9.1 (:attr:`imagevol.oci.Manifest.is_image`).
-Each of its layers is handled on its own, in manifest order:
+CRI-O bind-mounts every layer blob of an artifact, read-only, as the file its annotation names,
+whatever the blob's media type: a layer typed ``application/vnd.oci.image.layer.v1.tar`` (what
+``oras push`` of a directory makes) is mounted as the tar file itself, never extracted. So here:
 
-* a layer whose media type names a tar (``.tar``, ``.tar+gzip``, ``.tar+zstd``; the compression is
-  sniffed) is applied like an image layer, with every rule of :mod:`imagevol.trees.layers`;
-* any other layer becomes one regular file named by its ``org.opencontainers.image.title``
-  annotation (else ``org.cncf.model.filepath``). The name may contain ``/`` (directories are
-  created, 0755) but is validated like a tar member name and resolved in root, so no title can climb
-  out of the tree; ``..`` is refused (CRI-O clamps it instead). The file's mode is 0644: exec bits
-  are always stripped (CRI-O's ``mode &^ 0111``), and write bits too when the tree will be published
-  read-only. A later layer with the same name replaces the earlier file.
-* a layer with neither annotation is skipped, with a warning.
+* each layer, in manifest order, becomes one regular file named by its
+  ``org.opencontainers.image.title`` annotation, else ``org.cncf.model.filepath``
+  (:func:`artifact_file_name`), holding the blob's bytes;
+* a layer with neither annotation is skipped, with a warning (CRI-O logs "Unable to find name for
+  artifact layer which makes it not mountable");
+* a name may contain ``/``: the directories are created (0755), as CRI-O's secure join of the mount
+  path and the name creates mount points below the volume's mount path. The name is validated like
+  a tar member name (:func:`imagevol.trees.layers.clean_name`) and every component is opened from
+  the tree's root fd without following links, so no title can climb out of the tree or through a
+  link: a ``..`` element is refused (CRI-O's secure join clamps it instead; imagevol refuses the
+  artifact, ``docs/security.md``), a leading ``/`` is dropped as the secure join does;
+* a later layer with the same name replaces the earlier file (the later bind mount hides the
+  earlier one);
+* the file's mode is 0644, never executable: CRI-O's artifact store writes each blob through
+  containers/image's OCI-layout destination, which creates the blob file 0600 and makes it 0644,
+  and binds that file as it is, so running a mounted artifact file fails (CRI-O's
+  ``oci_artifacts.bats`` "should return error when running executable"). Read-only is the bind
+  mount's job, not the file's.
 
 The blob is streamed to the file (never held in memory) and hashed on the way by the caller's
 verifying reader.
@@ -25,21 +36,18 @@ from typing import IO
 
 from ..errors import LayerError
 from ..oci import ANNOTATION_MODEL_FILEPATH, ANNOTATION_TITLE, Descriptor, Manifest
-from .layers import ApplyOptions, BuildState, Tree, apply_layer_fd, clean_name, write_all
+from .layers import ApplyOptions, BuildState, Tree, clean_name, write_all
 
 _CHUNK = 1024 * 1024
+#: The mode of every artifact file (containers/image's OCI-layout blob files).
 ARTIFACT_FILE_MODE = 0o644
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def artifact_file_name(layer: Descriptor) -> str:
-    """The file name an artifact layer gets in its tree (its title annotation, checked)."""
+    """CRI-O's ``artifactName``: the layer's title annotation, else its model file path, else
+    empty (the layer is not mountable)."""
     return layer.annotations.get(ANNOTATION_TITLE) or layer.annotations.get(ANNOTATION_MODEL_FILEPATH, "")
-
-
-def is_tar_layer(media_type: str) -> bool:
-    """CRI-O extracts a layer whose media type names a tar (``.tar``, ``.tar+gzip``, ``.tar+zstd``)."""
-    return ".tar" in media_type
 
 
 def lay_out_artifact(
@@ -49,36 +57,34 @@ def lay_out_artifact(
     options: ApplyOptions | None = None,
     state: BuildState | None = None,
 ) -> list[str]:
-    """Write the artifact's files below ``root_fd``; return warnings for skipped layers."""
+    """Write the artifact's files below ``root_fd``; return warnings for skipped layers.
+
+    ``state`` is accepted for symmetry with the layer applier (a snapshot build passes one); an
+    artifact defers no directory mode, every directory it makes is 0755."""
     options = options or ApplyOptions()
-    own = state is None
-    state = state or BuildState()
-    mode = ARTIFACT_FILE_MODE & ~0o111 & ~(0o222 if options.strip_write_bits else 0)
+    del state
     warnings: list[str] = []
     for layer in manifest.layers:
-        if is_tar_layer(layer.media_type):
-            with open_blob(layer) as blob:
-                stats = apply_layer_fd(root_fd, blob, options, state)
-            if stats.skipped_devices:
-                warnings.append(f"layer {layer.digest}: skipped {len(stats.skipped_devices)} device node(s)")
-            continue
         name = artifact_file_name(layer)
         if not name:
-            warnings.append(f"layer {layer.digest} has no {ANNOTATION_TITLE} annotation: skipped")
+            warnings.append(
+                f"layer {layer.digest} has no {ANNOTATION_TITLE} or {ANNOTATION_MODEL_FILEPATH} annotation: "
+                "skipped, as it cannot be mounted"
+            )
             continue
         with open_blob(layer) as blob:
-            _write_file(root_fd, name, blob, mode, options)
-    if own:
-        state.finish(root_fd)
+            _write_file(root_fd, name, blob, options)
     return warnings
 
 
-def _write_file(root_fd: int, name: str, blob: IO[bytes], mode: int, options: ApplyOptions) -> None:
+def _write_file(root_fd: int, name: str, blob: IO[bytes], options: ApplyOptions) -> None:
     parts = clean_name(name)
     if not parts:
         raise LayerError("invalid_name", f"artifact file name {name!r} names the root")
     tree = Tree(root_fd, max_depth=options.limits.max_depth)
     try:
+        # Parents are created or opened one component at a time from the root fd, never through a
+        # link; a component that exists as a file is ENOTDIR (LayerError "notdir").
         found = tree.parent(parts[:-1], create=True)
         assert found is not None
         dir_fd, _ = found
@@ -87,7 +93,7 @@ def _write_file(root_fd: int, name: str, blob: IO[bytes], mode: int, options: Ap
         try:
             while chunk := blob.read(_CHUNK):
                 write_all(fd, chunk)
-            os.fchmod(fd, mode)
+            os.fchmod(fd, ARTIFACT_FILE_MODE)
         finally:
             os.close(fd)
     except OSError as exc:

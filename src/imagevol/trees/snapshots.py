@@ -13,10 +13,15 @@
   calculated on extraction", containerd's wording), so a tree under a chain key holds exactly the
   layers the chain names, and one image cannot change what another image's Pods see.
 * **Built in private, published by rename.** A tree is built in ``.staging/<name>.<pid>.<nonce>``
-  (mode 0700, so nobody else looks in), files are created without write bits and directories lose
-  theirs at the end; only then is the directory renamed to ``<name>``. A tree under its final name
-  is therefore always complete and read-only, and a failed build removes its staging directory and
-  publishes nothing.
+  and only renamed to ``<name>`` once every layer applied; a failed build removes its staging
+  directory and publishes nothing. Files and directories keep the modes their layers give them
+  (0644 stays 0644, 0755 stays 0755), as the runtimes' snapshots do: read-only is the job of the
+  mounts (``exec --real`` binds ``ro``, the ``exec`` view only reads), not of the modes.
+* **Private.** The snapshots directory and everything under ``.staging``, ``.leases`` and
+  ``.locks`` are 0700 and owned by the node's user: no other user can reach a published tree, let
+  alone write to it, whatever modes and owners its layers give its files (a layer's 0666 file owned
+  by uid 1000 is unreachable to uid 1000). Nothing in imagevol ever opens a published tree for
+  writing: mounts, the view and the GC open it read-only, from directory fds.
 * **Single flight.** A build holds the flock ``snapshot-<name>`` for its whole duration: concurrent
   materialisations of one key, from threads or processes, wait for it and then find the tree.
 * **Crash recovery.** A builder that dies leaves only its staging directory, and the kernel drops its
@@ -53,9 +58,8 @@ from ..content.store import ContentStore, mismatch
 from ..errors import DiffIDMismatchError, DigestMismatchError, ImageInUseError, ImageVolError
 from ..oci import MAX_CONFIG_BYTES, Descriptor, Digest, Manifest, chain_id, image_diff_ids
 from .artifacts import lay_out_artifact
-from .layers import ApplyOptions, BuildState, Tree, apply_layer_fd, rmtree
+from .layers import ApplyOptions, BuildState, apply_layer_fd, rmtree
 
-_WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 _KEY = re.compile(r"(chain|manifest)-([a-z0-9]+)-([0-9a-f]+)")
 _LEGACY = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
 
@@ -208,13 +212,13 @@ class Snapshots:
     ) -> None:
         self.root = os.path.abspath(root)
         self.store = store
-        base = options or ApplyOptions()
-        self.options = attrs.evolve(base, strip_write_bits=True)
+        self.options = options or ApplyOptions()
         self.verify = verify
         self._staging = os.path.join(self.root, ".staging")
         self._leases = os.path.join(self.root, ".leases")
         for d in (self.root, self._staging, self._leases):
             os.makedirs(d, mode=0o700, exist_ok=True)
+            _make_private(d)
         self.locks = NamedLocks(os.path.join(self.root, ".locks"))
         self.recover()
 
@@ -452,36 +456,33 @@ def publish_tree(
     staging: str,
     build: Callable[[int], T],
     *,
-    read_only: bool = True,
     state: BuildState | None = None,
 ) -> T:
-    """Build a tree in the new private directory ``staging`` with ``build(root_fd)``, seal it
-    (``read_only``), apply the modes ``state`` deferred, and rename it to ``dest``. On any error the
-    staging directory is removed and nothing appears at ``dest``. ``staging`` must be on the same
-    filesystem as ``dest``."""
+    """Build a tree in the new private directory ``staging`` with ``build(root_fd)``, apply the
+    modes ``state`` deferred, and rename it to ``dest``. On any error the staging directory is
+    removed and nothing appears at ``dest``. ``staging`` must be on the same filesystem as
+    ``dest``. The tree keeps the modes its layers gave it; its root is 0755 unless a layer says
+    otherwise."""
     os.mkdir(staging, 0o700)
     try:
-        os.chmod(staging, 0o755)  # an image root is 0755 unless a layer says otherwise
         root_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
+            os.fchmod(root_fd, 0o755)
             result = build(root_fd)
-            if read_only:
-                seal(staging, skip_root=True)
             root_mode = stat.S_IMODE(os.fstat(root_fd).st_mode)
             if state is not None:
                 root_mode = state.deferred.pop((), root_mode)
-                state.finish(root_fd, strip_write=read_only)
-            if read_only:
-                root_mode &= ~_WRITE_BITS
+                state.finish(root_fd)
             # Moving a directory to another parent needs write permission on it (its ".." entry
-            # changes) unless one is privileged. Root seals the tree's root before the rename, so
-            # nothing writable ever appears under the final name; an unprivileged builder must do
-            # it just after (for that instant the root is writable by the builder alone).
+            # changes) unless one is privileged: a root mode without the owner's write bit is set
+            # just after the rename by an unprivileged builder. The tree is below the 0700
+            # snapshots directory either way, so nobody else can reach it in that instant.
             privileged = os.geteuid() == 0
-            if privileged:
+            if privileged or root_mode & stat.S_IWUSR:
                 os.fchmod(root_fd, root_mode)
-            os.rename(staging, dest)
-            if not privileged:
+                os.rename(staging, dest)
+            else:
+                os.rename(staging, dest)
                 os.fchmod(root_fd, root_mode)
         finally:
             os.close(root_fd)
@@ -494,40 +495,10 @@ def _safe(holder: str) -> str:
     return hashlib.sha256(holder.encode()).hexdigest()[:32] if "/" in holder or holder.startswith(".") else holder
 
 
-def seal(root: str, *, skip_root: bool = False) -> None:
-    """Remove the write bits of every directory of the tree (C2.11). Files, FIFOs and artifact
-    files were created without them (``strip_write_bits``); symlinks have no mode of their own.
-
-    Directories are reached from the root one component at a time without following symlinks and
-    handled deepest first, so none is reopened after losing its bits (it does not matter to root,
-    but keeps the walk correct for an unprivileged builder too)."""
-    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        tree = Tree(root_fd)
-        order: list[tuple[str, ...]] = []
-        pending: list[tuple[str, ...]] = [()]
-        while pending:
-            parts = pending.pop()
-            fd = tree.open_real(parts)
-            if fd is None:  # pragma: no cover - nothing changes a staging tree under us
-                continue
-            try:
-                with os.scandir(fd) as it:
-                    pending.extend((*parts, e.name) for e in it if e.is_dir(follow_symlinks=False))
-            finally:
-                os.close(fd)
-            order.append(parts)
-        for parts in reversed(order):
-            if skip_root and not parts:
-                continue
-            fd = tree.open_real(parts)
-            if fd is None:  # pragma: no cover
-                continue
-            try:
-                mode = stat.S_IMODE(os.fstat(fd).st_mode)
-                if mode & _WRITE_BITS:
-                    os.fchmod(fd, mode & ~_WRITE_BITS)
-            finally:
-                os.close(fd)
-    finally:
-        os.close(root_fd)
+def _make_private(path: str) -> None:
+    """Mode 0700 on a directory of the node's own (an existing directory keeps a looser mode
+    otherwise, and ``makedirs`` is subject to the umask). A directory someone else owns is left
+    as it is: it is not ours to change, and the kernel refuses anyway."""
+    st = os.stat(path, follow_symlinks=False)
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700, follow_symlinks=False)
