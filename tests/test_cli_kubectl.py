@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ import yaml
 
 from imagevol.cli._main import build_parser
 from imagevol.testing.pods import container, image_volume, pod_doc, to_yaml
+from tests.helpers.paths import REPO
+from tests.helpers.peers import require
 
 #: The console script pip wrote next to this interpreter (scripts/setup installs the package).
 IMAGEVOL = os.path.join(os.path.dirname(sys.executable), "imagevol")
@@ -320,3 +323,48 @@ def test_help_through_the_entry_point(tmp_path: Path) -> None:
             [IMAGEVOL, *args], env=_env(tmp_path), capture_output=True, text=True, timeout=60, check=False
         )
         assert r.returncode == 0 and r.stdout.startswith("usage: imagevol") and r.stderr == "", r.stderr
+
+
+# --- metrics where Prometheus lives -------------------------------------------------------------------------
+
+
+def test_serve_metrics_negotiates_openmetrics(cli: Cli) -> None:
+    proc = subprocess.Popen(
+        [*_WITH_SIGINT, IMAGEVOL, "serve-metrics", "--address", "127.0.0.1", "--port", "0"],
+        env=_env(cli.root),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", line)
+        assert m is not None, line
+        url = f"http://127.0.0.1:{m.group(1)}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert r.headers["Content-Type"].startswith("text/plain")
+            assert b"kubelet_image_volume_requested_total 0.0" in r.read()
+        ask = urllib.request.Request(url, headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        with urllib.request.urlopen(ask, timeout=10) as r:
+            assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+            body = r.read()
+        assert body.endswith(b"# EOF\n") and b"kubelet_image_volume_requested_total 0.0" in body
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_documented_scrape_config_is_valid(tmp_path: Path) -> None:
+    promtool = require("promtool")
+    with open(os.path.join(REPO, "docs", "metrics.md")) as f:
+        m = re.search(r"```yaml\n(scrape_configs:.*?)```", f.read(), re.S)
+    assert m is not None, "docs/metrics.md lost its scrape config"
+    config = tmp_path / "prometheus.yml"
+    config.write_text(m.group(1))
+    assert yaml.safe_load(m.group(1))["scrape_configs"][0]["static_configs"][0]["targets"] == ["127.0.0.1:10255"]
+    r = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
