@@ -224,6 +224,10 @@ def test_tree_and_describe_show_the_image_volume(cli: Cli) -> None:
     assert _REF in tree and 'sub path "dir"' in tree and "file" in tree and "[-r--r--r--]" in tree
     described = cli.ok("describe", "pod", "image-volume")
     assert "Reference:   " + _REF in described and re.search(r"Digest:\s+sha256:[0-9a-f]{64}", described)
+    # exec's exit status is the command's (docs/cli.md, "Exit status").
+    assert cli("exec", "image-volume", "--", "ls", "/volume").returncode == 0
+    missing = cli("exec", "image-volume", "--", "cat", "/volume/nope")
+    assert missing.returncode == 1 and "No such file or directory" in missing.stderr
 
 
 # --- exit codes (docs/cli.md, "Exit status") ------------------------------------------------------------------
