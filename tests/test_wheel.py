@@ -21,6 +21,7 @@ import site
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     )  # fmt: skip
     assert build.returncode == 0, build.stderr
     (wheel,) = dist.glob("imagevol-*.whl")
+    _check_metadata(wheel)
 
     venv = base / "fresh venv"
     made = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], dict(os.environ), base)
@@ -91,6 +93,24 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     ours = dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib"), *site.getsitepackages()])
     (site_packages / "zz_test_dependencies.pth").write_text("".join(f"{p}\n" for p in ours if os.path.isdir(p)))
     yield venv
+
+
+def _check_metadata(wheel: Path) -> None:
+    """The wheel declares the ``testing`` extra (Hypothesis, what imagevol.testing needs beyond
+    imagevol), the console script and the pytest plugin, and carries the vector files."""
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        (metadata,) = (n for n in names if n.endswith(".dist-info/METADATA"))
+        (entry_points,) = (n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        meta, eps = z.read(metadata).decode(), z.read(entry_points).decode()
+    assert "Provides-Extra: testing" in meta
+    testing = [ln for ln in meta.splitlines() if ln.startswith("Requires-Dist:") and 'extra == "testing"' in ln]
+    assert [ln.split()[1].split(">")[0].split(";")[0] for ln in testing] == ["hypothesis"], testing
+    assert re.search(r"\[console_scripts\]\nimagevol = imagevol\.cli:main", eps), eps
+    assert re.search(r"\[pytest11\]\nimagevol = imagevol\.testing\.pytest_plugin", eps), eps
+    assert {"imagevol/testing/data/layers.json", "imagevol/testing/data/subpath.json", "imagevol/py.typed"} <= set(
+        names
+    )
 
 
 def _readme_block() -> list[str]:
