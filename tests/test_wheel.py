@@ -108,9 +108,8 @@ def _check_metadata(wheel: Path) -> None:
     assert [ln.split()[1].split(">")[0].split(";")[0] for ln in testing] == ["hypothesis"], testing
     assert re.search(r"\[console_scripts\]\nimagevol = imagevol\.cli:main", eps), eps
     assert re.search(r"\[pytest11\]\nimagevol = imagevol\.testing\.pytest_plugin", eps), eps
-    assert {"imagevol/testing/data/layers.json", "imagevol/testing/data/subpath.json", "imagevol/py.typed"} <= set(
-        names
-    )
+    shipped = {"imagevol/testing/data/layers.json", "imagevol/testing/data/subpath.json", "imagevol/py.typed"}
+    assert shipped <= set(names)
 
 
 def _readme_block() -> list[str]:
