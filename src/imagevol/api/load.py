@@ -256,9 +256,11 @@ def _decode_one(doc: object) -> Pod | Secret | ValidationError:
     api_version = doc.get("apiVersion")
     if api_version != "v1" or kind not in ("Pod", "Secret"):
         shown_kind, shown_version = _shown(kind), _shown(api_version)
+        metadata = doc.get("metadata")
+        name = metadata.get("name") if isinstance(metadata, dict) else None
         return ValidationError(
             shown_kind if isinstance(kind, str) and kind else "Object",
-            "",
+            name if isinstance(name, str) else "",
             [f"unsupported object {shown_version}/{shown_kind}: only v1 Pod and Secret"],
         )
     try:

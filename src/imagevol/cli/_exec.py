@@ -31,7 +31,10 @@ def _container_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("pod", metavar="POD", help="the Pod")
     p.add_argument("-c", "--container", default=None, help="the container (default: the Pod's default container)")
     p.add_argument(
-        "-A", "--all-namespaces", action="store_true", help="(refused: a container is named in one namespace)"
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="accepted as kubectl accepts it, and refused: a container is named in one namespace",
     )
 
 

@@ -270,7 +270,12 @@ def _delete_targets(args: argparse.Namespace) -> list[tuple[str, str, str, str]]
 def _logs_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pod", metavar="POD", help="the Pod (or pod/POD)")
     p.add_argument("-c", "--container", default=None, help="the container (default: the Pod's default container)")
-    _all_namespaces_option(p, "(refused: logs name one Pod)")
+    p.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="accepted as kubectl accepts it, and refused: logs name one Pod",
+    )
 
 
 def logs(args: argparse.Namespace, out: TextIO) -> int:
