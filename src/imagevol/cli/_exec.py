@@ -1,10 +1,9 @@
 """``exec``: what a container sees through its image-volume mounts, from the read-only view, or with
-``--real`` a real command in a private mount namespace."""
+``--real`` a real command inside the container on the OCI runtime."""
 
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from typing import TextIO
 
@@ -17,8 +16,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--real",
         action="store_true",
-        help="run a real command with the image volumes bind-mounted ro,nosuid,nodev in a private mount "
-        "namespace (root, or unprivileged user namespaces)",
+        help="run a real command inside the container with runc (as root): in the running container when "
+        "the node runs containers, else in a one-off container with the same root filesystem and mounts",
     )
     # `main` cuts everything after `--` off before parsing, so options may follow POD (`-c`, `--real`).
     p.add_argument("argv", nargs="*", help="-- COMMAND ARGS...")
@@ -26,7 +25,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 def exec_(args: argparse.Namespace, out: TextIO) -> int:
     """Run ``args.argv`` in the container's view (or for real); the exit status is the command's."""
-    from ..exec import namespace
+    from ..errors import ImageVolError
     from ..exec.view import ContainerView, ViewError
 
     node = node_from_args(args)
@@ -47,14 +46,13 @@ def exec_(args: argparse.Namespace, out: TextIO) -> int:
     if container is None:
         raise ViewError(f"container {name!r} has no runtime record")
     if args.real:
-        binds = [
-            namespace.Bind(m.container_path, functools.partial(node.runtime.open_mount, m)) for m in container.mounts
-        ]
         out.flush()
         try:
-            return namespace.run(binds, argv)
-        except namespace.RealExecError as exc:
-            raise CommandError(str(exc), exc.exit_code) from None
+            return node.runtime.exec_real(state.container_id, argv)
+        except ImageVolError as exc:
+            raise CommandError(
+                f"exec --real: {exc}. Without --real, exec shows the container's view of its image volumes."
+            ) from None
     view = ContainerView(name, container.mounts, node.runtime.open_mount)
     for chunk in view.run(argv):
         out.flush()

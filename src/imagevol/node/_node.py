@@ -52,6 +52,8 @@ class NodeConfig:
     root: str = attrs.field(factory=default_root)
     registries: str | None = None
     runtime: str = DEFAULT_PROFILE
+    #: Run the Pods' containers on the OCI runtime (runc, as root) instead of simulating them.
+    run_containers: bool = False
     k8s_version: str = DEFAULT_VERSION
     feature_gates: str = DEFAULT_FEATURE_GATES
     #: The kubelet's gates, when they differ from the API server's (R0.3, R5.8).
@@ -106,7 +108,11 @@ class Node:
         )
         self.snapshots = Snapshots(os.path.join(self.root, "snapshots"), self.store)
         self.runtime: Runtime = runtime_class(self.config.runtime)(
-            os.path.join(self.root, "runtime"), self.puller, self.snapshots, self.config.subpath_backend
+            os.path.join(self.root, "runtime"),
+            self.puller,
+            self.snapshots,
+            self.config.subpath_backend,
+            run_containers=self.config.run_containers,
         )
 
     @property

@@ -14,6 +14,7 @@ from ..oci import Manifest
 from ..trees import subpath as sp
 from ..trees.artifacts import artifact_file_name
 from .base import Runtime, _digest12
+from .oci_spec import PROPAGATION_OPTION, VolumeMount
 
 
 class CrioRuntime(Runtime):
@@ -31,6 +32,21 @@ class CrioRuntime(Runtime):
 
     def not_local_message(self, ref: str) -> str:
         return f"image {goquote(ref)} does not exist locally"
+
+    def volume_mounts(
+        self, mount: MountStatus, source: str, propagation: str, files: tuple[str, ...], empty: str
+    ) -> list[VolumeMount]:
+        """CRI-O's mounts: an image directory as an overlay with lower dirs only (the staged source
+        over an empty directory: read-only by construction, no upper dir); a file as a read-only
+        bind; an artifact as one read-only bind per blob file."""
+        if mount.artifact:
+            flags = ("bind", "ro", "nosuid", "nodev", "rprivate")
+            return [VolumeMount(f"{mount.container_path.rstrip('/')}/{f}", f"{source}/{f}", flags) for f in files]
+        if not mount.is_dir:
+            prop = PROPAGATION_OPTION.get(propagation, "rprivate")
+            return [VolumeMount(mount.container_path, source, ("bind", "ro", "nosuid", "nodev", prop))]
+        options = ("ro", "nosuid", "nodev", f"lowerdir={source}:{empty}")
+        return [VolumeMount(mount.container_path, "overlay", options, type="overlay")]
 
     def sub_path_message(self, exc: SubPathError, base: MountStatus, mount: Mount) -> str:
         assert mount.image is not None
