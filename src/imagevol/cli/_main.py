@@ -31,7 +31,7 @@ from ..errors import (
 )
 from ..node import DEFAULT_FEATURE_GATES, default_root
 from ..runtime import DEFAULT_PROFILE, PROFILE_NAMES
-from . import _exec, _images, _metrics, _pods
+from . import _exec, _images, _logs, _metrics, _pods
 from ._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_USAGE, Command, CommandError
 
 #: The dispatch table: every command, in the order ``--help`` lists them.
@@ -43,6 +43,7 @@ COMMANDS: dict[str, Command] = {
         _pods.DESCRIBE,
         _pods.DELETE,
         _exec.EXEC,
+        _logs.LOGS,
         _pods.SYNC,
         _metrics.METRICS,
         _metrics.SERVE_METRICS,

@@ -36,7 +36,8 @@ def get_pods(records: Sequence[PodRecord]) -> str:
     for r in records:
         regular = [s for s in r.containers if s.kind == "containers"]
         ready = sum(1 for s in regular if s.state == "running")
-        rows.append((r.pod.name, f"{ready}/{len(regular)}", r.status_text, "0"))
+        restarts = sum(s.restart_count for s in regular)
+        rows.append((r.pod.name, f"{ready}/{len(regular)}", r.status_text, str(restarts)))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "".join("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in rows)
 
@@ -67,7 +68,11 @@ def describe_pod(record: PodRecord, now: float) -> str:
                 lines.append(f"      Reason:       {st.reason}")
             if st.message:
                 lines.append(f"      Message:      {st.message}")
+            if st.state == "terminated" and (st.finished_at or st.exit_code):
+                lines.append(f"      Exit Code:    {st.exit_code}")
             lines.append(f"    Ready:          {'True' if st.state == 'running' else 'False'}")
+            if st.restart_count:
+                lines.append(f"    Restart Count:  {st.restart_count}")
             lines.append("    Mounts:")
             if not c.volume_mounts:
                 lines.append("      <none>")

@@ -75,9 +75,19 @@ def describe(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _delete_arguments(p: argparse.ArgumentParser) -> None:
+    _named_pod_arguments(p)
+    p.add_argument(
+        "--grace-period",
+        type=duration,
+        default=None,
+        help="seconds a running container gets between SIGTERM and SIGKILL (default 30s, as kubectl)",
+    )
+
+
 def delete(args: argparse.Namespace, out: TextIO) -> int:
     node = node_from_args(args)
-    node.delete_pod(args.name, args.namespace)
+    node.delete_pod(args.name, args.namespace, grace=args.grace_period)
     out.write(f"pod {goquote(args.name)} deleted\n")
     return EXIT_OK
 
@@ -106,5 +116,5 @@ def sync(args: argparse.Namespace, out: TextIO) -> int:
 APPLY = Command("apply", "admit and run the Pods (and Secrets) of a YAML file", apply, _apply_arguments)
 GET = Command("get", "list objects", get, _get_arguments)
 DESCRIBE = Command("describe", "show a Pod as kubectl describe would", describe, _named_pod_arguments)
-DELETE = Command("delete", "delete a Pod (its mounts are released)", delete, _named_pod_arguments)
+DELETE = Command("delete", "delete a Pod (its containers stopped, its mounts released)", delete, _delete_arguments)
 SYNC = Command("sync", "run one kubelet pass over every Pod (retries, backoff)", sync, _sync_arguments)

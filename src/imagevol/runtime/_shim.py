@@ -114,9 +114,8 @@ def _stage(bundle_fd: int, stage: dict[str, Any]) -> None:
         try:
             source = sp.reopen_beneath(root, stage["real_path"], inode=int(stage["inode"]))
         except OSError as exc:
-            raise StageError(
-                f"the image volume mounted at {what} changed since it was mounted ({os.strerror(exc.errno or 0).lower()})"
-            ) from None
+            why = os.strerror(exc.errno or 0).lower()
+            raise StageError(f"the image volume mounted at {what} changed since it was mounted ({why})") from None
     finally:
         os.close(root)
     try:
@@ -202,7 +201,8 @@ def _monitor(bundle: str, plan: dict[str, Any]) -> int:
     os.setsid()
     code = EXIT_SETUP_FAILED
     try:
-        log = os.open(os.path.join(bundle, "container.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        log = os.open(os.path.join(bundle, "container.log"), flags, 0o600)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         os.dup2(null, 0)
         os.dup2(log, 1)

@@ -223,8 +223,7 @@ def generate(
     taken = {m.destination for m in volumes}
     mounts = [m for m in mounts if m["destination"] not in taken]  # a volume replaces a default mount
     mounts += [
-        {"destination": v.destination, "type": v.type, "source": v.source, "options": list(v.options)}
-        for v in volumes
+        {"destination": v.destination, "type": v.type, "source": v.source, "options": list(v.options)} for v in volumes
     ]
     return {
         "ociVersion": OCI_VERSION,

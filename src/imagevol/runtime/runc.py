@@ -99,7 +99,8 @@ class Runc:
         """Start the container under a detached monitor (``StartContainer``)."""
         env = dict(os.environ, PYTHONPATH=_import_path())
         null = subprocess.DEVNULL
-        subprocess.run(self._shim(container_id, "--monitor"), check=False, env=env, stdin=null, stdout=null, stderr=null)
+        cmd = self._shim(container_id, "--monitor")
+        subprocess.run(cmd, check=False, env=env, stdin=null, stdout=null, stderr=null)
 
     def status(self, container_id: str) -> RunState:
         try:
