@@ -45,6 +45,10 @@ ST_NOATIME, ST_NODIRATIME, ST_RELATIME = 0x400, 0x800, 0x1000
 
 #: Exit status when staging failed (the container never ran), as runc/crun use 125-127.
 EXIT_SETUP_FAILED = 125
+#: A command that is not there (a shell's status), and a process runc could not start (containerd's).
+EXIT_NOT_FOUND = 127
+EXIT_START_FAILED = 128
+RUNC_LOG = "runc.log"
 PLAN = "plan.json"
 STATUS = "status.json"
 
@@ -183,7 +187,37 @@ def _write_status(bundle: str, status: dict[str, Any]) -> None:
 
 
 def _runc(plan: dict[str, Any], bundle: str) -> list[str]:
-    return [plan["runc"], "--root", plan["runc_root"], "run", "--bundle", bundle, plan["id"]]
+    log = os.path.join(bundle, RUNC_LOG)
+    return [plan["runc"], "--root", plan["runc_root"], "--log", log, "--log-format", "json", "run", "--bundle", bundle,
+            plan["id"]]  # fmt: skip
+
+
+def start_failure(bundle: str) -> str:
+    """What runc said when it could not start the container's process ("" when it started): its
+    last error, without runc's own prefix."""
+    message = ""
+    try:
+        with open(os.path.join(bundle, RUNC_LOG), errors="replace") as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(entry, dict) and entry.get("level") == "error":
+                    message = str(entry.get("msg", ""))
+    except FileNotFoundError:
+        return ""
+    return message.removeprefix("runc run failed: ")
+
+
+def _run(bundle: str, plan: dict[str, Any]) -> tuple[int, str]:
+    """Run runc in the foreground: the container's exit status, or 128 and runc's reason when its
+    process could not be started (as containerd reports a ``StartError``)."""
+    code = subprocess.run(_runc(plan, bundle), check=False).returncode
+    failure = start_failure(bundle) if code != 0 else ""
+    if failure:
+        return EXIT_START_FAILED, f"OCI runtime create failed: {failure}: unknown"
+    return (code if code >= 0 else 128 - code), ""
 
 
 def _foreground(bundle: str, plan: dict[str, Any]) -> int:
@@ -192,7 +226,10 @@ def _foreground(bundle: str, plan: dict[str, Any]) -> int:
     except (StageError, OSError) as exc:
         print(f"failed to start container: {exc}", file=sys.stderr)
         return EXIT_SETUP_FAILED
-    return subprocess.run(_runc(plan, bundle), check=False).returncode
+    code, failure = _run(bundle, plan)
+    if failure:  # runc said why on the container's stderr, which is ours
+        return EXIT_NOT_FOUND if "executable file not found" in failure or "no such file" in failure else code
+    return code
 
 
 def _monitor(bundle: str, plan: dict[str, Any]) -> int:
@@ -216,8 +253,13 @@ def _monitor(bundle: str, plan: dict[str, Any]) -> int:
             return EXIT_SETUP_FAILED
         status["started_at"] = time.time()
         _write_status(bundle, status)
-        code = subprocess.run(_runc(plan, bundle), check=False).returncode
-        status.update(exit_code=code if code >= 0 else 128 - code, finished_at=time.time())
+        logged = os.fstat(log).st_size
+        code, failure = _run(bundle, plan)
+        status.update(exit_code=code, finished_at=time.time())
+        if failure:
+            # runc's own complaint went to the container's stderr; the status carries it instead.
+            os.ftruncate(log, logged)
+            status.update(reason="StartError", message=failure)
         _write_status(bundle, status)
         return code
     finally:
