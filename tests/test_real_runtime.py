@@ -172,9 +172,7 @@ def test_a_container_reads_its_image_volume_and_completes(
     assert cli.record("reader").state("c").container_id == state.container_id
 
 
-def test_a_failing_container_is_restarted_with_crash_loop_backoff(
-    cli: Cli, reg: peers.Registry, tmp_path: Any
-) -> None:
+def test_a_failing_container_is_restarted_with_crash_loop_backoff(cli: Cli, reg: peers.Registry, tmp_path: Any) -> None:
     assert cli.apply(tmp_path, _pod(reg, "crasher", ["sh", "-c", "echo crashing; exit 1"])).returncode == 0
     uid = cli.record("crasher").pod.uid
     who = f"crasher_default({uid})"
@@ -217,7 +215,7 @@ def test_writes_fail_with_the_containers_own_read_only_error(cli: Cli, reg: peer
     assert {"ro", "nosuid", "nodev"} <= set(options) and "noexec" not in options
     # The root filesystem is the container's own and writable (an overlay over the image's tree).
     done = cli("exec", "sleeper", "--real", "--", "sh", "-c", "touch /made && ls /made && cat /etc/os-release")
-    assert done.returncode == 0 and done.stdout.startswith("/made\nPRETTY_NAME=\"BusyBox stand-in")
+    assert done.returncode == 0 and done.stdout.startswith('/made\nPRETTY_NAME="BusyBox stand-in')
     started = time.monotonic()
     assert cli("delete", "pod", "sleeper", "--grace-period", "1s").returncode == 0
     assert time.monotonic() - started < 60  # sleep ignores SIGTERM as PID 1: SIGKILL after the grace

@@ -79,7 +79,10 @@ def in_backoff(pod: Pod, state: StateLike, backoff: Backoff, now: float, recorde
     exit is more recent than the current backoff; otherwise the backoff steps and the restart may go."""
     key = f"{pod.name}_{pod.namespace or 'default'}_{pod.uid}_{state.name}"
     entry = backoff.entries.get(key)
-    if entry is not None and now - state.finished_at < entry[0]:
+    # ``IsInBackOffSince``: an entry whose last step is more than twice the maximum before this
+    # exit has expired (the container ran for ten minutes): no backoff, and ``Next`` restarts at 10 s.
+    expired = entry is not None and state.finished_at - entry[1] > 2 * backoff.maximum
+    if entry is not None and not expired and now - state.finished_at < entry[0]:
         field = container_field_path(state.name, state.kind)
         recorder.record(
             WARNING, "BackOff", f"Back-off restarting failed container {state.name} in pod {pod_text(pod)}", field

@@ -13,17 +13,39 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from ..content.image_db import ImageRecord
+from ..content.pull import ImagePuller
 from ..cri import ContainerStatus, ImageSpec, MountStatus
 from ..errors import CreateContainerError, ImageVolError
-from ..oci import MAX_CONFIG_BYTES
+from ..oci import MAX_CONFIG_BYTES, Manifest
 from ..trees import subpath as sp
-from ..trees.snapshots import SnapshotKey
+from ..trees.snapshots import Snapshot, SnapshotKey, Snapshots
 from . import oci_spec
+from .runc import Runc
 
-if TYPE_CHECKING:
-    from .base import Runtime
+
+class Runtime(Protocol):
+    """What a bundle needs of the runtime (:class:`imagevol.runtime.base.Runtime` and profiles)."""
+
+    puller: ImagePuller
+    snapshots: Snapshots
+    oci: Runc
+
+    def _find_local(self, spec: ImageSpec) -> ImageRecord | None: ...
+
+    def _acquire(self, record: ImageRecord, holder: str) -> tuple[Snapshot, Manifest]: ...
+
+    def not_local_message(self, ref: str) -> str: ...
+
+    def snapshot_key(self, record: ImageRecord) -> SnapshotKey | None: ...
+
+    def open_mount(self, status: MountStatus) -> int: ...
+
+    def volume_mounts(
+        self, mount: MountStatus, source: str, propagation: str, files: tuple[str, ...], empty: str
+    ) -> list[oci_spec.VolumeMount]: ...
 
 
 class BundleBuilder:

@@ -43,11 +43,11 @@ class RunState:
     message: str = ""
 
 
-def unavailable_reason(binary: str | None = None) -> str | None:
+def unavailable_reason(binary: str = "runc") -> str | None:
     """None when containers can run here, else why not (one sentence for the user)."""
     if os.geteuid() != 0:
         return "no OCI runtime can run containers here: imagevol runs them with runc as root, and this is not root"
-    if (binary or shutil.which("runc")) is None:
+    if shutil.which(binary) is None:
         return "no OCI runtime can run containers here: runc is not installed (Debian package runc)"
     return None
 
@@ -62,7 +62,7 @@ class Runc:
         self.bundles = os.path.join(state_dir, "bundles")
 
     def unavailable(self) -> str | None:
-        return unavailable_reason(shutil.which(self.binary))
+        return unavailable_reason(self.binary)
 
     def bundle(self, container_id: str) -> str:
         if not container_id or not all(c in "0123456789abcdef" for c in container_id):
