@@ -12,6 +12,13 @@ the class where the real runtimes differ (sections 9 and 11 of docs/requirements
 
 Every runtime-side failure is an :class:`ImageVolumeMountFailedError`, whose message starts with the
 CRI sentinel (R5.5). Messages name sub paths and images, never host paths of the node.
+
+On a node that runs containers (``run_containers``), ``CreateContainer`` also writes the container's
+OCI bundle and ``ContainerStatus`` reads what its monitor recorded (:mod:`imagevol.runtime.real`,
+:mod:`imagevol.runtime.runc`); ``exec_real`` runs a command inside the container.
+
+Size: over 500 lines, because both CRI services over one node root share its records; what is not
+the CRI's own bookkeeping (trees, sub paths, bundles, runc) lives in other modules, called from here.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from .._text import goquote, strerror
+from .._text import goquote
 from ..content.image_db import ImageRecord
 from ..content.pull import ImagePuller
 from ..cri import (
@@ -58,7 +65,7 @@ from ..oci.reference import parse_normalized
 from ..trees import subpath as sp
 from ..trees.snapshots import Snapshot, SnapshotKey, Snapshots
 from .oci_spec import PROPAGATION_OPTION, VolumeMount
-from .real import BundleBuilder
+from .real import BundleBuilder, load_process, save_process
 from .runc import Runc
 
 #: The file beside a container's record that keeps its process fields (command, args, env...).
@@ -238,15 +245,7 @@ class Runtime:
         return self.container_status(container_id) or record
 
     def _create_bundle(self, record: ContainerStatus) -> None:
-        reason = self.oci.unavailable()
-        if reason is not None:
-            raise CreateContainerError(reason)
-        try:
-            self._bundles.build(record.id, record, self._load_process(record.id))
-        except ImageVolError:
-            raise
-        except OSError as exc:
-            raise CreateContainerError(f"failed to create container {goquote(record.name)}: {strerror(exc)}") from None
+        self._bundles.create(record, self._load_process(record.id))
 
     def start_container(self, container_id: str) -> None:
         """``StartContainer``: run the created container under its monitor (node option
@@ -267,18 +266,7 @@ class Runtime:
         record = self.container_status(container_id)
         if record is None:
             raise ImageVolError(f"container {container_id[:13]} not found")
-        reason = self.oci.unavailable()
-        if reason is not None:
-            raise ImageVolError(reason)
-        if record.state == "CONTAINER_RUNNING" and os.path.isdir(self.oci.bundle(container_id)):
-            return self.oci.exec(container_id, argv)
-        one_off = secrets.token_hex(32)
-        try:
-            self._bundles.build(one_off, record, self._load_process(container_id), argv)
-            return self.oci.run(one_off)
-        finally:
-            self.oci.remove(one_off, grace=0)
-            self._bundles.release(one_off, record)
+        return self._bundles.exec(record, self._load_process(container_id), argv)
 
     def remove_container(self, container_id: str) -> None:
         record = self.container_status(container_id)
@@ -328,25 +316,10 @@ class Runtime:
         return os.path.join(self._containers, container_id + suffix)
 
     def _save_process(self, container_id: str, config: ContainerConfig) -> None:
-        """Keep what the OCI config is generated from (the CRI's container config, process part)."""
-        obj = {
-            "command": list(config.command),
-            "args": list(config.args),
-            "envs": [list(e) for e in config.envs],
-            "working_dir": config.working_dir,
-            "hostname": config.hostname,
-            "propagation": {m.container_path: m.propagation for m in config.mounts},
-        }
-        with open(self._path(container_id, _PROCESS), "w") as f:
-            json.dump(obj, f)
+        save_process(self._path(container_id, _PROCESS), config)
 
     def _load_process(self, container_id: str) -> dict[str, Any]:
-        try:
-            with open(self._path(container_id, _PROCESS)) as f:
-                obj = json.load(f)
-        except FileNotFoundError:
-            obj = {}
-        return {"command": [], "args": [], "envs": [], **obj}
+        return load_process(self._path(container_id, _PROCESS))
 
     def _save(self, record: ContainerStatus) -> None:
         tmp = os.path.join(self._containers, f".{record.id}.{uuid.uuid4().hex}.tmp")

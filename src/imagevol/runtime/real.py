@@ -10,20 +10,23 @@ helper) and the profile's OCI mounts on it (:meth:`Runtime.volume_mounts`).
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import stat
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from .._text import goquote, strerror
 from ..content.image_db import ImageRecord
 from ..content.pull import ImagePuller
-from ..cri import ContainerStatus, ImageSpec, MountStatus
+from ..cri import ContainerConfig, ContainerStatus, ImageSpec, MountStatus
 from ..errors import CreateContainerError, ImageVolError
 from ..oci import MAX_CONFIG_BYTES, Manifest
 from ..trees import subpath as sp
 from ..trees.snapshots import Snapshot, SnapshotKey, Snapshots
 from . import oci_spec
-from .runc import Runc
+from .runc import RUNNING, Runc
 
 
 class Runtime(Protocol):
@@ -113,6 +116,36 @@ class BundleBuilder:
             runtime.snapshots.release(snap.key, bundle_id)
             raise
 
+    def create(self, container: ContainerStatus, saved: dict[str, Any]) -> None:
+        """``CreateContainer``'s part on a node that runs containers: the container's bundle, or
+        :class:`CreateContainerError` (no OCI runtime here, a local failure) and nothing held."""
+        reason = self.runtime.oci.unavailable()
+        if reason is not None:
+            raise CreateContainerError(reason)
+        try:
+            self.build(container.id, container, saved)
+        except OSError as exc:
+            raise CreateContainerError(
+                f"failed to create container {goquote(container.name)}: {strerror(exc)}"
+            ) from None
+
+    def exec(self, container: ContainerStatus, saved: dict[str, Any], argv: Sequence[str]) -> int:
+        """``exec --real``: ``runc exec`` into the container when the OCI runtime runs it, else a
+        one-off container from the same records with ``argv`` as its process, removed afterwards."""
+        oci = self.runtime.oci
+        reason = oci.unavailable()
+        if reason is not None:
+            raise ImageVolError(reason)
+        if container.state == RUNNING and os.path.isdir(oci.bundle(container.id)):
+            return oci.exec(container.id, argv)
+        one_off = secrets.token_hex(32)
+        try:
+            self.build(one_off, container, saved, argv)
+            return oci.run(one_off)
+        finally:
+            oci.remove(one_off, grace=0)
+            self.release(one_off, container)
+
     def release(self, bundle_id: str, container: ContainerStatus) -> None:
         """Release the container image's tree leased to ``bundle_id``."""
         runtime = self.runtime
@@ -122,6 +155,29 @@ class BundleBuilder:
         key = runtime.snapshot_key(record)
         if key is not None:
             runtime.snapshots.release(key, bundle_id)
+
+
+def save_process(path: str, config: ContainerConfig) -> None:
+    """Keep what the OCI config is generated from (the process part of the CRI's container config)."""
+    obj = {
+        "command": list(config.command),
+        "args": list(config.args),
+        "envs": [list(e) for e in config.envs],
+        "working_dir": config.working_dir,
+        "hostname": config.hostname,
+        "propagation": {m.container_path: m.propagation for m in config.mounts},
+    }
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+def load_process(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        obj = {}
+    return {"command": [], "args": [], "envs": [], **obj}
 
 
 def _artifact_files(runtime: Runtime, mount: MountStatus) -> tuple[str, ...]:
