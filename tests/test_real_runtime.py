@@ -345,3 +345,46 @@ def test_generated_config_follows_the_cri(cli: Cli, reg: peers.Registry, tmp_pat
     assert volume["source"].endswith("/stage/0")
     done = cli("exec", "p", "--real", "--", "sh", "-c", "echo $GREETING")
     assert done.stdout == "hi\n"
+
+
+def test_a_command_that_is_not_there_is_a_start_error(cli: Cli, reg: peers.Registry, tmp_path: Any) -> None:
+    assert cli.apply(tmp_path, _pod(reg, "p", ["no-such-command"], policy="Never")).returncode == 0
+    state = cli.wait_exit("p").state("c")
+    assert (state.state, state.reason, state.exit_code) == ("terminated", "StartError", 128)
+    assert state.message == (
+        'OCI runtime create failed: unable to start container process: exec: "no-such-command": '
+        "executable file not found in $PATH: unknown"
+    )
+    assert cli("logs", "p").stdout == ""  # runc's complaint is the status message, not the log
+
+
+def test_a_container_whose_monitor_died_is_killed_and_restarted(cli: Cli, reg: peers.Registry, tmp_path: Any) -> None:
+    """Crash recovery: the monitor is gone (killed); the next look at the container kills what is
+    left of it, reports it exited (255, as containerd reports a task it lost) and the kubelet
+    restarts it by its policy."""
+    assert cli.apply(tmp_path, _pod(reg, "p", ["sleep", "3600"])).returncode == 0
+    cid = cli.record("p").state("c").container_id
+    bundle = os.path.join(cli.root, "runtime", "oci", "bundles", cid)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(bundle, "status.json")):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with open(os.path.join(bundle, "status.json")) as f:
+        status = json.load(f)
+    os.kill(status["monitor_pid"], 9)
+    while runc.alive(status["monitor_pid"], status["monitor_start"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    state = cli.node().sync_pod("p").state("c")
+    assert (state.restart_count, state.state) == (1, "running")
+    previous = cli.node().runtime.container_status(state.previous_id)
+    assert previous is not None and (previous.state, previous.exit_code, previous.reason) == (
+        runc.EXITED,
+        255,
+        "Unknown",
+    )
+    runc_list = ["runc", "--root", os.path.join(cli.root, "runtime", "oci", "runc"), "list", "-q"]
+    while not (listed := subprocess.run(runc_list, capture_output=True, text=True, check=True)).stdout.strip():
+        assert time.monotonic() < deadline, "the restarted container never ran"
+        time.sleep(0.05)
+    assert listed.stdout.split() == [state.container_id]  # the lost one is gone

@@ -179,7 +179,7 @@ def prepare(bundle: str, plan: dict[str, Any]) -> None:
         os.close(bundle_fd)
 
 
-def _write_status(bundle: str, status: dict[str, Any]) -> None:
+def write_status(bundle: str, status: dict[str, Any]) -> None:
     tmp = os.path.join(bundle, f".{STATUS}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         json.dump(status, f)
@@ -249,10 +249,10 @@ def _monitor(bundle: str, plan: dict[str, Any]) -> int:
             prepare(bundle, plan)
         except (StageError, OSError) as exc:
             status.update(exit_code=EXIT_SETUP_FAILED, finished_at=time.time(), reason="StartError", message=str(exc))
-            _write_status(bundle, status)
+            write_status(bundle, status)
             return EXIT_SETUP_FAILED
         status["started_at"] = time.time()
-        _write_status(bundle, status)
+        write_status(bundle, status)
         logged = os.fstat(log).st_size
         code, failure = _run(bundle, plan)
         status.update(exit_code=code, finished_at=time.time())
@@ -260,7 +260,7 @@ def _monitor(bundle: str, plan: dict[str, Any]) -> int:
             # runc's own complaint went to the container's stderr; the status carries it instead.
             os.ftruncate(log, logged)
             status.update(reason="StartError", message=failure)
-        _write_status(bundle, status)
+        write_status(bundle, status)
         return code
     finally:
         os._exit(code if 0 <= code < 256 else 255)

@@ -117,11 +117,15 @@ class Runc:
                 str(obj.get("reason", "")),
                 str(obj.get("message", "")),
             )
-        if _alive(int(obj.get("monitor_pid", 0)), int(obj.get("monitor_start", -1))):
+        if alive(int(obj.get("monitor_pid", 0)), int(obj.get("monitor_start", -1))):
             return RunState(RUNNING, started_at=float(obj.get("started_at", 0.0)))
-        # The monitor died without recording an exit (crash, reboot): the container is gone with
-        # its mount namespace; report it exited with containerd's "unknown" code.
-        return RunState(EXITED, 255, float(obj.get("started_at", 0.0)), time.time(), "Unknown", "")
+        # The monitor died without recording an exit (killed, a crash, a reboot): whatever is left
+        # of the container is killed and forgotten, and it is recorded as exited with the code
+        # containerd gives a task it lost (255), so that the kubelet restarts it per policy.
+        self._forget(container_id)
+        obj.update(exit_code=255, finished_at=time.time(), reason="Unknown", message="the container's monitor died")
+        _shim.write_status(self.bundle(container_id), obj)
+        return self.status(container_id)
 
     def log_path(self, container_id: str) -> str:
         return os.path.join(self.bundle(container_id), "container.log")
@@ -153,10 +157,14 @@ class Runc:
         if not os.path.isdir(bundle):
             return
         self.stop(container_id, grace)
+        self._forget(container_id)
+        shutil.rmtree(bundle, ignore_errors=True)
+
+    def _forget(self, container_id: str) -> None:
+        """``runc delete --force``: kill what is left of the container and drop runc's state."""
         cmd = [self.binary, "--root", self.runc_root, "delete", "--force", container_id]
         with contextlib.suppress(OSError):
             subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        shutil.rmtree(bundle, ignore_errors=True)
 
     def list(self) -> list[str]:
         try:
@@ -165,8 +173,16 @@ class Runc:
             return []
 
 
-def _alive(pid: int, start: int) -> bool:
-    return pid > 0 and _shim._start_time(pid) == start
+def alive(pid: int, start: int) -> bool:
+    """Whether ``pid`` is still the process that started at ``start`` and has not exited (a zombie
+    nobody reaped yet has exited)."""
+    if pid <= 0 or _shim._start_time(pid) != start:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _import_path() -> str:
