@@ -355,7 +355,8 @@ class Kubelet:
                 envs=tuple(container_env(pod, container, self.node_name).items()),
                 command=container.command,
                 args=container.args,
-                hostname=pod.name,
+                # ``truncatePodHostnameIfNeeded``: a hostname is at most 63 bytes.
+                hostname=pod.name[:63].rstrip("-."),
             )
             called_runtime = True
             missing = [mt for mt in mounts if mt.image is None and not mt.host_path]
