@@ -70,6 +70,10 @@ def describe_pod(record: PodRecord, now: float) -> str:
                 lines.append(f"      Message:      {st.message}")
             if st.state == "terminated" and (st.finished_at or st.exit_code):
                 lines.append(f"      Exit Code:    {st.exit_code}")
+            elif st.reason == "CrashLoopBackOff":
+                lines.append("    Last State:     Terminated")
+                lines.append(f"      Reason:       {'Completed' if st.exit_code == 0 else 'Error'}")
+                lines.append(f"      Exit Code:    {st.exit_code}")
             lines.append(f"    Ready:          {'True' if st.state == 'running' else 'False'}")
             if st.restart_count:
                 lines.append(f"    Restart Count:  {st.restart_count}")

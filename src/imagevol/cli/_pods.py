@@ -100,7 +100,7 @@ def _sync_arguments(p: argparse.ArgumentParser) -> None:
 
 def sync(args: argparse.Namespace, out: TextIO) -> int:
     """One kubelet pass over every Pod (or one every ``--interval`` with ``--watch``); exit 0 when
-    every Pod runs."""
+    every Pod runs (or, its containers run for real, completed)."""
     node = node_from_args(args)
     while True:
         if args.advance:
@@ -108,7 +108,7 @@ def sync(args: argparse.Namespace, out: TextIO) -> int:
         records = node.sync()
         out.write(get_pods(records))
         if not args.watch:
-            return EXIT_OK if all(r.phase == "Running" for r in records) else EXIT_FAIL
+            return EXIT_OK if all(r.phase in ("Running", "Succeeded") for r in records) else EXIT_FAIL
         out.flush()
         time.sleep(args.interval)
 
