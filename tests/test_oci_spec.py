@@ -259,3 +259,9 @@ def test_exec_real_without_an_oci_runtime_keeps_the_view(
     assert sorted(os.listdir(os.path.join(root, "runtime", "containers"))) == sorted(
         f"{c.id}{suffix}" for c in before for suffix in (".json", ".process")
     )
+
+
+def test_crio_overlay_options_escape_what_would_split_them() -> None:
+    crio = CrioRuntime.__new__(CrioRuntime)
+    [overlay] = crio.volume_mounts(_status(), "/n,x:y/s/0", "PROPAGATION_PRIVATE", (), "/n,x:y/e")
+    assert overlay.options[-1] == "lowerdir=/n\\,x\\:y/s/0:/n\\,x\\:y/e"

@@ -45,7 +45,7 @@ class CrioRuntime(Runtime):
         if not mount.is_dir:
             prop = PROPAGATION_OPTION.get(propagation, "rprivate")
             return [VolumeMount(mount.container_path, source, ("bind", "ro", "nosuid", "nodev", prop))]
-        options = ("ro", "nosuid", "nodev", f"lowerdir={source}:{empty}")
+        options = ("ro", "nosuid", "nodev", f"lowerdir={_overlay_path(source)}:{_overlay_path(empty)}")
         return [VolumeMount(mount.container_path, "overlay", options, type="overlay")]
 
     def sub_path_message(self, exc: SubPathError, base: MountStatus, mount: Mount) -> str:
@@ -85,6 +85,12 @@ class CrioRuntime(Runtime):
         finally:
             resolved.close()
         return attrs.evolve(base, real_path=real_path, is_dir=True, inode=resolved.ino)
+
+
+def _overlay_path(path: str) -> str:
+    """A path in an overlayfs option: ``\\``, ``:`` and ``,`` escaped with a backslash (a node
+    root whose path has them must not split the option)."""
+    return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
 
 
 def go_clean(path: str) -> str:
