@@ -388,3 +388,12 @@ def test_a_container_whose_monitor_died_is_killed_and_restarted(cli: Cli, reg: p
         assert time.monotonic() < deadline, "the restarted container never ran"
         time.sleep(0.05)
     assert listed.stdout.split() == [state.container_id]  # the lost one is gone
+
+
+def test_delete_right_after_apply_leaves_nothing(cli: Cli, reg: peers.Registry, tmp_path: Any) -> None:
+    """StartContainer returns once the monitor recorded the start, so a delete that follows at once
+    finds the container to stop (no monitor or runc container is left to start behind its back)."""
+    for n in range(3):
+        assert cli.apply(tmp_path, _pod(reg, f"p{n}", ["sleep", "3600"])).returncode == 0
+        assert cli("delete", "pod", f"p{n}", "--grace-period", "0s").returncode == 0
+        assert _monitors(cli.root) == []

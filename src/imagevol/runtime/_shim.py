@@ -233,8 +233,15 @@ def _foreground(bundle: str, plan: dict[str, Any]) -> int:
 
 
 def _monitor(bundle: str, plan: dict[str, Any]) -> int:
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     if os.fork() != 0:
-        return 0  # the caller waits for this one; the monitor is orphaned and never a zombie of it
+        # The caller waits for this process, which waits until the monitor recorded the start (or
+        # the failure, or died): StartContainer returns with the container started. The monitor is
+        # orphaned and never a zombie of the caller.
+        os.close(ready_w)
+        os.read(ready_r, 1)
+        return 0
+    os.close(ready_r)
     os.setsid()
     code = EXIT_SETUP_FAILED
     try:
@@ -253,6 +260,7 @@ def _monitor(bundle: str, plan: dict[str, Any]) -> int:
             return EXIT_SETUP_FAILED
         status["started_at"] = time.time()
         write_status(bundle, status)
+        os.close(ready_w)  # started: the caller may go
         logged = os.fstat(log).st_size
         code, failure = _run(bundle, plan)
         status.update(exit_code=code, finished_at=time.time())
