@@ -237,6 +237,9 @@ class Runtime:
                 self._create_bundle(record)
             self._save(record)
         except BaseException:
+            if os.path.isdir(self.oci.bundle(container_id)):  # the record could not be saved
+                self.oci.remove(container_id, grace=0)
+                self._bundles.release(container_id, record)
             for status in mounted:
                 self.snapshots.release(SnapshotKey.parse(status.snapshot), container_id)
             with contextlib.suppress(OSError):

@@ -101,6 +101,12 @@ class Runc:
         null = subprocess.DEVNULL
         cmd = self._shim(container_id, "--monitor")
         subprocess.run(cmd, check=False, env=env, stdin=null, stdout=null, stderr=null)
+        if self.status(container_id).state == CREATED:  # the monitor died before it recorded anything
+            now = time.time()
+            failed = {"exit_code": 128, "started_at": now, "finished_at": now, "reason": "StartError"}
+            _shim.write_status(
+                self.bundle(container_id), {**failed, "message": "the container's monitor did not start"}
+            )
 
     def status(self, container_id: str) -> RunState:
         try:
