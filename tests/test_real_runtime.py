@@ -237,14 +237,21 @@ def test_crio_mounts_a_file_sub_path_and_one_bind_per_artifact_file(
     try:
         doc = _pod(reg, "files", ["sleep", "3600"], sub_path="file")
         doc["spec"]["containers"][0]["volumeMounts"].append({"name": "a", "mountPath": "/artifact"})
+        doc["spec"]["containers"][0]["volumeMounts"].append({"name": "v", "mountPath": "/d", "subPath": "dir"})
         doc["spec"]["volumes"].append({"name": "a", "image": {"reference": _ref(reg, "artifact-raw")}})
         assert crio.apply(tmp_path, doc).returncode == 0
-        done = crio("exec", "files", "--real", "--", "sh", "-c", "cat /volume; cat /artifact/dir/file /artifact/file")
-        assert (done.returncode, done.stdout) == (0, "2\n1\n2\n"), done.stderr
+        script = "cat /volume; cat /artifact/dir/file /artifact/file; cat /d/file"
+        done = crio("exec", "files", "--real", "--", "sh", "-c", script)
+        assert (done.returncode, done.stdout) == (0, "2\n1\n2\n1\n"), done.stderr
         done = crio("exec", "files", "--real", "--", "cat", "/proc/self/mountinfo")
         rows = {r.split()[4]: r.split()[5].split(",") for r in done.stdout.splitlines()}
-        for target in ("/volume", "/artifact/dir/file", "/artifact/file"):  # a bind per blob file
+        for target in ("/volume", "/artifact/dir/file", "/artifact/file", "/d"):  # a bind per blob file
             assert {"ro", "nosuid", "nodev"} <= set(rows[target]), target
+        # A directory is an overlay with lower dirs only, as CRI-O mounts it.
+        [fstype] = [r.split(" - ")[1].split()[0] for r in done.stdout.splitlines() if r.split()[4] == "/d"]
+        assert fstype == "overlay"
+        done = crio("exec", "files", "--real", "--", "touch", "/d/new")
+        assert (done.returncode, done.stderr) == (1, "touch: /d/new: Read-only file system\n")
         assert "/artifact" not in rows
         done = crio("exec", "files", "--real", "--", "sh", "-c", "echo x > /artifact/file")
         assert done.returncode != 0 and "Read-only file system" in done.stderr
