@@ -404,3 +404,33 @@ def test_delete_right_after_apply_leaves_nothing(cli: Cli, reg: peers.Registry, 
         assert cli.apply(tmp_path, _pod(reg, f"p{n}", ["sleep", "3600"])).returncode == 0
         assert cli("delete", "pod", f"p{n}", "--grace-period", "0s").returncode == 0
         assert _monitors(cli.root) == []
+
+
+def test_init_containers_run_to_completion_first(cli: Cli, reg: peers.Registry, tmp_path: Any) -> None:
+    doc = _pod(reg, "p", ["cat", "/volume/file"], policy="Never")
+    init = container("init", ("v", "/volume", "dir"), image=_ref(reg, "debian"), command=["sh", "-c", "exit 3"])
+    doc["spec"]["initContainers"] = [init]
+    cli.apply(tmp_path, doc)
+    record = cli.record("p")
+    assert (record.state("init").state, record.state("c").container_id) == ("running", "")  # c waits
+    record = cli.wait_exit("p", "init")
+    init_state, state = record.state("init"), record.state("c")
+    # restartPolicy Never: a failed init container fails the Pod; the app container never starts.
+    assert (init_state.state, init_state.reason, init_state.exit_code) == ("terminated", "Error", 3)
+    assert (state.state, state.container_id) == ("waiting", "")
+    assert cli("get", "pods").stdout.splitlines()[1].split()[:3] == ["p", "0/1", "Init:Error"]
+
+
+def test_the_app_container_starts_once_its_init_container_completed(
+    cli: Cli, reg: peers.Registry, tmp_path: Any
+) -> None:
+    doc = _pod(reg, "p", ["sh", "-c", "cat /volume/file; echo app"], policy="Never")
+    doc["spec"]["initContainers"] = [
+        container("init", ("v", "/volume", "dir"), image=_ref(reg, "debian"), command=["sh", "-c", "echo init"])
+    ]
+    cli.apply(tmp_path, doc)
+    record = cli.wait_exit("p", "init")
+    assert (record.state("init").reason, record.state("c").state) == ("Completed", "running")
+    record = cli.wait_exit("p", "c")
+    assert (record.state("c").reason, record.phase) == ("Completed", "Succeeded")
+    assert (cli("logs", "p", "-c", "init").stdout, cli("logs", "p").stdout) == ("init\n", "1\napp\n")

@@ -85,8 +85,11 @@ class ContainerState:
 
     @property
     def done(self) -> bool:
-        """Running, or (for a non-sidecar init container) run to completion."""
-        return self.state == "running" or (self.state == "terminated" and self.reason == "Completed")
+        """Run to completion, or running where that is enough: a regular or sidecar container (a
+        non-sidecar init container that runs for real is done only when it completed)."""
+        if self.state == "running":
+            return self.kind != "initContainers" or self.sidecar
+        return self.state == "terminated" and self.reason == "Completed"
 
 
 @attrs.define
