@@ -45,6 +45,28 @@ def test_env_is_the_image_env_then_the_containers() -> None:
     assert oci_spec.merge_env((), [("B", "b")])[0].startswith("PATH=/usr/local/sbin:")
 
 
+_NAMES = st.sampled_from(["PATH", "A", "B", "HOME", "X_1"])
+
+
+@given(
+    st.lists(st.tuples(_NAMES, st.text(max_size=5)), max_size=6),
+    st.lists(st.tuples(_NAMES, st.text(max_size=5)), max_size=6),
+)
+def test_env_merge_keeps_first_positions_and_last_values(
+    image: list[tuple[str, str]], pod: list[tuple[str, str]]
+) -> None:
+    merged = oci_spec.merge_env([f"{k}={v}" for k, v in image], pod)
+    names = [item.partition("=")[0] for item in merged]
+    assert len(names) == len(set(names)) and "PATH" in names
+    expected = dict(image + pod)
+    for item in merged:
+        name, _, value = item.partition("=")
+        assert value == expected.get(name, value)  # the last value of each name wins
+    order = [k for k, _ in image + pod]
+    given_names = [n for n in names if n in expected]
+    assert given_names == sorted(set(order), key=order.index)  # where each name first appeared
+
+
 def test_image_config_fields_of_the_wrong_type_are_refused() -> None:
     parsed = oci_spec.ImageConfig.parse(b'{"config": {"Cmd": ["sh"], "WorkingDir": "/w", "User": "nobody"}}')
     assert (parsed.cmd, parsed.working_dir, parsed.user) == (("sh",), "/w", "nobody")

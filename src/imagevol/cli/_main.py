@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-n",
         "--namespace",
         default="default",
-        help="namespace of the Pod for describe, delete and exec (default: %(default)s)",
+        help="namespace of the Pod for describe, delete, exec and logs (default: %(default)s)",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS.values():
