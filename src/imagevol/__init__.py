@@ -57,7 +57,6 @@ if TYPE_CHECKING:
         SubPathError,
         ValidationError,
     )
-    from .exec.namespace import RealExecError
     from .exec.view import ViewError
     from .kubelet.events import Event
     from .kubelet.metrics import KubeletMetrics
@@ -117,7 +116,6 @@ _WHERE = {
     ".content.sources.mirrors": ("RegistriesConfig",),
     ".content.store": ("ContentStore",),
     ".errors": ERRORS,
-    ".exec.namespace": ("RealExecError",),
     ".exec.view": ("ViewError",),
     ".kubelet.events": ("Event",),
     ".kubelet.metrics": ("KubeletMetrics",),
@@ -193,7 +191,6 @@ __all__ = [
     "PodRecord",
     "Policy",
     "PullError",
-    "RealExecError",
     "Reference",
     "RegistriesConfig",
     "RegistryUnavailableError",

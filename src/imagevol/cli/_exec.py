@@ -1,11 +1,10 @@
 """What a container sees through its image-volume mounts: ``exec`` (file commands in the read-only
-view, or with ``--real`` a real command in a private mount namespace) and ``tree`` (the mounts
-drawn: entries, modes, symlink targets, where each mount and its sub path start)."""
+view, or with ``--real`` a real command inside the container on the OCI runtime) and ``tree`` (the
+mounts drawn: entries, modes, symlink targets, where each mount and its sub path start)."""
 
 from __future__ import annotations
 
 import argparse
-import functools
 import stat
 import sys
 from typing import TYPE_CHECKING, TextIO
@@ -69,8 +68,8 @@ def _exec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--real",
         action="store_true",
-        help="run a real command with the image volumes bind-mounted ro,nosuid,nodev in a private mount "
-        "namespace (root, or unprivileged user namespaces)",
+        help="run a real command inside the container with runc (as root): in the running container when "
+        "the node runs containers, else in a one-off container with the same root filesystem and mounts",
     )
     # `main` cuts everything after `--` off before parsing, so options may follow POD (`-c`, `--real`).
     p.add_argument(
@@ -83,19 +82,20 @@ def _exec_arguments(p: argparse.ArgumentParser) -> None:
 
 def exec_(args: argparse.Namespace, out: TextIO) -> int:
     """Run ``args.argv`` in the container's view (or for real); the exit status is the command's."""
-    from ..exec import namespace as real
+    from ..errors import ImageVolError
     from ..exec.view import ContainerView
 
     node = node_from_args(args)
     name, container = _running_container(node, args)
     argv = list(args.argv)
     if args.real:
-        binds = [real.Bind(m.container_path, functools.partial(node.runtime.open_mount, m)) for m in container.mounts]
         out.flush()
         try:
-            return real.run(binds, argv)
-        except real.RealExecError as exc:
-            raise CommandError(str(exc), exc.exit_code) from None
+            return node.runtime.exec_real(container.id, argv)
+        except ImageVolError as exc:
+            raise CommandError(
+                f"exec --real: {exc}. Without --real, exec shows the container's view of its image volumes."
+            ) from None
     view = ContainerView(name, container.mounts, node.runtime.open_mount)
     for chunk in view.run(argv):
         out.flush()

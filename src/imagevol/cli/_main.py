@@ -67,6 +67,12 @@ _GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
         {"choices": PROFILE_NAMES, "default": DEFAULT_PROFILE, "help": "runtime profile (default: %(default)s)"},
     ),
     (
+        ("--run-containers",),
+        {"action": "store_true", "default": None,
+         "help": "run the Pods' containers for real with runc (as root; also IMAGEVOL_RUN_CONTAINERS=1); "
+                 "the default simulates them"},
+    ),
+    (
         ("--k8s-version",),
         {"default": DEFAULT_VERSION, "metavar": "VERSION",
          "help": "Kubernetes version to simulate (default: %(default)s)"},

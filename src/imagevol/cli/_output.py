@@ -347,10 +347,18 @@ def _describe_container(name: str, image: str, volume_mounts: Sequence[Any], st:
         lines.append(f"      Reason:       {detail['reason']}")
     if detail.get("message"):
         lines.append(f"      Message:      {detail['message']}")
-    if detail.get("startedAt"):
-        lines.append(f"      Started:      {_time(detail['startedAt'])}")
+    # kubectl's order (describeContainerState): Exit Code before Started and Finished.
     if "exitCode" in detail:
         lines.append(f"      Exit Code:    {detail['exitCode']}")
+    if detail.get("startedAt"):
+        lines.append(f"      Started:      {_time(detail['startedAt'])}")
+    if detail.get("finishedAt"):
+        lines.append(f"      Finished:     {_time(detail['finishedAt'])}")
+    for kind, last in st.get("lastState", {}).items():
+        lines.append(f"    Last State:     {kind.capitalize()}")
+        lines.append(f"      Reason:       {last.get('reason', '')}")
+        if "exitCode" in last:
+            lines.append(f"      Exit Code:    {last['exitCode']}")
     lines.append(f"    Ready:          {'True' if st.get('ready') else 'False'}")
     lines.append(f"    Restart Count:  {st.get('restartCount', 0)}")
     lines.append("    Mounts:")

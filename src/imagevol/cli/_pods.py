@@ -202,6 +202,13 @@ def _delete_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="delete every object of the kind in the namespace")
     _all_namespaces_option(p, "with --all, delete")
     p.add_argument("--ignore-not-found", action="store_true", help="an object that does not exist is no error")
+    p.add_argument(
+        "--grace-period",
+        type=duration,
+        default=None,
+        metavar="SECONDS",
+        help="time a running container gets between SIGTERM and SIGKILL (default 30s, as kubectl)",
+    )
     add_output_option(p, ("name",))
 
 
@@ -223,7 +230,7 @@ def delete(args: argparse.Namespace, out: TextIO) -> int:
     for kind, name, ns, source in targets:
         try:
             if kind == "pods":
-                node.delete_pod(name, ns)
+                node.delete_pod(name, ns, grace=args.grace_period)
             else:
                 node.delete_secret(name, ns)
         except Exception as exc:
@@ -276,12 +283,14 @@ def _logs_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accepted as kubectl accepts it, and refused: logs name one Pod",
     )
+    p.add_argument("-p", "--previous", action="store_true", help="the previous instance of the container")
 
 
 def logs(args: argparse.Namespace, out: TextIO) -> int:
-    """``kubectl logs``: a container's output. The simulator runs no processes, so a container
-    that started has logged nothing; one that has not started is refused in the API server's
-    words (``container "c" in pod "p" is waiting to start: ...``)."""
+    """``kubectl logs``: what a container wrote to its standard output and error. A simulated
+    container runs no process, so it has logged nothing (containers run with ``--run-containers``
+    log for real); one that has not started is refused in the API server's words (``container "c"
+    in pod "p" is waiting to start: ...``)."""
     no_all_namespaces(args)
     _, names = split_kind([args.pod] if "/" in args.pod else ["pod", args.pod], _POD_KINDS)
     node = node_from_args(args)
@@ -291,13 +300,28 @@ def logs(args: argparse.Namespace, out: TextIO) -> int:
         state = record.state(name)
     except KeyError:
         raise server_error("BadRequest", f"container {name} is not valid for pod {record.pod.name}") from None
-    if state.state == "waiting":
+    container_id = state.previous_id if args.previous else state.container_id
+    if args.previous and not container_id:
+        raise server_error(
+            "BadRequest", f"previous terminated container {goquote(name)} in pod {goquote(record.pod.name)} not found"
+        )
+    if state.state == "waiting" and not container_id:
         why = {"ErrImagePull": "image can't be pulled", "ImagePullBackOff": "trying and failing to pull image"}
         raise server_error(
             "BadRequest",
             f"container {goquote(name)} in pod {goquote(record.pod.name)} is waiting to start: "
-            f"{why.get(state.reason, state.reason)}",
+            f"{why.get(state.reason or 'ContainerCreating', state.reason or 'ContainerCreating')}",
         )
+    status = node.runtime.container_status(container_id)
+    if status is None or not status.log_path:
+        return EXIT_OK
+    try:
+        with open(status.log_path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return EXIT_OK
+    out.flush()
+    sys.stdout.buffer.write(data) if out is sys.stdout else out.write(data.decode(errors="replace"))
     return EXIT_OK
 
 
@@ -312,7 +336,8 @@ def _sync_arguments(p: argparse.ArgumentParser) -> None:
 
 def sync(args: argparse.Namespace, out: TextIO) -> int:
     """One kubelet pass over every Pod (or one every ``--interval`` with ``--watch``), then every
-    Pod of the node as ``get pods -A`` shows it; exit 0 when every Pod runs."""
+    Pod of the node as ``get pods -A`` shows it; exit 0 when every Pod runs (or, its containers run
+    for real, completed)."""
     from ._output import pods_table
 
     node = node_from_args(args)
@@ -323,7 +348,7 @@ def sync(args: argparse.Namespace, out: TextIO) -> int:
         if records:
             out.write(pods_table([node.pod_object(r) for r in records], node.now(), namespaces=True))
         if not args.watch:
-            return EXIT_OK if all(r.phase == "Running" for r in records) else EXIT_FAIL
+            return EXIT_OK if all(r.phase in ("Running", "Succeeded") for r in records) else EXIT_FAIL
         out.flush()
         time.sleep(args.interval)
 
@@ -347,7 +372,7 @@ DESCRIBE = Command(
 )
 DELETE = Command(
     "delete",
-    "delete Pods (their mounts are released) or Secrets, by name, --all or -f",
+    "delete Pods (their containers stopped, their mounts released) or Secrets, by name, --all or -f",
     delete,
     _delete_arguments,
     description="Delete Pods or Secrets as kubectl delete does: by kind and names, every Pod of the namespace "
@@ -356,12 +381,12 @@ DELETE = Command(
 )
 LOGS = Command(
     "logs",
-    "print a container's logs (empty: the simulator runs no processes)",
+    "print a container's logs (empty for a simulated container)",
     logs,
     _logs_arguments,
-    description="Print a container's logs, as kubectl logs does. The simulator runs no container processes, "
-    "so a started container has logged nothing; a container that has not started is refused with the reason "
-    "it is waiting.",
+    description="Print a container's logs, as kubectl logs does (-p: its previous instance). A simulated "
+    "container runs no process, so it has logged nothing; with --run-containers the container's own output is "
+    "printed. A container that has not started is refused with the reason it is waiting.",
 )
 SYNC = Command(
     "sync",

@@ -11,7 +11,7 @@ with an in-memory runtime. Every name is exported here: ``from imagevol.cri impo
 
 from __future__ import annotations
 
-from ._services import ContainerRuntime, ImageService, RuntimeService
+from ._services import ContainerLifecycle, ContainerRuntime, ImageService, RuntimeService
 from ._values import (
     ANONYMOUS,
     DOCKER_CFG,
@@ -37,6 +37,7 @@ __all__ = [
     "DOCKER_CONFIG_JSON",
     "PROPAGATION",
     "ContainerConfig",
+    "ContainerLifecycle",
     "ContainerRuntime",
     "ContainerStatus",
     "Credentials",

@@ -80,5 +80,19 @@ class RuntimeService(Protocol):
 
 
 @runtime_checkable
+class ContainerLifecycle(Protocol):
+    """``StartContainer`` and ``StopContainer`` of ``runtime.v1.RuntimeService``: only a runtime
+    that runs containers for real needs them (imagevol's simulated containers run from creation)."""
+
+    def start_container(self, container_id: str) -> None:
+        """``StartContainer``: run the created container's process."""
+        ...
+
+    def stop_container(self, container_id: str, timeout: float = 10.0) -> None:
+        """``StopContainer``: SIGTERM, ``timeout`` seconds of grace, then SIGKILL."""
+        ...
+
+
+@runtime_checkable
 class ContainerRuntime(ImageService, RuntimeService, Protocol):
     """Both services, as one runtime endpoint serves them (what the image GC needs)."""

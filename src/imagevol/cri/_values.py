@@ -116,6 +116,12 @@ class ContainerConfig:
     image: ImageSpec = attrs.field(converter=_image_spec)
     mounts: tuple[Mount, ...] = ()
     envs: tuple[tuple[str, str], ...] = ()
+    #: The Pod's ``command`` and ``args`` (the runtime applies them to the image's Entrypoint/Cmd).
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    working_dir: str = ""
+    #: The sandbox's hostname (``PodSandboxConfig.hostname`` upstream; imagevol has no sandboxes).
+    hostname: str = ""
 
 
 # --- what the runtime answers about containers --------------------------------------------------------
@@ -164,6 +170,17 @@ class ContainerStatus:
     created_at: float
     image_ref: str = ""
     image_id: str = ""
+    #: ``ContainerState``: a simulated container is running as long as it exists; one run by the
+    #: node's OCI runtime reports what its monitor recorded.
+    state: str = "CONTAINER_RUNNING"
+    exit_code: int = 0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    #: ``reason``/``message`` of an exit the runtime explains (a start that failed).
+    reason: str = ""
+    message: str = ""
+    #: Where the container's output goes (``log_path``), empty for a simulated container.
+    log_path: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The status as the runtime's state file stores it."""
@@ -182,6 +199,13 @@ class ContainerStatus:
             obj["created_at"],
             str(obj.get("image_ref", "")),
             str(obj.get("image_id", "")),
+            str(obj.get("state", "CONTAINER_RUNNING")),
+            int(obj.get("exit_code", 0)),
+            float(obj.get("started_at", 0.0)),
+            float(obj.get("finished_at", 0.0)),
+            str(obj.get("reason", "")),
+            str(obj.get("message", "")),
+            str(obj.get("log_path", "")),
         )
 
 

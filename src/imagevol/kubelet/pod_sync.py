@@ -30,11 +30,21 @@ from ..api.dump import pod_to_dict
 from ..api.features import FeatureGates
 from ..api.load import pod_from_dict
 from ..api.models import Container, Pod
-from ..cri import PROPAGATION, ContainerConfig, ContainerStatus, ImageSpec, Keyring, Mount, RuntimeService
+from ..cri import (
+    PROPAGATION,
+    ContainerConfig,
+    ContainerLifecycle,
+    ContainerStatus,
+    ImageSpec,
+    Keyring,
+    Mount,
+    RuntimeService,
+)
 from ..errors import CreateContainerConfigError, CreateContainerError, ImageVolError, ImageVolumeMountFailedError
+from . import restarts
 from ._envvars import container_env, effective_sub_path
 from .events import NORMAL, WARNING, Event, EventRecorder, container_field_path
-from .image_manager import ImageManager
+from .image_manager import Backoff, ImageManager
 from .metrics import KubeletMetrics
 
 #: R6.4: ``upstream`` reproduces the known over-count of kubernetes PR #138460, ``fixed`` counts
@@ -66,11 +76,20 @@ class ContainerState:
     image: str = ""
     image_id: str = ""
     volume_mounts: list[dict[str, Any]] = attrs.field(factory=list)
+    #: Containers run for real (``restarts``): the last exit, ``restartCount``, and the exited
+    #: container kept for ``logs --previous``.
+    exit_code: int = 0
+    finished_at: float = 0.0
+    restart_count: int = 0
+    previous_id: str = ""
 
     @property
     def done(self) -> bool:
-        """Running, or (for a non-sidecar init container) run to completion."""
-        return self.state == "running" or (self.state == "terminated" and self.reason == "Completed")
+        """Run to completion, or running where that is enough: a regular or sidecar container (a
+        non-sidecar init container that runs for real is done only when it completed)."""
+        if self.state == "running":
+            return self.kind != "initContainers" or self.sidecar
+        return self.state == "terminated" and self.reason == "Completed"
 
 
 @attrs.define
@@ -128,6 +147,8 @@ class PodRecord:
     def phase(self) -> str:
         """``Running`` when every regular container runs, else ``Pending``."""
         regular = [s for s in self.containers if s.kind == "containers"]
+        if regular and all(s.state == "terminated" for s in regular):
+            return "Succeeded" if all(s.reason == "Completed" for s in regular) else "Failed"
         return "Running" if regular and all(s.state == "running" for s in regular) else "Pending"
 
     @property
@@ -141,6 +162,8 @@ class PodRecord:
         for s in self.containers:
             if s.kind == "containers" and s.state == "waiting" and s.reason not in ("ContainerCreating",):
                 return s.reason
+        if self.phase in ("Succeeded", "Failed"):
+            return next(s.reason for s in reversed(self.containers) if s.kind == "containers")
         return self.phase if self.phase == "Running" else "ContainerCreating"
 
     def to_json(self) -> dict[str, Any]:
@@ -188,6 +211,8 @@ class Kubelet:
         clock: Callable[[], float] = time.time,
         metrics_mode: str = "upstream",
         node_name: str = "imagevol-node",
+        lifecycle: ContainerLifecycle | None = None,
+        container_backoff: Backoff | None = None,
     ) -> None:
         if metrics_mode not in METRICS_MODES:
             raise ValueError(f"metrics mode must be one of {METRICS_MODES}")
@@ -198,6 +223,10 @@ class Kubelet:
         self.clock = clock
         self.metrics_mode = metrics_mode
         self.node_name = node_name
+        #: ``StartContainer`` when the node runs containers for real (None: simulated, a created
+        #: container is running and never exits).
+        self.lifecycle = lifecycle
+        self.container_backoff = container_backoff or restarts.container_backoff()
 
     def sync_pod(self, record: PodRecord, keyring: Keyring | None = None) -> PodRecord:
         """One SyncPod pass over ``record`` (mutated in place and returned)."""
@@ -205,20 +234,45 @@ class Kubelet:
         recorder = EventRecorder(record.events, clock=self.clock)
         record.syncs += 1
         pod = record.pod
+        if self.lifecycle is not None:
+            for st in record.containers:
+                if st.container_id:
+                    restarts.observe(st, self.runtime.container_status(st.container_id))
         # R3.1/R3.11: every pass that reaches container start resolves every image volume, in order.
         record.volumes = self._pull_volumes(pod, keyring, recorder) if self.gates.enabled("ImageVolume") else {}
         for state in record.containers:
             if state.kind != "initContainers":
                 continue
-            if state.done:
+            if state.done or not self._may_start(pod, state, recorder):
+                if not state.done and not state.sidecar:
+                    return record
                 continue
             self._start(record, self._spec(pod, state), state, recorder, keyring)
             if not state.done and not state.sidecar:
                 return record  # R5.7: a failing init container blocks the Pod
         for state in record.containers:
-            if state.kind == "containers" and state.state != "running":
+            if state.kind == "containers" and state.state != "running" and self._may_start(pod, state, recorder):
                 self._start(record, self._spec(pod, state), state, recorder, keyring)
         return record
+
+    def _may_start(self, pod: Pod, state: ContainerState, recorder: EventRecorder) -> bool:
+        """Whether a container that is not running starts on this pass: always in the simulation
+        and before its first start; after an exit, by ``restartPolicy`` and the crash-loop backoff.
+        A restart keeps the exited container as the previous one (its log) and removes the one
+        before."""
+        if self.lifecycle is None or not state.container_id:
+            return True
+        if state.state != "terminated" and state.reason != "CrashLoopBackOff":
+            return state.state != "running"
+        if not restarts.should_restart(pod, state):
+            return False
+        if restarts.in_backoff(pod, state, self.container_backoff, self.clock(), recorder):
+            return False
+        if state.previous_id:
+            self.runtime.remove_container(state.previous_id)
+        state.previous_id, state.container_id = state.container_id, ""
+        state.restart_count += 1
+        return True
 
     @staticmethod
     def _spec(pod: Pod, state: ContainerState) -> Container:
@@ -304,12 +358,23 @@ class Kubelet:
         try:
             mounts = self._mounts(pod, container, volumes)
             image = ImageSpec(pulled.image_ref, container.image, annotations=dict(pod.metadata.annotations))
-            config = ContainerConfig(container.name, image, mounts)
+            config = ContainerConfig(
+                container.name,
+                image,
+                mounts,
+                envs=tuple(container_env(pod, container, self.node_name).items()),
+                command=container.command,
+                args=container.args,
+                # ``truncatePodHostnameIfNeeded``: a hostname is at most 63 bytes.
+                hostname=pod.name[:63].rstrip("-."),
+            )
             called_runtime = True
             missing = [mt for mt in mounts if mt.image is None and not mt.host_path]
             if missing:
                 raise _KubeletGateOffError(self.runtime.name, missing[0].container_path)
             created = self.runtime.create_container(record.sandbox_id, config)
+            if self.lifecycle is not None:
+                self.lifecycle.start_container(created.id)
         except CreateContainerConfigError as exc:
             error = exc
             recorder.record(WARNING, "Failed", f"Error: {exc}", field)
@@ -327,7 +392,7 @@ class Kubelet:
             state.started_at = self.clock()
             state.image, state.image_id = created.image or container.image, created.image_ref
             state.volume_mounts = self._volume_mount_statuses(container, volumes, created) if self._with_digest else []
-            if state.kind == "initContainers" and not state.sidecar:
+            if state.kind == "initContainers" and not state.sidecar and self.lifecycle is None:
                 # The simulator runs no processes: an init container that starts, completes.
                 state.state, state.reason, state.message = "terminated", "Completed", ""
             else:

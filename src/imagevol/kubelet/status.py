@@ -10,9 +10,8 @@ regular ones by name, as the kubelet sorts them), the state as ``waiting``, ``ru
 imagevol does not record (when a condition last changed), the closest recorded time stands in: the
 Pod's creation, or the start of the container that completed the condition.
 
-Fields a record may not carry yet are read through :func:`_extra`, so a new field of
-``ContainerState`` (``image_id``, ``restart_count``, ``last_state``, ``exit_code``) appears in the
-output as soon as the kubelet records it.
+A container run for real (``--run-containers``) adds its exit code, finish time, restart count and
+the state of its previous instance (``lastState``).
 """
 
 from __future__ import annotations
@@ -35,11 +34,6 @@ def timestamp(seconds: float) -> str | None:
     if not seconds:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-
-
-def _extra(state: ContainerState, name: str, default: Any) -> Any:
-    """A container-state field the kubelet may not record yet (the seam for new status fields)."""
-    return getattr(state, name, default)
 
 
 def _condition(kind: str, ok: bool, since: float, reason: str = "", message: str = "") -> dict[str, Any]:
@@ -91,12 +85,13 @@ def _state(state: ContainerState, container_id: str) -> dict[str, Any]:
     if state.state == "running":
         return {"running": {"startedAt": timestamp(state.started_at)}}
     if state.state == "terminated":
-        # The simulator runs no processes: a container that terminates does so as it starts.
+        # A simulated container terminates as it starts (no finish time recorded); one run for
+        # real (--run-containers) has its exit code and finish time from the runtime.
         done: dict[str, Any] = {
-            "exitCode": int(_extra(state, "exit_code", 0 if state.reason == "Completed" else 1)),
+            "exitCode": state.exit_code if state.finished_at else (0 if state.reason == "Completed" else 1),
             "reason": state.reason,
             "startedAt": timestamp(state.started_at),
-            "finishedAt": timestamp(state.started_at),
+            "finishedAt": timestamp(state.finished_at or state.started_at),
         }
         if state.message:
             done["message"] = state.message
@@ -109,13 +104,27 @@ def _state(state: ContainerState, container_id: str) -> dict[str, Any]:
     return {"waiting": waiting}
 
 
+def _last_state(state: ContainerState) -> dict[str, Any]:
+    """``lastState``: the instance that ended before this one, as far as the record knows it (a
+    container waiting to be restarted after it exited)."""
+    if not state.previous_id or not state.finished_at or state.state == "terminated":
+        return {}
+    return {
+        "terminated": {
+            "exitCode": state.exit_code,
+            "reason": "Completed" if state.exit_code == 0 else "Error",
+            "finishedAt": timestamp(state.finished_at),
+        }
+    }
+
+
 def _mounts(record: PodRecord, state: ContainerState) -> list[dict[str, Any]]:
     """``VolumeMountStatus`` per mount of the container's spec: read-only as the spec says, the
     recursive read-only mode of a read-only mount, and for an image volume the exact image mounted
     as the kubelet recorded it when it created the container (``ImageVolumeWithDigest`` only)."""
     recorded = {
         v["mountPath"]: v["volumeStatus"]["image"]["imageRef"]
-        for v in _extra(state, "volume_mounts", ())
+        for v in state.volume_mounts
         if "image" in v.get("volumeStatus", {})
     }
     group = record.pod.spec.init_containers if state.kind == "initContainers" else record.pod.spec.containers
@@ -138,13 +147,13 @@ def _container_status(record: PodRecord, state: ContainerState, runtime: str) ->
     container_id = f"{_ID_SCHEMES.get(runtime, runtime)}://{state.container_id}" if state.container_id else ""
     out: dict[str, Any] = {
         "name": state.name,
-        "image": _extra(state, "image", "") or image,
-        "imageID": _extra(state, "image_id", ""),
+        "image": state.image or image,
+        "imageID": state.image_id,
         "ready": state.state == "running" or (state.kind == "initContainers" and state.done),
         "started": state.state == "running",
-        "restartCount": int(_extra(state, "restart_count", 0)),
+        "restartCount": state.restart_count,
         "state": _state(state, container_id),
-        "lastState": dict(_extra(state, "last_state", None) or {}),
+        "lastState": _last_state(state),
     }
     if container_id:
         out["containerID"] = container_id

@@ -46,6 +46,7 @@ from ..kubelet.events import WARNING, EventRecorder
 from ..kubelet.image_manager import Backoff, ImageManager
 from ..kubelet.metrics import KubeletMetrics
 from ..kubelet.pod_sync import METRICS_MODES, Kubelet, PodRecord
+from ..kubelet.restarts import container_backoff
 from ..kubelet.status import NODE_NAME, event_object, pod_object
 from ..oci import Platform
 from ..runtime import DEFAULT_PROFILE, PROFILE_NAMES
@@ -55,6 +56,9 @@ from ..trees import subpath as sp
 from ..trees.snapshots import Snapshots
 from ._defaults import DEFAULT_FEATURE_GATES, default_root
 from ._state import NodeState
+
+#: The API's default ``terminationGracePeriodSeconds``.
+DEFAULT_GRACE = 30.0
 
 
 @attrs.frozen
@@ -71,6 +75,8 @@ class NodeConfig:
     root: str = attrs.field(factory=default_root)
     registries: str | None = None
     runtime: str = DEFAULT_PROFILE
+    #: Run the Pods' containers on the OCI runtime (runc, as root) instead of simulating them.
+    run_containers: bool = False
     k8s_version: str = DEFAULT_VERSION
     feature_gates: str = DEFAULT_FEATURE_GATES
     #: The kubelet's gates, when they differ from the API server's (R0.3, R5.8).
@@ -185,7 +191,11 @@ class Node:
         self.puller = ImagePuller(self.store, registries, platform=self.config.platform, registry_factory=factory)
         self.snapshots = Snapshots(os.path.join(self.root, "snapshots"), self.store)
         self.runtime: Runtime = runtime_class(self.config.runtime)(
-            os.path.join(self.root, "runtime"), self.puller, self.snapshots, self.config.subpath_backend
+            os.path.join(self.root, "runtime"),
+            self.puller,
+            self.snapshots,
+            self.config.subpath_backend,
+            run_containers=self.config.run_containers,
         )
 
     def __enter__(self) -> Node:
@@ -244,10 +254,13 @@ class Node:
                 self.kubelet_gates,
                 clock=self.now,
                 metrics_mode=self.config.metrics_mode,
+                lifecycle=self.runtime if self.config.run_containers else None,
+                container_backoff=container_backoff(Backoff.from_json(state.get("container_backoff", {}))),
             )
             yield kubelet
             state = self.state.read_json("node.json")
             state["backoff"] = backoff.to_json()
+            state["container_backoff"] = kubelet.container_backoff.to_json()
             self.state.write_json("node.json", state)
             self.state.write_json("metrics.json", metrics.to_json())
 
@@ -380,13 +393,16 @@ class Node:
         """One kubelet pass over every Pod on the node."""
         return [self.sync_pod(r.pod.name, r.pod.namespace) for r in self.pods()]
 
-    def delete_pod(self, name: str, namespace: str = "default") -> PodRecord:
-        """Remove a Pod: its containers release their mounts; return the record it had."""
+    def delete_pod(self, name: str, namespace: str = "default", grace: float | None = None) -> PodRecord:
+        """Remove the Pod and its containers; running ones are stopped first (SIGTERM, ``grace``
+        seconds, default the API's 30 s ``terminationGracePeriodSeconds``, then SIGKILL)."""
         with self.locks.hold("node"):
             record = self.get_pod(name, namespace)
             for state in record.containers:
-                if state.container_id:
-                    self.runtime.remove_container(state.container_id)
+                for container_id in (state.container_id, state.previous_id):
+                    if container_id:
+                        self.runtime.stop_container(container_id, DEFAULT_GRACE if grace is None else grace)
+                        self.runtime.remove_container(container_id)
             self.state.remove_pod(name, namespace)
             return record
 

@@ -14,6 +14,7 @@ from ..oci import Manifest
 from ..trees import subpath as sp
 from ..trees.artifacts import artifact_file_name
 from .base import Runtime, _digest12
+from .oci_spec import PROPAGATION_OPTION, VolumeMount
 
 
 class CrioRuntime(Runtime):
@@ -33,6 +34,21 @@ class CrioRuntime(Runtime):
     def not_local_message(self, ref: str) -> str:
         """CRI-O's wording for an image that is not present locally."""
         return f"image {goquote(ref)} does not exist locally"
+
+    def volume_mounts(
+        self, mount: MountStatus, source: str, propagation: str, files: tuple[str, ...], empty: str
+    ) -> list[VolumeMount]:
+        """CRI-O's mounts: an image directory as an overlay with lower dirs only (the staged source
+        over an empty directory: read-only by construction, no upper dir); a file as a read-only
+        bind; an artifact as one read-only bind per blob file."""
+        if mount.artifact:
+            flags = ("bind", "ro", "nosuid", "nodev", "rprivate")
+            return [VolumeMount(f"{mount.container_path.rstrip('/')}/{f}", f"{source}/{f}", flags) for f in files]
+        if not mount.is_dir:
+            prop = PROPAGATION_OPTION.get(propagation, "rprivate")
+            return [VolumeMount(mount.container_path, source, ("bind", "ro", "nosuid", "nodev", prop))]
+        options = ("ro", "nosuid", "nodev", f"lowerdir={_overlay_path(source)}:{_overlay_path(empty)}")
+        return [VolumeMount(mount.container_path, "overlay", options, type="overlay")]
 
     def sub_path_message(self, exc: SubPathError, base: MountStatus, mount: Mount) -> str:
         """CRI-O's wording of a sub-path failure."""
@@ -72,6 +88,12 @@ class CrioRuntime(Runtime):
         finally:
             resolved.close()
         return attrs.evolve(base, real_path=real_path, is_dir=True, inode=resolved.ino)
+
+
+def _overlay_path(path: str) -> str:
+    """A path in an overlayfs option: ``\\``, ``:`` and ``,`` escaped with a backslash (a node
+    root whose path has them must not split the option)."""
+    return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
 
 
 def go_clean(path: str) -> str:
