@@ -228,3 +228,38 @@ def _collect(dfd: int, name: str, rel: str, raw: dict[str, tuple[os.stat_result,
                 _collect(sub, child, child if rel == "." else f"{rel}/{child}", raw)
         finally:
             os.close(sub)
+
+
+# --- through a real node -------------------------------------------------------------------------------
+
+View = dict[str, tuple[str, int | None, bytes, tuple[str, ...], int | None]]
+
+
+def view_of(fd: int) -> View:
+    """What a container sees below the ``O_PATH`` handle ``fd`` of a mount (``Runtime.open_mount``,
+    what the exec view reads through): every entry by relative path as (type, mode, content or
+    link target, the paths sharing its inode, the modification time of files and links)."""
+    st = os.fstat(fd)
+    if not stat.S_ISDIR(st.st_mode):
+        with open(f"/proc/self/fd/{fd}", "rb") as f:
+            return {".": ("reg", stat.S_IMODE(st.st_mode), f.read(), (), st.st_mtime_ns)}
+    top = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+    raw: dict[str, tuple[os.stat_result, bytes]] = {}
+    try:
+        raw["."] = (os.fstat(top), b"")
+        for child in os.listdir(top):
+            _collect(top, child, child, raw)
+    finally:
+        os.close(top)
+    groups: dict[tuple[int, int], list[str]] = {}
+    for rel, (st_, _) in raw.items():
+        if not stat.S_ISDIR(st_.st_mode):
+            groups.setdefault((st_.st_dev, st_.st_ino), []).append(rel)
+    out: View = {}
+    for rel, (st_, payload) in raw.items():
+        kind = _KINDS.get(stat.S_IFMT(st_.st_mode), "other")
+        group = tuple(sorted(groups.get((st_.st_dev, st_.st_ino), []))) if kind != "dir" else ()
+        mode = None if kind == "symlink" else stat.S_IMODE(st_.st_mode)
+        when = st_.st_mtime_ns if kind in ("reg", "symlink") else None
+        out[rel] = (kind, mode, payload, group if len(group) > 1 else (), when)
+    return out

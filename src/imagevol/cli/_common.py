@@ -139,6 +139,7 @@ def node_from_args(args: argparse.Namespace) -> Node:
             root=root,
             registries=registries,
             runtime=args.runtime,
+            lazy=getattr(args, "lazy", "off"),
             k8s_version=args.k8s_version,
             feature_gates=args.feature_gates,
             kubelet_feature_gates=args.kubelet_feature_gates,

@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="node state directory (default: $IMAGEVOL_ROOT, else the XDG data dir)")
     p.add_argument("--registries", default=None, help="registries.conf(5)-style mirror configuration")
     p.add_argument("--runtime", choices=PROFILE_NAMES, default=DEFAULT_PROFILE, help="runtime profile")
+    p.add_argument(
+        "--lazy",
+        choices=("off", "toc", "toc+complete"),
+        default="off",
+        help="lazy sub paths: build only what a mount's subPath needs, fetching only its bytes from layers "
+        "with a table of contents (toc); then fetch and verify the rest in the background (toc+complete)",
+    )
     p.add_argument("--k8s-version", default=DEFAULT_VERSION, help="Kubernetes version to simulate")
     p.add_argument("--feature-gates", default=DEFAULT_FEATURE_GATES, help="A=true,B=false (default: %(default)s)")
     p.add_argument(

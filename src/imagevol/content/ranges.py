@@ -13,7 +13,7 @@ them and the content layer may not import the lazy one.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -83,13 +83,15 @@ class FileReader:
     """A blob in a file (the content store, an OCI layout), read with ``pread``: no shared file
     position, so one reader may serve several threads."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, on_read: Callable[[int], None] | None = None) -> None:
         self._fd = fd
         self._size = os.fstat(fd).st_size
+        #: Told the bytes of every answer (the lazy-fetch metric counts an OCI layout's too).
+        self.on_read = on_read
 
     @classmethod
-    def open(cls, path: str) -> FileReader:
-        return cls(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+    def open(cls, path: str, on_read: Callable[[int], None] | None = None) -> FileReader:
+        return cls(os.open(path, os.O_RDONLY | os.O_CLOEXEC), on_read)
 
     @property
     def size(self) -> int:
@@ -108,6 +110,8 @@ class FileReader:
                 pos += len(piece)
                 left -= len(piece)
             out.append(b"".join(parts))
+        if self.on_read is not None:
+            self.on_read(sum(len(data) for data in out))
         return out
 
     def close(self) -> None:

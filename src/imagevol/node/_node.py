@@ -71,6 +71,10 @@ class NodeConfig:
     content_root: str | None = None
     #: The largest blob the content store accepts, in bytes.
     max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
+    #: Lazy sub paths (docs/lazy.md): ``off`` (what every runtime does), ``toc`` (mount a sub path
+    #: from a partial tree, fetching only its bytes where layers have a table of contents), or
+    #: ``toc+complete`` (the same, then the rest is fetched and verified in the background).
+    lazy: str = "off"
 
 
 class Node:
@@ -106,7 +110,12 @@ class Node:
         )
         self.snapshots = Snapshots(os.path.join(self.root, "snapshots"), self.store)
         self.runtime: Runtime = runtime_class(self.config.runtime)(
-            os.path.join(self.root, "runtime"), self.puller, self.snapshots, self.config.subpath_backend
+            os.path.join(self.root, "runtime"),
+            self.puller,
+            self.snapshots,
+            self.config.subpath_backend,
+            lazy=self.config.lazy,
+            keychain=self.keychain,
         )
 
     @property
@@ -167,6 +176,12 @@ class Node:
         secret = attrs.evolve(secret, metadata=attrs.evolve(secret.metadata, namespace=ns))
         validate_secret(secret, self.gates.minor)
         self.state.put_secret(secret)
+
+    def keychain(self) -> Keyring:
+        """Every credential the node holds: its own, then those of the stored pull secrets. The
+        runtime picks from it only those that pulled an image (a lazy mount fetching the rest of
+        an image in a later process)."""
+        return Keyring.from_secrets(self.state.secrets()).merged(self.config.node_keyring)
 
     def keyring_for(self, pod: Pod, recorder: EventRecorder | None = None) -> Keyring:
         """The Pod's pull secrets as a keyring, then the node's own credentials (R3.4)."""

@@ -133,6 +133,21 @@ class NodeState:
         data = {k: base64.b64decode(v) for k, v in obj.get("data", {}).items()}
         return Secret(ObjectMeta(name=name, namespace=namespace), obj.get("type", ""), data)
 
+    def secrets(self) -> list[Secret]:
+        """Every stored Secret (unreadable files are skipped)."""
+        out = []
+        for fname in sorted(os.listdir(os.path.join(self.root, "secrets"))):
+            if not _STATE_FILE.fullmatch(fname):
+                continue
+            try:
+                obj = self.read_json(os.path.join("secrets", fname))
+                data = {k: base64.b64decode(v) for k, v in obj.get("data", {}).items()}
+                meta = ObjectMeta(name=str(obj["name"]), namespace=str(obj["namespace"]))
+            except (NodeStateError, KeyError, ValueError, TypeError, AttributeError):
+                continue
+            out.append(Secret(meta, str(obj.get("type", "")), data))
+        return out
+
     # --- pods ---------------------------------------------------------------------------------
 
     def save_pod(self, record: PodRecord) -> None:

@@ -99,7 +99,7 @@ class OCILayoutSource:
         if "file" not in ((protocol,) if isinstance(protocol, str) else tuple(protocol)):
             raise LazyFormatError("unsupported", f"{self.description}: ranged reads need a local OCI layout")
         try:
-            reader = FileReader.open(self._blob(desc.digest))
+            reader = FileReader.open(self._blob(desc.digest), on_fetch)
         except FileNotFoundError:
             raise ImageNotFoundError(f"{self.description}: blob {desc.digest} missing") from None
         if reader.size != desc.size:

@@ -1,0 +1,460 @@
+"""Partial trees: only what one sub path of an image needs, written from the merged index.
+
+A lazy mount (:mod:`imagevol.runtime._lazy`) hands :meth:`PartialTrees.acquire` the image's layers,
+each either a verified table of contents with a reader of its blob's ranges (a layer that was not
+pulled) or a blob in the content store (pulled whole). Then:
+
+1. **Index.** Every layer's entries: the TOC's, or one streaming pass over the stored blob that
+   writes nothing and re-verifies the blob's digest and its diff ID on the way (so a plain layer is
+   as proven as in a full pull). :func:`imagevol.lazy.build_index` merges them by the applier's
+   changeset rules.
+2. **Resolve** the sub path on the index by the profile's policy (:func:`imagevol.lazy.resolve`):
+   a sub path a full tree would refuse is refused here with the same kind, before anything is
+   fetched or written.
+3. **Closure and key.** :func:`imagevol.lazy.closure` lists the entries to write; the tree's key is
+   a digest of what it is made of (for each layer its TOC digest, or its diff ID), the policy, the
+   resolved path and the directories and links the walk passed. ``partial-`` keys can never name a
+   full tree (``chain-``), and no two images whose TOCs differ share one, whatever their configs
+   claim (a config may claim another image's diff IDs: containers/storage PR #1627).
+4. **Fetch.** Payloads of TOC layers are read in few multi-range requests, each decoded with a hard
+   cap and verified against its TOC digest before it is kept (:class:`imagevol.lazy.cache.LayerCache`,
+   temporary name then rename); payloads of plain layers are copied out of their blob in a second
+   verified pass.
+5. **Write.** The closure becomes one synthetic tar stream (PAX headers carrying every name, link,
+   owner, time and extended attribute exactly) applied by the layer applier itself: the same
+   in-root, fd-only writes, metadata rules and write-bit stripping as every tree. The tree is built
+   in a private staging directory and published by rename under its key's lock, leased, and removed
+   like any tree (:mod:`imagevol.trees.snapshots`).
+
+Each partial tree carries a label (``snapshots/.labels/<key>.json``): its trust level (``verified``
+when every layer was proven whole, ``toc-verified`` when TOCs were checked against their
+tar-split, ``toc-pinned`` when a TOC is pinned by the manifest but nothing cross-checks it against
+the tar), the full tree it is part of, and, once completion found a mismatch, ``revoked`` and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import IO, Any
+
+import attrs
+
+from .. import lazy
+from .._text import goquote
+from ..content.ranges import ByteRange, RangedReader
+from ..errors import DiffIDMismatchError, ImageVolError
+from ..lazy.cache import LayerCache
+from ..oci import Descriptor, Digest
+from ._decompress import ChunkPipe
+from ._layer_metadata import BuildState
+from ._tarstream import TarReader
+from .layers import apply_layer_fd
+from .snapshots import Snapshot, SnapshotKey, Snapshots
+
+VERIFIED = "verified"
+TOC_VERIFIED = "toc-verified"
+TOC_PINNED = "toc-pinned"
+REVOKED = "revoked"
+_RANK = {TOC_PINNED: 0, TOC_VERIFIED: 1, VERIFIED: 2}
+#: Bytes of payload ranges asked for in one round (the registry reader splits them further).
+FETCH_BATCH = 32 * 1024 * 1024
+
+
+def tar_members(source: Callable[[], bytes]) -> Iterator[lazy.MemberLike]:
+    """The project's tar reader as a :data:`imagevol.lazy.MemberReader`."""
+    return iter(TarReader(source).next, None)
+
+
+@attrs.frozen
+class LayerSource:
+    """One layer of a partial build: its descriptor and diff ID, and for a layer not in the
+    content store its verified TOC and a reader of its blob's ranges."""
+
+    desc: Descriptor
+    diff_id: Digest
+    toc: lazy.LayerToc | None = None
+    reader: RangedReader | None = None
+
+    @property
+    def trust(self) -> str:
+        if self.toc is None:
+            return VERIFIED
+        return TOC_VERIFIED if self.toc.tar_split_checked else TOC_PINNED
+
+    def identity(self) -> list[str]:
+        if self.toc is None:
+            return ["diff", str(self.diff_id)]
+        return ["toc", self.toc.format.value, self.toc.dialect, str(self.toc.toc_digest)]
+
+
+@attrs.frozen
+class Label:
+    """What a partial tree is: its trust level (and why, when revoked), the full tree it is a
+    part of, the layers (blob digests) it was built from, and the sub path it serves."""
+
+    trust: str
+    image: str
+    layers: tuple[str, ...]
+    sub_path: str
+    real_path: str
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Label:
+        return cls(
+            str(obj["trust"]),
+            str(obj["image"]),
+            tuple(str(x) for x in obj.get("layers", ())),
+            str(obj.get("sub_path", "")),
+            str(obj.get("real_path", ".")),
+            str(obj.get("reason", "")),
+        )
+
+
+@attrs.frozen
+class PartialResult:
+    snapshot: Snapshot
+    label: Label
+    #: Bytes fetched for payloads by this build (0 when the tree existed).
+    fetched: int = 0
+
+
+class PartialTrees:
+    """Partial trees in a node's snapshots directory, with lazily fetched payloads in ``cache``."""
+
+    def __init__(self, snapshots: Snapshots, cache: LayerCache) -> None:
+        self.snapshots = snapshots
+        self.cache = cache
+        self._labels = os.path.join(snapshots.root, ".labels")
+        os.makedirs(self._labels, mode=0o700, exist_ok=True)
+
+    # --- labels -----------------------------------------------------------------------------------
+
+    def label(self, key: SnapshotKey) -> Label | None:
+        try:
+            with open(os.path.join(self._labels, key.name + ".json")) as f:
+                return Label.from_json(json.load(f))
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def set_label(self, key: SnapshotKey, label: Label) -> None:
+        tmp = os.path.join(self._labels, f".{key.name}.{os.getpid()}.{uuid.uuid4().hex}")
+        with open(tmp, "w") as f:
+            json.dump(label.to_json(), f)
+        os.rename(tmp, os.path.join(self._labels, key.name + ".json"))
+
+    def drop_label(self, key: SnapshotKey) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self._labels, key.name + ".json"))
+
+    def labelled(self) -> dict[SnapshotKey, Label]:
+        """Every published partial tree with its label."""
+        out = {}
+        for key in self.snapshots.published():
+            if key.kind == "partial":
+                label = self.label(key)
+                if label is not None:
+                    out[key] = label
+        return out
+
+    # --- building -----------------------------------------------------------------------------------
+
+    def index(self, layers: Sequence[LayerSource]) -> lazy.MergedIndex:
+        """The merged index of ``layers`` (plain layers re-verified while read)."""
+        streams = []
+        for i, layer in enumerate(layers):
+            if layer.toc is not None:
+                streams.append(layer.toc.entries)
+            else:
+                streams.append(tuple(self._plain_entries(layer, i, len(layers))))
+        limits = self.snapshots.options.limits
+        return lazy.build_index(
+            streams,
+            lazy.IndexLimits(limits.max_entries, limits.max_depth, (os.geteuid(), os.getegid())),
+        )
+
+    def _plain_entries(self, layer: LayerSource, i: int, count: int) -> list[lazy.Entry]:
+        hasher = hashlib.new(layer.diff_id.algorithm)
+        with self.snapshots.open_layer(layer.desc) as blob:
+            pipe = ChunkPipe(blob, self.snapshots.options.limits.max_bytes, hasher=hasher)
+            try:
+                reader = TarReader(pipe.read)
+                entries = lazy.entries_from_members(iter(reader.next, None))
+                reader.drain()
+            finally:
+                pipe.close()
+        got = Digest(layer.diff_id.algorithm, hasher.hexdigest())
+        if got != layer.diff_id:
+            raise DiffIDMismatchError(
+                f"wrong diff id calculated on extraction {goquote(str(got))}: the image config names "
+                f"{goquote(str(layer.diff_id))} for layer {i + 1} of {count} ({layer.desc.digest})"
+            )
+        return entries
+
+    def acquire(
+        self,
+        image: SnapshotKey,
+        layers: Sequence[LayerSource],
+        sub_path: str,
+        policy: lazy.Policy,
+        holder: str,
+    ) -> PartialResult:
+        """The partial tree of ``sub_path`` in the image of ``layers`` (whose full tree would be
+        ``image``), built if needed and leased to ``holder``. Raises ``SubPathError`` for a sub
+        path the full tree would refuse, anything else for a lazy failure."""
+        index = self.index(layers)
+        resolution = lazy.resolve(index, sub_path, policy, follower=lazy.Follower.current())
+        closure = lazy.closure(index, resolution)
+        key = partial_key(layers, policy, resolution)
+        trust = min((layer.trust for layer in layers), key=_RANK.__getitem__, default=VERIFIED)
+        label = Label(trust, image.name, tuple(str(layer.desc.digest) for layer in layers), sub_path, resolution.path)
+        fetched = [0]
+
+        def build(root_fd: int, state: BuildState) -> list[str]:
+            fetched[0] = self._write(root_fd, state, key, layers, closure)
+            self.set_label(key, label)
+            return []
+
+        snap = self.snapshots.acquire_tree(key, build, holder)
+        return PartialResult(snap, self.label(key) or label, fetched[0])
+
+    def _write(
+        self,
+        root_fd: int,
+        state: BuildState,
+        key: SnapshotKey,
+        layers: Sequence[LayerSource],
+        closure: lazy.Closure,
+    ) -> int:
+        scratch = os.path.join(self.snapshots.staging, f"{key.name}.{os.getpid()}.{uuid.uuid4().hex}.payloads")
+        os.mkdir(scratch, 0o700)
+        try:
+            fetched, opener = self._payloads(layers, closure, scratch)
+            stream = _Stream(_synthetic_tar(closure, opener))
+            apply_layer_fd(root_fd, io.BufferedReader(stream, 1 << 20), self.snapshots.options, state)
+            return fetched
+        finally:
+            for name in os.listdir(scratch):
+                os.unlink(os.path.join(scratch, name))
+            os.rmdir(scratch)
+
+    def _payloads(
+        self, layers: Sequence[LayerSource], closure: lazy.Closure, scratch: str
+    ) -> tuple[int, Callable[[lazy.Node], IO[bytes]]]:
+        """Make every payload of ``closure`` available; return the bytes fetched and an opener."""
+        fetched = 0
+        plain: dict[int, set[int]] = {}
+        for node in closure.payloads:
+            assert node.source is not None
+            layer = layers[node.source.layer]
+            if layer.toc is None:
+                plain.setdefault(node.source.layer, set()).add(node.source.entry)
+        for number, layer in enumerate(layers):
+            if layer.toc is not None:
+                fetched += self._fetch(layer, [n for n in closure.payloads if n.source and n.source.layer == number])
+            elif number in plain:
+                self._extract(layer, plain[number], number, scratch)
+
+        def opener(node: lazy.Node) -> IO[bytes]:
+            assert node.source is not None
+            layer = layers[node.source.layer]
+            if layer.toc is None:
+                return open(os.path.join(scratch, f"{node.source.layer}-{node.source.entry}"), "rb")
+            entry = layer.toc.entries[node.source.entry]
+            if entry.inline is not None:
+                return io.BytesIO(entry.inline)
+            assert entry.digest is not None
+            return open(self.cache.payload_path(layer.desc.digest, entry.digest), "rb")
+
+        return fetched, opener
+
+    def _fetch(self, layer: LayerSource, nodes: Sequence[lazy.Node]) -> int:
+        """Fetch, decode, verify and keep the payloads of ``nodes`` not in the cache yet."""
+        assert layer.toc is not None
+        toc = layer.toc
+        todo: dict[Digest, lazy.Entry] = {}
+        for node in nodes:
+            assert node.source is not None
+            entry = toc.entries[node.source.entry]
+            fresh = entry.inline is None and entry.digest is not None and entry.size > 0
+            if fresh and entry.digest is not None and not self.cache.has_payload(layer.desc.digest, entry.digest):
+                todo.setdefault(entry.digest, entry)
+        if not todo:
+            return 0
+        if layer.reader is None:
+            raise ImageVolError("the layer's payloads cannot be fetched: no reader")
+        fetched = 0
+        batch: list[lazy.Entry] = []
+        size = 0
+        for entry in todo.values():
+            need = sum(r.length for r in lazy.payload_ranges(entry))
+            if batch and size + need > FETCH_BATCH:
+                fetched += self._fetch_batch(layer, batch)
+                batch, size = [], 0
+            batch.append(entry)
+            size += need
+        return fetched + self._fetch_batch(layer, batch)
+
+    def _fetch_batch(self, layer: LayerSource, batch: Sequence[lazy.Entry]) -> int:
+        assert layer.toc is not None and layer.reader is not None
+        if not batch:
+            return 0
+        ranges: list[ByteRange] = []
+        for entry in batch:
+            ranges.extend(lazy.payload_ranges(entry))
+        pieces = lazy.read_coalesced(layer.reader, ranges) if ranges else []
+        pos = 0
+        for entry in batch:
+            n = len(lazy.payload_ranges(entry))
+            assert entry.digest is not None
+            self.cache.put_payload(
+                layer.desc.digest, entry.digest, lazy.decode_payload(layer.toc, entry, pieces[pos : pos + n])
+            )
+            pos += n
+        return sum(r.length for r in lazy.coalesce(ranges))
+
+    def _extract(self, layer: LayerSource, wanted: set[int], number: int, scratch: str) -> None:
+        """Copy the members ``wanted`` (by ordinal) out of a stored blob, read and verified again."""
+        with self.snapshots.open_layer(layer.desc) as blob:
+            pipe = ChunkPipe(blob, self.snapshots.options.limits.max_bytes)
+            try:
+                reader = TarReader(pipe.read)
+                for ordinal, _member in enumerate(iter(reader.next, None)):
+                    if ordinal in wanted:
+                        fd = os.open(
+                            os.path.join(scratch, f"{number}-{ordinal}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+                        )
+                        try:
+                            reader.copy_to(fd)
+                        finally:
+                            os.close(fd)
+                reader.drain()
+            finally:
+                pipe.close()
+
+
+def partial_key(layers: Sequence[LayerSource], policy: lazy.Policy, resolution: lazy.Resolution) -> SnapshotKey:
+    """The key of a partial tree: what every layer is (TOC digest or diff ID), the policy, the
+    resolved path and the directories and links the walk passed (the tree holds exactly those)."""
+    doc = {
+        "layers": [layer.identity() for layer in layers],
+        "policy": str(policy),
+        "path": resolution.path,
+        "visited": list(resolution.visited),
+    }
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return SnapshotKey.for_partial(Digest.of(raw))
+
+
+# --- the closure as one tar stream ---------------------------------------------------------------------
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    body = b" " + key + b"=" + value + b"\n"
+    n = len(body) + len(str(len(body)))
+    if len(str(n)) > len(str(len(body))):
+        n += 1
+    return str(n).encode() + body
+
+
+def _header(typeflag: bytes, size: int, mode: int) -> bytes:
+    block = bytearray(512)
+    block[0:1] = b"x"  # the real name is in the PAX header
+    block[100:108] = b"%07o\0" % (mode & 0o7777)
+    block[108:116] = b"0000000\0"
+    block[116:124] = b"0000000\0"
+    block[124:136] = b"%011o\0" % (size if size < 8**11 else 0)
+    block[136:148] = b"00000000000\0"
+    block[148:156] = b" " * 8
+    block[156:157] = typeflag
+    block[257:263] = b"ustar\0"
+    block[263:265] = b"00"
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def _pax_time(ns: int) -> bytes:
+    sign = b"-" if ns < 0 else b""
+    return sign + b"%d.%09d" % divmod(abs(ns), 1_000_000_000)
+
+
+def _member(node: lazy.Node, name: str, typeflag: bytes, *, linkname: str = "", size: int = 0) -> bytes:
+    records = [
+        _pax_record(b"path", os.fsencode(name)),
+        _pax_record(b"uid", b"%d" % node.uid),
+        _pax_record(b"gid", b"%d" % node.gid),
+        _pax_record(b"size", b"%d" % size),
+    ]
+    if node.mtime_ns is not None:
+        records.append(_pax_record(b"mtime", _pax_time(node.mtime_ns)))
+    if linkname:
+        records.append(_pax_record(b"linkpath", os.fsencode(linkname)))
+    for key, value in sorted((node.xattrs or {}).items()):
+        records.append(_pax_record(b"SCHILY.xattr." + key.encode("utf-8", "surrogateescape"), value))
+    pax = b"".join(records)
+    out = _header(b"x", len(pax), 0o644) + pax + bytes(-len(pax) % 512)
+    return out + _header(typeflag, size, node.mode)
+
+
+def _synthetic_tar(closure: lazy.Closure, opener: Callable[[lazy.Node], IO[bytes]]) -> Iterator[bytes]:
+    """The closure as a tar stream, parents first. Implicit directories are left out: the applier
+    makes them as it makes every missing parent (0755, the builder's), as a full build did."""
+    first: dict[int, str] = {}
+    for node in closure.nodes:
+        if node.type == "dir":
+            if node.implicit:
+                continue
+            yield _member(node, "./" if node.path == "." else node.path + "/", b"5")
+        elif node.ino in first:
+            yield _member(node, node.path, b"1", linkname=first[node.ino])
+        elif node.type == "symlink":
+            first[node.ino] = node.path
+            yield _member(node, node.path, b"2", linkname=node.target)
+        elif node.type == "fifo":
+            first[node.ino] = node.path
+            yield _member(node, node.path, b"6")
+        else:
+            first[node.ino] = node.path
+            yield _member(node, node.path, b"0", size=node.size)
+            if node.size:
+                left = node.size
+                with opener(node) as f:
+                    while left:
+                        piece = f.read(min(left, 1 << 20))
+                        if not piece:
+                            raise ImageVolError(f"payload of {node.path!r} is shorter than its entry")
+                        left -= len(piece)
+                        yield piece
+                yield bytes(-node.size % 512)
+    yield bytes(1024)
+
+
+class _Stream(io.RawIOBase):
+    """A generator of byte strings as a readable raw stream."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._buf:
+            nxt = next(self._chunks, None)
+            if nxt is None:
+                return 0
+            self._buf = nxt
+        n = min(len(buffer), len(self._buf))
+        buffer[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
