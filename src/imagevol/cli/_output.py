@@ -3,10 +3,11 @@ lines of ``apply``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..cri import MountStatus
     from ..kubelet.events import Event
     from ..kubelet.pod_sync import PodRecord
 
@@ -41,7 +42,9 @@ def get_pods(records: Sequence[PodRecord]) -> str:
     return "".join("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in rows)
 
 
-def describe_pod(record: PodRecord, now: float) -> str:
+def describe_pod(record: PodRecord, now: float, mounts: Mapping[tuple[str, str], MountStatus] | None = None) -> str:
+    """``kubectl describe pod``. ``mounts``: the runtime's status of each image-volume mount by
+    (container, mount path); a mount served lazily shows its trust level and how it was served."""
     pod = record.pod
     lines = [
         f"Name:             {pod.name}",
@@ -74,6 +77,11 @@ def describe_pod(record: PodRecord, now: float) -> str:
                 extra = f' (path "{m.sub_path}")' if m.sub_path else ""
                 extra = f' (path expr "{m.sub_path_expr}")' if m.sub_path_expr else extra
                 lines.append(f"      {m.mount_path} from {m.name} (ro){extra}")
+                status = (mounts or {}).get((c.name, m.mount_path))
+                if status is not None and (status.lazy or status.trust != "verified"):
+                    lines.append(f"        Trust:      {status.trust}")
+                    if status.lazy:
+                        lines.append(f"        Lazy:       {status.lazy}")
 
     containers("initContainers", "Init Containers")
     containers("containers", "Containers")

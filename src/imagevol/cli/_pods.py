@@ -71,7 +71,13 @@ def _named_pod_arguments(p: argparse.ArgumentParser) -> None:
 
 def describe(args: argparse.Namespace, out: TextIO) -> int:
     node = node_from_args(args)
-    out.write(describe_pod(node.get_pod(args.name, args.namespace), node.now()))
+    record = node.get_pod(args.name, args.namespace)
+    mounts = {}
+    for state in record.containers:
+        status = node.runtime.container_status(state.container_id) if state.container_id else None
+        for m in status.mounts if status is not None else ():
+            mounts[(state.name, m.container_path)] = m
+    out.write(describe_pod(record, node.now(), mounts))
     return EXIT_OK
 
 

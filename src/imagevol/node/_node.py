@@ -138,7 +138,12 @@ class Node:
             self.state.write_json("node.json", state)
 
     def metrics(self) -> KubeletMetrics:
-        return KubeletMetrics.from_json(self.state.read_json("metrics.json"), self.gates.image_volume_metrics_stability)
+        metrics = KubeletMetrics.from_json(
+            self.state.read_json("metrics.json"), self.gates.image_volume_metrics_stability
+        )
+        if self.runtime.lazy.enabled or self.runtime.lazy.state():
+            metrics.collectors = (self.runtime.lazy.collect,)
+        return metrics
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[Kubelet]:

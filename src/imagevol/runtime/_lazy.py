@@ -30,10 +30,11 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 import attrs
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .. import lazy
 from ..content.image_db import ImageRecord
@@ -44,7 +45,16 @@ from ..cri import Keyring, MountStatus
 from ..errors import ImageVolError, LayerError, LazyFormatError, LazyUnsupportedError, PullError
 from ..lazy.cache import LayerCache
 from ..oci import Descriptor, Digest, Manifest
-from ..trees.partial import REVOKED, LayerSource, PartialResult, PartialTrees, tar_members
+from ..trees.partial import (
+    REVOKED,
+    TOC_PINNED,
+    TOC_VERIFIED,
+    VERIFIED,
+    LayerSource,
+    PartialResult,
+    PartialTrees,
+    tar_members,
+)
 from ..trees.snapshots import PARTIAL, SnapshotKey, Snapshots
 
 OFF = "off"
@@ -185,6 +195,40 @@ class LazyMounts:
         return Keyring(tuple((h, c) for h, c in self.keychain().entries if c.fingerprint() in proven))
 
     # --- counters and notes (imagevol metrics) ------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        """The ``imagevol_lazy_*`` families (docs/metrics.md): bytes fetched by range, fallbacks
+        by reason, completions by result, and the partial trees published now by trust level."""
+        state = self.state()
+        fetched = CounterMetricFamily(
+            "imagevol_lazy_fetched_bytes",
+            "Bytes fetched by range for lazy sub paths (tables of contents and file payloads).",
+        )
+        fetched.add_metric([], float(state.get("fetched_bytes", 0)))
+        yield fetched
+        fallbacks = CounterMetricFamily(
+            "imagevol_lazy_fallbacks",
+            "Lazy mounts and layers that fell back to a full pull, by reason.",
+            labels=["reason"],
+        )
+        for reason, n in sorted(state.get("fallbacks", {}).items()):
+            fallbacks.add_metric([reason], float(n))
+        yield fallbacks
+        completions = CounterMetricFamily(
+            "imagevol_lazy_completions",
+            "Background completions of lazily built trees, by result (verified or revoked).",
+            labels=["result"],
+        )
+        for result, n in sorted(state.get("completions", {}).items()):
+            completions.add_metric([result], float(n))
+        yield completions
+        trees = GaugeMetricFamily("imagevol_lazy_trees", "Partial trees published, by trust level.", labels=["trust"])
+        counts: dict[str, int] = dict.fromkeys((VERIFIED, TOC_VERIFIED, TOC_PINNED, REVOKED), 0)
+        for label in self.partial.labelled().values():
+            counts[label.trust] = counts.get(label.trust, 0) + 1
+        for trust, n in sorted(counts.items()):
+            trees.add_metric([trust], float(n))
+        yield trees
 
     def count_fetched(self, n: int) -> None:
         self._update(lambda s: s.__setitem__("fetched_bytes", int(s.get("fetched_bytes", 0)) + n))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ..errors import LayerError
 
@@ -267,6 +267,19 @@ class TarReader:
             self._pos += step
             left -= step
         self._data_left = 0
+
+    def iter_data(self) -> Iterator[bytes]:
+        """The current member's data in pieces, without copying it anywhere (to hash it)."""
+        while self._data_left:
+            avail = len(self._buf) - self._pos
+            if avail == 0:
+                if not self._refill():
+                    raise _bad("unexpected end of layer data")
+                continue
+            step = min(avail, self._data_left)
+            yield self._buf[self._pos : self._pos + step]
+            self._pos += step
+            self._data_left -= step
 
     def read_data(self, limit: int) -> bytes:
         """The current member's data as bytes (for small payloads only)."""
