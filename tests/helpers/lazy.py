@@ -11,11 +11,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from imagevol import lazy
-from imagevol.errors import LayerError, SubPathError
+from imagevol.errors import LayerError, SubPathError, ValidationError
+from imagevol.node import Node
+from imagevol.testing.images import Layer, LayoutBuilder
+from imagevol.testing.lazy_layers import LazyLayer, add_lazy_image, estargz_layer, zstd_chunked_layer
 from imagevol.testing.tarbuild import TarEntry
 from imagevol.trees import subpath as sp
 from imagevol.trees._tarstream import Member, TarReader
 from imagevol.trees.layers import apply_layers
+
+from .fixture_node import PREFIX
+from .pods import make_pod
 
 Item = tuple[str, int | None, bytes, tuple[str, ...]]
 
@@ -263,3 +269,51 @@ def view_of(fd: int) -> View:
         when = st_.st_mtime_ns if kind in ("reg", "symlink") else None
         out[rel] = (kind, mode, payload, group if len(group) > 1 else (), when)
     return out
+
+
+# --- through the real node ---------------------------------------------------------------------------
+
+
+def layer_of(entries: Sequence[TarEntry], fmt: str) -> LazyLayer | Layer:
+    if fmt == "zstd:chunked":
+        return zstd_chunked_layer(entries, chunk_size=4096)
+    if fmt == "zstd:chunked-legacy":
+        return zstd_chunked_layer(entries, dialect="legacy")
+    if fmt == "estargz":
+        return estargz_layer(entries, chunk_size=4096)
+    return Layer(tuple(entries), fmt)
+
+
+def write_layout(path: str, layers: Sequence[LazyLayer | Layer], tag: str = "img") -> None:
+    builder = LayoutBuilder(path)
+    add_lazy_image(builder, layers, tag=tag)
+    builder.save()
+
+
+Outcome = tuple[str, str, View | None]
+
+
+def mount(node: Node, sub_path: str, name: str = "p", tag: str = "img") -> Outcome:
+    """Run a Pod mounting ``sub_path`` of the image; (state, message, what the container sees)."""
+    try:
+        pod = make_pod(name, [("v", f"{PREFIX}:{tag}", "IfNotPresent")], [("v", "/v", sub_path)])
+        _, record = node.create_pod(pod)
+    except ValidationError as exc:
+        return "invalid", str(exc), None
+    state = record.containers[0]
+    if state.state != "running":
+        return state.state, state.message, None
+    status = node.runtime.container_status(state.container_id)
+    assert status is not None
+    fd = node.runtime.open_mount(status.mounts[0])
+    try:
+        return "running", "", view_of(fd)
+    finally:
+        os.close(fd)
+
+
+def mount_status(node: Node, name: str = "p") -> Any:
+    state = node.get_pod(name).containers[0]
+    status = node.runtime.container_status(state.container_id)
+    assert status is not None
+    return status.mounts[0]

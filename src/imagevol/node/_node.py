@@ -272,8 +272,12 @@ class Node:
             return record
 
     def sync(self) -> list[PodRecord]:
-        """One kubelet pass over every Pod on the node."""
-        return [self.sync_pod(r.pod.name, r.pod.namespace) for r in self.pods()]
+        """One kubelet pass over every Pod on the node; then, with ``lazy="toc+complete"``, the
+        completion of lazily built trees (docs/lazy.md): the rest of their layers fetched and
+        verified, each tree labelled ``verified`` or revoked."""
+        records = [self.sync_pod(r.pod.name, r.pod.namespace) for r in self.pods()]
+        self.runtime.complete_lazy()
+        return records
 
     def delete_pod(self, name: str, namespace: str = "default") -> PodRecord:
         with self.locks.hold("node"):

@@ -42,7 +42,7 @@ from ..content.pull import ImagePuller
 from ..content.ranges import ByteRange, RangedReader
 from ..content.sources.base import Source
 from ..cri import Keyring, MountStatus
-from ..errors import ImageVolError, LayerError, LazyFormatError, LazyUnsupportedError, PullError
+from ..errors import ContentError, ImageVolError, LayerError, LazyFormatError, LazyUnsupportedError, PullError
 from ..lazy.cache import LayerCache
 from ..oci import Descriptor, Digest, Manifest
 from ..trees.partial import (
@@ -50,6 +50,7 @@ from ..trees.partial import (
     TOC_PINNED,
     TOC_VERIFIED,
     VERIFIED,
+    Label,
     LayerSource,
     PartialResult,
     PartialTrees,
@@ -181,6 +182,79 @@ class LazyMounts:
         note = status.lazy if label.trust != REVOKED else f"revoked: {label.reason}"
         return attrs.evolve(status, trust=label.trust, lazy=note)
 
+    # --- completion (toc+complete) -------------------------------------------------------------
+
+    def complete(self, targets: Sequence[Target]) -> list[tuple[SnapshotKey, Label]]:
+        """``toc+complete``: fetch every layer a partial tree of ``targets`` was built from by its
+        TOC, verify it (blob digest on ingest; the TOC against the whole tar, member by member;
+        the diff ID), then label the tree ``verified``, or ``revoked`` with the reason. A fetch
+        that fails proves nothing either way: the tree keeps its label and the next pass tries
+        again. One completion at a time per node (a lock; a second caller returns at once).
+        Returns the trees whose label changed."""
+        if self.mode != TOC_COMPLETE:
+            return []
+        changed: list[tuple[SnapshotKey, Label]] = []
+        with self.snapshots.locks.hold("lazy-complete", blocking=False) as mine:
+            if not mine:
+                return []
+            by_image = {str(t.image): t for t in targets}
+            for key, label in sorted(self.partial.labelled().items(), key=lambda kv: kv[0].name):
+                target = by_image.get(label.image)
+                if label.trust in (VERIFIED, REVOKED) or target is None:
+                    continue
+                try:
+                    reason = self._check_tree(target, label)
+                except ImageVolError as exc:
+                    self._note_pending(key, exc)
+                    continue
+                if reason:
+                    new = attrs.evolve(label, trust=REVOKED, reason=reason)
+                else:
+                    new = attrs.evolve(label, trust=VERIFIED)
+                self.partial.set_label(key, new)
+                self._count_completion(REVOKED if reason else VERIFIED)
+                changed.append((key, new))
+        return changed
+
+    def _check_tree(self, target: Target, label: Label) -> str:
+        """Why the tree of ``label`` is wrong ("" when every TOC layer proved right). Raises for a
+        layer that could not be fetched."""
+        wanted = set(label.toc_layers)
+        for desc, diff_id in zip(target.manifest.layers, target.diff_ids, strict=True):
+            if str(desc.digest) in wanted:
+                reason = self._check_layer(target.record, desc, diff_id)
+                if reason:
+                    return reason
+        return ""
+
+    def _check_layer(self, record: ImageRecord, desc: Descriptor, diff_id: Digest) -> str:
+        # By blob and diff ID: another image's config may name another diff ID for the same blob.
+        mark = f"{desc.digest} {diff_id}"
+        known = self.state().get("checked", {}).get(mark)
+        if isinstance(known, str):
+            return known
+        # The blob digest: the store ingests nothing that does not hash to it (raises otherwise;
+        # a registry serving wrong bytes proves nothing about the TOC).
+        self.puller.fetch_blobs(record, [desc], self.keyring_for(record))
+        reason = ""
+        try:
+            self.partial.check_blob(desc, diff_id)
+        except (LazyFormatError, LayerError, ContentError) as exc:
+            reason = f"layer {desc.digest}: {_reason(exc)}"
+        self._update(lambda s: s.setdefault("checked", {}).__setitem__(mark, reason))
+        return reason
+
+    def _note_pending(self, key: SnapshotKey, exc: BaseException) -> None:
+        """Why the completion of ``key`` could not finish on this pass (retried on the next)."""
+        self._update(lambda s: s.setdefault("pending", {}).__setitem__(key.name, _reason(exc)))
+
+    def _count_completion(self, result: str) -> None:
+        def bump(s: dict[str, Any]) -> None:
+            counts = s.setdefault("completions", {})
+            counts[result] = int(counts.get(result, 0)) + 1
+
+        self._update(bump)
+
     # --- credentials --------------------------------------------------------------------------
 
     def keyring_for(self, record: ImageRecord) -> Keyring:
@@ -273,6 +347,17 @@ class LazyMounts:
             except OSError:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+
+
+@attrs.frozen
+class Target:
+    """An image a completion may check partial trees of: its record, manifest, the diff IDs its
+    config names, and the key of its full tree (what a partial tree's label names)."""
+
+    record: ImageRecord
+    manifest: Manifest
+    diff_ids: tuple[Digest, ...]
+    image: SnapshotKey
 
 
 class FullTreeExistsError(ImageVolError):

@@ -47,8 +47,8 @@ import attrs
 
 from .. import lazy
 from .._text import goquote
-from ..content.ranges import ByteRange, RangedReader
-from ..errors import DiffIDMismatchError, ImageVolError
+from ..content.ranges import ByteRange, FileReader, RangedReader
+from ..errors import DiffIDMismatchError, ImageVolError, LazyFormatError
 from ..lazy.cache import LayerCache
 from ..oci import Descriptor, Digest
 from ._decompress import ChunkPipe
@@ -104,6 +104,9 @@ class Label:
     sub_path: str
     real_path: str
     reason: str = ""
+    #: The layers (blob digests) whose entries came from their TOC, not from a stored blob: what
+    #: a completion has to prove.
+    toc_layers: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -117,6 +120,7 @@ class Label:
             str(obj.get("sub_path", "")),
             str(obj.get("real_path", ".")),
             str(obj.get("reason", "")),
+            tuple(str(x) for x in obj.get("toc_layers", ())),
         )
 
 
@@ -200,6 +204,38 @@ class PartialTrees:
             )
         return entries
 
+    def check_blob(self, desc: Descriptor, diff_id: Digest) -> None:
+        """The completion check of a TOC layer now in the content store: its TOC read again from
+        the blob (pinned by the same annotation, so the very TOC a partial tree was built from)
+        must list exactly the blob's tar members, one for one, and the tar must hash to
+        ``diff_id``. Raises ``LazyFormatError`` (``mismatch``), ``DiffIDMismatchError`` or
+        ``LayerError``."""
+        path = self.snapshots.store.local_blob_path(desc.digest)
+        if path is None:
+            raise ImageVolError(f"layer {desc.digest} is not a local blob")
+        reader = FileReader.open(path)
+        try:
+            toc = lazy.read_layer_toc(desc, reader, members=tar_members)
+        finally:
+            reader.close()
+        # eStargz TOCs keep whole seconds only; a full pull applies the tar's own times.
+        slack = 999_999_999 if toc.format is lazy.TocFormat.ESTARGZ else 0
+        hasher = hashlib.new(diff_id.algorithm)
+        with self.snapshots.open_layer(desc) as blob:
+            pipe = ChunkPipe(blob, self.snapshots.options.limits.max_bytes, hasher=hasher)
+            try:
+                tar = TarReader(pipe.read)
+                lazy.check_members_match(toc.entries, iter(tar.next, None), time_slack_ns=slack)
+                tar.drain()
+            finally:
+                pipe.close()
+        got = Digest(diff_id.algorithm, hasher.hexdigest())
+        if got != diff_id:
+            raise DiffIDMismatchError(
+                f"wrong diff id calculated on extraction {goquote(str(got))}: the image config names "
+                f"{goquote(str(diff_id))}"
+            )
+
     def acquire(
         self,
         image: SnapshotKey,
@@ -216,7 +252,18 @@ class PartialTrees:
         closure = lazy.closure(index, resolution)
         key = partial_key(layers, policy, resolution)
         trust = min((layer.trust for layer in layers), key=_RANK.__getitem__, default=VERIFIED)
-        label = Label(trust, image.name, tuple(str(layer.desc.digest) for layer in layers), sub_path, resolution.path)
+        label = Label(
+            trust,
+            image.name,
+            tuple(str(layer.desc.digest) for layer in layers),
+            sub_path,
+            resolution.path,
+            toc_layers=tuple(str(layer.desc.digest) for layer in layers if layer.toc is not None),
+        )
+        existing = self.label(key)
+        if existing is not None and existing.trust == REVOKED:
+            # A completion proved these TOCs wrong: never serve that tree again.
+            raise lazy_revoked(existing)
         fetched = [0]
 
         def build(root_fd: int, state: BuildState) -> list[str]:
@@ -340,6 +387,10 @@ class PartialTrees:
                 reader.drain()
             finally:
                 pipe.close()
+
+
+def lazy_revoked(label: Label) -> LazyFormatError:
+    return LazyFormatError("mismatch", f"this sub path was served lazily before and revoked: {label.reason}")
 
 
 def partial_key(layers: Sequence[LayerSource], policy: lazy.Policy, resolution: lazy.Resolution) -> SnapshotKey:
