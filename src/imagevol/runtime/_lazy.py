@@ -101,6 +101,10 @@ class LazyMounts:
         self._state = os.path.join(state_dir, "lazy.json")
         #: Keyrings of the pulls made by this process, by image record name.
         self.keyrings: dict[str, Keyring] = {}
+        #: TOCs verified by this process, by layer (a pull's are used again by its mounts: the
+        #: check against the tar-split is the costly part, and the bytes are the same).
+        #: Keyed by blob and annotations: another manifest may pin another TOC for the same blob.
+        self._tocs: dict[tuple[Digest, str], lazy.LayerToc] = {}
         if self.enabled:
             if not store.is_local:
                 self.mode = OFF  # partial trees read their payloads from local files
@@ -124,8 +128,7 @@ class LazyMounts:
                 if lazy.toc_format(desc) is None:
                     continue
                 inner = source.ranged_reader(desc, on_fetch=self.count_fetched)
-                reader = self.cache.reader(desc.digest, inner, desc.size)
-                lazy.read_layer_toc(desc, reader, members=tar_members)
+                self._read_toc(desc, self.cache.reader(desc.digest, inner, desc.size))
             except ImageVolError as exc:
                 self.note(desc.digest, exc)
                 continue
@@ -156,9 +159,17 @@ class LazyMounts:
                 if lazy.toc_format(desc) is None:
                     raise LazyUnsupportedError(f"layer {desc.digest} has no table of contents and was not pulled")
                 reader = self.cache.reader(desc.digest, remote.reader(desc), desc.size)
-                toc = lazy.read_layer_toc(desc, reader, members=tar_members)
+                toc = self._read_toc(desc, reader)
                 layers.append(LayerSource(desc, diff_id, toc, reader))
             return self.partial.acquire(image, layers, sub_path, policy, holder)
+
+    def _read_toc(self, desc: Descriptor, reader: RangedReader) -> lazy.LayerToc:
+        key = (desc.digest, json.dumps(dict(desc.annotations or {}), sort_keys=True))
+        toc = self._tocs.get(key)
+        if toc is None:
+            toc = lazy.read_layer_toc(desc, reader, members=tar_members)
+            self._tocs[key] = toc
+        return toc
 
     def missing_layers(self, manifest: Manifest) -> list[Descriptor]:
         return [d for d in manifest.layers if not self.puller.store.has(d.digest)]
