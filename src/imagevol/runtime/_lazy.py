@@ -195,6 +195,32 @@ class LazyMounts:
 
     # --- completion (toc+complete) -------------------------------------------------------------
 
+    def complete_all(self) -> list[tuple[SnapshotKey, Label]]:
+        """:meth:`complete` over every image of the node (a no-op unless ``toc+complete``)."""
+        if self.mode != TOC_COMPLETE:
+            return []
+        targets = []
+        for record in self.puller.image_db.all():
+            if record.artifact:
+                continue
+            try:
+                manifest = self.puller.manifest_of(record)
+                plan = self.snapshots.plan(record.manifest_digest, manifest)
+            except ImageVolError:
+                continue
+            targets.append(Target(record, manifest, tuple(plan.diff_ids), plan.key))
+        return self.complete(targets)
+
+    def check_not_revoked(self, status: MountStatus) -> None:
+        """Refuse to open a mount whose lazily built tree a completion revoked: the container
+        loses the view rather than keep reading content proven wrong."""
+        live = self.live(status)
+        if live.trust == REVOKED:
+            raise ImageVolError(
+                f"the image volume mounted at {status.container_path} was revoked: "
+                f"{live.lazy.removeprefix('revoked: ')}"
+            )
+
     def complete(self, targets: Sequence[Target]) -> list[tuple[SnapshotKey, Label]]:
         """``toc+complete``: fetch every layer a partial tree of ``targets`` was built from by its
         TOC, verify it (blob digest on ingest; the TOC against the whole tar, member by member;

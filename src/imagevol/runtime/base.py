@@ -57,7 +57,7 @@ from ..oci.reference import parse_normalized
 from ..trees import subpath as sp
 from ..trees.partial import REVOKED, Label
 from ..trees.snapshots import PARTIAL, Snapshot, SnapshotKey, Snapshots
-from ._lazy import OFF, TOC_COMPLETE, FullTreeExistsError, LazyMounts, Target, one_line, reason_kind
+from ._lazy import OFF, FullTreeExistsError, LazyMounts, one_line, reason_kind
 
 #: The name the container status had before it moved to the CRI module.
 ContainerRecord = ContainerStatus
@@ -170,21 +170,9 @@ class Runtime:
         return removed
 
     def complete_lazy(self) -> list[tuple[SnapshotKey, Label]]:
-        """``--lazy toc+complete``: prove (or revoke) the partial trees of every image this node
-        holds (:meth:`._lazy.LazyMounts.complete`). Runs on each ``sync`` pass; a no-op otherwise."""
-        if self.lazy.mode != TOC_COMPLETE:
-            return []
-        targets = []
-        for record in self.puller.image_db.all():
-            if record.artifact:
-                continue
-            try:
-                manifest = self.puller.manifest_of(record)
-                plan = self.snapshots.plan(record.manifest_digest, manifest)
-            except ImageVolError:
-                continue
-            targets.append(Target(record, manifest, tuple(plan.diff_ids), plan.key))
-        return self.lazy.complete(targets)
+        """``--lazy toc+complete``: prove or revoke the partial trees of every image this node
+        holds (:meth:`._lazy.LazyMounts.complete_all`). Runs on each ``sync``; a no-op otherwise."""
+        return self.lazy.complete_all()
 
     def snapshot_key(self, record: ImageRecord) -> SnapshotKey | None:
         """The tree ``record`` mounts (None when its manifest or config is unreadable: it could
@@ -428,12 +416,7 @@ class Runtime:
         time (``RESOLVE_NO_SYMLINKS`` plus the inode: a swap since then fails instead of being
         followed). Raises :class:`ImageVolError`; also for a lazily built tree a completion
         revoked (the container loses the view rather than keep reading unproven content)."""
-        live = self.lazy.live(status)
-        if live.trust == REVOKED:
-            raise ImageVolError(
-                f"the image volume mounted at {status.container_path} was revoked: "
-                f"{live.lazy.removeprefix('revoked: ')}"
-            )
+        self.lazy.check_not_revoked(status)
         tree = self.snapshots.get(SnapshotKey.parse(status.snapshot))
         if tree is None:
             raise ImageVolError(f"the image volume mounted at {status.container_path} is gone")
