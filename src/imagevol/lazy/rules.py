@@ -5,8 +5,8 @@ bounds (C2.12), and the sub-path string rules (C1.1) with their wording.
 Every function here gives the same verdict, with the same error ``kind``, as its counterpart in the
 applier (``clean_name`` and the entry checks of the changeset module) and in the fd-based resolver
 (``validate``): the lazy index must refuse exactly what a full pull refuses, or the two views could
-differ. They are stated again only because this package may not import the tree modules; they are
-meant to become the one copy both sides use.
+differ. ``clean_name`` and the whiteout names are the applier's own (``trees`` imports them from
+here); the other checks are still stated twice, each next to the code that applies it.
 """
 
 from __future__ import annotations
