@@ -20,15 +20,18 @@ from imagevol.content.sources.layout import OCILayoutSource
 from imagevol.content.sources.mirrors import RegistriesConfig
 from imagevol.content.sources.ranged import RegistryBlobReader
 from imagevol.content.sources.registry import RegistryAccess, RegistrySource
-from imagevol.cri import Keyring
+from imagevol.cri import Keyring, MountStatus
 from imagevol.errors import ImageVolError, LazyFormatError
+from imagevol.node import Node, NodeConfig
 from imagevol.oci import Descriptor
 from imagevol.oci.reference import parse_normalized
 from imagevol.testing.images import LayoutBuilder
 from imagevol.testing.lazy_layers import add_lazy_image, zstd_chunked_layer
 from imagevol.testing.tarbuild import TarEntry
 from tests.helpers import peers
+from tests.helpers.lazy import view_of
 from tests.helpers.netfaults import Fault, Request, fault_proxy
+from tests.helpers.pods import make_pod
 
 BLOB = random.Random(15).randbytes(300_000)
 
@@ -278,3 +281,55 @@ def test_an_oci_layout_serves_ranges_from_its_file(tmp_path: os.PathLike[str]) -
     assert lazy.read_exact(reader, ranges) == [BLOB[r.offset : r.end] for r in ranges]
     with pytest.raises(LazyFormatError):
         source.ranged_reader(Descriptor(desc.media_type, desc.digest, desc.size + 1))
+
+
+# --- a lazy node against the registry ------------------------------------------------------------------
+
+
+def _lazy_node(root: str) -> Node:
+    return Node(NodeConfig(root=root, registry_factory=RegistryAccess(plain_http=True), lazy="toc"))
+
+
+def _run(node: Node, host: str, sub_path: str) -> MountStatus:
+    pod = make_pod("p", [("v", f"{host}/lab/ranged:v1", "IfNotPresent")], [("v", "/v", sub_path)])
+    _, record = node.create_pod(pod)
+    state = record.containers[0]
+    assert state.state == "running", state.message
+    status = node.runtime.container_status(state.container_id)
+    assert status is not None
+    return status.mounts[0]
+
+
+@pytest.mark.peers
+def test_a_lazy_pod_reads_only_the_toc_and_its_files_from_the_registry(
+    pushed: tuple[peers.Registry, Descriptor, Descriptor], tmp_path: os.PathLike[str]
+) -> None:
+    reg, _, chunked = pushed
+    mark = reg.mark()
+    node = _lazy_node(os.path.join(tmp_path, "node"))
+    status = _run(node, reg.host, "d")
+    assert status.trust == "toc-verified" and status.lazy.startswith("partial tree")
+    gets = [e for e in reg.access(mark) if e.method == "GET" and e.path.endswith(str(chunked.digest))]
+    # Only ranges of the layer were asked for: never the blob whole in one answer.
+    assert gets and all(e.status == 206 for e in gets)
+    assert not node.store.has(chunked.digest)
+    fd = node.runtime.open_mount(status)
+    try:
+        assert sorted(view_of(fd)) == [".", *sorted(f"f{i}" for i in range(20))]
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.peers
+def test_a_registry_that_ignores_range_makes_the_layer_pulled_whole(
+    pushed: tuple[peers.Registry, Descriptor, Descriptor], tmp_path: os.PathLike[str]
+) -> None:
+    reg, _, chunked = pushed
+    with fault_proxy(reg.host, lambda req: Fault(drop_request_headers=("Range",))) as proxy:
+        node = _lazy_node(os.path.join(tmp_path, "node"))
+        status = _run(node, proxy.host, "d")
+    # The fallback is no failure: the layer came whole, verified, and the mount says why.
+    assert node.store.has(chunked.digest)
+    assert status.trust == "verified"
+    assert "pulled whole" in status.lazy and "200" in status.lazy
+    assert 'imagevol_lazy_fallbacks_total{reason="range"} 1.0' in node.metrics().exposition().decode()
