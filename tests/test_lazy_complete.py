@@ -237,3 +237,21 @@ def test_an_off_node_exposes_no_lazy_metrics(tmp: str) -> None:
     assert mount(node, "app/conf")[0] == "running"
     assert b"imagevol_lazy" not in node.metrics().exposition()
     assert mount_status(node).trust == "verified" and mount_status(node).lazy == ""
+
+
+def test_a_completion_that_cannot_fetch_keeps_the_label_and_tries_again(tmp: str) -> None:
+    layer = layer_of(ENTRIES, "zstd:chunked")
+    assert isinstance(layer, LazyLayer)
+    node = lazy_node(tmp, [layer])
+    assert mount(node, "app/conf")[0] == "running"
+    blob = os.path.join(tmp, "layout", "blobs", "sha256", layer.descriptor().digest.hex)
+    os.rename(blob, blob + ".away")
+    node.sync()
+    # Nothing proven either way: still toc-verified, and why it is pending is kept.
+    assert mount_status(node).trust == "toc-verified"
+    assert list(node.runtime.lazy.state()["pending"].values())
+    assert "imagevol_lazy_completions_total{" not in node.metrics().exposition().decode()
+    os.rename(blob + ".away", blob)
+    node.sync()
+    assert mount_status(node).trust == "verified"
+    assert node.runtime.lazy.state()["pending"] == {}

@@ -249,6 +249,7 @@ class LazyMounts:
                 else:
                     new = attrs.evolve(label, trust=VERIFIED)
                 self.partial.set_label(key, new)
+                self._forget_pending(key)
                 self._count_completion(REVOKED if reason else VERIFIED)
                 changed.append((key, new))
         return changed
@@ -284,6 +285,12 @@ class LazyMounts:
     def _note_pending(self, key: SnapshotKey, exc: BaseException) -> None:
         """Why the completion of ``key`` could not finish on this pass (retried on the next)."""
         self._update(lambda s: s.setdefault("pending", {}).__setitem__(key.name, _reason(exc)))
+
+    def _forget_pending(self, key: SnapshotKey) -> None:
+        def forget(s: dict[str, Any]) -> None:
+            s.get("pending", {}).pop(key.name, None)
+
+        self._update(forget)
 
     def _count_completion(self, result: str) -> None:
         def bump(s: dict[str, Any]) -> None:
