@@ -118,7 +118,9 @@ def _lying_config(layer: LazyLayer) -> LazyLayer:
 
 
 @pytest.mark.parametrize("fmt", ["zstd:chunked", "estargz"])
-def test_completion_revokes_a_tree_whose_layer_is_not_what_the_config_says(tmp: str, fmt: str) -> None:
+def test_completion_revokes_a_tree_whose_layer_is_not_what_the_config_says(
+    tmp: str, fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     real = layer_of(ENTRIES, fmt)
     assert isinstance(real, LazyLayer)
     layer = _lying_config(real)
@@ -140,8 +142,10 @@ def test_completion_revokes_a_tree_whose_layer_is_not_what_the_config_says(tmp: 
     # The container loses its view: the runtime refuses to open the mount again.
     with pytest.raises(ImageVolError, match="was revoked"):
         node.runtime.open_mount(status)
+    capsys.readouterr()
     code, out = cli(node, "exec", "p", "--", "ls", "/v")
-    assert code != 0
+    assert code != 0 and out == ""
+    assert "error: the image volume mounted at /v was revoked: layer sha256:" in capsys.readouterr().err
     code, out = cli(node, "describe", "pod", "p")
     assert "Trust:      revoked" in out and "Lazy:       revoked: layer sha256:" in out
     assert "/" + node.root not in out
