@@ -1,11 +1,10 @@
 """A streaming tar reader that decodes headers the way Go's ``archive/tar`` does.
 
 The layer applier needs each member's *decoded* name (PAX ``path``/``linkpath`` records and GNU
-``L``/``K`` long names applied) before it validates anything (C2.1), and it
-needs it fast: CPython's ``tarfile`` spends most of an unpack in Python-level header parsing. This
-reader parses a 512-byte header with one ``struct.unpack``, sums its checksum in C, remembers the
-numeric fields a layer repeats, hands the member's data straight from the decompressed chunk to
-``os.write`` (no copy for data inside a chunk) and never seeks.
+``L``/``K`` long names applied) before it validates anything (C2.1), and it needs it
+fast: CPython's ``tarfile`` spends most of an unpack in Python-level header parsing. This reader parses
+a 512-byte header with one ``struct.unpack``, hands the member's data straight from the decompressed
+chunk to ``os.write`` (no copy for data inside a chunk) and never seeks.
 
 Decoding follows Go (containerd, umoci and CRI-O all read layers with it), and where readers are known
 to disagree the archive is refused rather than given one reading (an attacker picks the reader):
@@ -27,7 +26,6 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
-from zlib import adler32
 
 from ..errors import LayerError
 
@@ -48,7 +46,6 @@ _PAX = "x"
 _GLOBAL = "g"
 _LONGNAME = "L"
 _LONGLINK = "K"
-_EXTENDED = frozenset({_PAX, _GLOBAL, _LONGNAME, _LONGLINK})
 _HEADER_ONLY = frozenset({LINK, SYMLINK, CHR, BLK, DIR, FIFO})
 _SUPPORTED = frozenset({REG, LINK, SYMLINK, CHR, BLK, DIR, FIFO})
 _UNSUPPORTED_NAMES = {
@@ -67,8 +64,6 @@ _OCTAL = b"01234567"
 _USTAR = b"ustar\x00"
 _GNU_MAGIC = b"ustar "
 _GNU_VERSION = b" \x00"
-#: Distinct numeric header fields a reader remembers (:class:`_Numbers`).
-_MAX_NUMBERS = 4096
 
 
 class Member:
@@ -137,23 +132,12 @@ def parse_number(field: bytes) -> int:
     return int(digits, 8)
 
 
-def _byte_sum(block: bytes) -> int:
-    """The sum of the 512 bytes of a header, as unsigned values.
-
-    ``sum(block)`` walks 512 Python ints (about 2 us, once per member); Adler-32 sums the same bytes
-    in C. Its low half is the byte sum modulo 65521, which is the exact sum for a run of at most 256
-    bytes (256 x 255 = 65,280 < 65,521): two halves give the exact total."""
-    return (adler32(block[:256], 0) & 0xFFFF) + (adler32(block[256:], 0) & 0xFFFF)
-
-
-def _checksum_ok(block: bytes, stored: int, chksum_field: bytes | None = None) -> bool:
-    field = block[148:156] if chksum_field is None else chksum_field
-    # The checksum field itself counts as eight spaces.
-    unsigned = _byte_sum(block) - sum(field) + 8 * 0x20
+def _checksum_ok(block: bytes, stored: int) -> bool:
+    unsigned = sum(block) - sum(block[148:156]) + 8 * 0x20
     if stored == unsigned:
         return True
     # Some old tars summed signed chars; Go and CPython accept either.
-    high = sum(1 for b in block if b & 0x80) - sum(1 for b in field if b & 0x80)
+    high = sum(1 for b in block if b & 0x80) - sum(1 for b in block[148:156] if b & 0x80)
     return stored == unsigned - 256 * high
 
 
@@ -200,19 +184,6 @@ def _pax_int(records: dict[str, str], key: str, default: int) -> int:
     return int(value)
 
 
-class _Numbers(dict[bytes, int]):
-    """:func:`parse_number` of header fields, remembered: the mode, owner, mtime and size fields of
-    a layer repeat a handful of values, and a dict lookup costs a tenth of a parse. Only valid
-    fields are remembered (an invalid one raises every time it is looked up), and at most
-    :data:`_MAX_NUMBERS` of them, so a hostile layer cannot grow the memo."""
-
-    def __missing__(self, field: bytes) -> int:
-        value = parse_number(field)
-        if len(self) < _MAX_NUMBERS:
-            self[field] = value
-        return value
-
-
 class TarReader:
     """Members of a tar stream read from ``source`` (a callable returning the next chunk, ``b""``
     at the end). After :meth:`next` returns a regular file, its data is consumed by
@@ -226,8 +197,6 @@ class TarReader:
         self._eof = False
         self._data_left = 0  # data bytes of the current member not yet consumed
         self._pad_left = 0  # then this many padding bytes
-        self._numbers = _Numbers()
-        self._checksums = _Numbers()  # apart: they vary more, and would crowd out the others
         self.ended = False
 
     # --- buffer -------------------------------------------------------------------------------
@@ -284,15 +253,6 @@ class TarReader:
         """Write the current member's data to ``fd`` (short writes are retried)."""
         left = self._data_left
         write = os.write
-        pos = self._pos
-        if left > 0 and pos + left <= len(self._buf):  # all of it in this chunk: most files of a layer
-            view = self._view[pos : pos + left]
-            done = write(fd, view)
-            while done < left:
-                done += write(fd, view[done:])
-            self._pos = pos + left
-            self._data_left = 0
-            return
         while left:
             avail = len(self._buf) - self._pos
             if avail == 0:
@@ -346,28 +306,14 @@ class TarReader:
 
     def next(self) -> Member | None:
         """The next member, or None at the end of the archive."""
-        left = self._data_left + self._pad_left
-        if left:
-            if self._pos + left <= len(self._buf):  # the rest of the member is in this chunk
-                self._pos += left
-                self._data_left = self._pad_left = 0
-            else:
-                self._finish_member()
+        self._finish_member()
         if self.ended:
             return None
-        numbers = self._numbers
-        checksums = self._checksums
         pax: dict[str, str] | None = None
         long_name: bytes | None = None
         long_link: bytes | None = None
         while True:
-            # The header is nearly always inside the current chunk: slice it out directly.
-            pos = self._pos
-            if pos + BLOCK <= len(self._buf):
-                block: bytes | None = self._buf[pos : pos + BLOCK]
-                self._pos = pos + BLOCK
-            else:
-                block = self._block()
+            block = self._block()
             if block is None or block == _ZERO:
                 if block is not None:
                     second = self._block()
@@ -378,110 +324,114 @@ class TarReader:
                 self.ended = True
                 return None
             (
-                name_f, mode_f, uid_f, gid_f, size_f, mtime_f, chksum, typeflag, link_f,
-                magic, version, _uname, _gname, devmajor_f, devminor_f, prefix_f, _pad,
+                name, mode, uid, gid, size, mtime, chksum, typeflag, linkname,
+                magic, version, _uname, _gname, devmajor, devminor, prefix, _pad,
             ) = _HEADER.unpack(block)  # fmt: skip
-            # _checksum_ok's common case written out (the field counts as eight spaces).
-            stored = checksums[chksum]
-            if _byte_sum(block) - sum(chksum) + 8 * 0x20 != stored and not _checksum_ok(block, stored, chksum):
+            if not _checksum_ok(block, parse_number(chksum)):
                 raise _bad("tar header checksum mismatch")
             kind = typeflag.decode("latin-1")
-            size = numbers[size_f]
-            if size < 0:
+            size_n = parse_number(size)
+            if size_n < 0:
                 raise _bad("negative member size")
-            if kind in _EXTENDED:
-                data = self._meta_data(size)
+            if kind in (_PAX, _GLOBAL):
+                data = self._meta_data(size_n)
                 if kind == _GLOBAL:
                     if pax is not None or long_name is not None or long_link is not None:
                         raise _bad("a global header between an extended header and its member")
                     continue  # ignored, as Go and containerd do
-                if kind == _PAX:
-                    if pax is not None:
-                        raise _bad("two PAX headers for one member")
-                    pax = parse_pax(data)
-                elif kind == _LONGNAME:
+                if pax is not None:
+                    raise _bad("two PAX headers for one member")
+                pax = parse_pax(data)
+                continue
+            if kind in (_LONGNAME, _LONGLINK):
+                data = _cstr(self._meta_data(size_n))
+                if kind == _LONGNAME:
                     if long_name is not None:
                         raise _bad("two GNU long names for one member")
-                    long_name = _cstr(data)
+                    long_name = data
                 else:
                     if long_link is not None:
                         raise _bad("two GNU long link names for one member")
-                    long_link = _cstr(data)
+                    long_link = data
                 continue
-            # The member's own header (pax and GNU long names, when present, override it below).
-            raw_name = name_f.partition(b"\0")[0]
-            if magic == _USTAR:
-                # ustar/PAX carry a name prefix; star uses a shorter one (its trailer is at 508).
-                if prefix_f[0]:
-                    raw_prefix = _cstr(prefix_f[:131] if block[508:512] == b"tar\0" else prefix_f)
-                    raw_name = raw_prefix + b"/" + raw_name
-            elif not (magic == _GNU_MAGIC and version == _GNU_VERSION):
-                magic = b""  # V7: no device numbers
-            name = raw_name.decode("utf-8", "surrogateescape")
-            linkname = link_f.partition(b"\0")[0].decode("utf-8", "surrogateescape") if link_f[0] else ""
-            mode = numbers[mode_f]
-            uid = numbers[uid_f]
-            gid = numbers[gid_f]
-            mtime_ns = numbers[mtime_f] * 1_000_000_000
-            xattrs: dict[str, bytes] | None = None
-            if pax is not None or long_name is not None or long_link is not None:
-                name, linkname, size, uid, gid, mtime_ns, xattrs = _extended(
-                    pax, long_name, long_link, name, linkname, size, uid, gid, mtime_ns
-                )
-            if kind in (_AREG, _CONT):
-                # V7 marked directories with a trailing slash on a plain-file entry (Go, CPython).
-                kind = DIR if kind == _AREG and name.endswith("/") else REG
-            if kind not in _SUPPORTED:
-                what = _UNSUPPORTED_NAMES.get(kind, f"tar entry type {kind!r}")
-                raise LayerError("unsupported", f"{name!r}: {what} is not supported")
-            if kind in _HEADER_ONLY:
-                size = 0
-            self._data_left = size
-            self._pad_left = -size % BLOCK
-            devmajor = devminor = 0
-            if magic and kind in (CHR, BLK):
-                devmajor = parse_number(devmajor_f)
-                devminor = parse_number(devminor_f)
-            return Member(kind, name, linkname, size, mode, uid, gid, mtime_ns, devmajor, devminor, xattrs)
+            return self._member(
+                kind, name, mode, uid, gid, size_n, mtime, linkname, magic, version, devmajor, devminor,
+                prefix, block, pax, long_name, long_link,
+            )  # fmt: skip
 
-
-def _extended(
-    pax: dict[str, str] | None,
-    long_name: bytes | None,
-    long_link: bytes | None,
-    name: str,
-    linkname: str,
-    size: int,
-    uid: int,
-    gid: int,
-    mtime_ns: int,
-) -> tuple[str, str, int, int, int, int, dict[str, bytes] | None]:
-    """A member's fields with its PAX records and GNU long names applied over its header's."""
-    xattrs: dict[str, bytes] | None = None
-    if pax is not None:
-        if "path" in pax:
-            name = pax["path"]
-        if "linkpath" in pax:
-            linkname = pax["linkpath"]
-        size = _pax_int(pax, "size", size)
-        uid = _pax_int(pax, "uid", uid)
-        gid = _pax_int(pax, "gid", gid)
-        if "mtime" in pax:
-            mtime_ns = parse_pax_time(pax["mtime"])
-        for key, value in pax.items():
-            if key.startswith("GNU.sparse."):
-                raise LayerError("unsupported", f"{name!r}: sparse files are not supported")
-            if key.startswith("SCHILY.xattr."):
-                xattrs = xattrs or {}
-                xattrs[key[len("SCHILY.xattr.") :]] = value.encode("utf-8", "surrogateescape")
-    if long_name is not None:
-        decoded = _decode(long_name)
-        if pax is not None and "path" in pax and pax["path"] != decoded:
-            raise _bad("a GNU long name and a PAX path disagree")
-        name = decoded
-    if long_link is not None:
-        decoded = _decode(long_link)
-        if pax is not None and "linkpath" in pax and pax["linkpath"] != decoded:
-            raise _bad("a GNU long link name and a PAX linkpath disagree")
-        linkname = decoded
-    return name, linkname, size, uid, gid, mtime_ns, xattrs
+    def _member(
+        self,
+        kind: str,
+        name_f: bytes,
+        mode_f: bytes,
+        uid_f: bytes,
+        gid_f: bytes,
+        size: int,
+        mtime_f: bytes,
+        link_f: bytes,
+        magic: bytes,
+        version: bytes,
+        devmajor_f: bytes,
+        devminor_f: bytes,
+        prefix_f: bytes,
+        block: bytes,
+        pax: dict[str, str] | None,
+        long_name: bytes | None,
+        long_link: bytes | None,
+    ) -> Member:
+        raw_name = _cstr(name_f)
+        if magic == _USTAR:
+            # ustar/PAX carry a name prefix; star uses a shorter one (its trailer is at 508).
+            raw_prefix = _cstr(prefix_f[:131] if block[508:512] == b"tar\0" else prefix_f)
+            if raw_prefix:
+                raw_name = raw_prefix + b"/" + raw_name
+        elif not (magic == _GNU_MAGIC and version == _GNU_VERSION):
+            magic = b""  # V7: no device numbers
+        name = _decode(raw_name)
+        linkname = _decode(_cstr(link_f))
+        mode = parse_number(mode_f)
+        uid = parse_number(uid_f)
+        gid = parse_number(gid_f)
+        mtime_ns = parse_number(mtime_f) * 1_000_000_000
+        xattrs: dict[str, bytes] | None = None
+        if pax is not None:
+            if "path" in pax:
+                name = pax["path"]
+            if "linkpath" in pax:
+                linkname = pax["linkpath"]
+            size = _pax_int(pax, "size", size)
+            uid = _pax_int(pax, "uid", uid)
+            gid = _pax_int(pax, "gid", gid)
+            if "mtime" in pax:
+                mtime_ns = parse_pax_time(pax["mtime"])
+            for key, value in pax.items():
+                if key.startswith("GNU.sparse."):
+                    raise LayerError("unsupported", f"{name!r}: sparse files are not supported")
+                if key.startswith("SCHILY.xattr."):
+                    xattrs = xattrs or {}
+                    xattrs[key[len("SCHILY.xattr.") :]] = value.encode("utf-8", "surrogateescape")
+        if long_name is not None:
+            decoded = _decode(long_name)
+            if pax is not None and "path" in pax and pax["path"] != decoded:
+                raise _bad("a GNU long name and a PAX path disagree")
+            name = decoded
+        if long_link is not None:
+            decoded = _decode(long_link)
+            if pax is not None and "linkpath" in pax and pax["linkpath"] != decoded:
+                raise _bad("a GNU long link name and a PAX linkpath disagree")
+            linkname = decoded
+        if kind in (_AREG, _CONT):
+            # V7 marked directories with a trailing slash on a plain-file entry (Go, CPython).
+            kind = DIR if kind == _AREG and name.endswith("/") else REG
+        if kind not in _SUPPORTED:
+            what = _UNSUPPORTED_NAMES.get(kind, f"tar entry type {kind!r}")
+            raise LayerError("unsupported", f"{name!r}: {what} is not supported")
+        if kind in _HEADER_ONLY:
+            size = 0
+        self._data_left = size
+        self._pad_left = -size % BLOCK
+        devmajor = devminor = 0
+        if magic and kind in (CHR, BLK):
+            devmajor = parse_number(devmajor_f)
+            devminor = parse_number(devminor_f)
+        return Member(kind, name, linkname, size, mode, uid, gid, mtime_ns, devmajor, devminor, xattrs)
