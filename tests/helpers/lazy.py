@@ -11,11 +11,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from imagevol import lazy
-from imagevol.errors import LayerError, SubPathError
+from imagevol.errors import LayerError, SubPathError, ValidationError
+from imagevol.node import Node
+from imagevol.testing.images import Layer, LayoutBuilder
+from imagevol.testing.lazy_layers import LazyLayer, add_lazy_image, estargz_layer, zstd_chunked_layer
 from imagevol.testing.tarbuild import TarEntry
 from imagevol.trees import subpath as sp
 from imagevol.trees._tarstream import Member, TarReader
 from imagevol.trees.layers import apply_layers
+
+from .fixture_node import PREFIX
+from .pods import make_pod
 
 Item = tuple[str, int | None, bytes, tuple[str, ...]]
 
@@ -228,3 +234,86 @@ def _collect(dfd: int, name: str, rel: str, raw: dict[str, tuple[os.stat_result,
                 _collect(sub, child, child if rel == "." else f"{rel}/{child}", raw)
         finally:
             os.close(sub)
+
+
+# --- through a real node -------------------------------------------------------------------------------
+
+View = dict[str, tuple[str, int | None, bytes, tuple[str, ...], int | None]]
+
+
+def view_of(fd: int) -> View:
+    """What a container sees below the ``O_PATH`` handle ``fd`` of a mount (``Runtime.open_mount``,
+    what the exec view reads through): every entry by relative path as (type, mode, content or
+    link target, the paths sharing its inode, the modification time of files and links)."""
+    st = os.fstat(fd)
+    if not stat.S_ISDIR(st.st_mode):
+        with open(f"/proc/self/fd/{fd}", "rb") as f:
+            return {".": ("reg", stat.S_IMODE(st.st_mode), f.read(), (), st.st_mtime_ns)}
+    top = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+    raw: dict[str, tuple[os.stat_result, bytes]] = {}
+    try:
+        raw["."] = (os.fstat(top), b"")
+        for child in os.listdir(top):
+            _collect(top, child, child, raw)
+    finally:
+        os.close(top)
+    groups: dict[tuple[int, int], list[str]] = {}
+    for rel, (st_, _) in raw.items():
+        if not stat.S_ISDIR(st_.st_mode):
+            groups.setdefault((st_.st_dev, st_.st_ino), []).append(rel)
+    out: View = {}
+    for rel, (st_, payload) in raw.items():
+        kind = _KINDS.get(stat.S_IFMT(st_.st_mode), "other")
+        group = tuple(sorted(groups.get((st_.st_dev, st_.st_ino), []))) if kind != "dir" else ()
+        mode = None if kind == "symlink" else stat.S_IMODE(st_.st_mode)
+        when = st_.st_mtime_ns if kind in ("reg", "symlink") else None
+        out[rel] = (kind, mode, payload, group if len(group) > 1 else (), when)
+    return out
+
+
+# --- through the real node ---------------------------------------------------------------------------
+
+
+def layer_of(entries: Sequence[TarEntry], fmt: str) -> LazyLayer | Layer:
+    if fmt == "zstd:chunked":
+        return zstd_chunked_layer(entries, chunk_size=4096)
+    if fmt == "zstd:chunked-legacy":
+        return zstd_chunked_layer(entries, dialect="legacy")
+    if fmt == "estargz":
+        return estargz_layer(entries, chunk_size=4096)
+    return Layer(tuple(entries), fmt)
+
+
+def write_layout(path: str, layers: Sequence[LazyLayer | Layer], tag: str = "img") -> None:
+    builder = LayoutBuilder(path)
+    add_lazy_image(builder, layers, tag=tag)
+    builder.save()
+
+
+Outcome = tuple[str, str, View | None]
+
+
+def mount(node: Node, sub_path: str, name: str = "p", tag: str = "img") -> Outcome:
+    """Run a Pod mounting ``sub_path`` of the image; (state, message, what the container sees)."""
+    try:
+        pod = make_pod(name, [("v", f"{PREFIX}:{tag}", "IfNotPresent")], [("v", "/v", sub_path)])
+        record = node.create_pod(pod)
+    except ValidationError as exc:
+        return "invalid", str(exc), None
+    state = record.containers[0]
+    if state.state != "running":
+        return state.state, state.message, None
+    status = node.runtime.container_status(state.container_id)
+    assert status is not None
+    fd = node.runtime.open_mount(status.mounts[0])
+    try:
+        return "running", "", view_of(fd)
+    finally:
+        os.close(fd)
+
+
+def mount_status(node: Node, name: str = "p") -> Any:
+    state = node.get_pod(name).containers[0]
+    status = node.runtime.container_status(state.container_id)
+    assert status is not None
+    return status.mounts[0]

@@ -293,6 +293,7 @@ def node_from_args(args: argparse.Namespace) -> Node:
             registries=registries,
             runtime=args.runtime,
             run_containers=bool(args.run_containers or os.environ.get("IMAGEVOL_RUN_CONTAINERS") == "1"),
+            lazy=getattr(args, "lazy", "off"),
             k8s_version=args.k8s_version,
             feature_gates=args.feature_gates,
             kubelet_feature_gates=args.kubelet_feature_gates,

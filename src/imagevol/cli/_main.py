@@ -73,6 +73,13 @@ _GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
                  "the default simulates them"},
     ),
     (
+        ("--lazy",),
+        {"choices": ("off", "toc", "toc+complete"), "default": "off",
+         "help": "lazy sub paths: build only what a mount's subPath needs, fetching only its bytes from layers "
+                 "with a table of contents (toc); then fetch and verify the rest on later syncs (toc+complete) "
+                 "(default: %(default)s)"},
+    ),
+    (
         ("--k8s-version",),
         {"default": DEFAULT_VERSION, "metavar": "VERSION",
          "help": "Kubernetes version to simulate (default: %(default)s)"},

@@ -312,7 +312,9 @@ def describe_pod(
         if specs:
             lines.append(f"{title}:")
         for c in specs:
-            lines += _describe_container(c.name, c.image, c.volume_mounts, statuses.get(c.name, {}))
+            lines += _describe_container(
+                c.name, c.image, c.volume_mounts, statuses.get(c.name, {}), mounts.get(c.name, ())
+            )
     lines.append("Conditions:")
     conditions = [(c["type"], c["status"]) for c in status.get("conditions", ())]
     lines += ["  " + line for line in table([("Type", "Status"), *conditions], min_width=0, padding=2).splitlines()]
@@ -334,7 +336,13 @@ def describe_pod(
     return "\n".join(lines) + "\n"
 
 
-def _describe_container(name: str, image: str, volume_mounts: Sequence[Any], st: Mapping[str, Any]) -> list[str]:
+def _describe_container(
+    name: str,
+    image: str,
+    volume_mounts: Sequence[Any],
+    st: Mapping[str, Any],
+    mounted: Sequence[MountStatus] = (),
+) -> list[str]:
     lines = [f"  {name}:"]
     if st.get("containerID"):
         lines.append(f"    Container ID:   {st['containerID']}")
@@ -377,6 +385,12 @@ def _describe_container(name: str, image: str, volume_mounts: Sequence[Any], st:
         lines.append(f"      {m.mount_path} from {m.name} ({','.join(flags)})")
         if m.mount_path in refs:
             lines.append(f"        Image Ref:  {refs[m.mount_path]}")
+        # A mount served lazily shows its trust level and how it was served (docs/lazy.md).
+        status = next((s for s in mounted if s.container_path == m.mount_path), None)
+        if status is not None and (status.lazy or status.trust != "verified"):
+            lines.append(f"        Trust:      {status.trust}")
+            if status.lazy:
+                lines.append(f"        Lazy:       {status.lazy}")
     return lines
 
 

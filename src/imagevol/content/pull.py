@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
@@ -59,6 +59,9 @@ from .store import ContentStore, mismatch
 RegistryFactory = Callable[[PullSource, Keyring], Source]
 #: Told ``(bytes fetched, bytes to fetch)`` as a pull progresses (from several threads).
 ProgressFn = Callable[[int, int], None]
+#: Lazy pulls: given the source and an image manifest, the layers not to fetch now (their tables
+#: of contents fetched and verified by the hook, which also keeps them).
+DeferFn = Callable[[Source, Manifest], set[Digest]]
 
 DEFAULT_MAX_CONCURRENT_DOWNLOADS = 3
 
@@ -99,6 +102,8 @@ class ImagePuller:
         self.clock = clock
         self.max_concurrent_downloads = max(1, max_concurrent_downloads)
         self.progress = progress
+        #: Set by a lazy runtime: which layers a pull leaves in the registry (see :data:`DeferFn`).
+        self.defer_layers: DeferFn | None = None
 
     @property
     def images(self) -> ImageDatabase:
@@ -231,7 +236,9 @@ class ImagePuller:
         # An image's config names its layers by diff ID: check that it names as many as the manifest
         # lists (containerd's unpacker does the same) before any layer is fetched.
         check = (lambda: self.diff_ids(manifest)) if manifest.is_image else None
-        fetched = self._ingest_blobs(source, blobs, after_config=check)
+        deferred = self.defer_layers(source, manifest) if self.defer_layers and manifest.is_image else set()
+        wanted = [b for b in blobs if b.digest not in deferred or b.digest == manifest.config.digest]
+        fetched = self._ingest_blobs(source, wanted, after_config=check)
         # Manifests last: a manifest in the store implies its blobs are there.
         self.store.ingest(manifest_desc, [manifest_raw])
         if manifest_desc != top:
@@ -296,6 +303,42 @@ class ImagePuller:
                 errors = [f.exception() for f in futures if not f.cancelled()]
                 raise next(e for e in errors if e is not None and not isinstance(e, _CancelledError))
         return fetched + sum(f.result() for f in futures)
+
+    # --- content a lazy pull left in the registry --------------------------------------------------
+
+    def sources_for(self, record: ImageRecord, keyring: Keyring | None = None) -> Generator[Source, None, None]:
+        """Sources of ``record``'s content, in pull order (mirrors first); each is closed when the
+        caller moves on to the next one or stops."""
+        ref = parse_normalized(record.name)
+        for spec in self.registries.pull_sources(ref):
+            try:
+                source = self._source(spec, keyring or Keyring())
+            except ImageVolError:
+                continue
+            try:
+                yield source
+            finally:
+                source.close()
+
+    def fetch_blobs(self, record: ImageRecord, blobs: Sequence[Descriptor], keyring: Keyring | None = None) -> int:
+        """Fetch the blobs of ``record``'s image that are not in the store (layers a lazy pull
+        left in the registry), verified as in a pull, from the first source that has them all.
+        Returns how many were fetched; raises the last source's error when none could."""
+        missing = [b for b in _unique(blobs) if not self.store.has(b.digest)]
+        if not missing:
+            return 0
+        prefix = f"failed to pull and unpack image {goquote(record.name)}"
+        errors: list[str] = []
+        last: ImageVolError | None = None
+        for source in self.sources_for(record, keyring):
+            try:
+                with self.store.locks.hold("gc", shared=True):
+                    return self._ingest_blobs(source, missing)
+            except ImageVolError as exc:
+                errors.append(str(exc))
+                last = exc
+        kind = type(last) if isinstance(last, PullError | ContentError) else PullError
+        raise kind(f"{prefix}: {'; '.join(errors) or 'no source configured'}")
 
     def manifest_of(self, record: ImageRecord) -> Manifest:
         """The image manifest of ``record`` (a manifest, never an index), read from the store."""

@@ -149,6 +149,13 @@ class MountStatus:
     #: The exact image mounted, ``<repository>@<digest it was pulled by>`` (what CRI's
     #: ``ImageSpec.image_ref`` reports for a volume, KEP-5365).
     image_ref: str = ""
+    #: What the mounted content is proven to be (an imagevol extension): ``verified`` (every
+    #: layer's digest and diff ID), ``toc-verified`` / ``toc-pinned`` (a lazily built sub path,
+    #: authenticated by the layers' tables of contents only), ``revoked`` (a later check failed).
+    trust: str = "verified"
+    #: How lazy mode served it (an imagevol extension): empty when not lazily, ``partial tree: ...``,
+    #: or why it fell back to a full pull.
+    lazy: str = ""
 
 
 @attrs.frozen

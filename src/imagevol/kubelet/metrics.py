@@ -7,7 +7,7 @@ texts carry the stability level the way Kubernetes' component-base prints it (``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TextIO
 
 import attrs
@@ -65,6 +65,8 @@ class KubeletMetrics:
     pull_durations: dict[str, _Histogram] = attrs.field(factory=dict)
     #: ``ALPHA`` (1.33, 1.34), ``BETA`` (1.35+), or empty when the version has no such metrics.
     stability: str = "ALPHA"
+    #: More families exposed after the kubelet's (the runtime's ``imagevol_lazy_*``); not stored.
+    collectors: tuple[Callable[[], Iterable[Metric]], ...] = ()
 
     def observe_pull(self, seconds: float, size: int) -> None:
         """Count a pull of ``size`` bytes that took ``seconds``."""
@@ -115,6 +117,8 @@ class KubeletMetrics:
             buckets.append(("+Inf", float(h.count)))
             hist.add_metric([label], buckets, h.sum)
         yield hist
+        for collector in self.collectors:
+            yield from collector()
 
     def exposition(self) -> bytes:
         """The Prometheus classic text exposition of these metrics."""

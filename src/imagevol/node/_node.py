@@ -99,6 +99,10 @@ class NodeConfig:
     content_root: str | None = None
     #: The largest blob the content store accepts, in bytes.
     max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
+    #: Lazy sub paths (docs/lazy.md): ``off`` (what every runtime does), ``toc`` (mount a sub path
+    #: from a partial tree, fetching only its bytes where layers have a table of contents), or
+    #: ``toc+complete`` (the same, then the rest is fetched and verified in the background).
+    lazy: str = "off"
 
     def __attrs_post_init__(self) -> None:
         problems = []
@@ -196,6 +200,8 @@ class Node:
             self.snapshots,
             self.config.subpath_backend,
             run_containers=self.config.run_containers,
+            lazy=self.config.lazy,
+            keychain=self.keychain,
         )
 
     def __enter__(self) -> Node:
@@ -230,8 +236,12 @@ class Node:
             self.state.write_json("node.json", state)
 
     def metrics(self) -> KubeletMetrics:
-        """The kubelet's metric values as persisted under the root."""
-        return KubeletMetrics.from_json(self.state.read_json("metrics.json"), self.gates.image_volume_metrics_stability)
+        metrics = KubeletMetrics.from_json(
+            self.state.read_json("metrics.json"), self.gates.image_volume_metrics_stability
+        )
+        if self.runtime.lazy.enabled or self.runtime.lazy.state():
+            metrics.collectors = (self.runtime.lazy.collect,)
+        return metrics
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[Kubelet]:
@@ -278,6 +288,12 @@ class Node:
         with self.locks.hold("node"):
             if not self.state.remove_secret(name, namespace):
                 raise SecretNotFoundError(f"secrets {goquote(name)} not found")
+
+    def keychain(self) -> Keyring:
+        """Every credential the node holds: its own, then those of the stored pull secrets. The
+        runtime picks from it only those that pulled an image (a lazy mount fetching the rest of
+        an image in a later process)."""
+        return Keyring.from_secrets(self.state.secrets()).merged(self.config.node_keyring)
 
     def keyring_for(self, pod: Pod, recorder: EventRecorder | None = None) -> Keyring:
         """The Pod's pull secrets as a keyring, then the node's own credentials (R3.4)."""
@@ -390,8 +406,12 @@ class Node:
             return record
 
     def sync(self) -> list[PodRecord]:
-        """One kubelet pass over every Pod on the node."""
-        return [self.sync_pod(r.pod.name, r.pod.namespace) for r in self.pods()]
+        """One kubelet pass over every Pod on the node; then, with ``lazy="toc+complete"``, the
+        completion of lazily built trees (docs/lazy.md): the rest of their layers fetched and
+        verified, each tree labelled ``verified`` or revoked."""
+        records = [self.sync_pod(r.pod.name, r.pod.namespace) for r in self.pods()]
+        self.runtime.complete_lazy()
+        return records
 
     def delete_pod(self, name: str, namespace: str = "default", grace: float | None = None) -> PodRecord:
         """Remove the Pod and its containers; running ones are stopped first (SIGTERM, ``grace``

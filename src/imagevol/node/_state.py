@@ -142,6 +142,21 @@ class NodeState:
         os.unlink(os.path.join(self.root, self.state_name("secrets", namespace, name)))
         return True
 
+    def secrets(self) -> list[Secret]:
+        """Every stored Secret (unreadable files are skipped)."""
+        out = []
+        for fname in sorted(os.listdir(os.path.join(self.root, "secrets"))):
+            if not _STATE_FILE.fullmatch(fname):
+                continue
+            try:
+                obj = self.read_json(os.path.join("secrets", fname))
+                data = {k: base64.b64decode(v) for k, v in obj.get("data", {}).items()}
+                meta = ObjectMeta(name=str(obj["name"]), namespace=str(obj["namespace"]))
+            except (NodeStateError, KeyError, ValueError, TypeError, AttributeError):
+                continue
+            out.append(Secret(meta, str(obj.get("type", "")), data))
+        return out
+
     # --- pods ---------------------------------------------------------------------------------
 
     def save_pod(self, record: PodRecord) -> None:

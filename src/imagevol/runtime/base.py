@@ -29,7 +29,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import attrs
@@ -60,10 +60,13 @@ from ..errors import (
     RegistryUnavailableError,
     SubPathError,
 )
+from ..lazy import Policy as LazyPolicy
 from ..oci import Digest, Manifest
 from ..oci.reference import parse_normalized
 from ..trees import subpath as sp
-from ..trees.snapshots import Snapshot, SnapshotKey, Snapshots
+from ..trees.partial import REVOKED, Label
+from ..trees.snapshots import PARTIAL, Snapshot, SnapshotKey, Snapshots
+from ._lazy import OFF, FullTreeExistsError, LazyMounts, one_line, reason_kind
 from .oci_spec import PROPAGATION_OPTION, VolumeMount
 from .real import BundleBuilder, load_process, save_process
 from .runc import Runc
@@ -93,6 +96,8 @@ class Runtime:
         backend: sp.Backend = sp.Backend.AUTO,
         *,
         run_containers: bool = False,
+        lazy: str = OFF,
+        keychain: Callable[[], Keyring] | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.puller = puller
@@ -104,6 +109,8 @@ class Runtime:
         self._bundles = BundleBuilder(self)
         self._containers = os.path.join(state_dir, "containers")
         os.makedirs(self._containers, mode=0o700, exist_ok=True)
+        #: Lazy sub paths (``--lazy``): partial trees, fetched by range (:mod:`._lazy`).
+        self.lazy = LazyMounts(lazy, puller, snapshots, state_dir, keychain=keychain)
 
     @property
     def resolver(self) -> ImagePuller:
@@ -118,6 +125,8 @@ class Runtime:
         kubelet shows as ``ErrImagePull`` (R3.6)."""
         try:
             result = self.puller.pull(reference, keyring)
+            # Layers a lazy pull left in the registry are fetched later with these credentials.
+            self.lazy.keyrings[result.record.name] = keyring or Keyring()
         except RegistryUnavailableError as exc:
             if self.reports_registry_unavailable:
                 raise
@@ -174,7 +183,17 @@ class Runtime:
         number of blobs removed. Both steps hold the exclusive ``gc`` lock, which a pull holds
         shared until its record is written: the blobs of a pull in progress are never taken."""
         self.prune_snapshots()
-        return len(self.puller.store.garbage_collect())
+        removed = len(self.puller.store.garbage_collect())
+        with self.puller.store.locks.hold("gc"):
+            # Lazily fetched bytes are kept only for layers an image still needs and lacks.
+            _, missing = self.puller.store.reachable()
+            self.lazy.cache.prune(missing)
+        return removed
+
+    def complete_lazy(self) -> list[tuple[SnapshotKey, Label]]:
+        """``--lazy toc+complete``: prove or revoke the partial trees of every image this node
+        holds (:meth:`._lazy.LazyMounts.complete_all`). Runs on each ``sync``; a no-op otherwise."""
+        return self.lazy.complete_all()
 
     def snapshot_key(self, record: ImageRecord) -> SnapshotKey | None:
         """The tree ``record`` mounts (None when its manifest or config is unreadable: it could
@@ -191,12 +210,18 @@ class Runtime:
         removed = []
         with self.puller.store.locks.hold("gc"):
             wanted = {self.snapshot_key(r) for r in self.puller.image_db.all()}
+            names = {str(k) for k in wanted if k is not None}
             for key in self.snapshots.published():
                 if key in wanted:
                     continue
+                if key.kind == PARTIAL:
+                    label = self.lazy.partial.label(key)
+                    if label is not None and label.image in names and label.trust != REVOKED:
+                        continue  # a sub path of an image still pulled
                 try:
                     if self.snapshots.remove(key):
                         removed.append(key)
+                        self.lazy.partial.drop_label(key)
                 except ImageInUseError:
                     continue  # a container still mounts it: the next prune takes it
         return removed
@@ -292,6 +317,7 @@ class Runtime:
                 record = ContainerStatus.from_json(json.load(f))
         except FileNotFoundError:
             return None
+        record = attrs.evolve(record, mounts=tuple(self.lazy.live(m) for m in record.mounts))
         if not os.path.isdir(self.oci.bundle(container_id)):
             return record
         run = self.oci.status(container_id)
@@ -378,10 +404,13 @@ class Runtime:
         return _latest(r for r in self.puller.image_db.by_id(ref) if self.puller.is_complete(r))
 
     def _acquire(self, record: ImageRecord, holder: str) -> tuple[Snapshot, Manifest]:
-        """The image's published tree, leased to ``holder`` with no window for a removal."""
+        """The image's published tree, leased to ``holder`` with no window for a removal. Layers a
+        lazy pull left in the registry are pulled first (and the full tree built as ever)."""
         try:
             manifest = self.puller.manifest_of(record)
             plan = self.snapshots.plan(record.manifest_digest, manifest)
+            if self.snapshots.get(plan.key) is None:
+                self.lazy.fetch_missing(record, manifest)
             return self.snapshots.acquire(plan, holder), manifest
         except BlobNotFoundError as exc:
             raise ImageVolumeMountFailedError(self.not_local_message(record.name) + f": {exc}") from None
@@ -396,12 +425,59 @@ class Runtime:
         record = self._local_image(mount)
         if record.artifact and not self.supports_artifacts:
             raise ImageVolumeMountFailedError(self.artifact_message(record))
+        sub_path = mount.image_sub_path if self.honours_sub_path else ""
+        note = ""
+        if self.lazy.enabled and not record.artifact and not sp.is_whole_volume(sub_path):
+            try:
+                return self._mount_lazy(record, mount, holder)
+            except ImageVolumeMountFailedError:
+                raise
+            except FullTreeExistsError:
+                pass
+            except (ImageVolError, OSError) as exc:
+                # Never a mount failure of its own: the full pull decides, and the reason stays.
+                self.lazy.count_fallback(exc)
+                note = f"fell back to a full pull ({reason_kind(exc)}): {one_line(exc)}"
         snap, manifest = self._acquire(record, holder)
         try:
-            return self._mount_leased(snap, manifest, record, mount)
+            status = self._mount_leased(snap, manifest, record, mount)
         except BaseException:
             self.snapshots.release(snap.key, holder)
             raise
+        return attrs.evolve(status, lazy=note) if note else status
+
+    def _mount_lazy(self, record: ImageRecord, mount: Mount, holder: str) -> MountStatus:
+        """A partial tree of the sub path (:mod:`._lazy`), then the sub path resolved again on it
+        by the fd-based resolver, as a second gate, and mounted from its handle."""
+        assert mount.image is not None
+        manifest = self.puller.manifest_of(record)
+        plan = self.snapshots.plan(record.manifest_digest, manifest)
+        if self.snapshots.get(plan.key) is not None:
+            raise FullTreeExistsError()
+        try:
+            result = self.lazy.mount(
+                record, manifest, plan.diff_ids, plan.key, mount.image_sub_path, LazyPolicy(self.policy.value), holder
+            )
+        except SubPathError as exc:
+            base = MountStatus(
+                container_path=mount.container_path,
+                image_id=mount.image.image,
+                user_specified_image=mount.image.user_specified_image,
+                snapshot=str(plan.key),
+                real_path=".",
+                is_dir=True,
+                sub_path=mount.image_sub_path,
+                image_ref=record.repo_digest,
+            )
+            raise ImageVolumeMountFailedError(self.sub_path_message(exc, base, mount)) from None
+        try:
+            status = self._mount_leased(result.snapshot, manifest, record, mount)
+        except BaseException:
+            self.snapshots.release(result.snapshot.key, holder)
+            raise
+        notes = "; ".join(self.lazy.notes(manifest))
+        text = f"partial tree of {len(manifest.layers)} layer(s)" + (f"; {notes}" if notes else "")
+        return attrs.evolve(status, trust=result.label.trust, lazy=text)
 
     def _mount_leased(self, snap: Snapshot, manifest: Manifest, record: ImageRecord, mount: Mount) -> MountStatus:
         assert mount.image is not None
@@ -449,7 +525,9 @@ class Runtime:
         """An ``O_PATH`` fd on what ``status`` mounts, re-opened from the snapshot's root along the
         recorded symlink-free path and checked to be the very inode that was resolved at create
         time (``RESOLVE_NO_SYMLINKS`` plus the inode: a swap since then fails instead of being
-        followed). Raises :class:`ImageVolError`."""
+        followed). Raises :class:`ImageVolError`; also for a lazily built tree a completion
+        revoked (the container loses the view rather than keep reading unproven content)."""
+        self.lazy.check_not_revoked(status)
         tree = self.snapshots.get(SnapshotKey.parse(status.snapshot))
         if tree is None:
             raise ImageVolError(f"the image volume mounted at {status.container_path} is gone")

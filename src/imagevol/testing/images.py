@@ -44,7 +44,8 @@ from ..oci import (
 from .tarbuild import FIXED_MTIME, TarEntry, build_layer, gzip_bytes, zstd_bytes
 
 _CREATED = "2023-11-14T22:13:20Z"  # FIXED_MTIME
-_COMPRESS = {
+#: Compression name -> (compress function, layer media type).
+COMPRESSORS = {
     "gzip": (gzip_bytes, OCI_LAYER_GZIP),
     "zstd": (zstd_bytes, OCI_LAYER_ZSTD),
     "none": (lambda b: b, OCI_LAYER),
@@ -91,7 +92,7 @@ class LayoutBuilder:
         for layer in layers:
             tar = build_layer(layer.entries)
             diff_ids.append(str(Digest.of(tar)))
-            compress, media_type = _COMPRESS[layer.compression]
+            compress, media_type = COMPRESSORS[layer.compression]
             descs.append(self.add_blob(compress(tar), media_type))
         config: dict[str, object] = {
             "architecture": platform.architecture,

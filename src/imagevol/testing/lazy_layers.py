@@ -37,7 +37,8 @@ from typing import Any
 import attrs
 import zstandard
 
-from ..oci import OCI_LAYER_GZIP, OCI_LAYER_ZSTD, Descriptor, Digest
+from ..oci import OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, Descriptor, Digest, Platform, canonical_json
+from .images import COMPRESSORS, Layer, LayoutBuilder
 from .tarbuild import TarEntry, build_layer
 
 _TOC_TYPES = {
@@ -382,3 +383,38 @@ def estargz_layer(
         "io.containers.estargz.uncompressed-size": str(len(stream)),
     }
     return LazyLayer(blob.getvalue(), OCI_LAYER_GZIP, annotations, stream, toc_json)
+
+
+# --- images -------------------------------------------------------------------------------------------
+
+
+def add_lazy_image(
+    builder: LayoutBuilder,
+    layers: Sequence[LazyLayer | Layer],
+    *,
+    tag: str = "",
+    platform: Platform | None = None,
+) -> Descriptor:
+    """An image of ``layers`` (bottom first; written lazy layers, or plain :class:`Layer` values
+    compressed as they say) in the layout ``builder`` writes, its config naming each layer's diff
+    ID. Returns the manifest's descriptor (tagged ``tag`` when given)."""
+    platform = platform or Platform("linux", "amd64")
+    descs = []
+    diff_ids = []
+    for layer in layers:
+        if isinstance(layer, LazyLayer):
+            descs.append(builder.add_blob(layer.blob, layer.media_type, layer.annotations))
+            diff_ids.append(str(layer.diff_id))
+            continue
+        tar = build_layer(layer.entries)
+        compress, media_type = COMPRESSORS[layer.compression]
+        descs.append(builder.add_blob(compress(tar), media_type))
+        diff_ids.append(str(Digest.of(tar)))
+    config = {
+        "architecture": platform.architecture,
+        "os": platform.os,
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }
+    cfg = builder.add_blob(canonical_json(config), OCI_CONFIG)
+    return builder.add_manifest(cfg, descs, tag=tag)

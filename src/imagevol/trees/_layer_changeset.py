@@ -31,15 +31,14 @@ import stat
 import attrs
 
 from ..errors import LayerError
+from ..lazy.rules import OPAQUE_WHITEOUT, WHITEOUT_PREFIX, clean_name
 from ..oci import Digest
-from ._inroot import CREATE_NEW, NAME_MAX, PATH_ENTRY, PATH_MAX, lstat_at, umask
+from ._inroot import CREATE_NEW, PATH_ENTRY, PATH_MAX, lstat_at, umask
 from ._layer_metadata import SETID, WRITE_BITS, BuildState, restore
 from ._layer_primitives import create_or_replace, is_empty, list_dir_path
 from ._layer_tree import Tree
 from ._tarstream import BLK, CHR, DIR, FIFO, LINK, REG, SYMLINK, Member, TarReader
 
-WHITEOUT_PREFIX = ".wh."
-OPAQUE_WHITEOUT = ".wh..wh..opq"
 _MAX_ID = 2**32 - 2  # (uid_t)-1 means "leave unchanged" to chown(2): never a real owner
 _MAX_TIME_NS = 2**63 - 1
 
@@ -67,31 +66,8 @@ class LayerStats:
 # --- names ---------------------------------------------------------------------------------------
 
 
-def clean_name(name: str, *, what: str = "name") -> tuple[str, ...]:
-    """Validate a decoded member name (or hardlink target) and return its components (C2.1).
-
-    Leading ``/`` and ``.``/empty elements are dropped (names are root-relative); NUL or any ``..``
-    element is refused; an element over 255 bytes or a normalised path of 4096 bytes or more is
-    ``toolong``."""
-    if len(name) <= NAME_MAX // 4 and "\x00" not in name:
-        # The common case, decided without building anything twice: a short relative name with no
-        # empty, "." or ".." element is its own split (the rules below would keep every element).
-        elements = name.split("/")
-        if "" not in elements and "." not in elements and ".." not in elements:
-            return tuple(elements)
-    kind = "invalid_name" if what == "name" else "invalid_link"
-    if "\x00" in name:
-        raise LayerError(kind, f"{what} {name!r} contains NUL")
-    parts = tuple(p for p in name.split("/") if p and p != ".")
-    if ".." in parts:
-        raise LayerError(kind, f"{what} {name!r} contains a '..' element")
-    # A str of n characters encodes to at most 4n bytes (surrogate escapes to 1), so short names
-    # need no encoding to be checked.
-    if len(name) > NAME_MAX // 4 and (
-        len(os.fsencode("/".join(parts))) >= PATH_MAX or any(len(os.fsencode(p)) > NAME_MAX for p in parts)
-    ):
-        raise LayerError("toolong", f"{what} {name[:80]!r}... is too long")
-    return parts
+# ``clean_name`` and the whiteout names are the lazy index's too (:mod:`imagevol.lazy.rules`): one
+# definition, so a lazily built tree refuses exactly what this applier refuses.
 
 
 # --- applying one layer ---------------------------------------------------------------------------

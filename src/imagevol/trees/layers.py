@@ -26,18 +26,12 @@ import attrs
 
 from .._text import goquote
 from ..errors import DiffIDMismatchError, LayerError
+from ..lazy.rules import OPAQUE_WHITEOUT, WHITEOUT_PREFIX, clean_name
 from ..oci import Digest
 from . import _inroot
 from ._decompress import ChunkPipe
 from ._inroot import MAX_SYMLINK_FOLLOWS, NAME_MAX, PATH_MAX, lstat_at
-from ._layer_changeset import (
-    OPAQUE_WHITEOUT,
-    WHITEOUT_PREFIX,
-    ChangesetApplier,
-    LayerEntryError,
-    LayerStats,
-    clean_name,
-)
+from ._layer_changeset import ChangesetApplier, LayerEntryError, LayerStats
 from ._layer_metadata import BuildState
 from ._layer_primitives import write_all
 from ._layer_tree import Tree

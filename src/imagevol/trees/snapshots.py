@@ -60,11 +60,13 @@ from ..oci import MAX_CONFIG_BYTES, Descriptor, Digest, Manifest, chain_id, imag
 from .artifacts import lay_out_artifact
 from .layers import ApplyOptions, BuildState, apply_layer_fd, rmtree
 
-_KEY = re.compile(r"(chain|manifest)-([a-z0-9]+)-([0-9a-f]+)")
+_KEY = re.compile(r"(chain|manifest|partial)-([a-z0-9]+)-([0-9a-f]+)")
 _LEGACY = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
 
 CHAIN = "chain"
 MANIFEST = "manifest"
+#: A partial tree (one sub path of an image, :mod:`imagevol.trees.partial`): never a full tree.
+PARTIAL = "partial"
 #: Trees of an earlier version, named by a bare manifest digest: kept only while leased.
 LEGACY = "legacy"
 
@@ -86,6 +88,11 @@ class SnapshotKey:
     def for_manifest(cls, digest: Digest) -> SnapshotKey:
         """The key of an artifact's tree: its manifest digest."""
         return cls(MANIFEST, digest)
+
+    @classmethod
+    def for_partial(cls, digest: Digest) -> SnapshotKey:
+        """The key of the partial tree named by ``digest`` (a digest of what it was built from)."""
+        return cls(PARTIAL, digest)
 
     @classmethod
     def parse(cls, text: str) -> SnapshotKey:
@@ -214,7 +221,7 @@ class Snapshots:
         self.store = store
         self.options = options or ApplyOptions()
         self.verify = verify
-        self._staging = os.path.join(self.root, ".staging")
+        self.staging = self._staging = os.path.join(self.root, ".staging")
         self._leases = os.path.join(self.root, ".leases")
         for d in (self.root, self._staging, self._leases):
             os.makedirs(d, mode=0o700, exist_ok=True)
@@ -307,6 +314,10 @@ class Snapshots:
 
     # --- build --------------------------------------------------------------------------------
 
+    def open_layer(self, desc: Descriptor) -> IO[bytes]:
+        """A stored blob, its size checked first and its digest verified as it is read."""
+        return self._open_blob(desc)
+
     def _open_blob(self, desc: Descriptor) -> IO[bytes]:
         # A descriptor whose size differs from the stored blob lies (the blob was verified when it
         # was ingested): say so before reading, rather than blaming the store at the end.
@@ -318,22 +329,31 @@ class Snapshots:
 
     def materialise(self, plan: SnapshotPlan, on_build: Callable[[SnapshotKey], None] | None = None) -> Snapshot:
         """The published tree of ``plan``, building it if needed."""
-        key = plan.key
+
+        def build(root_fd: int, state: BuildState) -> list[str]:
+            if on_build is not None:
+                on_build(plan.key)
+            return self._build(root_fd, plan, state)
+
+        return self.materialise_tree(plan.key, build, artifact=plan.artifact)
+
+    def materialise_tree(
+        self, key: SnapshotKey, build: Callable[[int, BuildState], list[str]], *, artifact: bool = False
+    ) -> Snapshot:
+        """The published tree of ``key``, built by ``build(root_fd, state)`` (which returns its
+        warnings) in a private staging directory when it is not published yet: single flight
+        under the key's lock, published by rename, nothing visible on failure."""
         existing = self.get(key)
         if existing is not None:
-            return Snapshot(key, existing, plan.artifact)
+            return Snapshot(key, existing, artifact)
         with self._lock(key):
             existing = self.get(key)
             if existing is not None:
-                return Snapshot(key, existing, plan.artifact)
-            if on_build is not None:
-                on_build(key)
+                return Snapshot(key, existing, artifact)
             staging = os.path.join(self._staging, f"{key.name}.{os.getpid()}.{uuid.uuid4().hex}")
             state = BuildState()
-            warnings = publish_tree(
-                self.path(key), staging, lambda root_fd: self._build(root_fd, plan, state), state=state
-            )
-            return Snapshot(key, self.path(key), plan.artifact, tuple(warnings))
+            warnings = publish_tree(self.path(key), staging, lambda root_fd: build(root_fd, state), state=state)
+            return Snapshot(key, self.path(key), artifact, tuple(warnings))
 
     def _build(self, root_fd: int, plan: SnapshotPlan, state: BuildState) -> list[str]:
         manifest = plan.manifest
@@ -363,12 +383,19 @@ class Snapshots:
     def acquire(self, plan: SnapshotPlan, holder: str) -> Snapshot:
         """Materialise (if needed) and lease in one step, so that no removal can slip in between
         (``materialise`` then ``lease`` leaves that window; ``lease`` then fails cleanly)."""
+        return self._acquire(plan.key, lambda: self.materialise(plan), holder)
+
+    def acquire_tree(self, key: SnapshotKey, build: Callable[[int, BuildState], list[str]], holder: str) -> Snapshot:
+        """:meth:`materialise_tree` and lease in one step (see :meth:`acquire`)."""
+        return self._acquire(key, lambda: self.materialise_tree(key, build), holder)
+
+    def _acquire(self, key: SnapshotKey, materialise: Callable[[], Snapshot], holder: str) -> Snapshot:
         while True:
-            snap = self.materialise(plan)
+            snap = materialise()
             try:
-                self.lease(plan.key, holder)
+                self.lease(key, holder)
             except ImageVolError:
-                if self.get(plan.key) is None:
+                if self.get(key) is None:
                     continue  # removed in between: build it again
                 raise
             return snap

@@ -6,10 +6,11 @@ its digest and size before anything reaches the content store.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from ...oci import Descriptor
+from ..ranges import RangedReader
 from .auth import Credentials
 
 
@@ -30,6 +31,13 @@ class Source(Protocol):
 
     def fetch_blob(self, desc: Descriptor) -> Iterator[bytes]:
         """The blob's bytes in chunks (unverified; the store verifies while writing)."""
+        ...
+
+    def ranged_reader(self, desc: Descriptor, on_fetch: Callable[[int], None] | None = None) -> RangedReader:
+        """Byte ranges of the blob ``desc`` (lazy sub paths; unverified, like every answer).
+        ``on_fetch`` is told the bytes each answer brought. Raises ``ImageVolError`` when the
+        source cannot serve ranges of it (``LazyFormatError`` ``unsupported``, or the blob is
+        missing)."""
         ...
 
     def credentials_used(self) -> Credentials | None:

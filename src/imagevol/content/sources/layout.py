@@ -7,13 +7,14 @@ The layout is read through fsspec, so it may be local or remote. Its ``index.jso
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fsspec
 
-from ...errors import ImageNotFoundError, ManifestError
+from ...errors import ImageNotFoundError, LazyFormatError, ManifestError
 from ...oci import ANNOTATION_REF_NAME, MAX_MANIFEST_BYTES, OCI_INDEX, Descriptor, Digest
+from ..ranges import FileReader
 from .auth import Credentials
 
 _CHUNK = 1024 * 1024
@@ -92,6 +93,22 @@ class OCILayoutSource:
         with f:
             while chunk := f.read(_CHUNK):
                 yield chunk
+
+    def ranged_reader(self, desc: Descriptor, on_fetch: Callable[[int], None] | None = None) -> FileReader:
+        """Byte ranges of the blob ``desc``, read with ``pread`` from the layout's file (local
+        layouts only: a remote fsspec layout has no file descriptor to read from). The file must
+        have the size its descriptor declares; its bytes are verified by the caller."""
+        protocol = getattr(self.fs, "protocol", ())
+        if "file" not in ((protocol,) if isinstance(protocol, str) else tuple(protocol)):
+            raise LazyFormatError("unsupported", f"{self.description}: ranged reads need a local OCI layout")
+        try:
+            reader = FileReader.open(self._blob(desc.digest), on_fetch)
+        except FileNotFoundError:
+            raise ImageNotFoundError(f"{self.description}: blob {desc.digest} missing") from None
+        if reader.size != desc.size:
+            reader.close()
+            raise LazyFormatError("range", f"{self.description}: blob {desc.digest} is not {desc.size} bytes")
+        return reader
 
     def credentials_used(self) -> Credentials | None:
         """None: a layout needs no credentials."""

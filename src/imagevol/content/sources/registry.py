@@ -34,6 +34,7 @@ from ._bounds import Deadline, SpeedMeter, duration
 from ._client import DEADLINE_EXCEEDED, RegistryClient, Reply, RetryPolicy, Timeouts, TransportError
 from .auth import Credentials, Keyring
 from .mirrors import PullSource
+from .ranged import RegistryBlobReader
 
 CHUNK = 1024 * 1024
 DEFAULT_MAX_RESUMES = 5
@@ -212,6 +213,10 @@ class RegistrySource:
                 )
             return 0
         raise _status_error(url, resp)
+
+    def ranged_reader(self, desc: Descriptor, on_fetch: Callable[[int], None] | None = None) -> RegistryBlobReader:
+        """Byte ranges of the blob ``desc`` (lazy sub paths), through this source's client."""
+        return RegistryBlobReader(self.client, self._url("blobs", str(desc.digest)), desc.size, on_fetch=on_fetch)
 
     def credentials_used(self) -> Credentials | None:
         """The credentials the registry accepted, None when it asked for none."""
