@@ -81,7 +81,7 @@ def run_pods(root: str, ref: str, count: int) -> float:
     errors: list[str] = []
 
     def one(i: int) -> None:
-        _, record = node.create_pod(pod(f"p{i}", ref, f"l{i % 4}/d{i % 32}"))
+        record = node.create_pod(pod(f"p{i}", ref, f"l{i % 4}/d{i % 32}"))
         if record.phase != "Running":
             errors.append(f"p{i}: {record.status_text}")
 

@@ -140,7 +140,9 @@ def bench_second_mount(files: int = 20000, number: int = 200) -> dict[str, Any]:
         with open(registries, "w") as f:
             f.write('[[registry]]\nprefix = "bench.test/img"\nlocation = "bench.test/img"\n\n')
             f.write(f'[[registry.mirror]]\nlocation = "oci-layout:{layout}"\n')
-        node = Node(NodeConfig(root=os.path.join(base, "node"), registries=registries, runtime="containerd"))
+        node = Node(
+            NodeConfig(root=os.path.join(base, "node"), registries=registries, runtime="containerd", hermetic=True)
+        )
         runtime = node.runtime
         result: dict[str, Any] = {"files": files, "load": [os.getloadavg()[0]]}
         for tag in ("small", "big"):

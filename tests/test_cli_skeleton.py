@@ -165,7 +165,7 @@ def test_describe_and_delete(node_root: str, capsys: pytest.CaptureFixture[str])
     assert imagevol(node_root, "apply", "-f", POD)[0] == 0
     code, out = imagevol(node_root, "describe", "pod", "image-volume")
     assert code == 0
-    assert '/volume from volume (ro) (path "dir")' in out
+    assert '/volume from volume (ro,path="dir")' in out
     assert "Reference:   quay.io/crio/artifact:v2" in out
     assert imagevol(node_root, "delete", "pod", "image-volume") == (0, 'pod "image-volume" deleted\n')
     assert imagevol(node_root, "describe", "pod", "image-volume")[0] == 1

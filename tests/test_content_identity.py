@@ -144,7 +144,7 @@ def _view(node: Node, record: PodRecord) -> ContainerView:
 
 
 def _start(node: Node, name: str, ref: str, policy: str = "IfNotPresent") -> PodRecord:
-    _, record = node.create_pod(make_pod(name, [("volume", ref, policy)], [("volume", "/volume", "")]))
+    record = node.create_pod(make_pod(name, [("volume", ref, policy)], [("volume", "/volume", "")]))
     return record
 
 

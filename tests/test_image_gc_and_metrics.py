@@ -87,7 +87,7 @@ def test_exposition_passes_promtool(node: Node) -> None:
 def test_stability_follows_the_version(node_root: str, version: str, stability: str) -> None:
     from imagevol.node import NodeConfig
 
-    node = Node(NodeConfig(root=node_root, k8s_version=version))
+    node = Node(NodeConfig(root=node_root, k8s_version=version, hermetic=True))
     assert f"[{stability}] Number of requested image volumes.".encode() in node.metrics().exposition()
 
 

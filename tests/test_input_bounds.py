@@ -78,10 +78,11 @@ def state(root: str) -> dict[str, list[str]]:
     }
 
 
-def pod_names(root: str) -> list[str]:
-    code, out, _ = run(root, "get", "pods")
+def pod_names(root: str, *flags: str) -> list[str]:
+    """The NAME column of ``get pods`` (of every namespace with ``-A``)."""
+    code, out, _ = run(root, "get", "pods", *flags)
     assert code == 0
-    return [line.split()[0] for line in out.splitlines()[1:]]
+    return [line.split()[1 if flags else 0] for line in out.splitlines()[1:]]
 
 
 def assert_one_plain_line(err: str, root: str) -> None:
@@ -93,7 +94,7 @@ def assert_one_plain_line(err: str, root: str) -> None:
 @pytest.fixture
 def root(tmp_path: Any) -> Iterator[str]:
     path = os.path.join(str(tmp_path), "node")
-    Node(NodeConfig(root=path))  # create the state directories
+    Node(NodeConfig(root=path, hermetic=True))  # create the state directories
     yield path
 
 
@@ -485,7 +486,7 @@ def _secret(name: str, data: dict[str, str], namespace: str = "") -> dict[str, A
 
 def test_secret_data_is_limited_to_1_mib(root: str, tmp_path: Any) -> None:
     code, out, err = apply_text(root, str(tmp_path), json.dumps(_secret("ok", {"k": "x" * MAX_SECRET_SIZE})))
-    assert (code, out) == (0, "secret/ok configured\n"), err
+    assert (code, out) == (0, "secret/ok created\n"), err
     before = state(root)
     code, _, err = apply_text(root, str(tmp_path), json.dumps(_secret("big", {"k": "x" * MAX_SECRET_SIZE, "j": "y"})))
     assert (code, err) == (1, 'The Secret "big" is invalid: data: Too long: may not be more than 1048576 bytes\n')
@@ -575,12 +576,13 @@ def test_same_name_in_two_namespaces_and_get_pods_order(root: str, tmp_path: Any
     code, _, err = apply_text(root, str(tmp_path), text)
     assert code == 0, err
     # Ordered by namespace and name, as <namespace>_<name> state files used to sort.
-    assert pod_names(root) == ["b", "a", "b", "a"]
+    assert pod_names(root, "-A") == ["b", "a", "b", "a"]
+    assert pod_names(root) == ["a", "b"]  # the default namespace, as kubectl shows it
     code, out, _ = run(root, "-n", "a1", "describe", "pod", "b")
     assert code == 0 and "Namespace:        a1\n" in out
     assert run(root, "-n", "a1", "delete", "pod", "b")[0] == 0
     assert run(root, "describe", "pod", "b")[0] == 0  # default/b is untouched
-    assert pod_names(root) == ["a", "b", "a"]
+    assert pod_names(root, "-A") == ["a", "b", "a"]
 
 
 def test_labels_and_annotation_keys_are_validated(root: str, tmp_path: Any) -> None:
@@ -599,10 +601,9 @@ def test_generate_name_cannot_be_applied_but_is_generated_on_create(root: str, t
     doc["metadata"]["generateName"] = "gen-"
     code, _, err = apply_text(root, str(tmp_path), yaml.safe_dump(doc))
     assert (code, err) == (1, "error: from gen-: cannot use generate name with apply\n")
-    node = Node(NodeConfig(root=root))
-    what, record = node.create_pod(pod_from_dict(doc))
+    node = Node(NodeConfig(root=root, hermetic=True))
+    record = node.create_pod(pod_from_dict(doc))
     assert record.pod.name.startswith("gen-") and len(record.pod.name) == 9
-    assert what == f"pod/{record.pod.name} created"
     assert pod_names(root) == [record.pod.name]
 
 
@@ -629,7 +630,7 @@ def test_a_pull_secret_name_that_looks_like_a_path_reads_nothing(root: str, tmp_
     doc["spec"]["imagePullSecrets"] = [{"name": "../node"}, {"name": "../../" + "x" * 300}]
     code, _, err = apply_text(root, str(tmp_path), yaml.safe_dump(doc))
     assert code == 0, err
-    node = Node(NodeConfig(root=root))
+    node = Node(NodeConfig(root=root, hermetic=True))
     (event,) = [e for e in node.get_pod("ps").events if e.reason == "FailedToRetrieveImagePullSecret"]
     assert event.message.startswith("Unable to retrieve some image pull secrets (../node, ../../xxx")
     assert node.keyring_for(pod_from_dict(doc)).entries == ()

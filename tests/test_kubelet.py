@@ -35,7 +35,7 @@ def metric_values(node: Node) -> tuple[int, int, int]:
 
 def test_pulls_happen_in_spec_order_before_any_container(node: Node) -> None:
     p = pod("order", [ctr("a", ("k", "/k", "")), ctr("b", ("v", "/v", "dir"))], [vol("k", "kitten"), vol("v", "v2")])
-    _, record = node.create_pod(p)
+    record = node.create_pod(p)
     messages = [e.message for e in record.events]
     assert messages[0] == f'Pulling image "{PREFIX}:kitten"'
     assert messages[1].startswith(f'Successfully pulled image "{PREFIX}:kitten"')
@@ -50,7 +50,7 @@ def test_pulls_happen_in_spec_order_before_any_container(node: Node) -> None:
 def test_unused_broken_volume_leaves_the_pod_running(node: Node) -> None:
     """R3.9: the failed pull is recorded but only containers that mount it fail."""
     p = pod("unused", [ctr("a", ("v", "/v", ""))], [vol("v", "v2"), vol("broken", "does-not-exist")])
-    _, record = node.create_pod(p)
+    record = node.create_pod(p)
     assert record.phase == "Running"
     assert "Failed" in reasons(record)  # the pull failure event is still there
     assert record.volumes["broken"].reason == "ErrImagePull"
@@ -62,7 +62,7 @@ def test_failure_surfaces_on_each_container_that_mounts_the_volume(node: Node) -
         [ctr("a", ("broken", "/b", "")), ctr("b", ("v", "/v", "")), ctr("c", ("broken", "/b", ""), ("v", "/v", ""))],
         [vol("v", "v2"), vol("broken", "nope")],
     )
-    _, record = node.create_pod(p)
+    record = node.create_pod(p)
     states = {s.name: (s.state, s.reason) for s in record.containers}
     assert states == {"a": ("waiting", "ErrImagePull"), "b": ("running", ""), "c": ("waiting", "ErrImagePull")}
     per_container = [(e.field_path, e.message) for e in record.events if e.message == "Error: ErrImagePull"]
@@ -80,7 +80,7 @@ def test_init_container_failure_blocks_the_pod(node: Node) -> None:
         [vol("v", "v2"), vol("broken", "nope")],
         init=[ctr("setup", ("broken", "/b", ""))],
     )
-    _, record = node.create_pod(p)
+    record = node.create_pod(p)
     assert record.state("setup").reason == "ErrImagePull"
     assert record.state("main").state == "waiting" and record.state("main").container_id == ""
     assert record.status_text == "Init:ErrImagePull"
@@ -90,14 +90,14 @@ def test_init_container_failure_blocks_the_pod(node: Node) -> None:
 def test_sidecar_init_container_failure_does_not_block(node: Node) -> None:
     sidecar = ctr("side", ("broken", "/b", ""), restartPolicy="Always")
     p = pod("side", [ctr("main", ("v", "/v", ""))], [vol("v", "v2"), vol("broken", "nope")], init=[sidecar])
-    _, record = node.create_pod(p)
+    record = node.create_pod(p)
     assert record.state("side").reason == "ErrImagePull"
     assert record.state("main").state == "running"
 
 
 def test_init_container_completes_then_containers_start(node: Node) -> None:
     p = pod("init-ok", [ctr("main", ("v", "/v", ""))], [vol("v", "v2")], init=[ctr("setup", ("v", "/v", "dir"))])
-    _, record = node.create_pod(p)
+    record = node.create_pod(p)
     assert (record.state("setup").state, record.state("setup").reason) == ("terminated", "Completed")
     assert record.state("main").state == "running"
 
@@ -110,7 +110,7 @@ def test_one_volume_several_sub_paths_and_one_image_in_two_volumes(node: Node) -
         [ctr("a", ("v", "/v", "dir")), ctr("b", ("v", "/v", ""), ("w", "/w", "dir"))],
         [vol("v", "v2"), vol("w", "v2")],
     )
-    _, record = node.create_pod(p)
+    record = node.create_pod(p)
     assert record.phase == "Running"
     assert [e.reason for e in record.events[:3]] == ["Pulling", "Pulled", "Pulled"]
     assert record.events[2].message == f'Container image "{PREFIX}:v2" already present on machine'
@@ -124,7 +124,7 @@ def test_one_volume_several_sub_paths_and_one_image_in_two_volumes(node: Node) -
 def test_pull_backoff_and_retries_on_later_syncs(node: Node, clock: FakeClock) -> None:
     """R3.6, R5.6: 10 s doubling; ImagePullBackOff while backing off; retried after."""
     p = pod("retry", [ctr("a", ("broken", "/b", ""))], [vol("broken", "nope")])
-    _, record = node.create_pod(p)
+    record = node.create_pod(p)
     assert record.state("a").reason == "ErrImagePull"
     clock.advance(5)
     record = node.sync_pod("retry")
@@ -153,7 +153,7 @@ def test_always_pulls_on_every_sync(node: Node) -> None:
 
 def test_never_uses_what_is_present(node: Node) -> None:
     node.create_pod(pod("first", [ctr("a", ("v", "/v", ""))], [vol("v", "v2")]))
-    _, record = node.create_pod(pod("never", [ctr("a", ("v", "/v", ""))], [vol("v", "v2", "Never")]))
+    record = node.create_pod(pod("never", [ctr("a", ("v", "/v", ""))], [vol("v", "v2", "Never")]))
     assert record.phase == "Running"
     assert record.events[0].message == f'Container image "{PREFIX}:v2" already present on machine'
 
@@ -183,7 +183,7 @@ def test_metrics_accounting(
     node.create_pod(pod("ok", [ctr("a", ("v", "/v", "dir"))], [vol("v", "v2")]))
     node.create_pod(pod("pullfail", [ctr("a", ("b", "/b", ""))], [vol("b", "nope")]))
     node.create_pod(pod("mountfail", [ctr("a", ("v", "/v", "nope"))], [vol("v", "v2")]))
-    _, record = node.create_pod(_expr_pod("configfail"))
+    record = node.create_pod(_expr_pod("configfail"))
     assert record.state("a").reason == "CreateContainerConfigError"
     assert record.state("a").message == "missing value for MISSING"
     assert metric_values(node) == expected
@@ -200,7 +200,7 @@ def test_metrics_count_per_mount_per_attempt(node: Node) -> None:
 def test_kubelet_gate_off_with_the_api_accepting(node_root: str, fixtures_layout: str, clock: FakeClock) -> None:
     """R5.8: no pull; the runtime gets a mount without host path or image and refuses it."""
     node = make_node(node_root, fixtures_layout, clock, kubelet_feature_gates="ImageVolume=false")
-    _, record = node.create_pod(pod("gateoff", [ctr("a", ("v", "/v", ""))], [vol("v", "v2")]))
+    record = node.create_pod(pod("gateoff", [ctr("a", ("v", "/v", ""))], [vol("v", "v2")]))
     assert "Pulling" not in reasons(record)
     assert record.state("a").reason == "CreateContainerError"
     assert "host path is not set" in record.state("a").message
@@ -209,7 +209,7 @@ def test_kubelet_gate_off_with_the_api_accepting(node_root: str, fixtures_layout
 
 def test_api_gate_off_drops_the_volume_and_the_pod_runs(node_root: str, fixtures_layout: str, clock: FakeClock) -> None:
     node = make_node(node_root, fixtures_layout, clock, feature_gates="ImageVolume=false")
-    _, record = node.create_pod(pod("dropped", [ctr("a", ("v", "/v", ""))], [vol("v", "v2")]))
+    record = node.create_pod(pod("dropped", [ctr("a", ("v", "/v", ""))], [vol("v", "v2")]))
     assert record.pod.spec.volumes == ()
     assert record.phase == "Running"
     assert "Pulling" not in reasons(record)
@@ -218,7 +218,7 @@ def test_api_gate_off_drops_the_volume_and_the_pod_runs(node_root: str, fixtures
 def test_sub_path_expr_from_downward_api(node: Node) -> None:
     c = ctr("a", env=[{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}])
     c["volumeMounts"] = [{"name": "v", "mountPath": "/v", "subPathExpr": "$(POD_NAME)"}]
-    _, record = node.create_pod(pod("dir", [c], [vol("v", "v2")]))
+    record = node.create_pod(pod("dir", [c], [vol("v", "v2")]))
     assert record.phase == "Running"
     status = node.runtime.container_status(record.state("a").container_id)
     assert status is not None and status.mounts[0].real_path == "dir"

@@ -195,7 +195,8 @@ def test_cli_exec_real(tmp_path: Any, layout_dir: str, runtime: str) -> None:
     registries = write_registries(layout_dir, os.path.join(layout_dir, "layout"))
     node = make_node(root, layout_dir, runtime)
     sub_path = "file" if runtime == "crio" else "dir"
-    [(_, record)] = node.apply(pod_yaml("p", image=f"{REGISTRY}:tricky", sub_path=sub_path))
+    [applied] = node.apply(pod_yaml("p", image=f"{REGISTRY}:tricky", sub_path=sub_path))
+    record = applied.record
     assert record is not None and record.containers[0].state == "running"
     before = _mountinfo()
     done = _cli(root, registries, "exec", "p", "-c", "c", "--real", "--", "cat", "/volume", runtime=runtime)

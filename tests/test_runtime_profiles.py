@@ -29,7 +29,8 @@ def nodes(tmp_path: Any, layout_dir: str) -> Iterator[dict[str, Node]]:
 
 
 def _start(node: Node, name: str, **kwargs: Any) -> tuple[Any, Any]:
-    [(_, record)] = node.apply(pod_yaml(name, **kwargs))
+    [applied] = node.apply(pod_yaml(name, **kwargs))
+    record = applied.record
     assert record is not None
     return record, record.containers[0]
 

@@ -54,7 +54,7 @@ def view(node: Node, record: PodRecord) -> ContainerView:
 
 
 def test_kitten_whole_volume(node: Node, reg: peers.Registry) -> None:
-    _, record = node.create_pod(make_pod("k", [("volume", kitten(reg), "IfNotPresent")], [("volume", "/volume", "")]))
+    record = node.create_pod(make_pod("k", [("volume", kitten(reg), "IfNotPresent")], [("volume", "/volume", "")]))
     assert record.phase == "Running"
     v = view(node, record)
     assert "kitten.jpg" in v.cat("/volume/data.json").decode()
@@ -64,7 +64,7 @@ def test_kitten_whole_volume(node: Node, reg: peers.Registry) -> None:
 def test_kitten_sub_path_etc(node: Node, reg: peers.Registry) -> None:
     """e2e: subPath etc exposes os-release at the mount root."""
     pod = make_pod("k", [("volume", kitten(reg), "IfNotPresent")], [("volume", "/volume", "etc")])
-    _, record = node.create_pod(pod)
+    record = node.create_pod(pod)
     assert record.phase == "Running"
     v = view(node, record)
     assert v.ls("/volume") == ["os-release"]
@@ -74,7 +74,7 @@ def test_kitten_sub_path_etc(node: Node, reg: peers.Registry) -> None:
 @pytest.mark.parametrize("node", ["containerd", "crio"], indirect=True)
 def test_non_existing_sub_path_is_create_container_error(node: Node, reg: peers.Registry) -> None:
     pod = make_pod("k", [("volume", kitten(reg), "IfNotPresent")], [("volume", "/volume", "not-existing")])
-    _, record = node.create_pod(pod)
+    record = node.create_pod(pod)
     state = record.state("c")
     assert (state.state, state.reason) == ("waiting", "CreateContainerError")
     assert state.message.startswith("ImageVolumeMountFailed: ")
@@ -84,7 +84,7 @@ def test_non_existing_sub_path_is_create_container_error(node: Node, reg: peers.
 def test_invalid_reference_backs_off(node: Node, clock: FakeClock) -> None:
     """e2e: reference localhost/invalid reaches ImagePullBackOff (nothing listens there)."""
     pod = make_pod("bad", [("volume", "localhost/invalid", "IfNotPresent")], [("volume", "/volume", "")])
-    _, record = node.create_pod(pod)
+    record = node.create_pod(pod)
     assert record.state("c").reason == "ErrImagePull"
     clock.advance(1)
     record = node.sync_pod("bad")
@@ -98,7 +98,7 @@ def test_unused_broken_volume_still_runs(node: Node, reg: peers.Registry) -> Non
         [("volume", kitten(reg), "IfNotPresent"), ("broken", "localhost/invalid", "IfNotPresent")],
         [("volume", "/volume", "")],
     )
-    _, record = node.create_pod(pod)
+    record = node.create_pod(pod)
     assert record.phase == "Running"
     assert record.volumes["broken"].reason == "ErrImagePull"
 
@@ -107,7 +107,7 @@ def test_several_pods_on_one_image_fetch_each_blob_once(node: Node, reg: peers.R
     before = len(reg.requests())
     for i in range(5):
         pod = make_pod(f"p{i}", [("volume", kitten(reg), "IfNotPresent")], [("volume", "/volume", "etc")])
-        assert node.create_pod(pod)[1].phase == "Running"
+        assert node.create_pod(pod).phase == "Running"
     blob_gets = [line for line in reg.requests()[before:] if "/blobs/" in line]
     assert len(blob_gets) == 2  # config and the one layer, once each
     assert len(node.snapshots.published()) == 1
@@ -116,7 +116,7 @@ def test_several_pods_on_one_image_fetch_each_blob_once(node: Node, reg: peers.R
 def test_pull_policy_always(node: Node, reg: peers.Registry) -> None:
     """Conformance since 1.35: pullPolicy Always."""
     pod = make_pod("always", [("volume", kitten(reg), "Always")], [("volume", "/volume", "")])
-    _, record = node.create_pod(pod)
+    record = node.create_pod(pod)
     assert record.phase == "Running"
     assert [e.reason for e in record.events[:2]] == ["Pulling", "Pulled"]
     before = len(reg.requests())
@@ -130,7 +130,7 @@ def test_pull_policy_always(node: Node, reg: peers.Registry) -> None:
 def test_artifact_v2_blog_pod(node: Node, reg: peers.Registry) -> None:
     """The blog's Pod against a registry copy of quay.io/crio/artifact:v2."""
     ref = f"{reg.host}/crio/artifact:v2"
-    _, record = node.create_pod(
+    record = node.create_pod(
         make_pod("image-volume", [("volume", ref, "IfNotPresent")], [("volume", "/volume", "dir")])
     )
     v = view(node, record)

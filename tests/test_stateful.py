@@ -63,7 +63,7 @@ class NodeMachine(RuleBasedStateMachine):
     def run_pod(self, tag: str, data: st.DataObject) -> None:
         name = f"p{uuid.uuid4().hex[:8]}"
         sub = data.draw(st.sampled_from(SUB_PATHS[tag]))
-        _, record = self.node.create_pod(pod(name, [ctr("c", ("v", "/v", sub))], [vol("v", tag)]))
+        record = self.node.create_pod(pod(name, [ctr("c", ("v", "/v", sub))], [vol("v", tag)]))
         assert record.phase == "Running", record.containers
         self.pods[name] = tag
 

@@ -268,7 +268,8 @@ def node(tmp_path: Any, layout_dir: str) -> Iterator[Node]:
 
 
 def _apply(node: Node, name: str, expr: str, env: list[dict[str, object]]) -> Any:
-    [(_, record)] = node.apply(pod_yaml(name, sub_path_expr=expr, env=env))
+    [applied] = node.apply(pod_yaml(name, sub_path_expr=expr, env=env))
+    record = applied.record
     assert record is not None
     return record
 

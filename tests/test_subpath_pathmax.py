@@ -221,7 +221,7 @@ def test_pods_mount_deep_sub_paths_under_a_deep_node_root(tmp_path: Any, runtime
     _deep_image(os.path.join(layouts, "layout"))
     registries = write_registries(layouts, os.path.join(layouts, "layout"))
     root = os.path.join(_host_prefix(str(tmp_path)), "node")
-    node = Node(NodeConfig(root=root, registries=registries, runtime=runtime, subpath_backend=backend))
+    node = Node(NodeConfig(root=root, registries=registries, runtime=runtime, subpath_backend=backend, hermetic=True))
     image = f"{REGISTRY}:deep"
     cases = [("first", DEEP, DEEP, f"/volume/{FILE}"), ("second", "short", DEEP, f"/volume/{FILE}")]
     if runtime == "crio":
@@ -229,7 +229,7 @@ def test_pods_mount_deep_sub_paths_under_a_deep_node_root(tmp_path: Any, runtime
     for name, sub, _, _ in cases:
         (pod,) = load_documents(pod_yaml(name, image=image, sub_path=sub))
         assert isinstance(pod, Pod)
-        _, record = node.create_pod(pod)
+        record = node.create_pod(pod)
         (state,) = record.containers
         assert (state.state, state.reason, state.message) == ("running", "", ""), state.message[:200]
     for name, _, real, path in cases:
@@ -241,7 +241,7 @@ def test_pods_mount_deep_sub_paths_under_a_deep_node_root(tmp_path: Any, runtime
         assert ContainerView("c", status.mounts, node.runtime.open_mount).cat(path) == b"deep\n"
     (pod,) = load_documents(pod_yaml("toolong", image=image, sub_path=SUB_4095 + "x"))
     assert isinstance(pod, Pod)
-    _, record = node.create_pod(pod)
+    record = node.create_pod(pod)
     (state,) = record.containers
     assert state.reason == "CreateContainerError"
     assert "file name too long" in state.message

@@ -1,4 +1,4 @@
-"""Every vector of ``tests/vectors/subpath.json`` under both profiles and both backends, through the
+"""Every vector of ``src/imagevol/testing/data/subpath.json`` under both profiles and both backends, through the
 project's vector runner (the same code ``python -m imagevol.testing.vectors subpath`` runs)."""
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ class PlatformError(PullError):
 
 
 class LayerError(ImageVolError):
-    """A layer cannot be applied safely. ``kind`` is one of the classes of ``tests/vectors/layers.json``:
+    """A layer cannot be applied safely. ``kind`` is one of the classes of ``src/imagevol/testing/data/layers.json``:
     invalid_name, invalid_whiteout, invalid_link, notfound, notdir, loop, toolong, too_large,
     unsupported."""
 
@@ -105,7 +105,7 @@ class LayerError(ImageVolError):
 
 class SubPathError(ImageVolError):
     """A sub path cannot be resolved inside an image volume. ``kind`` is one of the classes of
-    ``tests/vectors/subpath.json``: invalid, escape, notfound, notdir, loop, toolong."""
+    ``src/imagevol/testing/data/subpath.json``: invalid, escape, notfound, notdir, loop, toolong."""
 
     reason = "CreateContainerError"
 
@@ -150,6 +150,10 @@ class PodNotFoundError(ImageVolError):
     """The node has no Pod of that name."""
 
 
+class SecretNotFoundError(ImageVolError):
+    """The node has no Secret of that name."""
+
+
 class DecodeError(ImageVolError):
     """A manifest could not be decoded: YAML or JSON syntax, invalid UTF-8, nesting deeper than
     the limit, excessive aliasing. The message is what kubectl prints after ``error parsing
@@ -176,6 +180,12 @@ class StorageTooLargeError(ImageVolError):
 
     def __init__(self) -> None:
         super().__init__("etcdserver: request is too large")
+
+
+class ConfigError(ImageVolError, ValueError):
+    """A node configuration value is invalid (an unknown runtime profile, Kubernetes version,
+    feature gate or admission plugin, a negative size): refused when the configuration is built,
+    before anything is created under the root."""
 
 
 class NodeStateError(ImageVolError):

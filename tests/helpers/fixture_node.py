@@ -24,6 +24,8 @@ def make_node(root: str, layout: str, clock: FakeClock, **config: Any) -> Node:
     with open(conf, "w") as f:
         f.write(f'[[registry]]\nprefix = "{PREFIX}"\nlocation = "{PREFIX}"\n')
         f.write(f'[[registry.mirror]]\nlocation = "oci-layout:{layout}"\n')
+    # Offline unless the test brings its own registry access: a tag the layout lacks fails at once.
+    config.setdefault("hermetic", "registry_factory" not in config)
     return Node(NodeConfig(root=root, registries=conf, clock=clock, **config))
 
 

@@ -5,5 +5,6 @@ from __future__ import annotations
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-VECTORS = os.path.join(REPO, "tests", "vectors")
+#: The vector files ship with the package (imagevol.testing.vectors runs them by default).
+VECTORS = os.path.join(REPO, "src", "imagevol", "testing", "data")
 EXAMPLES = os.path.join(REPO, "examples")

@@ -82,7 +82,7 @@ def write_registries(directory: str, layout: str) -> str:
 
 def make_node(root: str, layout_dir: str, runtime: str = "containerd") -> Node:
     registries = write_registries(layout_dir, os.path.join(layout_dir, "layout"))
-    return Node(NodeConfig(root=root, registries=registries, runtime=runtime))
+    return Node(NodeConfig(root=root, registries=registries, runtime=runtime, hermetic=True))
 
 
 def pod_yaml(

@@ -18,9 +18,10 @@ from .._exports import lazy_exports
 
 if TYPE_CHECKING:
     from .admission import ADMISSION_PLUGINS, admit, always_pull_images
+    from .constants import DEFAULT_VERSION, SUPPORTED_VERSIONS
     from .defaults import default_pod, default_pull_policy, drop_disabled_fields
-    from .features import DEFAULT_VERSION, SUPPORTED_VERSIONS, FeatureGates
-    from .load import load_documents, pod_from_dict, secret_from_dict
+    from .features import FeatureGates
+    from .load import decode_documents, load_documents, pod_from_dict, secret_from_dict
     from .models import (
         Container,
         EnvVar,
@@ -38,8 +39,9 @@ if TYPE_CHECKING:
 _WHERE = {
     ".admission": ("ADMISSION_PLUGINS", "admit", "always_pull_images"),
     ".defaults": ("default_pod", "default_pull_policy", "drop_disabled_fields"),
-    ".features": ("DEFAULT_VERSION", "SUPPORTED_VERSIONS", "FeatureGates"),
-    ".load": ("load_documents", "pod_from_dict", "secret_from_dict"),
+    ".constants": ("DEFAULT_VERSION", "SUPPORTED_VERSIONS"),
+    ".features": ("FeatureGates",),
+    ".load": ("decode_documents", "load_documents", "pod_from_dict", "secret_from_dict"),
     ".models": ("Container", "EnvVar", "ImageVolumeSource", "ObjectFieldSelector", "ObjectMeta", "Pod", "PodSpec",
                 "Secret", "Volume", "VolumeMount"),
     ".validation": ("generate_name", "validate_pod", "validate_secret"),
@@ -64,6 +66,7 @@ __all__ = [
     "VolumeMount",
     "admit",
     "always_pull_images",
+    "decode_documents",
     "default_pod",
     "default_pull_policy",
     "drop_disabled_fields",

@@ -64,6 +64,7 @@ def _volume(v: Volume) -> dict[str, Any]:
 
 
 def pod_to_dict(pod: Pod) -> dict[str, Any]:
+    """The Pod in the Kubernetes JSON shape (empty fields left out), as node state stores it."""
     meta = _drop_empty(
         {
             "name": pod.metadata.name,

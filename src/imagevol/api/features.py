@@ -7,9 +7,7 @@ from collections.abc import Mapping
 
 import attrs
 
-#: Versions this simulator has profiles for; any minor in between takes the closest lower entry.
-SUPPORTED_VERSIONS = ("1.31", "1.32", "1.33", "1.34", "1.35", "1.36")
-DEFAULT_VERSION = "1.33"
+from .constants import DEFAULT_VERSION, SUPPORTED_VERSIONS
 
 
 @attrs.frozen
@@ -84,15 +82,18 @@ class FeatureGates:
 
     @property
     def version(self) -> str:
+        """``1.MINOR``."""
         return f"1.{self.minor}"
 
     def enabled(self, name: str) -> bool:
+        """Whether the gate ``name`` is on: its override, else its default at this version (off when unknown)."""
         if name in self.overrides:
             return self.overrides[name]
         gate = _spec(name, self.minor)
         return gate.default if gate is not None else False
 
     def stage(self, name: str) -> str:
+        """The gate's stage at this version (``Alpha``, ``Beta``, ``GA``), empty when it does not exist yet."""
         gate = _spec(name, self.minor)
         return gate.stage if gate is not None else ""
 
@@ -111,6 +112,7 @@ class FeatureGates:
         return "ALPHA" if self.minor < 35 else "BETA"
 
     def describe(self) -> str:
+        """The effective value of every gate this version knows, in ``--feature-gates`` syntax."""
         parts = [f"{n}={str(self.enabled(n)).lower()}" for n in sorted(_GATES) if _spec(n, self.minor)]
         return ",".join(parts)
 

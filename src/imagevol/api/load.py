@@ -12,7 +12,7 @@ import codecs
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ..errors import DecodeError, ValidationError
+from ..errors import DecodeError, ImageVolError, RequestEntityTooLargeError, ValidationError
 from .bounded_yaml import load_all
 from .limits import MAX_REQUEST_BODY_BYTES, check_body_size
 from .models import (
@@ -190,6 +190,7 @@ def pod_from_dict(doc: Mapping[str, Any]) -> Pod:
 
 
 def secret_from_dict(doc: Mapping[str, Any]) -> Secret:
+    """Decode a Secret (``data`` base64, ``stringData`` as text; ``type`` defaults to ``Opaque``)."""
     meta = doc.get("metadata")
     d = _Decoder("Secret", _name_of(doc))
     data: dict[str, bytes] = {}
@@ -225,34 +226,61 @@ def decode_text(body: str | bytes) -> str:
         raise DecodeError(f"error converting YAML to JSON: yaml: {problem}") from None
 
 
+def decode_documents(body: str | bytes) -> Iterator[Pod | Secret | ImageVolError]:
+    """Decode the Pods and Secrets of a (multi-document) YAML or JSON request body one document
+    at a time, as kubectl's stream visitor does: a document that is not a v1 Pod or Secret, or
+    whose fields have the wrong types, is yielded as its error and the next one is decoded; a
+    syntax error (invalid UTF-8, nesting beyond 10,000 levels, excessive aliasing) or a document
+    whose JSON encoding would exceed the API server's body limit ends the stream, yielded as its
+    error after the documents before it. A body over the limit is one
+    :class:`RequestEntityTooLargeError`. Empty documents are skipped."""
+    try:
+        if isinstance(body, str):
+            # A character is at least one byte: only encode when the length alone does not decide.
+            size = len(body) if len(body) > MAX_REQUEST_BODY_BYTES else len(body.encode("utf-8", "replace"))
+        else:
+            size = len(body)
+        check_body_size(size)
+        docs = load_all(decode_text(body))
+        for doc in docs:
+            if doc is not None:
+                yield _decode_one(doc)
+    except (DecodeError, RequestEntityTooLargeError) as exc:
+        yield exc
+
+
+def _decode_one(doc: object) -> Pod | Secret | ValidationError:
+    if not isinstance(doc, dict):
+        return ValidationError("Object", "", ["a document must be a mapping"])
+    kind = doc.get("kind")
+    api_version = doc.get("apiVersion")
+    if api_version != "v1" or kind not in ("Pod", "Secret"):
+        shown_kind, shown_version = _shown(kind), _shown(api_version)
+        return ValidationError(
+            shown_kind if isinstance(kind, str) and kind else "Object",
+            "",
+            [f"unsupported object {shown_version}/{shown_kind}: only v1 Pod and Secret"],
+        )
+    try:
+        return pod_from_dict(doc) if kind == "Pod" else secret_from_dict(doc)
+    except ValidationError as exc:
+        return exc
+
+
 def load_documents(body: str | bytes) -> Iterator[Pod | Secret]:
     """Decode every Pod and Secret of a (multi-document) YAML or JSON request body, in order.
 
     The body is bounded as the API server bounds it (``api.limits``, ``api.bounded_yaml``): over
     3 MiB, or a document whose JSON encoding would be, is :class:`RequestEntityTooLargeError`;
     syntax errors, invalid UTF-8, nesting beyond 10,000 levels and excessive aliasing are
-    :class:`DecodeError`. Every document is decoded before the first is returned."""
-    if isinstance(body, str):
-        # A character is at least one byte: only encode when the length alone does not decide.
-        check_body_size(len(body) if len(body) > MAX_REQUEST_BODY_BYTES else len(body.encode("utf-8", "replace")))
-    else:
-        check_body_size(len(body))
-    docs = list(load_all(decode_text(body)))
-    for doc in docs:
-        if doc is None:
-            continue
-        if not isinstance(doc, dict):
-            raise ValidationError("Object", "", ["a document must be a mapping"])
-        kind = doc.get("kind")
-        api_version = doc.get("apiVersion")
-        if api_version != "v1" or kind not in ("Pod", "Secret"):
-            shown_kind, shown_version = _shown(kind), _shown(api_version)
-            raise ValidationError(
-                shown_kind if isinstance(kind, str) and kind else "Object",
-                "",
-                [f"unsupported object {shown_version}/{shown_kind}: only v1 Pod and Secret"],
-            )
-        yield pod_from_dict(doc) if kind == "Pod" else secret_from_dict(doc)
+    :class:`DecodeError`; the first failing document raises (:func:`decode_documents` goes on
+    past it). Every document is decoded before the first is returned."""
+    docs: list[Pod | Secret] = []
+    for item in decode_documents(body):
+        if isinstance(item, ImageVolError):
+            raise item
+        docs.append(item)
+    return iter(docs)
 
 
 def _shown(value: object) -> str:

@@ -11,13 +11,18 @@ from collections.abc import Mapping
 
 import attrs
 
-PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+from . import constants
+
+PULL_POLICIES = constants.PULL_POLICIES
+
 MOUNT_PROPAGATIONS = ("Bidirectional", "HostToContainer", "None")
 RECURSIVE_READ_ONLY = ("Disabled", "Enabled", "IfPossible")
 
 
 @attrs.frozen
 class ObjectMeta:
+    """``metadata``: the names, labels and annotations of an object."""
+
     name: str = ""
     namespace: str = ""
     uid: str = ""
@@ -36,6 +41,8 @@ class ImageVolumeSource:
 
 @attrs.frozen
 class Volume:
+    """``spec.volumes[]``: an image volume, or another source kept by name only."""
+
     name: str
     image: ImageVolumeSource | None = None
     #: Names of other volume sources set on this entry (``emptyDir``, ``configMap``, ...).
@@ -44,6 +51,8 @@ class Volume:
 
 @attrs.frozen
 class VolumeMount:
+    """``volumeMounts[]``: where a container mounts a volume, and which sub path of it."""
+
     name: str
     mount_path: str
     sub_path: str = ""
@@ -55,12 +64,16 @@ class VolumeMount:
 
 @attrs.frozen
 class ObjectFieldSelector:
+    """``valueFrom.fieldRef``: a field of the Pod an environment variable takes its value from."""
+
     field_path: str
     api_version: str = "v1"
 
 
 @attrs.frozen
 class EnvVar:
+    """``env[]``: a container's environment variable (a value, or a field of the Pod)."""
+
     name: str
     value: str = ""
     field_ref: ObjectFieldSelector | None = None
@@ -70,6 +83,8 @@ class EnvVar:
 
 @attrs.frozen
 class Container:
+    """``containers[]`` (and init and ephemeral containers): the fields image volumes touch."""
+
     name: str
     image: str = ""
     command: tuple[str, ...] = ()
@@ -84,6 +99,8 @@ class Container:
 
 @attrs.frozen
 class PodSpec:
+    """``spec`` of a Pod."""
+
     containers: tuple[Container, ...] = ()
     init_containers: tuple[Container, ...] = ()
     ephemeral_containers: tuple[Container, ...] = ()
@@ -94,30 +111,37 @@ class PodSpec:
     service_account_name: str = ""
 
     def volume(self, name: str) -> Volume | None:
+        """The volume named ``name``, None if there is none."""
         for v in self.volumes:
             if v.name == name:
                 return v
         return None
 
     def all_containers(self) -> tuple[Container, ...]:
+        """Init, regular and ephemeral containers, in that order."""
         return (*self.init_containers, *self.containers, *self.ephemeral_containers)
 
 
 @attrs.frozen
 class Pod:
+    """A Pod: its metadata and spec (the status lives with the node, ``kubelet.PodRecord``)."""
+
     metadata: ObjectMeta
     spec: PodSpec
 
     @property
     def name(self) -> str:
+        """``metadata.name``."""
         return self.metadata.name
 
     @property
     def namespace(self) -> str:
+        """``metadata.namespace``, ``default`` when unset."""
         return self.metadata.namespace or "default"
 
     @property
     def uid(self) -> str:
+        """``metadata.uid`` (set by admission)."""
         return self.metadata.uid
 
 

@@ -144,6 +144,7 @@ def validate_local_descending_path(value: str, path: str) -> list[str]:
 
 
 def validate_pull_policy(value: str, path: str) -> list[str]:
+    """Field errors for an ``imagePullPolicy`` or ``image.pullPolicy`` value (none when supported)."""
     if value in PULL_POLICIES:
         return []
     if not value:

@@ -1,14 +1,14 @@
-"""Image commands: ``pull``, ``rmi``, ``gc``, ``fsck``, and ``fixtures`` (the project's deterministic
-OCI fixtures, for demos and tests)."""
+"""Image commands: ``pull``, ``rmi``, ``gc``, ``fsck``, ``demo`` (the quick start's files) and
+``fixtures`` (the project's deterministic OCI fixtures, for demos and tests)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from ..api.models import PULL_POLICIES
-from ..errors import DecodeError, ImageVolError
+from ..api.constants import PULL_POLICIES
 from ._common import EXIT_FAIL, EXIT_OK, Command, CommandError, node_from_args, read_manifest, size
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def _pull_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("reference")
+    p.add_argument("reference", metavar="REF", help="the image or artifact to pull (name[:tag] or name@digest)")
     p.add_argument("--policy", choices=PULL_POLICIES, default="Always",
                    help="pull policy, as the kubelet applies it (default: %(default)s)")  # fmt: skip
     p.add_argument("--platform", default=argparse.SUPPRESS, help="os/arch[/variant] to pick from an index")
@@ -36,6 +36,7 @@ def _pull_keyring(node: Node, args: argparse.Namespace) -> Keyring:
     from ..api.load import decode_text, load_documents
     from ..api.models import Secret
     from ..cri import Credentials, Keyring
+    from ..errors import DecodeError, ImageVolError
     from ..oci.reference import parse_normalized
 
     if args.pull_secret:
@@ -88,10 +89,11 @@ def pull(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _rmi_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("reference")
+    p.add_argument("reference", metavar="REF", help="the image's reference (as get images lists it) or image ID")
 
 
 def rmi(args: argparse.Namespace, out: TextIO) -> int:
+    """``crictl rmi``: remove an image no container mounts, then its unreachable blobs."""
     node = node_from_args(args)
     image = node.runtime.remove_image(args.reference)
     node.runtime.garbage_collect()
@@ -109,6 +111,7 @@ def _gc_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def gc(args: argparse.Namespace, out: TextIO) -> int:
+    """The kubelet's image GC: unused images, least recently used first, down to ``--low``."""
     from ..kubelet.image_gc import ImageGC
 
     node = node_from_args(args)
@@ -124,6 +127,7 @@ def _fsck_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def fsck(args: argparse.Namespace, out: TextIO) -> int:
+    """Re-hash every blob of the content store; report (or with ``--repair`` remove) what is wrong."""
     node = node_from_args(args)
     report = node.store.fsck(repair=args.repair)
     verb = "removed" if args.repair else "found"
@@ -141,11 +145,14 @@ def fsck(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _fixtures_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("directory")
-    p.add_argument("--demo", action="store_true", help="only the quay.io/crio/artifact:v2 image")
+    p.add_argument("directory", metavar="DIR", help="where to write the OCI image layout")
+    p.add_argument(
+        "--demo", action="store_true", help="only the demo's images (what imagevol demo writes as DIR/oci-layout)"
+    )
 
 
 def fixtures(args: argparse.Namespace, out: TextIO) -> int:
+    """Write the project's deterministic OCI fixtures (or only the demo's) as one OCI layout."""
     from ..testing.images import build_demo_layout, build_fixtures
 
     if args.demo:
@@ -156,14 +163,81 @@ def fixtures(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "directory", nargs="?", default="imagevol-demo", metavar="DIR", help="where to write it (default: %(default)s)"
+    )
+
+
+def demo(args: argparse.Namespace, out: TextIO) -> int:
+    """Write the README's quick start: the demo images as an OCI layout, a registries.conf that
+    mirrors them to it, and the blog's Pod; print the commands that run it."""
+    import shlex
+
+    from ..testing.demo import write_demo
+    from ..testing.images import DEMO_IMAGES
+
+    files = write_demo(args.directory)
+    # Paths as the user gave the directory (relative stays relative), quoted for a shell.
+    layout, registries, pod = (
+        shlex.quote(os.path.join(args.directory, os.path.basename(p)))
+        for p in (files.layout, files.registries, files.pod)
+    )
+    out.write(f"wrote {layout} ({', '.join(DEMO_IMAGES)}), {registries} and {pod}\n")
+    out.write("run the Pod offline and look at what its container sees:\n")
+    out.write(f"  imagevol --registries {registries} apply -f {pod}\n")
+    out.write("  imagevol exec image-volume -c shell -- cat /volume/file\n")
+    out.write("  imagevol tree image-volume -c shell\n")
+    return EXIT_OK
+
+
 PULL = Command(
-    "pull", "pull an image or artifact into the node's content store; print its digest", pull, _pull_arguments
+    "pull",
+    "pull an image or artifact into the node's content store; print its digest",
+    pull,
+    _pull_arguments,
+    description="Pull REF with the kubelet's rules (pull policy, credentials, mirrors, platform) into the node's "
+    "content store, every byte verified, and print the digest it resolved to. Only --creds or --pull-secret are "
+    "offered to registries; a pull over one second draws a progress bar on a terminal.",
 )
-RMI = Command("rmi", "remove an image (refused while a container mounts it)", rmi, _rmi_arguments)
-GC = Command("gc", "image garbage collection (never removes an image in use)", gc, _gc_arguments)
+RMI = Command(
+    "rmi",
+    "remove an image (refused while a container mounts it)",
+    rmi,
+    _rmi_arguments,
+    description="Remove an image, as crictl rmi does; refused while a container mounts it. Blobs no other image "
+    "needs are removed with it.",
+)
+GC = Command(
+    "gc",
+    "image garbage collection (never removes an image in use)",
+    gc,
+    _gc_arguments,
+    description="Run the kubelet's image garbage collection: above --high percent of the capacity, remove unused "
+    "images, least recently used first, until below --low. An image a container mounts is never removed.",
+)
 FSCK = Command(
-    "fsck", "verify every blob of the content store; report corrupt and orphaned ones", fsck, _fsck_arguments
+    "fsck",
+    "verify every blob of the content store; report corrupt and orphaned ones",
+    fsck,
+    _fsck_arguments,
+    description="Re-hash every blob of the content store and report corrupt, orphaned, invalid and missing ones; "
+    "--repair removes what is wrong (a later pull fetches what is missing). Exit status 0 when clean.",
+)
+DEMO = Command(
+    "demo",
+    "write the quick start's files: the demo images, their registries.conf and the Pod",
+    demo,
+    _demo_arguments,
+    description="Write the README's quick start into DIR: the demo images as an OCI image layout (DIR/oci-layout), "
+    "a registries.conf mirroring their repositories to it, and the image-volume Pod of the Kubernetes blog "
+    "(DIR/pod.yaml). Then: imagevol --registries DIR/registries.conf apply -f DIR/pod.yaml.",
 )
 FIXTURES = Command(
-    "fixtures", "write the project's deterministic OCI fixtures to a directory", fixtures, _fixtures_arguments
+    "fixtures",
+    "write the project's deterministic OCI fixtures to a directory",
+    fixtures,
+    _fixtures_arguments,
+    description="Write the project's deterministic OCI fixtures (images of every layer compression, a "
+    "multi-platform index, artifacts) as one OCI image layout; print each tag and its digest.",
 )

@@ -43,10 +43,12 @@ class ImageRecord:
 
     @property
     def repo_digest(self) -> str:
+        """``<repository>@<digest it was pulled by>``, as CRI's ``repo_digests`` lists it."""
         ref = parse_normalized(self.name)
         return f"{ref.name}@{self.target.digest}"
 
     def to_descriptor(self) -> Descriptor:
+        """The record as an ``index.json`` entry: its target descriptor with imagevol's annotations."""
         annotations = dict(self.target.annotations)
         annotations.update(
             {
@@ -62,6 +64,7 @@ class ImageRecord:
 
     @classmethod
     def from_descriptor(cls, name: str, desc: Descriptor) -> ImageRecord:
+        """The record an ``index.json`` entry named ``name`` holds (see :meth:`to_descriptor`)."""
         a = desc.annotations
         return cls(
             name=name,
@@ -87,13 +90,16 @@ class ImageDatabase:
         self.store = store
 
     def put(self, record: ImageRecord) -> None:
+        """Store ``record``, replacing one of the same name."""
         self.store.set_ref(record.name, record.to_descriptor())
 
     def get(self, name: str) -> ImageRecord | None:
+        """The record named ``name``, None if there is none."""
         desc = self.store.get_ref(name)
         return ImageRecord.from_descriptor(name, desc) if desc is not None else None
 
     def all(self) -> list[ImageRecord]:
+        """Every record, in ``index.json`` order."""
         out = []
         for name, desc in sorted(self.store.refs().items()):
             try:
@@ -125,9 +131,11 @@ class ImageDatabase:
         return [r for r in self.all() if r.answers_to(image_id)]
 
     def remove(self, name: str) -> bool:
+        """Remove the record named ``name``; False if there was none (blobs stay until a GC)."""
         return self.store.remove_ref(name)
 
     def add_auth(self, record: ImageRecord, fingerprint: str) -> ImageRecord:
+        """Record that the credentials with ``fingerprint`` proved access to the image (KEP-2535)."""
         if fingerprint in record.auth:
             return record
         updated = attrs.evolve(record, auth=(*record.auth, fingerprint))
@@ -136,4 +144,5 @@ class ImageDatabase:
 
 
 def now() -> float:
+    """Wall-clock time, the time of a pull as records keep it."""
     return time.time()

@@ -15,6 +15,8 @@ _WIDTH = 30
 
 
 class ProgressBar:
+    """A one-line progress bar of a pull on a terminal (``stream``), drawn after half a second."""
+
     def __init__(
         self,
         stream: TextIO,
@@ -34,6 +36,7 @@ class ProgressBar:
         self._drawn = False
 
     def __call__(self, done: int, total: int) -> None:
+        """Report ``done`` of ``total`` bytes fetched (called from the puller's threads)."""
         now = self.clock()
         if now - self.start < self.delay or (now - self._last < self.interval and done < total):
             return
@@ -48,6 +51,7 @@ class ProgressBar:
         self._drawn = True
 
     def close(self) -> None:
+        """Erase the bar."""
         if self._drawn:
             self.stream.write("\r\x1b[K")
             self.stream.flush()

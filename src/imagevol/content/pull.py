@@ -65,6 +65,8 @@ DEFAULT_MAX_CONCURRENT_DOWNLOADS = 3
 
 @attrs.frozen
 class PullResult:
+    """A finished pull: the stored record, how long it took (seconds) and how many blobs were fetched."""
+
     record: ImageRecord
     duration: float
     fetched_blobs: int
@@ -296,6 +298,7 @@ class ImagePuller:
         return fetched + sum(f.result() for f in futures)
 
     def manifest_of(self, record: ImageRecord) -> Manifest:
+        """The image manifest of ``record`` (a manifest, never an index), read from the store."""
         doc = self.store.read_manifest(Descriptor("", record.manifest_digest, self.store.size(record.manifest_digest)))
         if not isinstance(doc, Manifest):
             raise ManifestError(f"{record.manifest_digest} is not an image manifest")

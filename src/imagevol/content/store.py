@@ -68,6 +68,7 @@ class FsckReport:
 
     @property
     def clean(self) -> bool:
+        """Whether nothing was found wrong."""
         return not (self.corrupt or self.orphaned or self.stale_ingests or self.missing or self.invalid)
 
 
@@ -102,6 +103,7 @@ class ContentStore:
         return "/".join([self.root, *parts])
 
     def blob_path(self, digest: Digest) -> str:
+        """Where the blob ``digest`` lives (``blobs/<algorithm>/<hex>``)."""
         return self._p("blobs", digest.algorithm, digest.hex)
 
     def local_blob_path(self, digest: Digest) -> str | None:
@@ -129,15 +131,18 @@ class ContentStore:
     # --- blobs ------------------------------------------------------------------------------
 
     def has(self, digest: Digest) -> bool:
+        """Whether the blob is in the store."""
         return bool(self.fs.exists(self.blob_path(digest)))
 
     def size(self, digest: Digest) -> int:
+        """The size of the stored blob in bytes."""
         try:
             return int(self.fs.size(self.blob_path(digest)))
         except FileNotFoundError:
             raise BlobNotFoundError(f"blob {digest} not found") from None
 
     def open_blob(self, digest: Digest) -> IO[bytes]:
+        """Open the stored blob for reading (the caller closes it)."""
         try:
             f: IO[bytes] = self.fs.open(self.blob_path(digest), "rb")
         except FileNotFoundError:
@@ -145,6 +150,7 @@ class ContentStore:
         return f
 
     def read_blob(self, digest: Digest, max_size: int | None = None) -> bytes:
+        """The stored blob's bytes, refused above ``max_size``."""
         limit = self.max_blob_size if max_size is None else max_size
         # Ask for the size first: read(limit + 1) would make Python allocate the whole limit.
         size = self.size(digest)
@@ -186,6 +192,7 @@ class ContentStore:
         return data
 
     def read_manifest(self, desc: Descriptor) -> Manifest | Index:
+        """The stored manifest or index ``desc``, verified against its digest and parsed."""
         raw = self.read_blob(desc.digest, MAX_MANIFEST_BYTES)
         return parse_manifest(raw, desc.media_type)
 
@@ -265,10 +272,12 @@ class ContentStore:
             raise
 
     def delete_blob(self, digest: Digest) -> None:
+        """Remove a blob (the caller makes sure nothing needs it)."""
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self.blob_path(digest))
 
     def blobs(self) -> Iterator[Digest]:
+        """The digest of every stored blob."""
         for path in self._blob_files():
             try:
                 yield _digest_of_path(path)
@@ -305,6 +314,7 @@ class ContentStore:
         return bad
 
     def verify_blob(self, digest: Digest) -> bool:
+        """Re-hash the stored blob; whether it still matches its digest."""
         hasher = digest.hasher()
         with self.open_blob(digest) as f:
             while chunk := f.read(_CHUNK):
@@ -344,6 +354,7 @@ class ContentStore:
         return out
 
     def get_ref(self, name: str) -> Descriptor | None:
+        """The descriptor ``index.json`` holds under the ref name ``name``, None if none."""
         return self.refs().get(name)
 
     def set_ref(self, name: str, desc: Descriptor) -> None:
@@ -360,6 +371,7 @@ class ContentStore:
             obj["manifests"] = kept
 
     def remove_ref(self, name: str) -> bool:
+        """Remove the ref name ``name`` from ``index.json``; False if there was none."""
         with self._index_update() as obj:
             before = len(obj["manifests"])
             obj["manifests"] = [

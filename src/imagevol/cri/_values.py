@@ -151,10 +151,12 @@ class ContainerStatus:
     created_at: float
 
     def to_json(self) -> dict[str, Any]:
+        """The status as the runtime's state file stores it."""
         return attrs.asdict(self)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> ContainerStatus:
+        """The status :meth:`to_json` stored."""
         mounts = tuple(MountStatus(**m) for m in obj.get("mounts", ()))
         return cls(obj["id"], obj["sandbox_id"], obj["name"], obj["image"], mounts, obj["created_at"])
 
@@ -315,6 +317,7 @@ class Keyring:
 
     @classmethod
     def from_secrets(cls, secrets: Iterable[Secret]) -> Keyring:
+        """The credentials of ``kubernetes.io/dockerconfigjson`` and ``dockercfg`` Secrets."""
         entries: list[tuple[str, Credentials]] = []
         for secret in secrets:
             if secret.type == DOCKER_CONFIG_JSON and ".dockerconfigjson" in secret.data:
@@ -325,9 +328,11 @@ class Keyring:
 
     @classmethod
     def single(cls, host: str, creds: Credentials) -> Keyring:
+        """A keyring of one host's credentials."""
         return cls(((_host_of(host), creds),))
 
     def for_host(self, host: str) -> list[Credentials]:
+        """The credentials offered to ``host``, in order."""
         host = _host_of(host)
         return [c for h, c in self.entries if h == host]
 
@@ -336,6 +341,7 @@ class Keyring:
         return {creds.fingerprint() for _, creds in self.entries}
 
     def merged(self, other: Keyring) -> Keyring:
+        """This keyring's credentials, then ``other``'s."""
         return Keyring(self.entries + other.entries)
 
     def __bool__(self) -> bool:

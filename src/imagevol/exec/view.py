@@ -23,6 +23,9 @@ from ..errors import ImageVolError, SubPathError
 from ..trees import subpath as sp
 
 COMMANDS = ("cat", "ls", "stat", "readlink")
+#: How deep :meth:`ContainerView.tree` descends at most: one directory fd is held per level, so a
+#: hostile image nested thousands of levels deep ends in a note, never in running out of fds.
+MAX_TREE_DEPTH = 128
 
 
 class ViewError(ImageVolError):
@@ -44,6 +47,25 @@ class _Target:
     mount: MountStatus
     #: Path inside the mount, as typed (``..`` kept: it is resolved, scoped, not cleaned).
     rest: str
+
+
+@attrs.frozen
+class TreeEntry:
+    """One entry of :meth:`ContainerView.tree`: its path in the container, its depth below the
+    start (the start is 0), its name, ``lstat`` mode and size, a symlink's target (never
+    followed), for each level down to it whether that entry is the last of its directory (to draw
+    the branches), and the image-volume mount that starts here, if one does. ``note`` marks a
+    directory whose entries are not listed (deeper than the depth asked for, or unreadable)."""
+
+    path: str
+    depth: int
+    name: str
+    mode: int
+    size: int = 0
+    target: str = ""
+    last: tuple[bool, ...] = ()
+    mount: MountStatus | None = None
+    note: str = ""
 
 
 def _components(path: str) -> list[str]:
@@ -143,6 +165,7 @@ class ContainerView:
             os.close(mfd)
 
     def cat(self, path: str) -> bytes:
+        """The bytes of a regular file (``cat``)."""
         fd = self._open("cat", path)
         try:
             mode = os.fstat(fd).st_mode
@@ -160,6 +183,7 @@ class ContainerView:
             os.close(fd)
 
     def ls(self, path: str) -> list[str]:
+        """The names in a directory, sorted, or the path itself for a file (``ls``)."""
         fd = self._open("ls", path)
         try:
             if not stat.S_ISDIR(os.fstat(fd).st_mode):
@@ -173,6 +197,7 @@ class ContainerView:
             os.close(fd)
 
     def readlink(self, path: str) -> str:
+        """A symlink's target, never followed (``readlink``)."""
         fd = self._open("readlink", path, follow=False)
         try:
             if not stat.S_ISLNK(os.fstat(fd).st_mode):
@@ -182,6 +207,7 @@ class ContainerView:
             os.close(fd)
 
     def stat(self, path: str) -> str:
+        """``stat``'s report on a path (the last symlink not followed)."""
         fd = self._open("stat", path, follow=False)
         try:
             st = os.fstat(fd)
@@ -196,6 +222,70 @@ class ContainerView:
             f"Mounted: read-only from {_short(self._target('stat', path).mount)}",
         ]
         return "\n".join(lines)
+
+    def mount_points(self) -> list[MountStatus]:
+        """The container's image-volume mounts not nested in another one, by mount path."""
+        tops: list[MountStatus] = []
+        for m in sorted(self.mounts, key=lambda m: _components(m.container_path)):
+            parts = _components(m.container_path)
+            # Sorted by components, a mount's ancestors come before it.
+            if not any(_components(t.container_path) == parts[: len(_components(t.container_path))] for t in tops):
+                tops.append(m)
+        return tops
+
+    def tree(self, path: str, max_depth: int | None = None) -> Iterator[TreeEntry]:
+        """What the container sees at ``path`` and below (``max_depth`` levels at most), depth
+        first, names sorted. Directories are listed from directory fds and each entry is looked
+        up beneath its parent's fd without following it, so a symlink is listed with its target
+        and never followed, and a directory that is a mount point shows that mount's content, as
+        it does in the container."""
+        capped = max_depth is None or max_depth > MAX_TREE_DEPTH
+        limit = MAX_TREE_DEPTH if max_depth is None or capped else max_depth
+        target = self._target("tree", path)
+        mount = None if target.rest.strip("/") else target.mount
+        start = "/" + "/".join(_components(path))
+        fd = self._open("tree", path)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISDIR(st.st_mode):
+                yield TreeEntry(start, 0, start, st.st_mode, st.st_size, mount=mount)
+                return
+            names, note = _listing(fd)
+            yield TreeEntry(start, 0, start, st.st_mode, st.st_size, mount=mount, note=note)
+            if limit > 0:
+                yield from self._children(fd, names, start, (), limit, capped)
+        finally:
+            os.close(fd)
+
+    def _children(
+        self, fd: int, names: list[str], path: str, last: tuple[bool, ...], limit: int, capped: bool
+    ) -> Iterator[TreeEntry]:
+        depth = len(last) + 1
+        for i, name in enumerate(names):
+            child = f"{path.rstrip('/')}/{name}"
+            here = (*last, i == len(names) - 1)
+            mount = self._points.get(tuple(_components(child)))
+            # A mount point shows the mount; anything else is looked up beneath the fd we hold.
+            cfd = self._mount_fd(mount) if mount is not None else None
+            try:
+                st = os.fstat(cfd) if cfd is not None else os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    link = os.readlink(name, dir_fd=fd) if cfd is None and stat.S_ISLNK(st.st_mode) else ""
+                    yield TreeEntry(child, depth, name, st.st_mode, st.st_size, link, here, mount)
+                    continue
+                if depth >= limit:
+                    # Cut by -L is silent, as tree's -L; cut by the fd budget is said.
+                    note = "deeper levels not shown" if capped else ""
+                    yield TreeEntry(child, depth, name, st.st_mode, st.st_size, "", here, mount, note)
+                    continue
+                if cfd is None:
+                    cfd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                entries, note = _listing(cfd)
+                yield TreeEntry(child, depth, name, st.st_mode, st.st_size, "", here, mount, note)
+                yield from self._children(cfd, entries, child, here, limit, capped)
+            finally:
+                if cfd is not None:
+                    os.close(cfd)
 
     def run(self, argv: Sequence[str]) -> Iterator[bytes]:
         """Run one file command; yields output chunks (raises ``ViewError``)."""
@@ -219,6 +309,21 @@ class ContainerView:
                 yield (self.readlink(path) + "\n").encode()
             else:
                 yield (self.stat(path) + "\n").encode()
+
+
+def _listing(fd: int) -> tuple[list[str], str]:
+    """The sorted names in the directory ``fd`` (an ``O_PATH`` fd, re-opened through its magic
+    link for reading: no name lookup), or no names and why they cannot be read."""
+    try:
+        dfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        return [], os.strerror(exc.errno or 0)
+    try:
+        return sorted(os.listdir(dfd)), ""
+    except OSError as exc:
+        return [], os.strerror(exc.errno or 0)
+    finally:
+        os.close(dfd)
 
 
 def _kind(mode: int) -> str:

@@ -27,14 +27,17 @@ class Event:
     source: str = "kubelet"
 
     def to_json(self) -> dict[str, Any]:
+        """The event as node state stores it."""
         return attrs.asdict(self)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Event:
+        """The event :meth:`to_json` stored."""
         return cls(**obj)
 
 
 def container_field_path(name: str, kind: str = "containers") -> str:
+    """``spec.containers{NAME}``: the ``fieldPath`` of a container's events."""
     return f"spec.{kind}{{{name}}}"
 
 
@@ -48,6 +51,7 @@ class EventRecorder:
     listeners: list[Callable[[Event], None]] = attrs.field(factory=list)
 
     def record(self, type_: str, reason: str, message: str, field_path: str = "") -> Event:
+        """Record an event (or count a repeat of an identical one); return it."""
         now = self.clock()
         for i, e in enumerate(self.events):
             if (e.type, e.reason, e.message, e.field_path) == (type_, reason, message, field_path):
@@ -62,4 +66,5 @@ class EventRecorder:
         return event
 
     def extend(self, events: Iterable[Event]) -> None:
+        """Append ``events`` as they are (no aggregation)."""
         self.events.extend(events)

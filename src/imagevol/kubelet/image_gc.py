@@ -28,6 +28,8 @@ DEFAULT_LOW = 80
 
 @attrs.frozen
 class GCResult:
+    """What one image GC run did: usage before and after, what it removed and why it stopped."""
+
     usage_before: int
     usage_after: int
     capacity: int
@@ -36,6 +38,8 @@ class GCResult:
     freed_blobs: int
 
     def describe(self) -> str:
+        """The run as the ``gc`` command prints it."""
+
         def pct(used: int) -> float:
             return 100.0 * used / self.capacity if self.capacity else 0.0
 
@@ -123,5 +127,6 @@ def _in_use(containers: Sequence[ContainerStatus]) -> set[str]:
 
 
 def filesystem_capacity(path: str) -> int:
+    """The size in bytes of the filesystem holding ``path``."""
     st = os.statvfs(path)
     return st.f_blocks * st.f_frsize

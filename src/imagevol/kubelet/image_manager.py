@@ -41,10 +41,12 @@ class Backoff:
     entries: dict[str, tuple[float, float]] = attrs.field(factory=dict)
 
     def in_backoff(self, key: str, now: float) -> bool:
+        """Whether pulls of ``key`` are backing off at ``now``."""
         entry = self.entries.get(key)
         return entry is not None and now - entry[1] < entry[0]
 
     def next(self, key: str, now: float) -> float:
+        """Start or double the backoff of ``key`` after a failure at ``now``; the new duration."""
         entry = self.entries.get(key)
         if entry is None or now - entry[1] > 2 * self.maximum:
             duration = self.initial
@@ -54,14 +56,17 @@ class Backoff:
         return duration
 
     def gc(self, now: float) -> None:
+        """Forget entries not touched for twice the maximum backoff."""
         for key in [k for k, (_, last) in self.entries.items() if now - last > 2 * self.maximum]:
             del self.entries[key]
 
     def to_json(self) -> dict[str, Any]:
+        """The backoff as node state stores it."""
         return {k: list(v) for k, v in self.entries.items()}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Backoff:
+        """The backoff :meth:`to_json` stored."""
         return cls(entries={k: (float(v[0]), float(v[1])) for k, v in obj.items()})
 
 
@@ -77,10 +82,14 @@ class EnsureResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the image is there to use."""
         return not self.reason
 
 
 class ImageManager:
+    """The kubelet's image manager (``EnsureImageExists``): pull policy, backoff, pull events and metrics, over the CRI
+    image service."""
+
     def __init__(
         self,
         runtime: ImageService,
@@ -113,6 +122,9 @@ class ImageManager:
         recorder: EventRecorder,
         field_path: str = "",
     ) -> EnsureResult:
+        """Make the image ``reference`` present as ``policy`` asks, recording the kubelet's events on ``recorder``;
+        never raises for a pull failure (the result carries it)."""
+
         def log(type_: str, reason: str, message: str) -> None:
             recorder.record(type_, reason, message, field_path)
 

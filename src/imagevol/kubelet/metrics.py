@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 import attrs
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 
 REQUESTED = "kubelet_image_volume_requested"
 SUCCEEDED = "kubelet_image_volume_mounted_succeed"
@@ -34,6 +34,7 @@ _SIZE_LABELS = ((10 * 1024**2, "0-10MB"), (100 * 1024**2, "10MB-100MB"), (500 * 
 
 
 def size_label(size: int) -> str:
+    """The ``image_size_in_bytes`` label of a pull of ``size`` bytes."""
     for limit, label in _SIZE_LABELS:
         if size < limit:
             return label
@@ -66,11 +67,13 @@ class KubeletMetrics:
     stability: str = "ALPHA"
 
     def observe_pull(self, seconds: float, size: int) -> None:
+        """Count a pull of ``size`` bytes that took ``seconds``."""
         self.pull_durations.setdefault(size_label(size), _Histogram()).observe(seconds)
 
     # --- persistence ---
 
     def to_json(self) -> dict[str, Any]:
+        """The values as node state stores them."""
         return {
             "requested": self.requested,
             "succeeded": self.succeeded,
@@ -80,6 +83,7 @@ class KubeletMetrics:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any], stability: str = "ALPHA") -> KubeletMetrics:
+        """The values :meth:`to_json` stored, exposed at ``stability`` (empty: before 1.33, none)."""
         return cls(
             int(obj.get("requested", 0)),
             int(obj.get("succeeded", 0)),
@@ -91,6 +95,7 @@ class KubeletMetrics:
     # --- exposition ---
 
     def collect(self) -> Iterator[Metric]:
+        """The metric families, as a prometheus-client collector yields them."""
         if self.stability:
             for name, value in (
                 (REQUESTED, self.requested),
@@ -114,7 +119,7 @@ class KubeletMetrics:
     def exposition(self) -> bytes:
         """The Prometheus classic text exposition of these metrics."""
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector(self))
+        registry.register(_Collector(lambda: self))
         return bytes(generate_latest(registry))
 
 
@@ -123,40 +128,38 @@ def _fmt(bound: float) -> str:
 
 
 class _Collector:
-    def __init__(self, metrics: KubeletMetrics) -> None:
-        self.metrics = metrics
+    """Collects the node's current values on every scrape (``source`` reads node state)."""
+
+    def __init__(self, source: Callable[[], KubeletMetrics]) -> None:
+        self.source = source
 
     def collect(self) -> Iterator[Metric]:
-        return self.metrics.collect()
+        return self.source().collect()
 
 
-def serve(source: Callable[[], KubeletMetrics], port: int, log: TextIO | None = None) -> None:
-    """Serve ``GET /metrics`` on 127.0.0.1:``port`` until interrupted; every scrape reads the
-    node's current values through ``source``."""
-    import http.server
+def serve(
+    source: Callable[[], KubeletMetrics], port: int, log: TextIO | None = None, address: str = "127.0.0.1"
+) -> None:
+    """Serve the metrics on ``http://ADDRESS:PORT/metrics`` until interrupted (Ctrl-C raises
+    ``KeyboardInterrupt`` here, after the server is closed). This is prometheus-client's own HTTP
+    server, so a scraper that asks for OpenMetrics (``Accept: application/openmetrics-text``) gets
+    it, and the classic text format otherwise; every scrape reads the node's current values
+    through ``source``. Binding fails with ``OSError`` (a busy port, an unknown address)."""
+    import threading
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] != "/metrics":
-                self.send_error(404)
-                return
-            body = source().exposition()
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    from prometheus_client.exposition import start_http_server
 
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    if log is not None:
-        log.write(f"serving metrics on http://127.0.0.1:{server.server_address[1]}/metrics\n")
-        log.flush()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(source))
+    server, thread = start_http_server(port, addr=address, registry=registry)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        if log is not None:
+            bound = server.server_address[1]
+            host = f"[{address}]" if ":" in address else address
+            log.write(f"serving metrics on http://{host}:{bound}/metrics\n")
+            log.flush()
+        threading.Event().wait()
     finally:
+        server.shutdown()
         server.server_close()
+        thread.join(5)

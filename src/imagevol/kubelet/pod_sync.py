@@ -37,6 +37,8 @@ METRICS_MODES = ("upstream", "fixed")
 
 @attrs.define
 class ContainerState:
+    """The state of one container as the kubelet reports it: waiting (with a reason), running or terminated."""
+
     name: str
     kind: str  # initContainers | containers | ephemeralContainers
     state: str = "waiting"  # waiting | running | terminated
@@ -65,6 +67,7 @@ class VolumeResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the volume's image was pulled."""
         return not self.reason
 
 
@@ -81,6 +84,7 @@ class PodRecord:
 
     @classmethod
     def new(cls, pod: Pod, now: float) -> PodRecord:
+        """The record of a Pod just admitted at ``now``: every container waiting."""
         states = [ContainerState(c.name, "initContainers", sidecar=c.restart_policy == "Always",
                                  reason="PodInitializing") for c in pod.spec.init_containers]  # fmt: skip
         states += [ContainerState(c.name, "containers") for c in pod.spec.containers]
@@ -88,9 +92,11 @@ class PodRecord:
 
     @property
     def sandbox_id(self) -> str:
+        """The ID of the Pod's sandbox (derived from its UID)."""
         return hashlib.sha256(f"sandbox/{self.pod.uid}".encode()).hexdigest()
 
     def state(self, name: str) -> ContainerState:
+        """The state of the container ``name`` (``KeyError`` if the Pod has none)."""
         for s in self.containers:
             if s.name == name:
                 return s
@@ -98,6 +104,7 @@ class PodRecord:
 
     @property
     def phase(self) -> str:
+        """``Running`` when every regular container runs, else ``Pending``."""
         regular = [s for s in self.containers if s.kind == "containers"]
         return "Running" if regular and all(s.state == "running" for s in regular) else "Pending"
 
@@ -115,6 +122,7 @@ class PodRecord:
         return self.phase if self.phase == "Running" else "ContainerCreating"
 
     def to_json(self) -> dict[str, Any]:
+        """The record as node state stores it."""
         return {
             "pod": pod_to_dict(self.pod),
             "containers": [attrs.asdict(s) for s in self.containers],
@@ -126,6 +134,7 @@ class PodRecord:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> PodRecord:
+        """The record :meth:`to_json` stored."""
         return cls(
             pod=pod_from_dict(obj["pod"]),
             containers=[ContainerState(**s) for s in obj["containers"]],

@@ -131,6 +131,7 @@ class MergedIndex:
         xattrs: dict[str, bytes] | None = None,
         implicit: bool = False,
     ) -> _Inode:
+        """A new inode of the merged index (the next number), with the entry's metadata."""
         children: dict[str, _Inode] | None = {} if type_ == "dir" else None
         return _Inode(
             next(self._inos), type_, mode, uid, gid, mtime_ns, target, size, digest, source, xattrs, implicit, children

@@ -26,27 +26,48 @@ class MemberLike(Protocol):
     """What the project's tar reader decodes of a member (``type`` is the tar type flag)."""
 
     @property
-    def type(self) -> str: ...
+    def type(self) -> str:
+        """The tar type flag."""
+
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """The member's path in the layer."""
+
     @property
-    def linkname(self) -> str: ...
+    def linkname(self) -> str:
+        """A link's target."""
+
     @property
-    def size(self) -> int: ...
+    def size(self) -> int:
+        """A regular file's size in bytes."""
+
     @property
-    def mode(self) -> int: ...
+    def mode(self) -> int:
+        """Permission bits (and setuid, setgid, sticky)."""
+
     @property
-    def uid(self) -> int: ...
+    def uid(self) -> int:
+        """Owner."""
+
     @property
-    def gid(self) -> int: ...
+    def gid(self) -> int:
+        """Group."""
+
     @property
-    def mtime_ns(self) -> int: ...
+    def mtime_ns(self) -> int:
+        """Modification time in nanoseconds."""
+
     @property
-    def devmajor(self) -> int: ...
+    def devmajor(self) -> int:
+        """A device's major number."""
+
     @property
-    def devminor(self) -> int: ...
+    def devminor(self) -> int:
+        """A device's minor number."""
+
     @property
-    def xattrs(self) -> Mapping[str, bytes] | None: ...
+    def xattrs(self) -> Mapping[str, bytes] | None:
+        """Extended attributes, None for none."""
 
 
 #: A tar member reader: given a source of uncompressed tar bytes (a callable returning the next

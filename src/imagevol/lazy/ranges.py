@@ -54,9 +54,11 @@ class RangedReader(Protocol):
     reorder the requests they make; callers check the answer with :func:`read_exact`)."""
 
     @property
-    def size(self) -> int: ...
+    def size(self) -> int:
+        """The size of the blob in bytes."""
 
-    def read_ranges(self, ranges: Sequence[ByteRange]) -> list[bytes]: ...
+    def read_ranges(self, ranges: Sequence[ByteRange]) -> list[bytes]:
+        """The bytes of each range, in order."""
 
 
 def read_exact(reader: RangedReader, ranges: Sequence[ByteRange]) -> list[bytes]:
@@ -85,14 +87,17 @@ class BytesReader:
 
     @property
     def size(self) -> int:
+        """The size of the blob in bytes."""
         return len(self._data)
 
     def read_ranges(self, ranges: Sequence[ByteRange]) -> list[bytes]:
+        """The bytes of each range, in order (counted in :attr:`bytes_read`)."""
         self.requests.append(tuple(ranges))
         return [self._data[r.offset : r.end] for r in ranges]
 
     @property
     def bytes_read(self) -> int:
+        """How many bytes were read so far."""
         return sum(r.length for batch in self.requests for r in batch)
 
 
@@ -106,13 +111,16 @@ class FileReader:
 
     @classmethod
     def open(cls, path: str) -> FileReader:
+        """A reader of the file at ``path``."""
         return cls(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
 
     @property
     def size(self) -> int:
+        """The size of the file in bytes."""
         return self._size
 
     def read_ranges(self, ranges: Sequence[ByteRange]) -> list[bytes]:
+        """The bytes of each range, in order."""
         out = []
         for r in ranges:
             parts = []
@@ -128,6 +136,7 @@ class FileReader:
         return out
 
     def close(self) -> None:
+        """Close the file."""
         os.close(self._fd)
 
     def __enter__(self) -> FileReader:

@@ -38,6 +38,8 @@ from . import rules
 
 
 class TocFormat(enum.Enum):
+    """The table-of-contents formats imagevol reads."""
+
     ZSTD_CHUNKED = "zstd:chunked"
     ESTARGZ = "estargz"
 
@@ -141,6 +143,7 @@ _TOP_KEYS = {
 
 
 def bad(message: str, kind: str = "invalid_toc") -> LazyFormatError:
+    """A :class:`~imagevol.errors.LazyFormatError` of ``kind`` for a malformed table of contents."""
     return LazyFormatError(kind, message)
 
 

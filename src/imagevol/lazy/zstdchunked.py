@@ -68,6 +68,8 @@ class Anchor:
 
 @attrs.frozen
 class Footer:
+    """The zstd:chunked footer: where the table of contents and the tar-split are in the blob."""
+
     toc: ByteRange
     toc_size: int
     tar_split: ByteRange | None

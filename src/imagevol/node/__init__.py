@@ -5,7 +5,7 @@ and Secret state (:mod:`~imagevol.node._state`).
 Only this package builds the runtime side (content store, puller, snapshots, a runtime profile) and
 hands the runtime to the kubelet side; it may import every package below it (kubelet, exec,
 runtime, trees, content, cri, api, oci, errors). Above it are only the CLI and the test kit.
-``Node`` and ``NodeConfig`` are exported lazily.
+``Node``, ``NodeConfig`` and ``Applied`` are exported lazily.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from .._exports import lazy_exports
 from ._defaults import DEFAULT_FEATURE_GATES, default_root
 
 if TYPE_CHECKING:
-    from ._node import Node, NodeConfig
+    from ._node import Applied, Node, NodeConfig
     from ._state import NodeState
 
-__getattr__, __dir__ = lazy_exports(globals(), {"Node": "._node", "NodeConfig": "._node", "NodeState": "._state"})
+__getattr__, __dir__ = lazy_exports(
+    globals(), {"Applied": "._node", "Node": "._node", "NodeConfig": "._node", "NodeState": "._state"}
+)
 
-__all__ = ["DEFAULT_FEATURE_GATES", "Node", "NodeConfig", "NodeState", "default_root"]
+__all__ = ["DEFAULT_FEATURE_GATES", "Applied", "Node", "NodeConfig", "NodeState", "default_root"]

@@ -15,14 +15,16 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
+from types import TracebackType
 from typing import Any
 
 import attrs
 
 from .._text import goquote, strerror
-from ..api.admission import admit
+from ..api.admission import ADMISSION_PLUGINS, admit
+from ..api.constants import DEFAULT_VERSION
 from ..api.dump import pod_to_dict
-from ..api.features import DEFAULT_VERSION, FeatureGates
+from ..api.features import FeatureGates
 from ..api.limits import check_stored_size
 from ..api.load import load_documents
 from ..api.models import Pod, Secret
@@ -32,13 +34,21 @@ from ..content.pull import ImagePuller, RegistryFactory
 from ..content.sources.mirrors import RegistriesConfig
 from ..content.store import DEFAULT_MAX_BLOB_SIZE, ContentStore
 from ..cri import Keyring
-from ..errors import ImageVolError, NodeStateError, PodNotFoundError, ValidationError
+from ..errors import (
+    ConfigError,
+    ImageVolError,
+    NodeStateError,
+    PodNotFoundError,
+    SecretNotFoundError,
+    ValidationError,
+)
 from ..kubelet.events import WARNING, EventRecorder
 from ..kubelet.image_manager import Backoff, ImageManager
 from ..kubelet.metrics import KubeletMetrics
-from ..kubelet.pod_sync import Kubelet, PodRecord
+from ..kubelet.pod_sync import METRICS_MODES, Kubelet, PodRecord
+from ..kubelet.status import NODE_NAME, event_object, pod_object
 from ..oci import Platform
-from ..runtime import DEFAULT_PROFILE
+from ..runtime import DEFAULT_PROFILE, PROFILE_NAMES
 from ..runtime.base import Runtime
 from ..runtime.profiles import runtime_class
 from ..trees import subpath as sp
@@ -49,6 +59,15 @@ from ._state import NodeState
 
 @attrs.frozen
 class NodeConfig:
+    """How a :class:`Node` is built: its root directory, where it pulls from, its runtime profile,
+    Kubernetes version and feature gates. Values are checked when the configuration is built
+    (:class:`~imagevol.errors.ConfigError`), before anything is created under the root.
+
+    A node pulls from registries over the network, as the CLI's does, through ``registry_factory``
+    (``RegistryAccess()`` when not given); ``hermetic=True`` keeps it offline: only OCI layouts
+    (``oci-layout:`` locations in ``registries``) are read, and a pull that would need a registry
+    fails with ``no registry access configured``."""
+
     root: str = attrs.field(factory=default_root)
     registries: str | None = None
     runtime: str = DEFAULT_PROFILE
@@ -58,10 +77,13 @@ class NodeConfig:
     kubelet_feature_gates: str | None = None
     metrics_mode: str = "upstream"
     #: Mutating admission plugins of the API server (``AlwaysPullImages``, R3.12).
-    admission_plugins: tuple[str, ...] = ()
+    admission_plugins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     platform: Platform | None = None
     clock: Callable[[], float] | None = None
+    #: How the node reaches registries; ``None`` means ``RegistryAccess()`` unless ``hermetic``.
     registry_factory: RegistryFactory | None = None
+    #: Never reach a registry: pull from OCI layouts only (tests, offline demos).
+    hermetic: bool = False
     subpath_backend: sp.Backend = sp.Backend.AUTO
     #: Credentials the node itself has (like a kubelet credential provider), tried after the
     #: Pod's pull secrets.
@@ -72,8 +94,65 @@ class NodeConfig:
     #: The largest blob the content store accepts, in bytes.
     max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
 
+    def __attrs_post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.root, str | os.PathLike) or not os.fspath(self.root):
+            problems.append("root must be a directory path")
+        if self.runtime not in PROFILE_NAMES:
+            problems.append(f"unknown runtime profile {self.runtime!r} (known: {', '.join(PROFILE_NAMES)})")
+        if self.metrics_mode not in METRICS_MODES:
+            problems.append(f"unknown metrics mode {self.metrics_mode!r} (known: {', '.join(METRICS_MODES)})")
+        unknown = sorted(set(self.admission_plugins) - set(ADMISSION_PLUGINS))
+        if unknown:
+            problems.append(
+                f"unknown admission plugin(s): {', '.join(unknown)} (known: {', '.join(ADMISSION_PLUGINS)})"
+            )
+        if isinstance(self.max_blob_size, bool) or not isinstance(self.max_blob_size, int) or self.max_blob_size <= 0:
+            problems.append(f"max_blob_size must be a positive number of bytes, not {self.max_blob_size!r}")
+        if self.platform is not None and not isinstance(self.platform, Platform):
+            problems.append(f"platform must be a Platform (Platform.parse('linux/amd64')), not {self.platform!r}")
+        if not isinstance(self.subpath_backend, sp.Backend):
+            problems.append(f"subpath_backend must be a Backend, not {self.subpath_backend!r}")
+        if self.hermetic and self.registry_factory is not None:
+            problems.append("a hermetic node takes no registry_factory")
+        try:
+            # The gates depend on the version: both are parsed together, as the node will.
+            FeatureGates.for_version(self.k8s_version, self.feature_gates)
+            if self.kubelet_feature_gates is not None:
+                FeatureGates.for_version(self.k8s_version, self.kubelet_feature_gates)
+        except ValueError as exc:
+            problems.append(str(exc))
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+@attrs.frozen
+class Applied:
+    """What applying one object did, in ``kubectl apply``'s words: ``created``, ``configured`` or
+    ``unchanged``; ``record`` is the Pod's record after its first kubelet sync (None for a
+    Secret). ``str()`` is kubectl's line, ``pod/NAME created``."""
+
+    kind: str
+    name: str
+    namespace: str
+    action: str
+    record: PodRecord | None = None
+
+    @property
+    def resource(self) -> str:
+        """``pod/NAME`` or ``secret/NAME`` (kubectl's ``-o name``)."""
+        return f"{self.kind.lower()}/{self.name}"
+
+    def __str__(self) -> str:
+        return f"{self.resource} {self.action}"
+
 
 class Node:
+    """One simulated node under ``config.root``: the API server's admission, the kubelet and a
+    container runtime, with state shared by every ``Node`` (and CLI invocation) on the same root.
+    A node holds no open files between calls; ``with Node(config) as node:`` reads well and closes
+    nothing that a later ``Node`` on the same root needs."""
+
     def __init__(self, config: NodeConfig | None = None) -> None:
         self.config = config or NodeConfig()
         self.root = os.path.abspath(self.config.root)
@@ -98,16 +177,27 @@ class Node:
             max_blob_size=self.config.max_blob_size,
         )
         registries = RegistriesConfig.load(self.config.registries) if self.config.registries else None
-        self.puller = ImagePuller(
-            self.store,
-            registries,
-            platform=self.config.platform,
-            registry_factory=self.config.registry_factory,
-        )
+        factory = self.config.registry_factory
+        if factory is None and not self.config.hermetic:
+            from ..content.sources.registry import RegistryAccess
+
+            factory = RegistryAccess()
+        self.puller = ImagePuller(self.store, registries, platform=self.config.platform, registry_factory=factory)
         self.snapshots = Snapshots(os.path.join(self.root, "snapshots"), self.store)
         self.runtime: Runtime = runtime_class(self.config.runtime)(
             os.path.join(self.root, "runtime"), self.puller, self.snapshots, self.config.subpath_backend
         )
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop reporting pull progress. Every lock and file is opened per operation and closed
+        before it returns, so nothing else is left open."""
+        self.puller.progress = None
 
     @property
     def resolver(self) -> ImagePuller:
@@ -123,12 +213,14 @@ class Node:
         return time.time() + float(self.state.read_json("node.json").get("clock_offset", 0.0))
 
     def advance(self, seconds: float) -> None:
+        """Move the node's clock ``seconds`` ahead (pull backoff expires; persisted in the root)."""
         with self.locks.hold("node"):
             state = self.state.read_json("node.json")
             state["clock_offset"] = float(state.get("clock_offset", 0.0)) + seconds
             self.state.write_json("node.json", state)
 
     def metrics(self) -> KubeletMetrics:
+        """The kubelet's metric values as persisted under the root."""
         return KubeletMetrics.from_json(self.state.read_json("metrics.json"), self.gates.image_volume_metrics_stability)
 
     @contextlib.contextmanager
@@ -168,6 +260,12 @@ class Node:
         validate_secret(secret, self.gates.minor)
         self.state.put_secret(secret)
 
+    def delete_secret(self, name: str, namespace: str = "default") -> None:
+        """Remove a stored Secret; :class:`~imagevol.errors.SecretNotFoundError` if there is none."""
+        with self.locks.hold("node"):
+            if not self.state.remove_secret(name, namespace):
+                raise SecretNotFoundError(f"secrets {goquote(name)} not found")
+
     def keyring_for(self, pod: Pod, recorder: EventRecorder | None = None) -> Keyring:
         """The Pod's pull secrets as a keyring, then the node's own credentials (R3.4)."""
         found: list[Secret] = []
@@ -190,42 +288,58 @@ class Node:
     # --- pods ---------------------------------------------------------------------------------
 
     def get_pod(self, name: str, namespace: str = "default") -> PodRecord:
+        """The record of the Pod ``namespace/name``; :class:`PodNotFoundError` if there is none."""
         record = self.state.get_pod(name, namespace)
         if record is None:
             raise PodNotFoundError(f"pods {goquote(name)} not found")
         return record
 
-    def pods(self) -> list[PodRecord]:
-        """Every Pod on the node, ordered by namespace and name."""
-        return self.state.pods()
+    def pods(self, namespace: str | None = None) -> list[PodRecord]:
+        """The Pods of ``namespace`` (every Pod on the node when None), ordered by namespace and
+        name."""
+        records = self.state.pods()
+        return records if namespace is None else [r for r in records if r.pod.namespace == namespace]
 
-    def apply(self, text: str | bytes) -> list[tuple[str, PodRecord | None]]:
+    def apply(self, text: str | bytes) -> list[Applied]:
         """Apply a YAML or JSON request body of Pods and Secrets (bounded as the API server bounds
-        it, ``api.load_documents``): Secrets are stored, Pods admitted (API server) and synced
-        once (kubelet). Returns (what happened, record) per object."""
+        it, ``api.load_documents``): Secrets first, so that a Pod's pull secret is there when the
+        kubelet first syncs it, then Pods, admitted (API server) and synced once (kubelet).
+        Every document is decoded and checked before the first is applied; the first failure
+        raises. The CLI's ``apply`` reports each document on its own instead."""
         docs = list(load_documents(text))
         for doc in docs:
-            if not doc.metadata.name and doc.metadata.generate_name:
-                # kubectl apply needs a name to reconcile; it refuses before sending anything.
-                raise ImageVolError(f"from {doc.metadata.generate_name}: cannot use generate name with apply")
-        out: list[tuple[str, PodRecord | None]] = []
-        for doc in docs:
-            if isinstance(doc, Secret):
-                self.put_secret(doc)
-                out.append((f"secret/{doc.metadata.name} configured", None))
-        for doc in docs:
-            if isinstance(doc, Pod):
-                out.append(self.create_pod(doc))
-        return out
+            check_apply_name(doc)
+        ordered = [d for d in docs if isinstance(d, Secret)] + [d for d in docs if isinstance(d, Pod)]
+        return [self.apply_object(doc) for doc in ordered]
 
-    def create_pod(self, pod: Pod) -> tuple[str, PodRecord]:
+    def apply_object(self, obj: Pod | Secret) -> Applied:
+        """Apply one decoded object as ``kubectl apply`` would: a Secret is stored
+        (``created``, ``configured`` or ``unchanged``), a Pod created and synced, or, when a Pod of
+        that name exists with the same spec, synced again (``unchanged``)."""
+        check_apply_name(obj)
+        ns = obj.metadata.namespace or "default"
+        if isinstance(obj, Secret):
+            before = self.state.get_secret(obj.metadata.name, ns)
+            self.put_secret(obj)
+            after = self.state.get_secret(obj.metadata.name, ns)
+            action = "created" if before is None else "unchanged" if before == after else "configured"
+            return Applied("Secret", obj.metadata.name, ns, action)
+        existed = self.state.get_pod(obj.metadata.name, ns) is not None
+        record = self.create_pod(obj)
+        return Applied("Pod", record.pod.name, record.pod.namespace, "unchanged" if existed else "created", record)
+
+    def create_pod(self, pod: Pod) -> PodRecord:
+        """Admit ``pod`` (defaulting, validation, a generated name for ``generateName``) and run
+        one kubelet sync of it; return its record. A Pod of that name with the same spec is
+        synced again instead; one with another spec is refused, as the API server refuses an
+        update of a Pod's spec."""
         ns = pod.metadata.namespace or "default"
         with contextlib.suppress(PodNotFoundError):
             if not pod.metadata.name:
                 raise PodNotFoundError("")  # generateName: always a new Pod
             existing = self.get_pod(pod.metadata.name, ns)
             if _same_spec(existing.pod, pod):
-                return f"pod/{pod.metadata.name} unchanged", self.sync_pod(pod.metadata.name, ns)
+                return self.sync_pod(pod.metadata.name, ns)
             raise ValidationError(
                 "Pod",
                 pod.metadata.name,
@@ -241,9 +355,26 @@ class Node:
             keyring = self.keyring_for(admitted, EventRecorder(record.events, clock=self.now))
             kubelet.sync_pod(record, keyring)
             self.state.save_pod(record)
-        return f"pod/{admitted.metadata.name} created", record
+        return record
+
+    def pod_object(self, record: PodRecord) -> dict[str, Any]:
+        """The Pod as the API server returns it, status included (``kubectl get pod -o json``):
+        container IDs carry this node's runtime, and with the kubelet's ``ImageVolumeWithDigest``
+        gate on, each image-volume mount reports the exact image it shows."""
+        refs: dict[tuple[str, str], str] = {}
+        if self.kubelet_gates.enabled("ImageVolumeWithDigest"):
+            for state in record.containers:
+                status = self.runtime.container_status(state.container_id) if state.container_id else None
+                for m in status.mounts if status is not None else ():
+                    refs[(state.name, m.container_path)] = m.image_ref
+        return pod_object(record, node_name=NODE_NAME, runtime=self.runtime.name, image_refs=refs)
+
+    def event_objects(self, record: PodRecord) -> list[dict[str, Any]]:
+        """The Pod's events as ``v1 Event`` objects (``kubectl get events -o json``)."""
+        return [event_object(e, record, node_name=NODE_NAME) for e in record.events]
 
     def sync_pod(self, name: str, namespace: str = "default") -> PodRecord:
+        """One kubelet sync of a stored Pod (retries, pulls per policy and backoff); its record."""
         with self._session() as kubelet:
             record = self.get_pod(name, namespace)
             keyring = self.keyring_for(record.pod, EventRecorder(record.events, clock=self.now))
@@ -256,6 +387,7 @@ class Node:
         return [self.sync_pod(r.pod.name, r.pod.namespace) for r in self.pods()]
 
     def delete_pod(self, name: str, namespace: str = "default") -> PodRecord:
+        """Remove a Pod: its containers release their mounts; return the record it had."""
         with self.locks.hold("node"):
             record = self.get_pod(name, namespace)
             for state in record.containers:
@@ -263,6 +395,13 @@ class Node:
                     self.runtime.remove_container(state.container_id)
             self.state.remove_pod(name, namespace)
             return record
+
+
+def check_apply_name(obj: Pod | Secret) -> None:
+    """``kubectl apply`` reconciles by name: an object with only ``generateName`` is refused
+    before anything is sent."""
+    if not obj.metadata.name and obj.metadata.generate_name:
+        raise ImageVolError(f"from {obj.metadata.generate_name}: cannot use generate name with apply")
 
 
 def _same_spec(a: Pod, b: Pod) -> bool:

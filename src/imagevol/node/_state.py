@@ -62,6 +62,7 @@ class NodeState:
         return obj if isinstance(obj, dict) else {}
 
     def write_json(self, name: str, obj: Any) -> None:
+        """Write a state file (relative to the root) by a temporary file and a rename."""
         path = os.path.join(self.root, name)
         tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:
@@ -133,9 +134,18 @@ class NodeState:
         data = {k: base64.b64decode(v) for k, v in obj.get("data", {}).items()}
         return Secret(ObjectMeta(name=name, namespace=namespace), obj.get("type", ""), data)
 
+    def remove_secret(self, name: str, namespace: str) -> bool:
+        """Remove the Secret ``namespace/name``; False if there was none. The caller holds the
+        node lock."""
+        if self.get_secret(name, namespace) is None:
+            return False
+        os.unlink(os.path.join(self.root, self.state_name("secrets", namespace, name)))
+        return True
+
     # --- pods ---------------------------------------------------------------------------------
 
     def save_pod(self, record: PodRecord) -> None:
+        """Write the Pod's record (the caller holds the node lock)."""
         self.write_json(self.state_name("pods", record.pod.namespace, record.pod.name), record.to_json())
 
     def _load_pod(self, fname: str) -> PodRecord | None:
@@ -168,4 +178,5 @@ class NodeState:
         return sorted((r for r in records if r is not None), key=lambda r: f"{r.pod.namespace}_{r.pod.name}")
 
     def remove_pod(self, name: str, namespace: str) -> None:
+        """Remove the state file of the Pod ``namespace/name`` (the caller holds the node lock)."""
         os.unlink(os.path.join(self.root, self.state_name("pods", namespace, name)))

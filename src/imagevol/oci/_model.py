@@ -84,6 +84,7 @@ class Digest:
 
     @classmethod
     def parse(cls, text: str) -> Digest:
+        """``ALGORITHM:HEX``, checked (a :class:`~imagevol.errors.ManifestError` if malformed)."""
         m = _DIGEST_RE.fullmatch(text) if isinstance(text, str) else None
         if m is None:
             raise ManifestError(f"invalid digest {text!r}")
@@ -97,9 +98,11 @@ class Digest:
 
     @classmethod
     def of(cls, data: bytes, algorithm: str = "sha256") -> Digest:
+        """The digest of ``data``."""
         return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
 
     def hasher(self) -> Any:
+        """A new hashlib object of this digest's algorithm."""
         return hashlib.new(self.algorithm)
 
     def __str__(self) -> str:
@@ -129,6 +132,7 @@ class Platform:
 
     @classmethod
     def from_json(cls, obj: object) -> Platform:
+        """A platform as a descriptor or config holds it (``os``, ``architecture``, ``variant``)."""
         if not isinstance(obj, dict):
             raise ManifestError("platform must be an object")
         os_ = _str(obj, "os", required=True)
@@ -136,6 +140,7 @@ class Platform:
         return cls(os_, arch, _str(obj, "variant"), _str(obj, "os.version"))
 
     def normalized(self) -> Platform:
+        """The platform with containerd's normalisation (``aarch64`` is ``arm64/v8``, ``x86_64`` is ``amd64``)."""
         arch, variant = self.architecture, self.variant
         if arch in ("aarch64",):
             arch = "arm64"
@@ -148,6 +153,7 @@ class Platform:
         return Platform(self.os.lower(), arch, variant, self.os_version)
 
     def matches(self, other: Platform) -> bool:
+        """Whether both name the same platform once normalised."""
         a, b = self.normalized(), other.normalized()
         return a.os == b.os and a.architecture == b.architecture and a.variant == b.variant
 
@@ -206,6 +212,7 @@ class Descriptor:
 
     @classmethod
     def from_json(cls, obj: object) -> Descriptor:
+        """A descriptor as a manifest or index holds it, checked field by field."""
         if not isinstance(obj, dict):
             raise ManifestError("descriptor must be an object")
         size = obj.get("size")
@@ -235,6 +242,7 @@ class Descriptor:
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The descriptor in its JSON shape."""
         out: dict[str, Any] = {
             "mediaType": self.media_type,
             "digest": str(self.digest),
@@ -258,6 +266,7 @@ class Descriptor:
 
     @property
     def title(self) -> str:
+        """The ``org.opencontainers.image.title`` annotation (an artifact file's name), empty if none."""
         return self.annotations.get(ANNOTATION_TITLE, "")
 
 
@@ -278,6 +287,7 @@ class Manifest:
         return self.config.media_type in IMAGE_CONFIG_TYPES and not self.artifact_type
 
     def blobs(self) -> tuple[Descriptor, ...]:
+        """The config and the layers."""
         return (self.config, *self.layers)
 
 

@@ -59,9 +59,11 @@ class Reference:
         return path
 
     def with_tag(self, tag: str) -> Reference:
+        """The same reference with tag ``tag``."""
         return attrs.evolve(self, tag=tag)
 
     def with_digest(self, digest: str) -> Reference:
+        """The same reference pinned to ``digest``."""
         return attrs.evolve(self, digest=digest)
 
     @property

@@ -195,6 +195,7 @@ class Runtime:
         return record
 
     def remove_container(self, container_id: str) -> None:
+        """``RemoveContainer``: release its mounts (leases on its snapshots) and forget it."""
         record = self.container_status(container_id)
         if record is None:
             return
@@ -203,6 +204,7 @@ class Runtime:
         os.unlink(self._path(container_id))
 
     def container_status(self, container_id: str) -> ContainerStatus | None:
+        """``ContainerStatus`` of the container, None if the runtime has no such container."""
         try:
             with open(self._path(container_id)) as f:
                 return ContainerStatus.from_json(json.load(f))
@@ -210,6 +212,7 @@ class Runtime:
             return None
 
     def list_containers(self) -> list[ContainerStatus]:
+        """``ListContainers``, every container with its mounts."""
         out = []
         for name in sorted(os.listdir(self._containers)):
             if name.endswith(".json"):
@@ -327,6 +330,7 @@ class Runtime:
         return attrs.evolve(base, real_path=real_path, is_dir=resolved.is_dir, inode=resolved.ino)
 
     def mount_artifact(self, base: MountStatus, root_fd: int, manifest: Manifest, mount: Mount) -> MountStatus:
+        """Mount an artifact's file or directory (this profile's layout of an artifact)."""
         raise ImageVolumeMountFailedError("artifacts are not supported")
 
     def open_mount(self, status: MountStatus) -> int:
@@ -357,6 +361,7 @@ class Runtime:
         return f"image-volumes/{_digest12(base)}"
 
     def check_mount(self, mount: Mount) -> None:
+        """Refuse a mount this profile cannot create (per profile)."""
         if mount.image is None or not mount.image.image:
             raise ImageVolumeMountFailedError(f"invalid mount specified: {mount.proto_text()}")
 
@@ -364,12 +369,15 @@ class Runtime:
         """Accept or refuse what a sub path resolved to (containerd refuses files)."""
 
     def not_local_message(self, ref: str) -> str:
+        """The error text for an image that is not present locally (per profile)."""
         return f"failed to resolve image {goquote(ref)}: not found"
 
     def artifact_message(self, record: ImageRecord) -> str:
+        """The error text for an artifact this profile cannot mount (per profile)."""
         return f"image volume {goquote(record.name)} is an OCI artifact, which this runtime cannot mount"
 
     def sub_path_message(self, exc: SubPathError, base: MountStatus, mount: Mount) -> str:
+        """The error text for a sub path that cannot be resolved (per profile's wording)."""
         return str(exc)
 
 

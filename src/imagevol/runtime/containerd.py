@@ -15,12 +15,13 @@ class ContainerdRuntime(Runtime):
     """containerd 2.2's CRI plugin (R9.15 to R9.18): ``os.OpenInRoot`` semantics, directories only.
 
     Upstream follows at most 8 symlinks (Go's ``os.Root``); the simulation keeps the project-wide
-    budget of 40 so that one rule set (``tests/vectors/subpath.json``) holds for every profile."""
+    budget of 40 so that one rule set (``src/imagevol/testing/data/subpath.json``) holds for every profile."""
 
     name = "containerd"
     policy = sp.Policy.BENEATH
 
     def check_mount(self, mount: Mount) -> None:
+        """containerd refuses what its CRI plugin refuses before it resolves anything."""
         # R9.16: the kubelet always sends these; the checks guard the CRI contract.
         if mount.image is None:
             return
@@ -32,6 +33,7 @@ class ContainerdRuntime(Runtime):
             raise ImageVolumeMountFailedError(f"image not specified in: {mount.image.proto_text()}")
 
     def sub_path_message(self, exc: SubPathError, base: MountStatus, mount: Mount) -> str:
+        """containerd's wording of a sub-path failure."""
         # Upstream wraps as `failed to mount image volume: ImageVolumeMountFailed: failed to ensure
         # image subpath %q in %q: <os.OpenInRoot error>`; the outer "failed to mount image volume: "
         # is dropped so that the event starts with the CRI sentinel (R5.5), and the host mount point
@@ -42,6 +44,7 @@ class ContainerdRuntime(Runtime):
         )
 
     def check_resolved(self, resolved: sp.Resolved, base: MountStatus, mount: Mount) -> None:
+        """containerd's checks of a resolved sub path (its kind, what it may be)."""
         if not resolved.is_dir:
             where = goquote(self.where(base))
             raise ImageVolumeMountFailedError(
@@ -50,6 +53,7 @@ class ContainerdRuntime(Runtime):
             )
 
     def artifact_message(self, record: ImageRecord) -> str:
+        """containerd's wording for an artifact it does not mount."""
         # An artifact has no rootfs diff IDs matching its layers (R9.18; exact upstream text for a
         # non-image config is unverified, Q8 in docs/requirements.md).
         return (

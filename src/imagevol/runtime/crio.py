@@ -26,13 +26,16 @@ class CrioRuntime(Runtime):
     reports_registry_unavailable = True
 
     def where(self, base: MountStatus) -> str:
+        """How CRI-O names the mounted image in messages."""
         # Upstream prints the c/storage mount point of the image, `<graphroot>/overlay/<id>/merged`.
         return f"overlay/{_digest12(base)}/merged"
 
     def not_local_message(self, ref: str) -> str:
+        """CRI-O's wording for an image that is not present locally."""
         return f"image {goquote(ref)} does not exist locally"
 
     def sub_path_message(self, exc: SubPathError, base: MountStatus, mount: Mount) -> str:
+        """CRI-O's wording of a sub-path failure."""
         assert mount.image is not None
         if exc.kind == "notfound":
             # container_create_linux.go maps every ENOENT to this user-facing message.

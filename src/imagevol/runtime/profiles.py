@@ -15,6 +15,7 @@ PROFILES: dict[str, type[Runtime]] = {
 
 
 def runtime_class(name: str) -> type[Runtime]:
+    """The runtime class of the ``--runtime`` profile ``name`` (``ValueError`` if unknown)."""
     try:
         return PROFILES[name]
     except KeyError:

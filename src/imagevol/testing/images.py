@@ -11,7 +11,7 @@ an uncompressed layer in one image), among them ``v2``: the content of
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
@@ -42,6 +42,8 @@ _COMPRESS = {
 
 @attrs.frozen
 class Layer:
+    """A layer of a test image: its tar entries and compression (``gzip``, ``zstd``, ``none``)."""
+
     entries: tuple[TarEntry, ...]
     compression: str = "gzip"
 
@@ -57,6 +59,7 @@ class LayoutBuilder:
             f.write('{"imageLayoutVersion":"1.0.0"}')
 
     def add_blob(self, data: bytes, media_type: str, annotations: Mapping[str, str] | None = None) -> Descriptor:
+        """Write a blob; return its descriptor."""
         digest = Digest.of(data)
         with open(os.path.join(self.path, "blobs", "sha256", digest.hex), "wb") as f:
             f.write(data)
@@ -70,6 +73,7 @@ class LayoutBuilder:
         tag: str = "",
         config_extra: Mapping[str, object] | None = None,
     ) -> Descriptor:
+        """An image of ``layers`` with a minimal config for ``platform``, tagged ``tag`` if given."""
         platform = platform or Platform("linux", "amd64")
         descs = []
         diff_ids = []
@@ -94,6 +98,7 @@ class LayoutBuilder:
     def add_manifest(
         self, config: Descriptor, layers: Sequence[Descriptor], *, tag: str = "", artifact_type: str = ""
     ) -> Descriptor:
+        """A manifest of ``config`` and ``layers`` (an artifact with ``artifact_type``)."""
         doc: dict[str, object] = {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
@@ -120,6 +125,7 @@ class LayoutBuilder:
         return self.add_manifest(empty, layers, tag=tag, artifact_type=artifact_type)
 
     def add_index(self, manifests: Sequence[tuple[Descriptor, Platform]], *, tag: str = "") -> Descriptor:
+        """An index of ``manifests``, one per platform."""
         entries = [attrs.evolve(d, platform=p).to_json() for d, p in manifests]
         doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
         desc = self.add_blob(canonical_json(doc), OCI_INDEX)
@@ -128,9 +134,11 @@ class LayoutBuilder:
         return desc
 
     def tag(self, name: str, desc: Descriptor) -> None:
+        """Tag ``desc`` as ``name`` in the layout's ``index.json``."""
         self.refs[name] = desc
 
     def save(self) -> None:
+        """Write ``index.json`` with every tag."""
         manifests = []
         for name in sorted(self.refs):
             d = self.refs[name]
@@ -216,15 +224,30 @@ def build_fixtures(path: str) -> dict[str, Descriptor]:
     return dict(b.refs)
 
 
+#: The images of the demo (``imagevol demo``, ``scripts/demo``): each reference and what builds its
+#: content into a layout under the reference's tag. The demo's registries.conf mirrors each
+#: repository to the layout, so adding an image to the demo is one line here.
+DEMO_IMAGES: dict[str, Callable[[LayoutBuilder, str], Descriptor]] = {
+    "quay.io/crio/artifact:v2": build_artifact_v2,
+}
+
+
 def build_demo_layout(path: str) -> Descriptor:
-    """Only the ``v2`` image: the layout the README's demo mirrors ``quay.io/crio/artifact`` to."""
+    """The layout the README's demo mirrors its images from: every image of :data:`DEMO_IMAGES`,
+    tagged with its reference's tag. Returns the first one's descriptor."""
     b = LayoutBuilder(path)
-    desc = build_artifact_v2(b, "v2")
+    built = []
+    for reference, build in DEMO_IMAGES.items():
+        tag = reference.rpartition(":")[2]
+        if tag in b.refs:
+            raise ValueError(f"demo images {reference} and another one share the tag {tag!r} in one layout")
+        built.append(build(b, tag))
     b.save()
-    return desc
+    return built[0]
 
 
 __all__ = [
+    "DEMO_IMAGES",
     "FIXED_MTIME",
     "Layer",
     "LayoutBuilder",

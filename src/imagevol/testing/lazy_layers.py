@@ -66,9 +66,11 @@ class LazyLayer:
 
     @property
     def diff_id(self) -> Digest:
+        """The digest of the uncompressed tar (the config's ``diff_ids`` entry)."""
         return Digest.of(self.tar)
 
     def descriptor(self) -> Descriptor:
+        """The layer's descriptor, annotations included."""
         return Descriptor(self.media_type, Digest.of(self.blob), len(self.blob), dict(self.annotations))
 
 

@@ -25,6 +25,8 @@ _TYPES = {
 
 @attrs.frozen
 class Item:
+    """One entry of a tree listing: type, mode, owner, size, content digest, link target."""
+
     path: str
     type: str
     mode: int
@@ -36,6 +38,7 @@ class Item:
     hardlink_of: str = ""
 
     def line(self) -> str:
+        """The entry as one line of :func:`render`."""
         extra = self.sha256[:16] if self.type == "file" else self.target
         link = f" hl={self.hardlink_of}" if self.hardlink_of else ""
         return f"{self.path} {self.type} {self.mode:04o} {self.uid}:{self.gid} {self.mtime_ns} {extra}{link}"
@@ -108,4 +111,5 @@ def listing(root: str) -> dict[str, Item]:
 
 
 def render(items: dict[str, Item]) -> str:
+    """A listing as text, one line per path in sorted order."""
     return "\n".join(items[p].line() for p in sorted(items))

@@ -34,6 +34,8 @@ class ModelError(Exception):
 
 @attrs.define
 class Inode:
+    """An inode of the model tree: its type, data or target, and children."""
+
     type: str  # dir | file | symlink | fifo
     data: bytes = b""
     target: str = ""
@@ -49,13 +51,16 @@ class MemTree:
     _inos: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
 
     def new(self, type_: str, **kw: object) -> Inode:
+        """A new inode of ``type_``."""
         return Inode(type_, ino=next(self._inos), **kw)  # type: ignore[arg-type]
 
     def children(self, path: Path) -> list[Path]:
+        """The paths directly below ``path``."""
         n = len(path)
         return [p for p in self.entries if len(p) == n + 1 and p[:n] == path]
 
     def remove(self, path: Path) -> None:
+        """Remove ``path`` and everything below it."""
         n = len(path)
         for p in [p for p in self.entries if p[:n] == path]:
             del self.entries[p]

@@ -49,7 +49,7 @@ class TarEntry:
 
     @classmethod
     def from_vector(cls, obj: Mapping[str, Any]) -> TarEntry:
-        """An entry in the format of ``tests/vectors/layers.json``."""
+        """An entry in the format of ``src/imagevol/testing/data/layers.json``."""
         return cls(
             name=obj["name"],
             type=obj.get("type", "file"),
@@ -117,6 +117,7 @@ def gzip_bytes(data: bytes) -> bytes:
 
 
 def zstd_bytes(data: bytes) -> bytes:
+    """``data`` compressed with zstd (deterministic)."""
     import zstandard
 
     return bytes(zstandard.ZstdCompressor(level=3, write_content_size=True).compress(data))

@@ -1,8 +1,10 @@
 """Run test vectors (their format: docs/testing.md, "Vector format") against this library.
 
-    python -m imagevol.testing.vectors layers FILE
-    python -m imagevol.testing.vectors subpath FILE [--profile containerd|crio]
-                                                    [--backend all|kernel|userspace]
+    python -m imagevol.testing.vectors layers [FILE]
+    python -m imagevol.testing.vectors subpath [FILE] [--profile containerd|crio]
+                                                      [--backend all|kernel|userspace]
+
+Without FILE, the project's own vectors run: they ship with the package (``imagevol/testing/data/``).
 
 Prints one line per failing vector and ends with ``N passed, M failed``; exits 1 if any failed.
 Layer vectors also check that nothing outside the tree root was created or changed.
@@ -31,6 +33,8 @@ from .tarbuild import TarEntry, build_layer
 
 @attrs.frozen
 class Outcome:
+    """The outcome of one vector: its id, whether it passed, and what differed."""
+
     id: str
     ok: bool
     detail: str = ""
@@ -194,12 +198,14 @@ def run_layer_vector(vector: Mapping[str, Any]) -> Outcome:
 
 
 def expected_subpath(vector: Mapping[str, Any], profile: str) -> str:
+    """The outcome a sub-path vector expects under ``profile`` (its per-profile override, else the common one)."""
     if profile == "crio":
         return str(vector.get("alt", {}).get("in_root", vector["expect"]))
     return str(vector["expect"])
 
 
 def run_subpath_vector(vector: Mapping[str, Any], profile: str, backend: sp.Backend) -> Outcome:
+    """Resolve one sub-path vector with ``backend`` under ``profile``."""
     policy = sp.Policy.IN_ROOT if profile == "crio" else sp.Policy.BENEATH
     want = expected_subpath(vector, profile)
     with tempfile.TemporaryDirectory(prefix="imagevol-vec-") as base:
@@ -235,17 +241,26 @@ def _report(outcomes: Sequence[Outcome], write: Callable[[str], object]) -> int:
     return 1 if failed else 0
 
 
+def packaged(kind: str) -> str:
+    """The path of the project's own vector file ``kind`` (``layers`` or ``subpath``), shipped
+    with the package (``imagevol/testing/data/``)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", f"{kind}.json")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the vectors of a file (the packaged ones by default); 0 when every one passed."""
     parser = argparse.ArgumentParser(prog="python -m imagevol.testing.vectors", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="kind", required=True)
     p_layers = sub.add_parser("layers", help="apply layer vectors")
-    p_layers.add_argument("file")
+    p_layers.add_argument("file", nargs="?", help="a vector file (default: the packaged layers.json)")
     p_sub = sub.add_parser("subpath", help="resolve sub-path vectors")
-    p_sub.add_argument("file")
-    p_sub.add_argument("--profile", choices=("containerd", "crio"), default="containerd")
-    p_sub.add_argument("--backend", choices=("all", "kernel", "userspace"), default="all")
+    p_sub.add_argument("file", nargs="?", help="a vector file (default: the packaged subpath.json)")
+    p_sub.add_argument("--profile", choices=("containerd", "crio"), default="containerd", help="runtime profile")
+    p_sub.add_argument(
+        "--backend", choices=("all", "kernel", "userspace"), default="all", help="sub-path resolver backend"
+    )
     args = parser.parse_args(argv)
-    with open(args.file) as f:
+    with open(args.file or packaged(args.kind)) as f:
         vectors = json.load(f)
     outcomes: list[Outcome] = []
     if args.kind == "layers":

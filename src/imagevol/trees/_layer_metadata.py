@@ -86,6 +86,7 @@ class BuildState:
         self.deferred: dict[tuple[str, ...], int] = {}
 
     def forget(self, real: tuple[str, ...]) -> None:
+        """``real`` was removed: drop what was deferred for it and below it."""
         n = len(real)
         for key in [k for k in self.deferred if k[:n] == real]:
             del self.deferred[key]

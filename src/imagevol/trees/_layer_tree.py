@@ -40,15 +40,18 @@ class Tree:
         self.on_implicit_mkdir: Callable[[int, tuple[str, ...], tuple[str, ...]], None] | None = None
 
     def close(self) -> None:
+        """Close every cached directory fd."""
         self.invalidate()
         self.end_entry()
 
     def invalidate(self) -> None:
+        """Forget the cached directories (their fds close after the current entry)."""
         # The fds may still be in use by the entry being applied: they are closed after it.
         self._retired.extend(fd for fd, _ in self._cache.values())
         self._cache.clear()
 
     def end_entry(self) -> None:
+        """The entry being applied is done: close the fds :meth:`invalidate` retired."""
         if self._retired:
             for fd in self._retired:
                 os.close(fd)

@@ -33,6 +33,7 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def artifact_file_name(layer: Descriptor) -> str:
+    """The file name an artifact layer gets in its tree (its title annotation, checked)."""
     return layer.annotations.get(ANNOTATION_TITLE) or layer.annotations.get(ANNOTATION_MODEL_FILEPATH, "")
 
 

@@ -78,6 +78,8 @@ class LayerLimits:
 
 @attrs.frozen
 class ApplyOptions:
+    """How layers are applied: ownership, limits, what to do with special files."""
+
     limits: LayerLimits = LayerLimits()
     #: Apply uid/gid from the headers (only possible, and only attempted, as root).
     preserve_owner: bool = attrs.field(factory=lambda: os.geteuid() == 0)

@@ -75,10 +75,12 @@ class SnapshotKey:
 
     @classmethod
     def for_chain(cls, diff_ids: tuple[Digest, ...]) -> SnapshotKey:
+        """The key of an image's tree: the chain ID of its layers."""
         return cls(CHAIN, chain_id(diff_ids))
 
     @classmethod
     def for_manifest(cls, digest: Digest) -> SnapshotKey:
+        """The key of an artifact's tree: its manifest digest."""
         return cls(MANIFEST, digest)
 
     @classmethod
@@ -100,6 +102,7 @@ class SnapshotKey:
 
     @property
     def name(self) -> str:
+        """The tree's directory name under ``snapshots/``."""
         if self.kind == LEGACY and self.digest is not None:
             return self.digest.hex
         if self.digest is None:
@@ -126,6 +129,7 @@ class SnapshotPlan:
 
     @property
     def artifact(self) -> bool:
+        """Whether the tree is an artifact's."""
         return not self.manifest.is_image
 
 
@@ -142,6 +146,8 @@ def plan_for(store: ContentStore, manifest_digest: Digest, manifest: Manifest) -
 
 @attrs.frozen
 class Snapshot:
+    """A published tree and its key."""
+
     key: SnapshotKey
     path: str
     artifact: bool
@@ -221,9 +227,11 @@ class Snapshots:
     # --- lookup ---------------------------------------------------------------------------------
 
     def path(self, key: SnapshotKey) -> str:
+        """Where the tree ``key`` is (or would be) published."""
         return os.path.join(self.root, key.name)
 
     def get(self, key: SnapshotKey) -> str | None:
+        """The path of the published tree ``key``, None if it is not built."""
         p = self.path(key)
         return p if os.path.isdir(p) else None
 
@@ -403,6 +411,7 @@ class Snapshots:
                 pass
 
     def release(self, key: SnapshotKey, holder: str) -> None:
+        """Drop ``holder``'s lease on the tree ``key``."""
         with self._lock(key):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self._lease_dir(key), _safe(holder)))
@@ -410,6 +419,7 @@ class Snapshots:
                 os.rmdir(self._lease_dir(key))
 
     def holders(self, key: SnapshotKey) -> list[str]:
+        """Who holds leases on the tree ``key``."""
         try:
             return sorted(os.listdir(self._lease_dir(key)))
         except FileNotFoundError:

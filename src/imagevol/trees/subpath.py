@@ -49,7 +49,7 @@ __all__ = [
     "validate",
 ]
 
-#: Error classes of ``tests/vectors/subpath.json`` plus two for what the vectors do not cover: the
+#: Error classes of ``src/imagevol/testing/data/subpath.json`` plus two for what the vectors do not cover: the
 #: walker's kinds, ``invalid`` for the string rules, ``failed`` for an errno that says nothing.
 KINDS = ("invalid", *_inroot.KINDS, "failed")
 
@@ -162,6 +162,7 @@ class Resolved:
         return real
 
     def close(self) -> None:
+        """Close the resolved fd."""
         os.close(self.fd)
 
 

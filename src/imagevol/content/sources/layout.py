@@ -46,6 +46,7 @@ class OCILayoutSource:
         return manifests
 
     def resolve(self) -> Descriptor:
+        """The descriptor the reference names in the layout's ``index.json``."""
         entries = self._index()
         if self.digest:
             want = Digest.parse(self.digest)
@@ -72,6 +73,7 @@ class OCILayoutSource:
         raise ImageNotFoundError(f"{self.description}: manifest unknown")
 
     def fetch_manifest(self, desc: Descriptor) -> bytes:
+        """The bytes of the manifest or index ``desc`` (checked by the caller)."""
         if desc.size > MAX_MANIFEST_BYTES:
             raise ManifestError(f"manifest of {desc.size} bytes exceeds the {MAX_MANIFEST_BYTES}-byte limit")
         try:
@@ -82,6 +84,7 @@ class OCILayoutSource:
             raise ImageNotFoundError(f"{self.description}: manifest {desc.digest} missing") from None
 
     def fetch_blob(self, desc: Descriptor) -> Iterator[bytes]:
+        """The bytes of the blob ``desc`` in chunks (verified by the caller)."""
         try:
             f = self.fs.open(self._blob(desc.digest), "rb")
         except FileNotFoundError:
@@ -91,7 +94,9 @@ class OCILayoutSource:
                 yield chunk
 
     def credentials_used(self) -> Credentials | None:
+        """None: a layout needs no credentials."""
         return None
 
     def close(self) -> None:
+        """Nothing to release: files are opened per read."""
         return None

@@ -37,10 +37,12 @@ class Endpoint:
 
     @property
     def is_layout(self) -> bool:
+        """Whether the location is an OCI layout (``oci-layout:PATH``) rather than a registry."""
         return self.location.startswith(OCI_LAYOUT_SCHEME)
 
     @property
     def layout_path(self) -> str:
+        """The layout directory of an ``oci-layout:`` location."""
         return self.location[len(OCI_LAYOUT_SCHEME) :]
 
 
@@ -64,6 +66,8 @@ class PullSource:
 
 @attrs.frozen
 class RegistryEntry:
+    """One ``[[registry]]`` table: the prefix it applies to, its location and mirrors."""
+
     prefix: str
     location: str
     insecure: bool = False
@@ -72,6 +76,7 @@ class RegistryEntry:
     mirrors: tuple[Endpoint, ...] = ()
 
     def matches(self, name: str) -> bool:
+        """Whether the repository ``name`` falls under this entry's prefix."""
         return match_length(name, self.prefix) != -1
 
 
@@ -112,6 +117,7 @@ class RegistriesConfig:
 
     @classmethod
     def load(cls, path: str) -> RegistriesConfig:
+        """Read a registries.conf file (TOML); ``oci-layout:`` paths are relative to it."""
         with open(path, "rb") as f:
             try:
                 data = tomllib.load(f)
@@ -121,6 +127,7 @@ class RegistriesConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], base_dir: str = ".", source: str = "") -> RegistriesConfig:
+        """The configuration a parsed registries.conf holds (``source`` names it in messages)."""
         entries = []
         for i, reg in enumerate(data.get("registry", []) or []):
             if not isinstance(reg, dict):

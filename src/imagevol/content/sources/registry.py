@@ -71,10 +71,12 @@ class RegistrySource:
     # --- manifests ------------------------------------------------------------------------------
 
     def resolve(self) -> Descriptor:
+        """Ask the registry what the reference names (a HEAD, else GET, of the manifest)."""
         raw, media_type, digest = self._get_manifest(self.object, self.pinned)
         return Descriptor(media_type, digest, len(raw))
 
     def fetch_manifest(self, desc: Descriptor) -> bytes:
+        """The bytes of the manifest or index ``desc``, within the manifest size limit."""
         cached = self._raw.get(desc.digest)
         if cached is not None:
             return cached
@@ -212,10 +214,12 @@ class RegistrySource:
         raise _status_error(url, resp)
 
     def credentials_used(self) -> Credentials | None:
+        """The credentials the registry accepted, None when it asked for none."""
         auth = self.client.auth
         return auth.current if auth.challenge is not None else None
 
     def close(self) -> None:
+        """Close the client's connections."""
         self.client.close()
 
 
@@ -249,6 +253,7 @@ class RegistryAccess:
     sleep: Callable[[float], None] = time.sleep
 
     def __call__(self, spec: PullSource, keyring: Keyring) -> RegistrySource:
+        """A source for one pull of ``spec``, with the keyring's credentials for its host."""
         host = spec.endpoint.location
         client = RegistryClient(
             DOCKER_HUB_API if host == "docker.io" else host,
