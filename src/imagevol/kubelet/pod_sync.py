@@ -95,6 +95,12 @@ class PodRecord:
         """The ID of the Pod's sandbox (derived from its UID)."""
         return hashlib.sha256(f"sandbox/{self.pod.uid}".encode()).hexdigest()
 
+    @property
+    def settled(self) -> bool:
+        """Synced at least once and every container started (init containers done): a kubelet
+        pass has nothing to start, so it pulls nothing and records nothing (k/k PR #138655)."""
+        return self.syncs > 0 and not any(_needs_start(s) for s in self.containers)
+
     def state(self, name: str) -> ContainerState:
         """The state of the container ``name`` (``KeyError`` if the Pod has none)."""
         for s in self.containers:
@@ -179,6 +185,11 @@ class Kubelet:
 
     def sync_pod(self, record: PodRecord, keyring: Keyring | None = None) -> PodRecord:
         """One SyncPod pass over ``record`` (mutated in place and returned)."""
+        if record.settled:
+            # The steady state: no container to start, so the pass stops before the sandbox
+            # config and the image volumes (k/k PR #138655, which ended an event per image volume
+            # per sync). The record is left as it was, byte for byte: nothing to write back.
+            return record
         keyring = keyring or Keyring()
         recorder = EventRecorder(record.events, clock=self.clock)
         record.syncs += 1
@@ -186,15 +197,13 @@ class Kubelet:
         # R3.1/R3.11: every pass that reaches container start resolves every image volume, in order.
         record.volumes = self._pull_volumes(pod, keyring, recorder) if self.gates.enabled("ImageVolume") else {}
         for state in record.containers:
-            if state.kind != "initContainers":
-                continue
-            if state.done:
+            if state.kind != "initContainers" or not _needs_start(state):
                 continue
             self._start(record, self._spec(pod, state), state, recorder)
             if not state.done and not state.sidecar:
                 return record  # R5.7: a failing init container blocks the Pod
         for state in record.containers:
-            if state.kind == "containers" and state.state != "running":
+            if state.kind == "containers" and _needs_start(state):
                 self._start(record, self._spec(pod, state), state, recorder)
         return record
 
@@ -338,6 +347,14 @@ class _KubeletGateOffError(ImageVolError):
 
 def _local_create_error(name: str, exc: OSError) -> CreateContainerError:
     return CreateContainerError(f"failed to create container {goquote(name)}: {strerror(exc)}")
+
+
+def _needs_start(state: ContainerState) -> bool:
+    """Whether a pass starts this container: an init container until it is done, a regular one
+    until it runs."""
+    if state.kind == "initContainers":
+        return not state.done
+    return state.kind == "containers" and state.state != "running"
 
 
 def _wait(state: ContainerState, reason: str, message: str) -> None:
