@@ -54,6 +54,7 @@ from ..runtime.profiles import runtime_class
 from ..trees import subpath as sp
 from ..trees.snapshots import Snapshots
 from ._defaults import DEFAULT_FEATURE_GATES, default_root
+from ._index import PodIndex, PodSummary
 from ._state import NodeState
 
 
@@ -248,6 +249,7 @@ class Node:
             yield kubelet
             state = self.state.read_json("node.json")
             state["backoff"] = backoff.to_json()
+            # Each is written only when its bytes change: a session that did nothing writes nothing.
             self.state.write_json("node.json", state)
             self.state.write_json("metrics.json", metrics.to_json())
 
@@ -299,6 +301,14 @@ class Node:
         name."""
         records = self.state.pods()
         return records if namespace is None else [r for r in records if r.pod.namespace == namespace]
+
+    def pod_summaries(self, namespace: str | None = None) -> list[PodSummary]:
+        """What ``get pods`` lists: a :class:`PodSummary` of each Pod of ``namespace`` (every Pod
+        when None), in the order of :meth:`pods`, from the node's Pod index (one file, checked
+        against the records; a Pod whose record changed since is read again)."""
+        index = self.state.pod_index()
+        self.state.save_index(index)
+        return index.summaries(namespace)
 
     def apply(self, text: str | bytes) -> list[Applied]:
         """Apply a YAML or JSON request body of Pods and Secrets (bounded as the API server bounds
@@ -375,16 +385,40 @@ class Node:
 
     def sync_pod(self, name: str, namespace: str = "default") -> PodRecord:
         """One kubelet sync of a stored Pod (retries, pulls per policy and backoff); its record."""
+        return self._sync_pod(name, namespace, None)
+
+    def _sync_pod(self, name: str, namespace: str, index: PodIndex | None) -> PodRecord:
         with self._session() as kubelet:
             record = self.get_pod(name, namespace)
             keyring = self.keyring_for(record.pod, EventRecorder(record.events, clock=self.now))
             kubelet.sync_pod(record, keyring)
-            self.state.save_pod(record)
+            self.state.save_pod(record, index)
             return record
 
     def sync(self) -> list[PodRecord]:
-        """One kubelet pass over every Pod on the node."""
-        return [self.sync_pod(r.pod.name, r.pod.namespace) for r in self.pods()]
+        """One kubelet pass over every Pod on the node; every record afterwards."""
+        self.sync_pass()
+        return self.pods()
+
+    def sync_pass(self) -> list[PodSummary]:
+        """One kubelet pass over every Pod on the node; every Pod's summary afterwards. A settled
+        Pod (every container started, every pull secret there) is neither read nor written: the
+        kubelet would do nothing for it (k/k PR #138655), so a pass over a node at rest writes
+        nothing."""
+        index = self.state.pod_index()
+        for summary in index.summaries():
+            if summary.settled and not self._missing_pull_secrets(summary):
+                continue
+            # Deleted since the index was read: nothing to sync.
+            with contextlib.suppress(PodNotFoundError):
+                self._sync_pod(summary.name, summary.namespace, index)
+        self.state.save_index(index)
+        return index.summaries()
+
+    def _missing_pull_secrets(self, summary: PodSummary) -> bool:
+        """Whether a pull secret of the Pod is missing: a pass then records
+        ``FailedToRetrieveImagePullSecret`` (R3.4), whatever else it does."""
+        return any(self.state.get_secret(n, summary.namespace) is None for n in summary.pull_secrets)
 
     def delete_pod(self, name: str, namespace: str = "default") -> PodRecord:
         """Remove a Pod: its containers release their mounts; return the record it had."""
