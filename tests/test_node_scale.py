@@ -24,7 +24,7 @@ from imagevol.kubelet.pod_sync import PodRecord
 from imagevol.kubelet.status import list_view, pod_object
 from imagevol.node import Node, NodeState
 from imagevol.node._index import INDEX_FILE, PodIndex, PodSummary
-from imagevol.testing.pods import pod_doc, to_pod
+from imagevol.testing.pods import pod_doc, to_pod, to_yaml
 from tests.helpers.clock import FakeClock
 from tests.helpers.fixture_node import ctr, make_node, pod, vol
 
@@ -335,3 +335,22 @@ def test_the_list_view_prints_as_the_whole_pod(
             assert pod_row(view, now, wide=wide) == pod_row(whole, now, wide=wide)
     assert PodSummary.of(record).view == list_view(pod_object(record))
     assert PodSummary.from_json(json.loads(json.dumps(PodSummary.of(record).to_json()))) == PodSummary.of(record)
+
+
+def test_applying_pods_at_rest_again_writes_nothing(node: Node, node_root: str, reads: list[str]) -> None:
+    """``kubectl apply`` of unchanged Pods: each is read once, none is written, none takes a pass."""
+    docs = [pod_doc(f"p{i}", [ctr("a", ("v", "/v", "dir"))], [vol("v", "v2")]) for i in range(3)]
+    text = to_yaml(*docs)
+    assert [a.action for a in node.apply(text)] == ["created"] * 3
+    node.pod_summaries()
+    before = snapshot(node_root)
+    reads.clear()
+    applied = node.apply(text)
+    assert [(a.action, a.record.phase if a.record else "") for a in applied] == [("unchanged", "Running")] * 3
+    assert changed(before, snapshot(node_root)) == set()
+    assert sorted(reads) == sorted(os.path.basename(record_file(f"p{i}")) for i in range(3))
+    # One that is not at rest still takes its pass.
+    node.create_pod(failing("retry"))
+    before = snapshot(node_root)
+    node.create_pod(failing("retry"))
+    assert record_file("retry") in changed(before, snapshot(node_root))

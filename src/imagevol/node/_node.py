@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -334,8 +334,7 @@ class Node:
             after = self.state.get_secret(obj.metadata.name, ns)
             action = "created" if before is None else "unchanged" if before == after else "configured"
             return Applied("Secret", obj.metadata.name, ns, action)
-        existed = self.state.get_pod(obj.metadata.name, ns) is not None
-        record = self.create_pod(obj)
+        record, existed = self._create_pod(obj)
         return Applied("Pod", record.pod.name, record.pod.namespace, "unchanged" if existed else "created", record)
 
     def create_pod(self, pod: Pod) -> PodRecord:
@@ -343,13 +342,21 @@ class Node:
         one kubelet sync of it; return its record. A Pod of that name with the same spec is
         synced again instead; one with another spec is refused, as the API server refuses an
         update of a Pod's spec."""
+        return self._create_pod(pod)[0]
+
+    def _create_pod(self, pod: Pod) -> tuple[PodRecord, bool]:
+        """:meth:`create_pod`, and whether the Pod existed already."""
         ns = pod.metadata.namespace or "default"
         with contextlib.suppress(PodNotFoundError):
             if not pod.metadata.name:
                 raise PodNotFoundError("")  # generateName: always a new Pod
             existing = self.get_pod(pod.metadata.name, ns)
             if _same_spec(existing.pod, pod):
-                return self.sync_pod(pod.metadata.name, ns)
+                if existing.settled and not self._missing_pull_secrets(ns, existing.pod.spec.image_pull_secrets):
+                    # Applied again at rest: the kubelet's pass would do nothing (see sync_pass),
+                    # so neither the lock nor a write is needed.
+                    return existing, True
+                return self.sync_pod(pod.metadata.name, ns), True
             raise ValidationError(
                 "Pod",
                 pod.metadata.name,
@@ -365,7 +372,7 @@ class Node:
             keyring = self.keyring_for(admitted, EventRecorder(record.events, clock=self.now))
             kubelet.sync_pod(record, keyring)
             self.state.save_pod(record)
-        return record
+        return record, False
 
     def pod_object(self, record: PodRecord) -> dict[str, Any]:
         """The Pod as the API server returns it, status included (``kubectl get pod -o json``):
@@ -407,7 +414,7 @@ class Node:
         nothing."""
         index = self.state.pod_index()
         for summary in index.summaries():
-            if summary.settled and not self._missing_pull_secrets(summary):
+            if summary.settled and not self._missing_pull_secrets(summary.namespace, summary.pull_secrets):
                 continue
             # Deleted since the index was read: nothing to sync.
             with contextlib.suppress(PodNotFoundError):
@@ -415,10 +422,10 @@ class Node:
         self.state.save_index(index)
         return index.summaries()
 
-    def _missing_pull_secrets(self, summary: PodSummary) -> bool:
-        """Whether a pull secret of the Pod is missing: a pass then records
+    def _missing_pull_secrets(self, namespace: str, names: Iterable[str]) -> bool:
+        """Whether a pull secret of a Pod is missing: a pass then records
         ``FailedToRetrieveImagePullSecret`` (R3.4), whatever else it does."""
-        return any(self.state.get_secret(n, summary.namespace) is None for n in summary.pull_secrets)
+        return any(self.state.get_secret(n, namespace) is None for n in names)
 
     def delete_pod(self, name: str, namespace: str = "default") -> PodRecord:
         """Remove a Pod: its containers release their mounts; return the record it had."""
