@@ -6,7 +6,8 @@ R3.9), then start init containers in order (a failing non-sidecar init container
 R5.7), then regular containers. Each container start builds the container's image-volume map (a failed
 pull surfaces here, R4.2), builds mounts (``subPathExpr`` expansion and re-validation, R4.4/R4.5),
 calls the runtime's ``CreateContainer`` and then counts metrics (R6.3/R6.4). Containers already
-running are left alone; failed ones are retried on the next pass (R5.6).
+running are left alone; failed ones are retried on the next pass (R5.6). A Pod with nothing to
+start (:attr:`PodRecord.settled`) is left alone entirely: no pull, no event (k/k PR #138655).
 """
 
 from __future__ import annotations
