@@ -84,6 +84,7 @@ class NodeState:
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
+                f.flush()  # the status below must be that of the whole file, not of a buffer
                 # A rename keeps the inode and its modification time: the status is the file's.
                 st = os.fstat(f.fileno())
             os.rename(tmp, path)
