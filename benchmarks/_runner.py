@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from benchmarks import _report, _results
+from benchmarks import _refresh, _report, _results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_DIR = os.path.join(REPO, "benchmarks")
@@ -141,7 +141,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-install", action="store_true", help="never pip-install matplotlib")
     parser.add_argument("--unprivileged", action="store_true", help="run without root (see above)")
     parser.add_argument("--list", action="store_true", help="list the benchmarks found and exit")
+    parser.add_argument(
+        "--refresh",
+        action="store_true",
+        help="replace only the named benchmarks' parts of the report there, keeping the rest (with --render:"
+        " from their saved results)",
+    )
     args = parser.parse_args(argv)
+    if args.refresh and not args.names:
+        parser.error("--refresh needs the names of the benchmarks to refresh")
     os.makedirs(args.results, exist_ok=True)
     machine_path = os.path.join(args.results, MACHINE_FILE)
 
@@ -178,8 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ensure_matplotlib(install=not args.no_install)
     names = args.names or sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
     print(f"benchmarks/run: {', '.join(names)}", flush=True)
-    for entry in os.listdir(args.results):  # --render shows this run only
-        if entry.endswith(".json"):
+    for entry in os.listdir(args.results):  # --render shows this run only (--refresh: and the others kept)
+        if entry.endswith(".json") and entry != MACHINE_FILE and (not args.refresh or entry[:-5] in names):
             os.unlink(os.path.join(args.results, entry))
     outputs = os.path.relpath(os.path.abspath(args.out), REPO)
     images = os.path.join(os.path.dirname(outputs), f"{_report.PLOT_PREFIX}*.png")
@@ -204,7 +212,13 @@ def _write(
     machine: _report.Machine,
     failures: Sequence[tuple[str, str]],
 ) -> int:
-    images, reason = _report.write_report(args.out, results, machine, failures, plots=not args.no_plots)
+    if args.refresh:
+        names = [r.benchmark for r in results] + [name for name, _ in failures]
+        images, reason = _refresh.refresh_report(
+            args.out, results, machine, failures, names, ORDER, plots=not args.no_plots
+        )
+    else:
+        images, reason = _report.write_report(args.out, results, machine, failures, plots=not args.no_plots)
     print(f"\nbenchmarks/run: wrote {os.path.relpath(args.out)}", end="")
     drawn = [name for name in images.values() if name]
     print(f" and {', '.join(drawn)}" if drawn else f" (no plot: {reason})" if images else "")

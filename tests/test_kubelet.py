@@ -150,14 +150,32 @@ def test_pull_backoff_and_retries_on_later_syncs(node: Node, clock: FakeClock) -
     assert pulls[0].count == 2  # aggregated like the event correlator
 
 
-def test_always_pulls_on_every_sync(node: Node) -> None:
-    """R3.11: getImageVolumes runs on every pass, so Always re-issues a pull each time."""
-    p = pod("always", [ctr("a", ("v", "/v", ""))], [vol("v", "v2", "Always")])
+def test_always_pulls_on_every_pass_that_starts_a_container(node: Node) -> None:
+    """R3.11: every pass with a container to start resolves the image volumes again, so Always
+    re-issues a pull each time (here container b keeps failing on a missing sub path)."""
+    p = pod("always", [ctr("a", ("v", "/v", "")), ctr("b", ("v", "/w", "nope"))], [vol("v", "v2", "Always")])
     node.create_pod(p)
     record = node.sync_pod("always")
     pulling = next(e for e in record.events if e.message == f'Pulling image "{PREFIX}:v2"')
     assert pulling.count == 2
     assert record.state("a").state == "running"
+    assert record.state("b").reason == "CreateContainerError"
+
+
+@pytest.mark.parametrize("policy", ["Always", "IfNotPresent", "Never"])
+def test_a_steady_state_pass_pulls_and_records_nothing(node: Node, clock: FakeClock, policy: str) -> None:
+    """k/k PR #138655 (TestSyncPodNoEventsInSteadyState): with every container started, a pass
+    stops before the image volumes: no pull, no event, no metric, the record unchanged."""
+    node.create_pod(pod("first", [ctr("a", ("v", "/v", ""))], [vol("v", "v2")]))  # makes Never find it
+    record = node.create_pod(pod("steady", [ctr("a", ("v", "/v", ""))], [vol("v", "v2", policy)]))
+    assert record.settled
+    before, metrics = record.to_json(), metric_values(node)
+    clock.advance(60)
+    for _ in range(3):
+        after = node.sync_pod("steady")
+    assert after.to_json() == before
+    assert node.get_pod("steady").to_json() == before
+    assert metric_values(node) == metrics
 
 
 def test_never_uses_what_is_present(node: Node) -> None:

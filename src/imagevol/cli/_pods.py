@@ -99,8 +99,13 @@ def get(args: argparse.Namespace, out: TextIO) -> int:
         return _get_events(node, args, names, out)
     from ._output import as_list, dump, pods_table
 
-    records, missing = _lookup(node, args, names)
-    objects = [node.pod_object(r) for r in records]
+    missing: list[BaseException] = []
+    if not names and args.output in ("", "wide", "name"):
+        # A list shows only what the node's Pod index keeps: no record is read unless it changed.
+        objects = [s.view for s in node.pod_summaries(None if all_namespaces(args) else namespace(args))]
+    else:
+        records, missing = _lookup(node, args, names)
+        objects = [node.pod_object(r) for r in records]
     if args.output in ("json", "yaml"):
         if objects or not names:
             single = len(names) == 1 and len(objects) == 1
@@ -344,11 +349,11 @@ def sync(args: argparse.Namespace, out: TextIO) -> int:
     while True:
         if args.advance:
             node.advance(args.advance)
-        records = node.sync()
-        if records:
-            out.write(pods_table([node.pod_object(r) for r in records], node.now(), namespaces=True))
+        pods = node.sync_pass()
+        if pods:
+            out.write(pods_table([p.view for p in pods], node.now(), namespaces=True))
         if not args.watch:
-            return EXIT_OK if all(r.phase in ("Running", "Succeeded") for r in records) else EXIT_FAIL
+            return EXIT_OK if all(p.phase in ("Running", "Succeeded") for p in pods) else EXIT_FAIL
         out.flush()
         time.sleep(args.interval)
 

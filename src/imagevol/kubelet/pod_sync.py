@@ -11,6 +11,9 @@ with the pulled image and the mounts, and then count metrics (R6.3/R6.4). Contai
 are left alone; failed ones are retried on the next pass (R5.6), a failed image pull under the
 image backoff.
 
+A Pod with nothing to start (:attr:`PodRecord.settled`) is left alone entirely when containers are
+simulated: no pull, no event (k/k PR #138655).
+
 What the record keeps of a container is the API's ``containerStatuses[]`` entry, see
 :class:`ContainerState`.
 """
@@ -136,6 +139,12 @@ class PodRecord:
         """The ID of the Pod's sandbox (derived from its UID)."""
         return hashlib.sha256(f"sandbox/{self.pod.uid}".encode()).hexdigest()
 
+    @property
+    def settled(self) -> bool:
+        """Synced at least once and every container started (init containers done): a kubelet
+        pass has nothing to start, so it pulls nothing and records nothing (k/k PR #138655)."""
+        return self.syncs > 0 and not any(_needs_start(s) for s in self.containers)
+
     def state(self, name: str) -> ContainerState:
         """The state of the container ``name`` (``KeyError`` if the Pod has none)."""
         for s in self.containers:
@@ -230,6 +239,12 @@ class Kubelet:
 
     def sync_pod(self, record: PodRecord, keyring: Keyring | None = None) -> PodRecord:
         """One SyncPod pass over ``record`` (mutated in place and returned)."""
+        if record.settled and self.lifecycle is None:
+            # The steady state: no container to start, so the pass stops before the sandbox
+            # config and the image volumes (k/k PR #138655, which ended an event per image volume
+            # per sync). The record is left as it was, byte for byte: nothing to write back.
+            # Containers run for real are observed on every pass instead: they may have exited.
+            return record
         keyring = keyring or Keyring()
         recorder = EventRecorder(record.events, clock=self.clock)
         record.syncs += 1
@@ -471,6 +486,14 @@ class _KubeletGateOffError(ImageVolError):
 
 def _local_create_error(name: str, exc: OSError) -> CreateContainerError:
     return CreateContainerError(f"failed to create container {goquote(name)}: {strerror(exc)}")
+
+
+def _needs_start(state: ContainerState) -> bool:
+    """Whether a pass starts this container: an init container until it is done, a regular one
+    until it runs."""
+    if state.kind == "initContainers":
+        return not state.done
+    return state.kind == "containers" and state.state != "running"
 
 
 def _wait(state: ContainerState, reason: str, message: str) -> None:

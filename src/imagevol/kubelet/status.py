@@ -17,6 +17,7 @@ the state of its previous instance (``lastState``).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ..api.dump import pod_to_dict
@@ -194,6 +195,39 @@ def pod_object(
     obj["spec"] = {**obj["spec"], "nodeName": record.pod.spec.node_name or node_name}
     obj["status"] = pod_status(record, runtime=runtime)
     return obj
+
+
+def list_view(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a Pod object (:func:`pod_object`) that a list of Pods shows: kubectl's
+    ``printPod`` columns, ``-o wide`` and ``-o name`` included. It leaves out what depends on the
+    runtime profile (container IDs, mounts), so one view serves every ``--runtime``. The node's
+    Pod index stores it; a change here must bump the index's format."""
+    meta, spec, status = obj["metadata"], obj.get("spec", {}), obj.get("status", {})
+
+    def statuses(key: str) -> list[dict[str, Any]]:
+        out = []
+        for c in status.get(key, ()):
+            state = {k: {f: v for f, v in s.items() if f != "containerID"} for k, s in c.get("state", {}).items()}
+            out.append({f: c[f] for f in ("name", "ready", "started", "restartCount") if f in c} | {"state": state})
+        return out
+
+    view: dict[str, Any] = {
+        "metadata": {f: meta[f] for f in ("name", "namespace", "creationTimestamp") if f in meta},
+        "spec": {
+            "initContainers": [
+                {f: c[f] for f in ("name", "restartPolicy") if f in c} for c in spec.get("initContainers", ())
+            ],
+            "containers": [{"name": c.get("name", "")} for c in spec.get("containers", ())],
+        },
+        "status": {f: status[f] for f in ("phase", "reason", "podIPs", "nominatedNodeName") if f in status},
+    }
+    for f in ("nodeName", "readinessGates"):
+        if f in spec:
+            view["spec"][f] = spec[f]
+    for key in ("initContainerStatuses", "containerStatuses"):
+        if key in status:
+            view["status"][key] = statuses(key)
+    return view
 
 
 def event_name(event: Event, record: PodRecord) -> str:

@@ -1,11 +1,12 @@
 """The node: the composition root that builds one simulated node under a root directory
 (:class:`Node`, :class:`NodeConfig` in :mod:`~imagevol.node._node`) and the node's persistent Pod
-and Secret state (:mod:`~imagevol.node._state`).
+and Secret state (:mod:`~imagevol.node._state`), with the Pod index that lists it cheaply
+(:mod:`~imagevol.node._index`, :class:`PodSummary`).
 
 Only this package builds the runtime side (content store, puller, snapshots, a runtime profile) and
 hands the runtime to the kubelet side; it may import every package below it (kubelet, exec,
 runtime, trees, content, cri, api, oci, errors). Above it are only the CLI and the test kit.
-``Node``, ``NodeConfig`` and ``Applied`` are exported lazily.
+``Node``, ``NodeConfig``, ``Applied`` and ``PodSummary`` are exported lazily.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from .._exports import lazy_exports
 from ._defaults import DEFAULT_FEATURE_GATES, default_root
 
 if TYPE_CHECKING:
+    from ._index import PodSummary
     from ._node import Applied, Node, NodeConfig
     from ._state import NodeState
 
 __getattr__, __dir__ = lazy_exports(
-    globals(), {"Applied": "._node", "Node": "._node", "NodeConfig": "._node", "NodeState": "._state"}
+    globals(),
+    {"Applied": "._node", "Node": "._node", "NodeConfig": "._node", "NodeState": "._state", "PodSummary": "._index"},
 )
 
-__all__ = ["DEFAULT_FEATURE_GATES", "Applied", "Node", "NodeConfig", "NodeState", "default_root"]
+__all__ = ["DEFAULT_FEATURE_GATES", "Applied", "Node", "NodeConfig", "NodeState", "PodSummary", "default_root"]

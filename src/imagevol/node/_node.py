@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -55,6 +55,7 @@ from ..runtime.profiles import runtime_class
 from ..trees import subpath as sp
 from ..trees.snapshots import Snapshots
 from ._defaults import DEFAULT_FEATURE_GATES, default_root
+from ._index import PodIndex, PodSummary
 from ._state import NodeState
 
 #: The API's default ``terminationGracePeriodSeconds``.
@@ -271,6 +272,7 @@ class Node:
             state = self.state.read_json("node.json")
             state["backoff"] = backoff.to_json()
             state["container_backoff"] = kubelet.container_backoff.to_json()
+            # Each is written only when its bytes change: a session that did nothing writes nothing.
             self.state.write_json("node.json", state)
             self.state.write_json("metrics.json", metrics.to_json())
 
@@ -329,6 +331,14 @@ class Node:
         records = self.state.pods()
         return records if namespace is None else [r for r in records if r.pod.namespace == namespace]
 
+    def pod_summaries(self, namespace: str | None = None) -> list[PodSummary]:
+        """What ``get pods`` lists: a :class:`PodSummary` of each Pod of ``namespace`` (every Pod
+        when None), in the order of :meth:`pods`, from the node's Pod index (one file, checked
+        against the records; a Pod whose record changed since is read again)."""
+        index = self.state.pod_index()
+        self.state.save_index(index)
+        return index.summaries(namespace)
+
     def apply(self, text: str | bytes) -> list[Applied]:
         """Apply a YAML or JSON request body of Pods and Secrets (bounded as the API server bounds
         it, ``api.load_documents``): Secrets first, so that a Pod's pull secret is there when the
@@ -353,8 +363,7 @@ class Node:
             after = self.state.get_secret(obj.metadata.name, ns)
             action = "created" if before is None else "unchanged" if before == after else "configured"
             return Applied("Secret", obj.metadata.name, ns, action)
-        existed = self.state.get_pod(obj.metadata.name, ns) is not None
-        record = self.create_pod(obj)
+        record, existed = self._create_pod(obj)
         return Applied("Pod", record.pod.name, record.pod.namespace, "unchanged" if existed else "created", record)
 
     def create_pod(self, pod: Pod) -> PodRecord:
@@ -362,13 +371,21 @@ class Node:
         one kubelet sync of it; return its record. A Pod of that name with the same spec is
         synced again instead; one with another spec is refused, as the API server refuses an
         update of a Pod's spec."""
+        return self._create_pod(pod)[0]
+
+    def _create_pod(self, pod: Pod) -> tuple[PodRecord, bool]:
+        """:meth:`create_pod`, and whether the Pod existed already."""
         ns = pod.metadata.namespace or "default"
         with contextlib.suppress(PodNotFoundError):
             if not pod.metadata.name:
                 raise PodNotFoundError("")  # generateName: always a new Pod
             existing = self.get_pod(pod.metadata.name, ns)
             if _same_spec(existing.pod, pod):
-                return self.sync_pod(pod.metadata.name, ns)
+                if existing.settled and not self._missing_pull_secrets(ns, existing.pod.spec.image_pull_secrets):
+                    # Applied again at rest: the kubelet's pass would do nothing (see sync_pass),
+                    # so neither the lock nor a write is needed.
+                    return existing, True
+                return self.sync_pod(pod.metadata.name, ns), True
             raise ValidationError(
                 "Pod",
                 pod.metadata.name,
@@ -384,7 +401,7 @@ class Node:
             keyring = self.keyring_for(admitted, EventRecorder(record.events, clock=self.now))
             kubelet.sync_pod(record, keyring)
             self.state.save_pod(record)
-        return record
+        return record, False
 
     def pod_object(self, record: PodRecord) -> dict[str, Any]:
         """The Pod as the API server returns it, status included (``kubectl get pod -o json``):
@@ -398,20 +415,48 @@ class Node:
 
     def sync_pod(self, name: str, namespace: str = "default") -> PodRecord:
         """One kubelet sync of a stored Pod (retries, pulls per policy and backoff); its record."""
+        return self._sync_pod(name, namespace, None)
+
+    def _sync_pod(self, name: str, namespace: str, index: PodIndex | None) -> PodRecord:
         with self._session() as kubelet:
             record = self.get_pod(name, namespace)
             keyring = self.keyring_for(record.pod, EventRecorder(record.events, clock=self.now))
             kubelet.sync_pod(record, keyring)
-            self.state.save_pod(record)
+            self.state.save_pod(record, index)
             return record
 
     def sync(self) -> list[PodRecord]:
-        """One kubelet pass over every Pod on the node; then, with ``lazy="toc+complete"``, the
-        completion of lazily built trees (docs/lazy.md): the rest of their layers fetched and
-        verified, each tree labelled ``verified`` or revoked."""
-        records = [self.sync_pod(r.pod.name, r.pod.namespace) for r in self.pods()]
+        """One kubelet pass over every Pod on the node; every record afterwards."""
+        self.sync_pass()
+        return self.pods()
+
+    def sync_pass(self) -> list[PodSummary]:
+        """One kubelet pass over every Pod on the node; every Pod's summary afterwards. A settled
+        Pod (every container started, every pull secret there) is neither read nor written: the
+        kubelet would do nothing for it (k/k PR #138655), so a pass over a node at rest writes
+        nothing. Containers that run for real are looked at on every pass (they may have exited).
+        With ``lazy="toc+complete"`` the pass ends with the completion of lazily built trees
+        (docs/lazy.md): the rest of their layers fetched and verified, each tree labelled
+        ``verified`` or revoked."""
+        index = self.state.pod_index()
+        for summary in index.summaries():
+            if (
+                summary.settled
+                and not self.config.run_containers
+                and not self._missing_pull_secrets(summary.namespace, summary.pull_secrets)
+            ):
+                continue
+            # Deleted since the index was read: nothing to sync.
+            with contextlib.suppress(PodNotFoundError):
+                self._sync_pod(summary.name, summary.namespace, index)
+        self.state.save_index(index)
         self.runtime.complete_lazy()
-        return records
+        return index.summaries()
+
+    def _missing_pull_secrets(self, namespace: str, names: Iterable[str]) -> bool:
+        """Whether a pull secret of a Pod is missing: a pass then records
+        ``FailedToRetrieveImagePullSecret`` (R3.4), whatever else it does."""
+        return any(self.state.get_secret(n, namespace) is None for n in names)
 
     def delete_pod(self, name: str, namespace: str = "default", grace: float | None = None) -> PodRecord:
         """Remove the Pod and its containers; running ones are stopped first (SIGTERM, ``grace``

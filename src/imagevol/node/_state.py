@@ -6,11 +6,14 @@ ROOT/pods/        one JSON record per Pod (spec, container states, events): <dig
 ROOT/secrets/     Secrets applied to the node (pull secrets): <digest>.json
 ROOT/node.json    clock offset, pull backoff
 ROOT/metrics.json kubelet metric values
+ROOT/pod-index.json  a summary of every Pod record, checked against them on every read (_index.py)
 ```
 
 Every file is written to a temporary name and renamed, so a reader never sees half a file, and a
-full or read-only filesystem leaves no temporary file behind. The caller holds the node lock around
-every read-modify-write.
+full or read-only filesystem leaves no temporary file behind; a file whose content would not change
+is not written at all (a sync with nothing to do writes nothing). Files are compact JSON with sorted
+keys; any JSON loads, so roots written by earlier versions (indented) load as they are. The caller
+holds the node lock around every read-modify-write.
 
 A Pod's or Secret's state file is named by the SHA-256 of ``<namespace>/<name>`` (64 hex digits),
 never by the name itself: a name reaches the filesystem only as data inside the file, so no name
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -35,6 +39,7 @@ from ..api.models import ObjectMeta, Secret
 from ..content.locks import NamedLocks
 from ..errors import ImageVolError, NodeStateError
 from ..kubelet.pod_sync import PodRecord
+from ._index import INDEX_FILE, PodIndex, PodSummary, Signature, signature
 
 #: A state file's name: the SHA-256 of ``<namespace>/<name>``.
 _STATE_FILE = re.compile(r"[0-9a-f]{64}\.json")
@@ -50,30 +55,45 @@ class NodeState:
     def read_json(self, name: str) -> dict[str, Any]:
         """A state file (relative to the root), ``{}`` if there is none. Raises
         :class:`NodeStateError`, naming the file relative to the root, if it cannot be read."""
+        loaded = self._read(name)
+        return {} if loaded is None else _decode(name, loaded[0])
+
+    def _read(self, name: str) -> tuple[bytes, os.stat_result] | None:
+        """A state file's bytes and the status of the file they came from; None if there is none."""
         try:
             with open(os.path.join(self.root, name), "rb") as f:
-                obj = json.loads(f.read())
+                return f.read(), os.fstat(f.fileno())
         except FileNotFoundError:
-            return {}
+            return None
         except OSError as exc:
             raise NodeStateError(f"cannot read node state {name}: {strerror(exc)}") from None
-        except (ValueError, RecursionError):
-            raise NodeStateError(f"node state {name} is corrupt (not JSON)") from None
-        return obj if isinstance(obj, dict) else {}
 
-    def write_json(self, name: str, obj: Any) -> None:
-        """Write a state file (relative to the root) by a temporary file and a rename."""
+    def write_json(self, name: str, obj: Any) -> bool:
+        """Write a state file (relative to the root) by a temporary file and a rename, unless it
+        holds these bytes already; whether it was written."""
+        return self._write(name, _encode(obj))[1]
+
+    def _write(self, name: str, data: bytes) -> tuple[os.stat_result, bool]:
+        """Write ``data`` to the state file ``name`` unless it holds them already: the status of
+        the file that holds them now, and whether it was written."""
         path = os.path.join(self.root, name)
+        with contextlib.suppress(OSError), open(path, "rb") as f:
+            if f.read(len(data) + 1) == data:
+                return os.fstat(f.fileno()), False
         tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:
-            with open(tmp, "w") as f:
-                json.dump(obj, f, indent=1, sort_keys=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()  # the status below must be that of the whole file, not of a buffer
+                # A rename keeps the inode and its modification time: the status is the file's.
+                st = os.fstat(f.fileno())
             os.rename(tmp, path)
         except BaseException:
             # A full or read-only filesystem leaves no half-written temporary file behind.
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        return st, True
 
     @staticmethod
     def state_name(kind: str, namespace: str, name: str) -> str:
@@ -159,17 +179,33 @@ class NodeState:
 
     # --- pods ---------------------------------------------------------------------------------
 
-    def save_pod(self, record: PodRecord) -> None:
-        """Write the Pod's record (the caller holds the node lock)."""
-        self.write_json(self.state_name("pods", record.pod.namespace, record.pod.name), record.to_json())
+    def save_pod(self, record: PodRecord, index: PodIndex | None = None) -> bool:
+        """Write the Pod's record unless the file holds it already (the caller holds the node
+        lock); whether it was written. ``index`` learns the record's summary."""
+        fname = self.state_name("pods", record.pod.namespace, record.pod.name)
+        st, written = self._write(fname, _encode(record.to_json()))
+        if index is not None:
+            key, sig = os.path.basename(fname), signature(st)
+            known = index.entries.get(key)
+            if known is None or known[0] != sig:
+                index.put(key, sig, PodSummary.of(record))
+        return written
 
     def _load_pod(self, fname: str) -> PodRecord | None:
         """The record in ``fname``; None if there is no such file (deleted meanwhile)."""
-        obj = self.read_json(fname)
+        loaded = self._load_pod_signed(fname)
+        return None if loaded is None else loaded[0]
+
+    def _load_pod_signed(self, fname: str) -> tuple[PodRecord, Signature] | None:
+        """The record in ``fname`` and the signature of the file it came from."""
+        loaded = self._read(fname)
+        if loaded is None:
+            return None
+        obj = _decode(fname, loaded[0])
         if not obj:
             return None
         try:
-            return PodRecord.from_json(obj)
+            return PodRecord.from_json(obj), signature(loaded[1])
         except (ImageVolError, KeyError, TypeError, ValueError, AttributeError):
             raise NodeStateError(f"node state {fname} is corrupt (not a Pod record)") from None
 
@@ -181,17 +217,82 @@ class NodeState:
             return None
         return record
 
+    def _pod_files(self) -> list[os.DirEntry[str]]:
+        directory = os.path.join(self.root, "pods")
+        try:
+            with os.scandir(directory) as entries:
+                return [e for e in entries if _STATE_FILE.fullmatch(e.name)]
+        except OSError as exc:
+            raise NodeStateError(f"cannot list node state pods/: {strerror(exc)}") from None
+
     def pods(self) -> list[PodRecord]:
         """Every Pod on the node, ordered by namespace and name as ``<namespace>_<name>`` sorts
         (the order of the state files of earlier versions)."""
-        directory = os.path.join(self.root, "pods")
-        try:
-            names = os.listdir(directory)
-        except OSError as exc:
-            raise NodeStateError(f"cannot list node state pods/: {strerror(exc)}") from None
-        records = [self._load_pod(os.path.join("pods", f)) for f in names if _STATE_FILE.fullmatch(f)]
+        records = [self._load_pod(os.path.join("pods", e.name)) for e in self._pod_files()]
         return sorted((r for r in records if r is not None), key=lambda r: f"{r.pod.namespace}_{r.pod.name}")
+
+    def pod_index(self) -> PodIndex:
+        """The Pod index, checked against every record file: an entry whose file changed, appeared
+        or went away is recomputed from the record (``dirty`` then says so). Costs one ``stat``
+        per Pod and one read per changed Pod."""
+        # Tens of thousands of small containers are built here and none becomes garbage: the
+        # cyclic collector's passes over them would cost more than the parse itself.
+        gc.disable()
+        try:
+            return self._pod_index()
+        finally:
+            gc.enable()
+
+    def _pod_index(self) -> PodIndex:
+        cached = PodIndex.parse(self._read_index())
+        entries = {}
+        for entry in self._pod_files():
+            try:
+                sig = signature(entry.stat())
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            except OSError as exc:
+                raise NodeStateError(f"cannot read node state pods/{entry.name}: {strerror(exc)}") from None
+            known = cached.get(entry.name)
+            if known is not None and known[0] == sig:
+                entries[entry.name] = known
+                continue
+            loaded = self._load_pod_signed(os.path.join("pods", entry.name))
+            if loaded is not None:
+                entries[entry.name] = (loaded[1], PodSummary.of(loaded[0]))
+        return PodIndex(entries, dirty=entries != cached)
+
+    def _read_index(self) -> Any:
+        """The index file's content; None when it is missing, unreadable or torn (then rebuilt)."""
+        try:
+            loaded = self._read(INDEX_FILE)
+            return None if loaded is None else json.loads(loaded[0])
+        except (NodeStateError, ValueError, RecursionError):
+            return None
+
+    def save_index(self, index: PodIndex) -> None:
+        """Write the index if it changed. Best effort: the index is a cache that every reader
+        checks, so a full or read-only disk only means the next reader recomputes it."""
+        if not index.dirty:
+            return
+        with contextlib.suppress(OSError):
+            self._write(INDEX_FILE, _encode(index.to_json()))
+            index.dirty = False
 
     def remove_pod(self, name: str, namespace: str) -> None:
         """Remove the state file of the Pod ``namespace/name`` (the caller holds the node lock)."""
         os.unlink(os.path.join(self.root, self.state_name("pods", namespace, name)))
+
+
+def _encode(obj: Any) -> bytes:
+    """Compact JSON with sorted keys: the same state gives the same bytes, so an unchanged file is
+    recognised by comparing them; and without ``indent`` the encoder is the C one."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _decode(name: str, data: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        raise NodeStateError(f"node state {name} is corrupt (not JSON)") from None
+    return obj if isinstance(obj, dict) else {}
