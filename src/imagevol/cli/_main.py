@@ -140,34 +140,33 @@ def _add_global_options(p: argparse.ArgumentParser, *, after_command: bool) -> N
             target.add_argument(*flags, **kwargs)
 
 
-class _CommandParser(argparse.ArgumentParser):
-    """A command's parser that takes its arguments and description from the command's module the
-    first time it parses or shows its help: the module is imported only for the command that runs."""
+class _CommandParser:
+    """Stands in for a command's parser until the command is parsed, when the real one is built
+    with the arguments and description of the command's module: only the module of the command
+    that runs is imported, and only its parser is built (each ``ArgumentParser`` costs a dozen
+    message-catalog lookups). argparse asks a command's parser for nothing but to parse."""
 
-    def __init__(self, *args: Any, command_name: str = "", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *, command_name: str, **kwargs: Any) -> None:
         self._command_name = command_name
+        self._kwargs = kwargs
+        self._built: argparse.ArgumentParser | None = None
 
-    def _complete(self) -> None:
-        if not self._command_name:
-            return
-        found = command(self._command_name)
-        self._command_name = ""  # once
-        self.description = found.description or found.help
-        found.arguments(self)
-        _add_global_options(self, after_command=True)
+    def parser(self) -> argparse.ArgumentParser:
+        """The command's parser, built on first use."""
+        if self._built is None:
+            found = command(self._command_name)
+            self._built = argparse.ArgumentParser(description=found.description or found.help, **self._kwargs)
+            found.arguments(self._built)
+            _add_global_options(self._built, after_command=True)
+        return self._built
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[Any, list[str]]:
-        self._complete()
-        return super().parse_known_args(args, namespace)
-
-    def format_usage(self) -> str:
-        self._complete()
-        return super().format_usage()
+        """What argparse calls when the command is on the command line."""
+        return self.parser().parse_known_args(args, namespace)
 
     def format_help(self) -> str:
-        self._complete()
-        return super().format_help()
+        """The command's ``--help``."""
+        return self.parser().format_help()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,9 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"imagevol {__version__}", help="print the version and exit")
     _add_global_options(p, after_command=False)
-    sub = p.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", title="commands", parser_class=_CommandParser
-    )
+    # argparse calls parser_class for each command and asks the result only to parse.
+    stand_in: Any = _CommandParser
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands", parser_class=stand_in)
     for name, _, help_text in COMMAND_TABLE:
         sub.add_parser(name, help=help_text, command_name=name)
     return p
