@@ -94,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = args.size_mib * 1024 * 1024
     curl, skopeo = peers.require("curl"), peers.require("skopeo")
     imagevol = _measure.imagevol_command()
+    _measure.compile_imagevol()
     work = tempfile.mkdtemp(prefix="imagevol-bench-")
     target = args.dir or scratch_root()
     scratch = tempfile.mkdtemp(prefix="imagevol-bench-", dir=target)
