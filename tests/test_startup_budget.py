@@ -134,3 +134,16 @@ def test_a_pull_imports_only_what_a_pull_needs(reg: peers.Registry, fresh_root: 
     assert code == 0 and out.startswith("sha256:")
     assert {"requests", "oras.provider", "imagevol.content.store"} <= set(modules)  # it did pull
     assert _heavy(modules, NOT_FOR_A_PULL) == []
+
+
+def test_the_command_table_is_what_the_command_modules_define() -> None:
+    """``--help`` lists the commands from the table without importing their modules: its names
+    and one-line helps must be the commands' own."""
+    from imagevol.cli import COMMANDS
+    from imagevol.cli._main import COMMAND_TABLE
+
+    assert [(name, text) for name, _, text in COMMAND_TABLE] == [(c.name, c.help) for c in COMMANDS.values()]
+    assert all(
+        c.run.__module__ == f"imagevol.cli.{module}"
+        for (_, module, _), c in zip(COMMAND_TABLE, COMMANDS.values(), strict=True)
+    )

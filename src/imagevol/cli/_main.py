@@ -69,6 +69,13 @@ def all_commands() -> dict[str, Command]:
     return {name: command(name) for name, _, _ in COMMAND_TABLE}
 
 
+def __getattr__(name: str) -> Any:
+    # ``COMMANDS``, the dispatch table this module used to hold, built when asked for.
+    if name == "COMMANDS":
+        return all_commands()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 #: The global options: ``(flags, keyword arguments)``; the default is the parser's own and is
 #: suppressed when an option is repeated after the command.
 _GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
