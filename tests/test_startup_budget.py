@@ -147,3 +147,23 @@ def test_the_command_table_is_what_the_command_modules_define() -> None:
         c.run.__module__ == f"imagevol.cli.{module}"
         for (_, module, _), c in zip(COMMAND_TABLE, COMMANDS.values(), strict=True)
     )
+
+
+@pytest.mark.parametrize("flags", [(), ("-o", "json"), ("-o", "yaml"), ("-o", "wide", "-n", "x"), ("-A", "-o", "name")])
+def test_a_node_that_never_ran_lists_pods_as_a_built_node_with_none(
+    tmp_path: pytest.TempPathFactory, flags: tuple[str, ...]
+) -> None:
+    """The shortcut answers exactly what the node answers when it holds no Pod."""
+    from imagevol import Node, NodeConfig
+
+    built = os.path.join(str(tmp_path), "built")
+    Node(NodeConfig(root=built, hermetic=True))
+    runs = []
+    for root in (os.path.join(str(tmp_path), "fresh"), built):
+        done = subprocess.run(
+            [sys.executable, "-m", "imagevol.cli", "--root", root, "get", "pods", *flags],
+            capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+        runs.append((done.returncode, done.stdout, done.stderr))
+    assert runs[0] == runs[1]
+    assert runs[0][0] == 0 and (runs[0][1] or runs[0][2] or flags[-1] == "name")
