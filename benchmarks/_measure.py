@@ -299,6 +299,19 @@ def versions_of(argv: Sequence[str]) -> str:
     return out.splitlines()[0].split()[-1] if out.strip() else "?"
 
 
+def compile_imagevol() -> None:
+    """Write the bytecode of the imagevol package, as pip does when it installs the wheel. A
+    source checkout (an editable install) gets it on first import, unless the environment sets
+    ``PYTHONDONTWRITEBYTECODE``: then every run would compile every module again, and the start-up
+    measured would be the compiler's."""
+    import compileall
+    import importlib.util
+
+    spec = importlib.util.find_spec("imagevol")
+    for directory in (spec.submodule_search_locations or []) if spec is not None else []:
+        compileall.compile_dir(directory, quiet=1)
+
+
 def imagevol_command() -> list[str]:
     """How to run the ``imagevol`` CLI of this environment: its console script beside the running
     interpreter (installed by ``scripts/setup``), else the one on ``PATH``."""

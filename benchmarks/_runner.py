@@ -2,6 +2,8 @@
 
     sudo benchmarks/run                       # every benchmark, then the report (several minutes)
     sudo benchmarks/run unpack                # only these benchmarks (the report holds only them)
+    benchmarks/run --update pull startup      # only these; replace their parts of the report, keep the rest
+    benchmarks/run --render --update pull     # the same from the last run's results, without running
     benchmarks/run --render                   # re-render the report from the last run's results
     sudo benchmarks/run --args unpack='--runs 5 --scales 0.5,1'
 
@@ -27,7 +29,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from benchmarks import _refresh, _report, _results
+from benchmarks import _report, _results, _update
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_DIR = os.path.join(REPO, "benchmarks")
@@ -135,24 +137,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=os.path.join(REPO, "docs", "benchmarks.md"), help="report to write")
     parser.add_argument("--results", default=os.path.join(REPO, "out", "benchmarks"), help="JSON results dir")
     parser.add_argument("--render", action="store_true", help="only re-render the report from --results")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="run only the named benchmarks and replace their sections and targets in the existing report",
+    )
     parser.add_argument("--args", action="append", default=[], metavar="NAME=ARGS", help="extra arguments")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per benchmark (default 3600)")
     parser.add_argument("--no-plots", action="store_true", help="write the report without plots")
     parser.add_argument("--no-install", action="store_true", help="never pip-install matplotlib")
     parser.add_argument("--unprivileged", action="store_true", help="run without root (see above)")
     parser.add_argument("--list", action="store_true", help="list the benchmarks found and exit")
-    parser.add_argument(
-        "--refresh",
-        action="store_true",
-        help="replace only the named benchmarks' parts of the report there, keeping the rest (with --render:"
-        " from their saved results)",
-    )
     args = parser.parse_args(argv)
-    if args.refresh and not args.names:
-        parser.error("--refresh needs the names of the benchmarks to refresh")
     os.makedirs(args.results, exist_ok=True)
     machine_path = os.path.join(args.results, MACHINE_FILE)
 
+    if args.update and not args.names:
+        parser.error("--update needs the names of the benchmarks to refresh")
     if args.render:
         results = []
         for entry in sorted(os.listdir(args.results)):
@@ -168,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         print("\n".join(discover()))
         return 0
-    if os.geteuid() != 0 and not args.unprivileged:
+    if os.geteuid() != 0 and not args.unprivileged and (not args.update or "unpack" in args.names):
         parser.error(
             "needs root: the unpack benchmark mounts a tmpfs for its layers (on a disk filesystem the kernel"
             " reclaiming the previous tree dominates the timings). Run `sudo benchmarks/run`, or give it a"
@@ -186,8 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ensure_matplotlib(install=not args.no_install)
     names = args.names or sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
     print(f"benchmarks/run: {', '.join(names)}", flush=True)
-    for entry in os.listdir(args.results):  # --render shows this run only (--refresh: and the others kept)
-        if entry.endswith(".json") and entry != MACHINE_FILE and (not args.refresh or entry[:-5] in names):
+    for entry in os.listdir(args.results):  # --render shows this run only (--update: the others stay)
+        if (
+            entry.endswith(".json")
+            and entry != MACHINE_FILE
+            and (not args.update or entry.removesuffix(".json") in names)
+        ):
             os.unlink(os.path.join(args.results, entry))
     outputs = os.path.relpath(os.path.abspath(args.out), REPO)
     images = os.path.join(os.path.dirname(outputs), f"{_report.PLOT_PREFIX}*.png")
@@ -212,11 +217,8 @@ def _write(
     machine: _report.Machine,
     failures: Sequence[tuple[str, str]],
 ) -> int:
-    if args.refresh:
-        names = [r.benchmark for r in results] + [name for name, _ in failures]
-        images, reason = _refresh.refresh_report(
-            args.out, results, machine, failures, names, ORDER, plots=not args.no_plots
-        )
+    if args.update and results:
+        images, reason = _update_report(args, results, machine)
     else:
         images, reason = _report.write_report(args.out, results, machine, failures, plots=not args.no_plots)
     print(f"\nbenchmarks/run: wrote {os.path.relpath(args.out)}", end="")
@@ -229,6 +231,28 @@ def _write(
     for name, reason_ in failures:
         print(f"  FAILED {name}: {reason_}")
     return 0
+
+
+def _update_report(
+    args: argparse.Namespace, results: Sequence[_results.Result], machine: _report.Machine
+) -> tuple[dict[str, str | None], str | None]:
+    """Replace the parts of ``results``' benchmarks in the report at ``args.out`` (their notes
+    kept), and draw their plots."""
+    with open(args.out, encoding="utf-8") as f:
+        old = f.read()
+    images: dict[str, str | None]
+    reason: str | None
+    if args.no_plots:
+        images, reason = {}, "plots were not requested"
+    else:
+        images, reason = _report.draw_all(results, os.path.dirname(os.path.abspath(args.out)))
+    new = _report.render(results, machine, images, _report.extract_notes(old), (), reason)
+    text = _update.update(old, new, [r.benchmark for r in results], machine)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, args.out)
+    return images, reason
 
 
 if __name__ == "__main__":

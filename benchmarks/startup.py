@@ -1,9 +1,12 @@
-"""CLI start-up: ``imagevol --help`` and ``imagevol get pods`` on an empty root, against ``python -c pass``.
+"""CLI start-up: ``imagevol --help``, ``--version`` and ``get pods`` on a fresh root, against ``python -c pass``.
 
 Every command runs as a whole process, interleaved run by run with the others; the peer is the same
 interpreter that runs imagevol doing nothing (``python -c pass``), so the ratio is what imagevol adds
-to a bare interpreter start. ``python -c 'import imagevol'`` is shown beside them, and the heaviest
-imports of ``imagevol --help`` (``-X importtime``, one run) are listed to show where the time goes.
+to a bare interpreter start. ``python -c 'import imagevol'`` is shown beside them, and so are the
+interpreter without the ``site`` module (``-S``: no site-packages, no ``.pth`` files) and isolated
+(``-I``), to show what the environment's start-up costs before imagevol runs; the heaviest imports
+of ``imagevol --help`` (``-X importtime``, one run) are listed to show where the time goes. The
+package's bytecode is written first, as pip writes it when it installs the wheel.
 
     .venv/bin/python -m benchmarks.startup [--runs 10] [--json PATH]
 
@@ -28,8 +31,13 @@ from benchmarks._measure import Candidate, Series
 TARGET = 4.0
 PYTHON = "python -c pass"
 HELP = "imagevol --help"
-GET_PODS = "imagevol get pods, empty root"
+VERSION = "imagevol --version"
+GET_PODS = "imagevol get pods, fresh root"
 IMPORT = "python -c 'import imagevol'"
+NO_SITE = "python -S -c pass"
+ISOLATED = "python -I -c pass"
+#: The commands with the target, in the order of the report.
+COMMANDS = (HELP, VERSION, GET_PODS)
 
 
 def heaviest_imports(argv: Sequence[str], top: int = 12) -> list[tuple[str, float]]:
@@ -56,13 +64,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _measure.check_runs(args.runs)
     imagevol = _measure.imagevol_command()
+    _measure.compile_imagevol()
     py = sys.executable
     scratch = tempfile.mkdtemp(prefix="imagevol-bench-startup-")
     tools = [
         Candidate(PYTHON, lambda d: [py, "-c", "pass"]),
         Candidate(HELP, lambda d: [*imagevol, "--help"]),
+        Candidate(VERSION, lambda d: [*imagevol, "--version"]),
         Candidate(GET_PODS, lambda d: [*imagevol, "--root", f"{d}/root", "get", "pods"]),
         Candidate(IMPORT, lambda d: [py, "-c", "import imagevol"]),
+        Candidate(NO_SITE, lambda d: [py, "-S", "-c", "pass"]),
+        Candidate(ISOLATED, lambda d: [py, "-I", "-c", "pass"]),
     ]
     try:
         print(f"start-up: {args.runs} interleaved runs of each command")
@@ -88,14 +100,18 @@ def _document(
     base = series[PYTHON]
     notes = {
         HELP: "parses the command line, prints the usage",
-        GET_PODS: "opens a fresh node root and lists its (no) Pods",
+        VERSION: "parses the command line, prints the version",
+        GET_PODS: "a root that does not exist yet: lists its (no) Pods",
         PYTHON: "the interpreter imagevol runs on, doing nothing",
         IMPORT: "the package import alone",
+        NO_SITE: "the same interpreter without site-packages and their .pth files",
+        ISOLATED: "isolated: no environment variables, no user site-packages",
     }
-    rows = [series[n].row(imagevol=n != PYTHON, note=notes[n]) for n in (HELP, GET_PODS, PYTHON, IMPORT)]
+    names = (*COMMANDS, PYTHON, IMPORT, NO_SITE, ISOLATED)
+    rows = [series[n].row(imagevol=n in (*COMMANDS, IMPORT), note=notes[n]) for n in names if n in series]
     targets = tuple(
         _measure.paired(series[n], base).target(f"{n} ÷ {PYTHON}", f"≤ {TARGET:g} × python3 -c pass", TARGET)
-        for n in (HELP, GET_PODS)
+        for n in COMMANDS
     )
     table = _results.Table(
         f"Heaviest imports of `{HELP}` (level 1: imported by the command itself; one run, `-X importtime`,"
@@ -110,9 +126,11 @@ def _document(
         id="cli",
         title="CLI start-up",
         text=(
-            f"Whole processes, {args.runs} interleaved runs of each command, wall time. The peer is the interpreter"
-            " imagevol is installed on running `pass`: the ratio is what imagevol costs on top of starting Python."
-            " Every CLI call pays it, so a job running fifty commands pays it fifty times."
+            f"Whole processes, {args.runs} interleaved runs of each command, wall time, the package's bytecode"
+            " written first (as pip writes it). The peer is the interpreter imagevol is installed on running"
+            " `pass`: the ratio is what imagevol costs on top of starting Python. Every CLI call pays it, so a job"
+            " running fifty commands pays it fifty times. `-S` and `-I` show what the environment's `site`"
+            " start-up (site-packages, `.pth` files) costs before any imagevol code runs."
         ),
         unit="ms",
         primary=HELP,
@@ -121,22 +139,22 @@ def _document(
         tables=(table,) if imports else (),
         load=load,
     )
-    names = (PYTHON, IMPORT, HELP, GET_PODS)
+    shown = (PYTHON, IMPORT, HELP, VERSION, GET_PODS)
     plot = _results.Plot(
         id="startup",
         section="cli",
         title="CLI start-up, whole processes (median, fastest–slowest)",
         x_label="command",
         y_label="wall time (s)",
-        x=tuple(float(i) for i in range(len(names))),
-        x_labels=("python -c pass", "import imagevol", "--help", "get pods"),
+        x=tuple(float(i) for i in range(len(shown))),
+        x_labels=("python -c pass", "import imagevol", "--help", "--version", "get pods"),
         kind="bar",
         lines=(
             _results.Line(
                 "wall time",
-                tuple(series[n].wall for n in names),
-                low=tuple(series[n].low for n in names),
-                high=tuple(series[n].high for n in names),
+                tuple(series[n].wall for n in shown),
+                low=tuple(series[n].low for n in shown),
+                high=tuple(series[n].high for n in shown),
             ),
         ),
     )

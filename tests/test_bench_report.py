@@ -352,15 +352,19 @@ def test_startup_writes_its_document(tmp_path: pytest.TempPathFactory) -> None:
     assert startup.main(["--runs", "1", "--json", path]) in (0, 1)
     result = _results.read(path)
     (section,) = result.sections
-    assert {row.tool for row in section.rows} == {startup.PYTHON, startup.HELP, startup.GET_PODS, startup.IMPORT}
+    assert {row.tool for row in section.rows} == {
+        startup.PYTHON, startup.HELP, startup.VERSION, startup.GET_PODS, startup.IMPORT, startup.NO_SITE,
+        startup.ISOLATED,
+    }  # fmt: skip
     assert [t.what for t in section.targets] == [
         f"{startup.HELP} ÷ {startup.PYTHON}",
+        f"{startup.VERSION} ÷ {startup.PYTHON}",
         f"{startup.GET_PODS} ÷ {startup.PYTHON}",
     ]
     (table,) = section.tables
     assert table.rows and table.rows[0][1] == "1"  # the heaviest import is one the command makes itself
     (plot,) = result.plots
-    assert plot.kind == "bar" and len(plot.x_labels) == 4
+    assert plot.kind == "bar" and len(plot.x_labels) == 5
 
 
 def test_pods_writes_its_document(tmp_path: pytest.TempPathFactory) -> None:

@@ -23,6 +23,7 @@ from tests.helpers.clock import FakeClock
 from tests.helpers.fixture_node import make_node
 from tests.helpers.layerkit import D, F, H, S
 from tests.helpers.lazy import layer_of, mount, mount_status, vector_entries, write_layout
+from tests.helpers.paths import VECTORS
 
 FORMATS = ("zstd:chunked", "estargz", "gzip")
 PROFILES = ("containerd", "crio")
@@ -135,7 +136,7 @@ def test_generated_stacks_look_the_same_lazily(
 
 
 def _vectors() -> list[dict[str, Any]]:
-    with open(os.path.join(os.path.dirname(__file__), "vectors", "subpath.json")) as f:
+    with open(os.path.join(VECTORS, "subpath.json")) as f:
         vectors: list[dict[str, Any]] = json.load(f)
     return vectors
 

@@ -29,6 +29,7 @@ from imagevol.testing.images import LayoutBuilder
 from imagevol.testing.lazy_layers import add_lazy_image, zstd_chunked_layer
 from imagevol.testing.tarbuild import TarEntry
 from tests.helpers import peers
+from tests.helpers.fixture_node import container_image_registries
 from tests.helpers.lazy import view_of
 from tests.helpers.netfaults import Fault, Request, fault_proxy
 from tests.helpers.pods import make_pod
@@ -287,7 +288,10 @@ def test_an_oci_layout_serves_ranges_from_its_file(tmp_path: os.PathLike[str]) -
 
 
 def _lazy_node(root: str) -> Node:
-    return Node(NodeConfig(root=root, registry_factory=RegistryAccess(plain_http=True), lazy="toc"))
+    conf = root + ".registries.conf"  # the Pods' container image, from the BusyBox stand-in's layout
+    with open(conf, "w") as f:
+        f.write(container_image_registries())
+    return Node(NodeConfig(root=root, registries=conf, registry_factory=RegistryAccess(plain_http=True), lazy="toc"))
 
 
 def _run(node: Node, host: str, sub_path: str) -> MountStatus:

@@ -137,8 +137,10 @@ def test_a_changed_pod_writes_only_its_own_files(node: Node, node_root: str, rea
     reads.clear()
     summaries = node.sync_pass()
     assert {s.name: s.settled for s in summaries} == {"p0": True, "p1": True, "p2": True, "retry": False}
-    # The retried Pod's record, the metrics its start attempt counted, and the index entry.
-    assert changed(before, snapshot(node_root)) == {record_file("retry"), "metrics.json", INDEX_FILE}
+    # The retried Pod's record, the metrics its start attempt counted, the index entry, and the image
+    # database: the container's image (`debian`, so `:latest` and pullPolicy Always) is pulled again.
+    assert changed(before, snapshot(node_root)) == {
+        record_file("retry"), "metrics.json", INDEX_FILE, "content/index.json"}  # fmt: skip
     assert set(reads) == {os.path.basename(record_file("retry"))}
     # The pass left the index true to the files: listing now reads and writes nothing.
     before, reads[:] = snapshot(node_root), []

@@ -1,7 +1,9 @@
 """Decoding YAML/JSON manifests into API values.
 
 Decoding is strict about types (as the API server's JSON decoder is) and lenient about unknown
-fields (which the API server prunes). Type errors are reported with the field path.
+fields (which the API server prunes). Type errors are reported with the field path. The YAML
+decoder is imported only when a request body is decoded: the kubelet reads stored Pods through
+:func:`pod_from_dict` on every command, without YAML.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..errors import DecodeError, ImageVolError, RequestEntityTooLargeError, ValidationError
-from .bounded_yaml import load_all
 from .limits import MAX_REQUEST_BODY_BYTES, check_body_size
 from .models import (
     Container,
@@ -234,6 +235,8 @@ def decode_documents(body: str | bytes) -> Iterator[Pod | Secret | ImageVolError
     whose JSON encoding would exceed the API server's body limit ends the stream, yielded as its
     error after the documents before it. A body over the limit is one
     :class:`RequestEntityTooLargeError`. Empty documents are skipped."""
+    from .bounded_yaml import load_all
+
     try:
         if isinstance(body, str):
             # A character is at least one byte: only encode when the length alone does not decide.

@@ -9,12 +9,11 @@ imported by the functions that need them, so ``imagevol --help`` and argument er
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, TextIO
 
 from .._text import goquote, strerror
 
@@ -40,10 +39,10 @@ def _no_arguments(parser: argparse.ArgumentParser) -> None:
     """A command without arguments of its own."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     """One ``imagevol`` command: its name, one-line help and longer description, what it adds to
-    its own argument parser, and the function that runs it."""
+    its own argument parser, and the function that runs it. (A named tuple, not a dataclass: the
+    ``dataclasses`` module imports ``inspect``, a tenth of the CLI's start-up.)"""
 
     name: str
     help: str
@@ -232,8 +231,7 @@ def _directory_manifests(path: str, recursive: bool) -> list[str]:
     return found
 
 
-@dataclasses.dataclass(frozen=True)
-class Document:
+class Document(NamedTuple):
     """One document of the files ``-f`` names: the object, or why it could not be decoded."""
 
     source: str
@@ -276,13 +274,54 @@ def object_namespace(obj: Pod | Secret, args: argparse.Namespace) -> str:
 # --- the node -----------------------------------------------------------------------------------------
 
 
+def node_root(args: argparse.Namespace) -> str:
+    """The node's root directory: ``--root``, else the default (``$IMAGEVOL_ROOT``...)."""
+    from ..node import default_root
+
+    return str(args.root or default_root())
+
+
+def node_never_ran(args: argparse.Namespace) -> bool:
+    """Whether the options describe a node that never ran: the default configuration (which is
+    valid, so nothing is left to report about it) on a root that is empty or absent (then created,
+    as building the node would create it). Such a node holds no Pod, image or event, whatever the
+    layout of its state. Anything else is False, and building the node checks and reports it:
+    other options, a root that cannot be read or created."""
+    from ..api.constants import DEFAULT_VERSION
+    from ..node import DEFAULT_FEATURE_GATES
+
+    configured = (
+        args.registries or os.environ.get("IMAGEVOL_REGISTRIES"),
+        args.k8s_version != DEFAULT_VERSION,
+        args.feature_gates != DEFAULT_FEATURE_GATES,
+        args.kubelet_feature_gates,
+        args.enable_admission_plugins,
+        args.platform,
+    )
+    if any(configured):
+        return False
+    root = node_root(args)
+    try:
+        with os.scandir(root) as entries:
+            return next(entries, None) is None
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    try:
+        os.makedirs(root)  # what building the node does first; a link to nowhere fails here
+    except OSError:
+        return False
+    return True
+
+
 def node_from_args(args: argparse.Namespace) -> Node:
     """The node the global options describe (``--root``, ``--registries``, ``--runtime``...)."""
     from ..content.sources.registry import RegistryAccess
-    from ..node import Node, NodeConfig, default_root
+    from ..node import Node, NodeConfig
     from ..oci import Platform
 
-    root = args.root or default_root()
+    root = node_root(args)
     registries = args.registries or os.environ.get("IMAGEVOL_REGISTRIES")
     if registries is None and os.path.exists(os.path.join(root, "registries.conf")):
         registries = os.path.join(root, "registries.conf")

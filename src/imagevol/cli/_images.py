@@ -32,14 +32,17 @@ def _pull_arguments(p: argparse.ArgumentParser) -> None:
 def _pull_keyring(node: Node, args: argparse.Namespace) -> Keyring:
     """``--creds`` for every registry host the reference may be pulled from (mirrors included),
     or the entries of ``--pull-secret``. Nothing else: no ~/.docker/config.json."""
-    from ..api.bounded_yaml import load_all
-    from ..api.load import decode_text, load_documents
-    from ..api.models import Secret
     from ..cri import Credentials, Keyring
-    from ..errors import DecodeError, ImageVolError
+    from ..errors import ImageVolError
     from ..oci.reference import parse_normalized
 
     if args.pull_secret:
+        # The YAML decoder only for a pull secret: most pulls have none.
+        from ..api.bounded_yaml import load_all
+        from ..api.load import decode_text, load_documents
+        from ..api.models import Secret
+        from ..errors import DecodeError
+
         data, source = read_manifest(args.pull_secret)
         try:
             if data.lstrip().startswith(b"{"):

@@ -1,52 +1,80 @@
 """The ``imagevol`` command: drive a simulated node and see what a Pod would see.
 
 :func:`main` builds the parser (the global options here, each command's own arguments in its
-module) and dispatches through :data:`COMMANDS` to one small function per command, grouped by noun:
-applying files (:mod:`._apply`), Pods (:mod:`._pods`), ``exec`` and ``tree`` (:mod:`._exec`),
-images and fixtures (:mod:`._images`), metrics (:mod:`._metrics`); output shapes are
-:mod:`._output`. Command modules import the node and the rest of imagevol only when their command
-runs, so ``imagevol --help`` stays cheap. Every failure becomes one line on standard error
-(:mod:`._errors`).
+module) and dispatches to one small function per command, grouped by noun: applying files
+(:mod:`._apply`), Pods (:mod:`._pods`), ``exec`` and ``tree`` (:mod:`._exec`), images and fixtures
+(:mod:`._images`), metrics (:mod:`._metrics`); output shapes are :mod:`._output`. Every failure
+becomes one line on standard error (:mod:`._errors`).
+
+Start-up is paid by every invocation, so nothing here imports a command module: the command list
+is the light table :data:`COMMAND_TABLE`, and a command's module (its arguments, its description,
+its function) is imported only when that command is parsed, that is when it runs or prints its own
+``--help``. ``imagevol --help`` and ``--version`` import no command module at all; the command
+modules in turn import the node and the rest of imagevol only inside the functions that need them.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .. import __version__
 from ..api.constants import DEFAULT_VERSION
 from ..node import DEFAULT_FEATURE_GATES, default_root
 from ..runtime import DEFAULT_PROFILE, PROFILE_NAMES
-from . import _apply, _errors, _exec, _images, _metrics, _pods
-from ._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_USAGE, Command, CommandError
+from ._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_USAGE, CommandError
 
-#: The dispatch table: every command, in the order ``--help`` lists them.
-COMMANDS: dict[str, Command] = {
-    c.name: c
-    for c in (
-        _apply.APPLY,
-        _pods.GET,
-        _pods.DESCRIBE,
-        _pods.DELETE,
-        _pods.LOGS,
-        _exec.EXEC,
-        _exec.TREE,
-        _pods.SYNC,
-        _metrics.METRICS,
-        _metrics.SERVE_METRICS,
-        _images.GC,
-        _images.RMI,
-        _images.PULL,
-        _images.FSCK,
-        _images.DEMO,
-        _images.FIXTURES,
-    )
-}
+if TYPE_CHECKING:
+    from ._common import Command
+
+#: Every command, in the order ``--help`` lists them: its name, the module of this package that
+#: defines it (as a :class:`~._common.Command` named after it in capitals, ``-`` as ``_``) and
+#: the one-line help of the command list, which must be the command's own (a test compares them).
+COMMAND_TABLE: tuple[tuple[str, str, str], ...] = (
+    ("apply", "_apply", "admit and run the Pods (and store the Secrets) of YAML or JSON files"),
+    ("get", "_pods", "list Pods, images or events (tables, or -o json|yaml|wide|name)"),
+    ("describe", "_pods", "show Pods as kubectl describe would, image volumes included"),
+    ("delete", "_pods", "delete Pods (containers stopped, mounts released) or Secrets, by name, --all or -f"),
+    ("logs", "_pods", "print a container's logs (empty for a simulated container)"),
+    ("exec", "_exec", "run cat/ls/stat/readlink in a container's view of its mounts (or, with --real, any command)"),
+    ("tree", "_exec", "draw what a container sees under its image-volume mounts"),
+    ("sync", "_pods", "run one kubelet pass over every Pod (retries, backoff)"),
+    ("metrics", "_metrics", "print the kubelet metrics (Prometheus text format)"),
+    ("serve-metrics", "_metrics", "serve /metrics for Prometheus (127.0.0.1 by default; OpenMetrics when asked)"),
+    ("gc", "_images", "image garbage collection (never removes an image in use)"),
+    ("rmi", "_images", "remove an image (refused while a container mounts it)"),
+    ("pull", "_images", "pull an image or artifact into the node's content store; print its digest"),
+    ("fsck", "_images", "verify every blob of the content store; report corrupt and orphaned ones"),
+    ("demo", "_images", "write the quick start's files: the demo images, their registries.conf and the Pod"),
+    ("fixtures", "_images", "write the project's deterministic OCI fixtures to a directory"),
+)  # fmt: skip
+
+_MODULES = {name: module for name, module, _ in COMMAND_TABLE}
+
+
+def command(name: str) -> Command:
+    """The command ``name`` of :data:`COMMAND_TABLE`, importing its module (KeyError if unknown)."""
+    module = importlib.import_module(f"{__package__}.{_MODULES[name]}")
+    found: Command = getattr(module, name.upper().replace("-", "_"))
+    return found
+
+
+def all_commands() -> dict[str, Command]:
+    """Every command by name, in the order ``--help`` lists them (imports every command module)."""
+    return {name: command(name) for name, _, _ in COMMAND_TABLE}
+
+
+def __getattr__(name: str) -> Any:
+    # ``COMMANDS``, the dispatch table this module used to hold, built when asked for.
+    if name == "COMMANDS":
+        return all_commands()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: The global options: ``(flags, keyword arguments)``; the default is the parser's own and is
 #: suppressed when an option is repeated after the command.
@@ -132,8 +160,38 @@ def _add_global_options(p: argparse.ArgumentParser, *, after_command: bool) -> N
             target.add_argument(*flags, **kwargs)
 
 
+class _CommandParser:
+    """Stands in for a command's parser until the command is parsed, when the real one is built
+    with the arguments and description of the command's module: only the module of the command
+    that runs is imported, and only its parser is built (each ``ArgumentParser`` costs a dozen
+    message-catalog lookups). argparse asks a command's parser for nothing but to parse."""
+
+    def __init__(self, *, command_name: str, **kwargs: Any) -> None:
+        self._command_name = command_name
+        self._kwargs = kwargs
+        self._built: argparse.ArgumentParser | None = None
+
+    def parser(self) -> argparse.ArgumentParser:
+        """The command's parser, built on first use."""
+        if self._built is None:
+            found = command(self._command_name)
+            self._built = argparse.ArgumentParser(description=found.description or found.help, **self._kwargs)
+            found.arguments(self._built)
+            _add_global_options(self._built, after_command=True)
+        return self._built
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[Any, list[str]]:
+        """What argparse calls when the command is on the command line."""
+        return self.parser().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        """The command's ``--help``."""
+        return self.parser().format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of the global options and of every command in :data:`COMMANDS`."""
+    """The parser of the global options and of every command in :data:`COMMAND_TABLE` (a command's
+    own arguments are added when it is parsed)."""
     p = argparse.ArgumentParser(
         prog="imagevol",
         description="Simulate a Kubernetes node's image volumes (KEP-4639): pull, mount, sub paths, events, metrics.",
@@ -142,11 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"imagevol {__version__}", help="print the version and exit")
     _add_global_options(p, after_command=False)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
-    for command in COMMANDS.values():
-        sp = sub.add_parser(command.name, help=command.help, description=command.description or command.help)
-        command.arguments(sp)
-        _add_global_options(sp, after_command=True)
+    # argparse calls parser_class for each command and asks the result only to parse.
+    stand_in: Any = _CommandParser
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands", parser_class=stand_in)
+    for name, _, help_text in COMMAND_TABLE:
+        sub.add_parser(name, help=help_text, command_name=name)
     return p
 
 
@@ -175,7 +233,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAIL
     except Exception as exc:  # the last line of defence: one line, no traceback
-        return _errors.report(exc, root)
+        from ._errors import report
+
+        return report(exc, root)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -192,7 +252,6 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 
 def _run(args: argparse.Namespace, out: TextIO) -> int:
     """Dispatch to the command's function."""
-    command = COMMANDS.get(args.command)
-    if command is None:
+    if args.command not in _MODULES:
         raise CommandError(f"unknown command {args.command}", EXIT_USAGE)
-    return command.run(args, out)
+    return command(args.command).run(args, out)

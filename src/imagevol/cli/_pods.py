@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .._text import goquote
@@ -23,6 +24,7 @@ from ._common import (
     namespace,
     no_all_namespaces,
     node_from_args,
+    node_never_ran,
     object_namespace,
     read_documents,
     server_error,
@@ -92,13 +94,16 @@ def get(args: argparse.Namespace, out: TextIO) -> int:
     """``get pods`` / ``get pod NAME`` in kubectl's shapes, ``get images`` in crictl's, ``get
     events`` as ``kubectl get events``."""
     kind, names = split_kind([args.kind, *args.names], _GET_KINDS)
+    if kind == "pods" and not names and node_never_ran(args):
+        # A node that never ran holds no Pod, whatever the layout of its state: list none without
+        # building the node (its imports are most of a command's start-up, and building it would
+        # create the root). The listing is the same as for a node with no Pods left.
+        return _list_pods(args, names, [], time.time, out)
     node = node_from_args(args)
     if kind == "images":
         return _get_images(node, names, args.output, out)
     if kind == "events":
         return _get_events(node, args, names, out)
-    from ._output import as_list, dump, pods_table
-
     missing: list[BaseException] = []
     if not names and args.output in ("", "wide", "name"):
         # A list shows only what the node's Pod index keeps: no record is read unless it changed.
@@ -106,17 +111,30 @@ def get(args: argparse.Namespace, out: TextIO) -> int:
     else:
         records, missing = _lookup(node, args, names)
         objects = [node.pod_object(r) for r in records]
+    _list_pods(args, names, objects, node.now, out)
+    return _errors_after(missing, node.root)
+
+
+def _list_pods(
+    args: argparse.Namespace, names: list[str], objects: list[dict[str, Any]], now: Callable[[], float], out: TextIO
+) -> int:
+    """Print Pod objects as ``-o`` asks (kubectl's table by default; ``now`` is the node's clock,
+    read only for a table's ages)."""
     if args.output in ("json", "yaml"):
+        from ._output import as_list, dump
+
         if objects or not names:
             single = len(names) == 1 and len(objects) == 1
             out.write(dump(objects[0] if single else as_list(objects), args.output))
     elif args.output == "name":
         out.write("".join(f"pod/{o['metadata']['name']}\n" for o in objects))
     elif objects:
-        out.write(pods_table(objects, node.now(), wide=args.output == "wide", namespaces=all_namespaces(args)))
+        from ._output import pods_table
+
+        out.write(pods_table(objects, now(), wide=args.output == "wide", namespaces=all_namespaces(args)))
     elif not names:
         _no_resources(args)
-    return _errors_after(missing, node.root)
+    return EXIT_OK
 
 
 def _get_images(node: Node, names: list[str], fmt: str, out: TextIO) -> int:
@@ -377,7 +395,7 @@ DESCRIBE = Command(
 )
 DELETE = Command(
     "delete",
-    "delete Pods (their containers stopped, their mounts released) or Secrets, by name, --all or -f",
+    "delete Pods (containers stopped, mounts released) or Secrets, by name, --all or -f",
     delete,
     _delete_arguments,
     description="Delete Pods or Secrets as kubectl delete does: by kind and names, every Pod of the namespace "

@@ -1,4 +1,4 @@
-"""The content store: an OCI image layout on any fsspec filesystem.
+"""The content store: an OCI image layout on the local disk or on any fsspec filesystem.
 
 Layout (readable by skopeo, umoci and oras): ``oci-layout``, ``index.json``, ``blobs/<alg>/<hex>``.
 Our own scratch space is ``ingest/``, which OCI readers ignore.
@@ -29,7 +29,6 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 import attrs
-import fsspec
 
 from .._text import goquote
 from ..errors import BlobNotFoundError, ContentError, DigestMismatchError, SizeMismatchError
@@ -46,6 +45,7 @@ from ..oci import (
     Manifest,
     parse_manifest,
 )
+from ._localfs import LocalFiles
 from .locks import NamedLocks, process_alive
 
 OCI_LAYOUT_VERSION = "1.0.0"
@@ -87,7 +87,8 @@ class ContentStore:
         lock_dir: str | None = None,
         max_blob_size: int = DEFAULT_MAX_BLOB_SIZE,
     ) -> None:
-        self.fs = fs if fs is not None else fsspec.filesystem("file")
+        # The local disk without fsspec (its import is most of a pull's start-up), else the caller's.
+        self.fs = fs if fs is not None else LocalFiles()
         self.root = root.rstrip("/") or "/"
         self.max_blob_size = max_blob_size
         self.is_local = "file" in _protocols(self.fs)
@@ -337,8 +338,10 @@ class ContentStore:
     def _index_update(self) -> Iterator[dict[str, Any]]:
         with self._index_mutex, self.locks.hold("index"):
             obj = self._read_index()
+            before = json.dumps(obj, sort_keys=True)
             yield obj
-            self._write_index(obj)
+            if json.dumps(obj, sort_keys=True) != before:  # an update that changed nothing writes nothing
+                self._write_index(obj)
 
     def refs(self) -> dict[str, Descriptor]:
         """Every named entry of index.json, by ``ref.name``."""

@@ -3,16 +3,19 @@
 Counts are plain numbers kept in node state (so separate CLI invocations add up); exposition goes
 through prometheus-client in the classic text format that ``promtool check metrics`` lints. Help
 texts carry the stability level the way Kubernetes' component-base prints it (``[ALPHA] ...``).
+prometheus-client (and the HTTP server and e-mail parser it brings) is imported only by exposition:
+every Pod sync and pull counts here, and only ``metrics`` and ``serve-metrics`` print.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
-from prometheus_client.core import CollectorRegistry, CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import generate_latest
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 REQUESTED = "kubelet_image_volume_requested"
 SUCCEEDED = "kubelet_image_volume_mounted_succeed"
@@ -98,6 +101,8 @@ class KubeletMetrics:
 
     def collect(self) -> Iterator[Metric]:
         """The metric families, as a prometheus-client collector yields them."""
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
         if self.stability:
             for name, value in (
                 (REQUESTED, self.requested),
@@ -122,6 +127,9 @@ class KubeletMetrics:
 
     def exposition(self) -> bytes:
         """The Prometheus classic text exposition of these metrics."""
+        from prometheus_client.core import CollectorRegistry
+        from prometheus_client.exposition import generate_latest
+
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(lambda: self))
         return bytes(generate_latest(registry))
@@ -151,6 +159,7 @@ def serve(
     through ``source``. Binding fails with ``OSError`` (a busy port, an unknown address)."""
     import threading
 
+    from prometheus_client.core import CollectorRegistry
     from prometheus_client.exposition import start_http_server
 
     registry = CollectorRegistry(auto_describe=False)

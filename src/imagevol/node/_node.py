@@ -237,6 +237,8 @@ class Node:
             self.state.write_json("node.json", state)
 
     def metrics(self) -> KubeletMetrics:
+        """The kubelet's metric values as persisted under the root (and imagevol's lazy-mode
+        families when lazy mode is or was on)."""
         metrics = KubeletMetrics.from_json(
             self.state.read_json("metrics.json"), self.gates.image_volume_metrics_stability
         )

@@ -31,10 +31,9 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .. import lazy
 from ..content.image_db import ImageRecord
@@ -62,6 +61,9 @@ OFF = "off"
 TOC = "toc"
 TOC_COMPLETE = "toc+complete"
 MODES = (OFF, TOC, TOC_COMPLETE)
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 
 def reason_kind(exc: BaseException) -> str:
@@ -317,6 +319,9 @@ class LazyMounts:
     def collect(self) -> Iterator[Metric]:
         """The ``imagevol_lazy_*`` families (docs/metrics.md): bytes fetched by range, fallbacks
         by reason, completions by result, and the partial trees published now by trust level."""
+        # Imported here: only metrics exposition needs prometheus-client, never a pull or a mount.
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         state = self.state()
         fetched = CounterMetricFamily(
             "imagevol_lazy_fetched_bytes",

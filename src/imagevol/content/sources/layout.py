@@ -1,7 +1,8 @@
 """An OCI image layout as a source (for offline mirrors: ``oci-layout:PATH`` in registries.conf).
 
-The layout is read through fsspec, so it may be local or remote. Its ``index.json`` names images by
-``org.opencontainers.image.ref.name``; a digest reference is looked up among the blobs.
+The layout is read from the local disk, or through the fsspec filesystem given (so it may be
+remote). Its ``index.json`` names images by ``org.opencontainers.image.ref.name``; a digest
+reference is looked up among the blobs.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import fsspec
-
 from ...errors import ImageNotFoundError, LazyFormatError, ManifestError
 from ...oci import ANNOTATION_REF_NAME, MAX_MANIFEST_BYTES, OCI_INDEX, Descriptor, Digest
+from .._localfs import LocalFiles
 from ..ranges import FileReader
 from .auth import Credentials
 
@@ -24,7 +24,7 @@ class OCILayoutSource:
     """Serves one name (``ref_name``, or ``digest``) out of an OCI image layout at ``path``."""
 
     def __init__(self, path: str, ref_name: str, digest: str = "", fs: Any | None = None) -> None:
-        self.fs = fs if fs is not None else fsspec.filesystem("file")
+        self.fs = fs if fs is not None else LocalFiles()
         self.path = path.rstrip("/")
         self.ref_name = ref_name
         self.digest = digest
