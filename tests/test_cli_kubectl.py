@@ -307,7 +307,8 @@ def _subparsers() -> dict[str, tuple[argparse.ArgumentParser, str]]:
     parser = build_parser()
     (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {c.dest: str(c.help or "") for c in sub._choices_actions}
-    return {name: (p, helps.get(name, "")) for name, p in sub.choices.items()}
+    # Each command's parser stands in until the command is parsed: take the real one it builds.
+    return {name: (p.parser(), helps.get(name, "")) for name, p in sub.choices.items()}
 
 
 @pytest.mark.parametrize("name", sorted(_subparsers()))

@@ -216,7 +216,7 @@ def test_a_pod_syncs_against_the_fake_runtime(fake: FakeRuntime, clock: FakeCloc
     # (k/k PR #138655: no "already present" event per sync).
     before = record.to_json()
     kubelet.sync_pod(record, keyring)
-    assert len(fake.pulls) == 1 and len(fake.created) == 1
+    assert len(fake.pulls) == 2 and len(fake.created) == 1  # the two pulls of the first pass
     assert record.to_json() == before
 
 

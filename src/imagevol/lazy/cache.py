@@ -24,6 +24,7 @@ import re
 import uuid
 from collections.abc import Iterable, Sequence
 
+from ..content.locks import process_alive
 from ..content.ranges import ByteRange, RangedReader
 from ..oci import Digest
 
@@ -88,7 +89,7 @@ class LayerCache:
             for sub in (self.layer_dir(layer), os.path.join(self.layer_dir(layer), "files")):
                 for name in _listdir(sub):
                     m = _TMP.fullmatch(name)
-                    if m is not None and not _alive(int(m.group(1))):
+                    if m is not None and not process_alive(int(m.group(1))):
                         with contextlib.suppress(OSError):
                             os.unlink(os.path.join(sub, name))
         return removed
@@ -158,14 +159,6 @@ def _listdir(path: str) -> list[str]:
     except (FileNotFoundError, NotADirectoryError):
         return []
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
