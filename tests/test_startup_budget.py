@@ -59,6 +59,11 @@ NOT_FOR_A_PULL = ("yaml", "fsspec", "asyncio", "prometheus_client", "http.server
 _ENV = {k: v for k, v in os.environ.items() if k != "IMAGEVOL_REGISTRIES"}
 
 
+#: What only a pull that reaches a registry needs.
+REGISTRY_STACK = ("oras", "requests", "urllib3", "jsonschema", "imagevol.content.sources.registry",
+                  "imagevol.content.sources._client")  # fmt: skip
+
+
 def added_modules(*args: str) -> tuple[int, str, list[str]]:
     """Run ``imagevol ARGS`` in a fresh interpreter: exit status, standard output, and the
     modules the command imported."""
@@ -120,6 +125,8 @@ def test_the_budget_sees_a_command_that_builds_the_node(tmp_path: pytest.TempPat
     assert code == 0
     assert "imagevol.node._node" in modules and "attr" in modules
     assert _heavy(modules, HEAVY_STDLIB) != []
+    # A node that pulls nothing never loads the registry stack (oras-py, requests, urllib3).
+    assert _heavy(modules, REGISTRY_STACK) == []
     # Options other than the defaults are checked by the node even on a root that never ran.
     code, _, modules = added_modules(
         "--root", os.path.join(str(tmp_path), "other"), "--k8s-version", "1.99", "get", "pods"

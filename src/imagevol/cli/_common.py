@@ -317,7 +317,7 @@ def node_never_ran(args: argparse.Namespace) -> bool:
 
 def node_from_args(args: argparse.Namespace) -> Node:
     """The node the global options describe (``--root``, ``--registries``, ``--runtime``...)."""
-    from ..content.sources.registry import RegistryAccess
+    from ..content.sources.deferred import DeferredRegistryAccess
     from ..node import Node, NodeConfig
     from ..oci import Platform
 
@@ -340,7 +340,7 @@ def node_from_args(args: argparse.Namespace) -> Node:
             admission_plugins=tuple(p for p in args.enable_admission_plugins.split(",") if p),
             platform=platform,
             # The CLI's node reaches registries (oras-py, made safe: content/sources/registry.py).
-            registry_factory=RegistryAccess(plain_http=bool(getattr(args, "plain_http", False))),
+            registry_factory=DeferredRegistryAccess(plain_http=bool(getattr(args, "plain_http", False))),
             **({"max_blob_size": args.max_blob_size} if getattr(args, "max_blob_size", None) else {}),
         )
     )

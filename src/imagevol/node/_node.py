@@ -190,9 +190,9 @@ class Node:
         registries = RegistriesConfig.load(self.config.registries) if self.config.registries else None
         factory = self.config.registry_factory
         if factory is None and not self.config.hermetic:
-            from ..content.sources.registry import RegistryAccess
+            from ..content.sources.deferred import DeferredRegistryAccess
 
-            factory = RegistryAccess()
+            factory = DeferredRegistryAccess()
         self.puller = ImagePuller(self.store, registries, platform=self.config.platform, registry_factory=factory)
         self.snapshots = Snapshots(os.path.join(self.root, "snapshots"), self.store)
         self.runtime: Runtime = runtime_class(self.config.runtime)(
