@@ -186,8 +186,9 @@ EXEC = Command(
     exec_,
     _exec_arguments,
     description="Run a file command (cat, ls, stat, readlink) in the read-only view of a container's image-volume "
-    "mounts, or with --real any command in a private mount namespace with the volumes bind-mounted "
-    "ro,nosuid,nodev. The exit status is the command's. Usage: imagevol exec POD [-c C] -- COMMAND ARGS.",
+    "mounts, or with --real any command inside the container on runc (as root: the running container when the "
+    "node runs containers, else a one-off container with the same root filesystem and mounts). The exit status "
+    "is the command's. Usage: imagevol exec POD [-c C] -- COMMAND ARGS.",
 )
 TREE = Command(
     "tree",

@@ -160,9 +160,10 @@ class MountStatus:
 
 @attrs.frozen
 class ContainerStatus:
-    """``runtime.v1.ContainerStatus``, the fields imagevol needs (the simulator runs no processes,
-    so a container that exists is running). ``list_containers`` answers with these too, mounts
-    included, where the CRI's ``ListContainers`` returns the shorter ``Container``.
+    """``runtime.v1.ContainerStatus``, the fields imagevol needs (a simulated container that
+    exists is running; one run for real reports its state, exit code and times).
+    ``list_containers`` answers with these too, mounts included, where the CRI's
+    ``ListContainers`` returns the shorter ``Container``.
 
     The container's own image, as containerd and CRI-O report it: ``image`` is the image's name
     (``image.image``: the reference it was pulled by, fully qualified), ``image_ref`` the exact image,

@@ -231,8 +231,8 @@ class Runtime:
     def create_container(self, sandbox_id: str, config: ContainerConfig) -> ContainerStatus:
         """``CreateContainer``: find the container's image in the store, mount every image volume
         of ``config``, or fail and hold nothing. The container's image is recorded in its status
-        (``image``, ``image_ref``, ``image_id``); its rootfs is not built, the simulator runs no
-        process."""
+        (``image``, ``image_ref``, ``image_id``); its root filesystem and process are the OCI
+        runtime's business, when the node runs containers (``start_container``)."""
         image = self.container_image(config.image)
         container_id = secrets.token_hex(32)
         mounted: list[MountStatus] = []
