@@ -177,6 +177,16 @@ class Series:
         )
 
 
+def line(label: str, series: Sequence[Series]) -> _results.Line:
+    """A plot line of the wall-time medians of ``series``, with their fastest-to-slowest spread."""
+    return _results.Line(
+        label,
+        tuple(s.wall for s in series),
+        low=tuple(s.low for s in series),
+        high=tuple(s.high for s in series),
+    )
+
+
 def raw(series: Series) -> dict[str, list[float | int | None]]:
     """Every run of ``series``, for the results document's ``raw`` part."""
     return {

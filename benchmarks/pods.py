@@ -273,18 +273,8 @@ def _document(
         y_label="time per call (s)",
         x=tuple(float(n) for n in counts),
         lines=(
-            _results.Line(
-                "sync, nothing to change",
-                tuple(sync(n).wall for n in counts),
-                low=tuple(sync(n).low for n in counts),
-                high=tuple(sync(n).high for n in counts),
-            ),
-            _results.Line(
-                "get pods",
-                tuple(get(n).wall for n in counts),
-                low=tuple(get(n).low for n in counts),
-                high=tuple(get(n).high for n in counts),
-            ),
+            _measure.line("sync, nothing to change", [sync(n) for n in counts]),
+            _measure.line("get pods", [get(n) for n in counts]),
             _results.Line("sync, CPU time", tuple(sync(n).cpu for n in counts)),
             _results.Line("get pods, CPU time", tuple(get(n).cpu for n in counts)),
         ),

@@ -214,14 +214,7 @@ def _document(
         x=tuple(float(i) for i in range(len(names))),
         x_labels=names,
         kind="bar",
-        lines=(
-            _results.Line(
-                "whole process",
-                tuple(series[n].wall for n in names),
-                low=tuple(series[n].low for n in names),
-                high=tuple(series[n].high for n in names),
-            ),
-        ),
+        lines=(_measure.line("whole process", [series[n] for n in names]),),
     )
     return _results.Result(
         "pull",

@@ -149,14 +149,7 @@ def _document(
         x=tuple(float(i) for i in range(len(shown))),
         x_labels=("python -c pass", "import imagevol", "--help", "--version", "get pods"),
         kind="bar",
-        lines=(
-            _results.Line(
-                "wall time",
-                tuple(series[n].wall for n in shown),
-                low=tuple(series[n].low for n in shown),
-                high=tuple(series[n].high for n in shown),
-            ),
-        ),
+        lines=(_measure.line("wall time", [series[n] for n in shown]),),
     )
     return _results.Result(
         "startup",

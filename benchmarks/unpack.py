@@ -474,15 +474,7 @@ class _Bench:
             x_label="layer size (MB of uncompressed tar; entries grow with it)",
             y_label="wall time (s)",
             x=tuple(self.layers[s].tar_mb for s in self.scales),
-            lines=tuple(
-                _results.Line(
-                    labels[n],
-                    tuple(sweep[s][n].wall for s in self.scales),
-                    low=tuple(sweep[s][n].low for s in self.scales),
-                    high=tuple(sweep[s][n].high for s in self.scales),
-                )
-                for n in [primary, *peers]
-            ),
+            lines=tuple(_measure.line(labels[n], [sweep[s][n] for s in self.scales]) for n in [primary, *peers]),
         )
         section = _results.Section(
             id="layer",
@@ -592,8 +584,8 @@ class _Bench:
             x_labels=("gzip -6", "zstd -3", "uncompressed"),
             kind="bar",
             lines=(
-                _bars("GNU tar", [gz[TAR], series[TAR_ZSTD], series[TAR_PLAIN]]),
-                _bars("imagevol", [gz[self.primary], series[primary], series["imagevol, uncompressed"]]),
+                _measure.line("GNU tar", [gz[TAR], series[TAR_ZSTD], series[TAR_PLAIN]]),
+                _measure.line("imagevol", [gz[self.primary], series[primary], series["imagevol, uncompressed"]]),
             ),
         )
         section = _results.Section(
@@ -684,15 +676,6 @@ class _Bench:
             load=load.span,
         )
         return section, []
-
-
-def _bars(label: str, series: Sequence[Series]) -> _results.Line:
-    return _results.Line(
-        label,
-        tuple(s.wall for s in series),
-        low=tuple(s.low for s in series),
-        high=tuple(s.high for s in series),
-    )
 
 
 if __name__ == "__main__":
