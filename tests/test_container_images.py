@@ -19,7 +19,7 @@ from imagevol.kubelet.pod_sync import PodRecord
 from imagevol.node import Node, NodeConfig
 from imagevol.testing.pods import container, image_volume, pod_doc, to_yaml
 from tests.helpers import peers
-from tests.helpers.fixture_node import container_image_registries
+from tests.helpers.fixture_node import container_image_registries, layout_digest
 
 pytestmark = pytest.mark.peers
 
@@ -334,7 +334,7 @@ def test_image_volume_with_digest_reports_what_was_mounted(
         "ImageVolume=true,ImageVolumeWithDigest=true",
     )
     assert cli.apply(tmp_path, _digest_pod(reg))[0] == 0
-    digest = _layout_digest(fixtures_layout, "v2")
+    digest = layout_digest(fixtures_layout, "v2")
     ref = f"{reg.host}/lab/v2@{digest}"
     state = cli.record("digest").state("c")
     # containerStatuses[].volumeMounts[] in the API's shape, one per mount of the container.
@@ -343,7 +343,7 @@ def test_image_volume_with_digest_reports_what_was_mounted(
         {"name": "v", "mountPath": "/whole", "readOnly": True, "volumeStatus": {"image": {"imageRef": ref}}},
     ]
     # Like imageID for the container's own image.
-    assert state.image_id == f"{reg.host}/lab/debian@{_layout_digest(fixtures_layout, 'debian')}"
+    assert state.image_id == f"{reg.host}/lab/debian@{layout_digest(fixtures_layout, 'debian')}"
     describe = cli("describe", "pod", "digest")[1]
     assert f'      /volume from v (ro,path="dir")\n        Image Ref:  {ref}\n' in describe
     assert f"      /whole from v (ro)\n        Image Ref:  {ref}\n" in describe
@@ -369,16 +369,3 @@ def test_without_image_volume_with_digest_nothing_is_reported(
 def test_image_volume_with_digest_does_not_exist_before_1_35(cli: Cli) -> None:
     code, _, err = cli("--k8s-version", "1.34", "--feature-gates", "ImageVolumeWithDigest=true", "get", "pods")
     assert code != 0 and "unrecognized feature gate: ImageVolumeWithDigest" in err
-
-
-def _layout_digest(layout: str, tag: str) -> str:
-    import json
-
-    with open(os.path.join(layout, "index.json")) as f:
-        return str(
-            next(
-                e["digest"]
-                for e in json.load(f)["manifests"]
-                if e["annotations"]["org.opencontainers.image.ref.name"] == tag
-            )
-        )

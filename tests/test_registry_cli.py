@@ -23,7 +23,7 @@ from imagevol.content.store import ContentStore
 from imagevol.oci import Index, parse_manifest
 from imagevol.testing.pods import container, image_volume, pod_doc, to_yaml
 from tests.helpers import peers
-from tests.helpers.fixture_node import container_image_registries
+from tests.helpers.fixture_node import container_image_registries, layout_digest
 from tests.helpers.netfaults import Fault, fault_proxy
 
 USER, PASSWORD = "alice", "s3cret"
@@ -46,17 +46,6 @@ def private(fixtures_layout: str) -> Iterator[peers.Registry]:
 def imagevol(root: str, *args: str) -> tuple[int, str]:
     out = io.StringIO()
     return main(["--root", root, *args], out=out), out.getvalue()
-
-
-def layout_digest(layout: str, tag: str) -> str:
-    with open(os.path.join(layout, "index.json")) as f:
-        return str(
-            next(
-                e["digest"]
-                for e in json.load(f)["manifests"]
-                if e["annotations"]["org.opencontainers.image.ref.name"] == tag
-            )
-        )
 
 
 def test_pull_prints_the_digest_and_nothing_else(

@@ -38,17 +38,14 @@ from imagevol.oci import (
     parse_manifest,
 )
 from tests.helpers import peers
+from tests.helpers.fixture_node import layout_digest
 from tests.helpers.netfaults import Fault, Request, fault_proxy, static_server
 
 FAST_RETRY = RetryPolicy(attempts=3, initial=0.01, maximum=0.05, deadline=10.0)
 
 
 def layout_manifest(layout: str, tag: str) -> tuple[Digest, Manifest]:
-    with open(os.path.join(layout, "index.json")) as f:
-        entry = next(
-            e for e in json.load(f)["manifests"] if e["annotations"]["org.opencontainers.image.ref.name"] == tag
-        )
-    digest = Digest.parse(entry["digest"])
+    digest = Digest.parse(layout_digest(layout, tag))
     with open(os.path.join(layout, "blobs", "sha256", digest.hex), "rb") as f:
         doc = parse_manifest(f.read())
     assert isinstance(doc, Manifest)

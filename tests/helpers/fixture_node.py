@@ -5,6 +5,7 @@ Pod builder, :mod:`imagevol.testing.pods`)."""
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import tempfile
@@ -25,6 +26,18 @@ CLOSED = "127.0.0.1:9"
 
 
 _standin: list[str] = []
+
+
+def layout_digest(layout: str, tag: str) -> str:
+    """The digest ``index.json`` of the OCI layout ``layout`` gives for the ref name ``tag``."""
+    with open(os.path.join(layout, "index.json")) as f:
+        return str(
+            next(
+                e["digest"]
+                for e in json.load(f)["manifests"]
+                if e["annotations"]["org.opencontainers.image.ref.name"] == tag
+            )
+        )
 
 
 def standin_layout() -> str:
