@@ -459,16 +459,7 @@ class Runtime:
                 record, manifest, plan.diff_ids, plan.key, mount.image_sub_path, LazyPolicy(self.policy.value), holder
             )
         except SubPathError as exc:
-            base = MountStatus(
-                container_path=mount.container_path,
-                image_id=mount.image.image,
-                user_specified_image=mount.image.user_specified_image,
-                snapshot=str(plan.key),
-                real_path=".",
-                is_dir=True,
-                sub_path=mount.image_sub_path,
-                image_ref=record.repo_digest,
-            )
+            base = self._base_status(mount, record, plan.key)
             raise ImageVolumeMountFailedError(self.sub_path_message(exc, base, mount)) from None
         try:
             status = self._mount_leased(result.snapshot, manifest, record, mount)
@@ -480,19 +471,7 @@ class Runtime:
         return attrs.evolve(status, trust=result.label.trust, lazy=text)
 
     def _mount_leased(self, snap: Snapshot, manifest: Manifest, record: ImageRecord, mount: Mount) -> MountStatus:
-        assert mount.image is not None
-        sub_path = mount.image_sub_path if self.honours_sub_path else ""
-        base = MountStatus(
-            container_path=mount.container_path,
-            image_id=mount.image.image,
-            user_specified_image=mount.image.user_specified_image,
-            snapshot=str(snap.key),
-            real_path=".",
-            is_dir=True,
-            sub_path=sub_path,
-            artifact=record.artifact,
-            image_ref=record.repo_digest,
-        )
+        base = self._base_status(mount, record, snap.key)
         root_fd = sp.open_root(snap.path)
         try:
             if record.artifact:
@@ -500,6 +479,22 @@ class Runtime:
             return self.mount_image(base, root_fd, mount)
         finally:
             os.close(root_fd)
+
+    def _base_status(self, mount: Mount, record: ImageRecord, key: SnapshotKey) -> MountStatus:
+        """The status of ``mount`` of ``record``'s tree ``key`` before its sub path is resolved:
+        the whole tree, the sub path as this profile takes it (ignored by the legacy profile)."""
+        assert mount.image is not None
+        return MountStatus(
+            container_path=mount.container_path,
+            image_id=mount.image.image,
+            user_specified_image=mount.image.user_specified_image,
+            snapshot=str(key),
+            real_path=".",
+            is_dir=True,
+            sub_path=mount.image_sub_path if self.honours_sub_path else "",
+            artifact=record.artifact,
+            image_ref=record.repo_digest,
+        )
 
     def mount_image(self, base: MountStatus, root_fd: int, mount: Mount) -> MountStatus:
         """An image's sub path: resolved from the tree's root fd under the profile's policy; what
