@@ -70,6 +70,8 @@ def assert_plain_failure(r: Result, root: str, code: int = 1, *, usage: bool = F
         assert ": error: " in lines[-1]
         return lines[-1]
     assert len(lines) == 1 and r.err.endswith("\n"), r.err
+    # Text quoted from a hostile file is escaped: no terminal escape, carriage return or U+0085.
+    assert lines[0].isprintable(), r.err
     return lines[0]
 
 
@@ -162,6 +164,11 @@ CASES = [
         "unknown kind",
         lambda r, t: ["apply", "-f", write(t, "k.yaml", "apiVersion: v1\nkind: [x]\n")],
         "unsupported object v1/<list>",
+    ),
+    Case(
+        "control characters in the kind",
+        lambda r, t: ["apply", "-f", write(t, "c.yaml", 'apiVersion: "v\\x1b1"\nkind: "Po\\u0085d\\r\\x1b[2J"\n')],
+        "unsupported object v\\x1b1/Po\\u0085d\\r\\x1b[2J",
     ),
     Case(
         "invalid name",

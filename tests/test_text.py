@@ -7,7 +7,7 @@ import ast
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imagevol._text import goquote
+from imagevol._text import escape_controls, goquote
 
 
 def test_known_cases_match_go() -> None:
@@ -30,3 +30,20 @@ def test_quoted_text_is_one_printable_line_that_decodes_back(text: str) -> None:
     assert quoted[0] == quoted[-1] == '"'
     # Go's escapes are a subset of Python's string-literal escapes: the quoted text reads back.
     assert ast.literal_eval(quoted) == text
+
+
+def test_escape_controls_escapes_only_what_is_not_printable() -> None:
+    assert escape_controls('pods "a\\b" not found') == 'pods "a\\b" not found'
+    assert escape_controls("v\x1b[2J\r\u0085\u2028x") == "v\\x1b[2J\\r\\u0085\\u2028x"
+
+
+@given(st.text())
+def test_escaped_text_is_printable_and_keeps_every_printable_character(text: str) -> None:
+    escaped = escape_controls(text)
+    assert escaped.isprintable()
+    escaped.encode("utf-8")  # never a lone surrogate
+    if text.isprintable():
+        assert escaped == text
+    # The printable characters of the text appear in the escaped text, in order.
+    rest = iter(escaped)
+    assert all(c in rest for c in text if c.isprintable())

@@ -31,6 +31,16 @@ def _quote_char(c: str) -> str:
     return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
+def escape_controls(text: str) -> str:
+    """``text`` with every character that is not printable (control bytes, C1 controls such as
+    U+0085, line and paragraph separators, lone surrogates) escaped as :func:`goquote` escapes it,
+    and nothing else changed: a line built from hostile text (a Pod file, a registry's answer)
+    cannot move the cursor, start a terminal escape sequence or forge a line of its own."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _quote_char(c) for c in text)
+
+
 def strerror(exc: OSError) -> str:
     """An OS error as Go prints a ``syscall.Errno`` (``no space left on device``): the C library's
     text in lower case, without ``[Errno N]`` and without the file name Python attaches."""

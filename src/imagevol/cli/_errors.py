@@ -9,7 +9,7 @@ import os
 import sys
 
 from .. import errors
-from .._text import strerror
+from .._text import escape_controls, strerror
 from ._common import EXIT_FAIL, CommandError
 
 
@@ -50,10 +50,11 @@ def report(exc: BaseException, root: str) -> int:
 
 
 def fail(line: str, code: int = EXIT_FAIL, *, root: str) -> int:
-    """Print one error line, the node root's host path hidden; return ``code``."""
+    """Print one error line, the node root's host path hidden and control characters escaped
+    (the line may quote a Pod file or a registry's answer); return ``code``."""
     if len(root) > 1:
         line = line.replace(root, "<root>")
-    sys.stderr.write(line.replace("\n", " ").rstrip() + "\n")
+    sys.stderr.write(escape_controls(line.replace("\n", " ").rstrip()) + "\n")
     return code
 
 
