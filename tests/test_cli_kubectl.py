@@ -230,7 +230,19 @@ def test_tree_and_describe_show_the_image_volume(cli: Cli) -> None:
     # exec's exit status is the command's (docs/cli.md, "Exit status").
     assert cli("exec", "image-volume", "--", "ls", "/volume").returncode == 0
     missing = cli("exec", "image-volume", "--", "cat", "/volume/nope")
-    assert missing.returncode == 1 and "No such file or directory" in missing.stderr
+    # As kubectl prints it: the command's own stderr, then its trailer; the exit status is the command's.
+    assert (missing.returncode, missing.stderr) == (
+        1,
+        "cat: /volume/nope: No such file or directory\ncommand terminated with exit code 1\n",
+    )
+    # cat goes on after an operand that fails, as cat does.
+    both = cli("exec", "image-volume", "--", "cat", "/volume/nope", "/volume/file", "/volume/gone")
+    assert (both.returncode, both.stdout) == (1, "1\n")
+    assert both.stderr.splitlines() == [
+        "cat: /volume/nope: No such file or directory",
+        "cat: /volume/gone: No such file or directory",
+        "command terminated with exit code 1",
+    ]
 
 
 # --- exit codes (docs/cli.md, "Exit status") ------------------------------------------------------------------

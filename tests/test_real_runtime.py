@@ -207,7 +207,10 @@ def test_a_failing_container_is_restarted_with_crash_loop_backoff(cli: Cli, reg:
 def test_writes_fail_with_the_containers_own_read_only_error(cli: Cli, reg: peers.Registry, tmp_path: Any) -> None:
     assert cli.apply(tmp_path, _pod(reg, "sleeper", ["sleep", "3600"])).returncode == 0
     done = cli("exec", "sleeper", "--real", "--", "touch", "/volume/new")
-    assert (done.returncode, done.stderr) == (1, "touch: /volume/new: Read-only file system\n")
+    assert (done.returncode, done.stderr) == (
+        1,
+        "touch: /volume/new: Read-only file system\ncommand terminated with exit code 1\n",
+    )
     # exec --real runs in the running container: its PID 1 is the Pod's command.
     done = cli("exec", "sleeper", "--real", "--", "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; cat /volume/file")
     assert (done.returncode, done.stdout) == (0, "sleep 3600 1\n"), done.stderr
@@ -251,7 +254,10 @@ def test_crio_mounts_a_file_sub_path_and_one_bind_per_artifact_file(
         [fstype] = [r.split(" - ")[1].split()[0] for r in done.stdout.splitlines() if r.split()[4] == "/d"]
         assert fstype == "overlay"
         done = crio("exec", "files", "--real", "--", "touch", "/d/new")
-        assert (done.returncode, done.stderr) == (1, "touch: /d/new: Read-only file system\n")
+        assert (done.returncode, done.stderr) == (
+            1,
+            "touch: /d/new: Read-only file system\ncommand terminated with exit code 1\n",
+        )
         assert "/artifact" not in rows
         done = crio("exec", "files", "--real", "--", "sh", "-c", "echo x > /artifact/file")
         assert done.returncode != 0 and "Read-only file system" in done.stderr
@@ -273,7 +279,10 @@ def test_exec_real_runs_a_one_off_container(sim: Cli, reg: peers.Registry, tmp_p
     done = sim("exec", "p", "--real", "--", "sh", "-c", "exit 7")
     assert done.returncode == 7
     done = sim("exec", "p", "--real", "--", "touch", "/volume/x")
-    assert (done.returncode, done.stderr) == (1, "touch: /volume/x: Read-only file system\n")
+    assert (done.returncode, done.stderr) == (
+        1,
+        "touch: /volume/x: Read-only file system\ncommand terminated with exit code 1\n",
+    )
     done = sim("exec", "p", "--real", "--", "imagevol-no-such-command")
     assert done.returncode == 127 and "executable file not found" in done.stderr and sim.root not in done.stderr
     # Each one-off container is gone: the simulated container is still the only one.

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
         SubPathError,
         ValidationError,
     )
-    from .exec.view import ViewError
+    from .exec.view import CommandFailedError, ViewError
     from .kubelet.events import Event
     from .kubelet.metrics import KubeletMetrics
     from .kubelet.pod_sync import ContainerState, Kubelet, PodRecord
@@ -116,7 +116,7 @@ _WHERE = {
     ".content.sources.mirrors": ("RegistriesConfig",),
     ".content.store": ("ContentStore",),
     ".errors": ERRORS,
-    ".exec.view": ("ViewError",),
+    ".exec.view": ("CommandFailedError", "ViewError"),
     ".kubelet.events": ("Event",),
     ".kubelet.metrics": ("KubeletMetrics",),
     ".kubelet.pod_sync": ("ContainerState", "Kubelet", "PodRecord"),
@@ -148,6 +148,7 @@ __all__ = [
     "Backend",
     "BlobNotFoundError",
     "BlockedRegistryError",
+    "CommandFailedError",
     "ConfigError",
     "ContainerState",
     "ContainerdRuntime",

@@ -9,8 +9,9 @@ import stat
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from .._text import goquote
+from .._text import escape_controls, goquote
 from ._common import (
+    EXIT_FAIL,
     EXIT_OK,
     Command,
     CommandError,
@@ -83,7 +84,7 @@ def _exec_arguments(p: argparse.ArgumentParser) -> None:
 def exec_(args: argparse.Namespace, out: TextIO) -> int:
     """Run ``args.argv`` in the container's view (or for real); the exit status is the command's."""
     from ..errors import ImageVolError
-    from ..exec.view import ContainerView
+    from ..exec.view import CommandFailedError, ContainerView
 
     node = node_from_args(args)
     name, container = _running_container(node, args)
@@ -91,16 +92,29 @@ def exec_(args: argparse.Namespace, out: TextIO) -> int:
     if args.real:
         out.flush()
         try:
-            return node.runtime.exec_real(container.id, argv)
+            return _terminated(node.runtime.exec_real(container.id, argv))
         except ImageVolError as exc:
             raise CommandError(
                 f"exec --real: {exc}. Without --real, exec shows the container's view of its image volumes."
             ) from None
     view = ContainerView(name, container.mounts, node.runtime.open_mount)
-    for chunk in view.run(argv):
+    try:
+        for chunk in view.run(argv):
+            out.flush()
+            sys.stdout.buffer.write(chunk) if out is sys.stdout else out.write(chunk.decode(errors="replace"))
+    except CommandFailedError as exc:
         out.flush()
-        sys.stdout.buffer.write(chunk) if out is sys.stdout else out.write(chunk.decode(errors="replace"))
+        # The command's own error lines, as its stderr would carry them (escaped: they quote paths).
+        sys.stderr.write("".join(escape_controls(line) + "\n" for line in str(exc).split("\n")))
+        return _terminated(EXIT_FAIL)
     return EXIT_OK
+
+
+def _terminated(code: int) -> int:
+    """kubectl's trailer for a command that exited non-zero; its exit status becomes kubectl's."""
+    if code != 0:
+        sys.stderr.write(f"command terminated with exit code {code}\n")
+    return code
 
 
 # --- tree --------------------------------------------------------------------------------------------

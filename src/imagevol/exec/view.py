@@ -37,7 +37,14 @@ WRITE_COMMANDS = {
 
 
 class ViewError(ImageVolError):
-    """A file command failed inside the container view (message in coreutils style)."""
+    """A command cannot run in the container view: a relative path, a path outside every
+    image-volume mount, a command the view does not have, a mount that cannot be opened."""
+
+
+class CommandFailedError(ViewError):
+    """The command ran in the view and failed as it would in the container: its error lines
+    (coreutils style, one per operand that failed) and exit status 1. The operands that did not
+    fail were still served, as ``cat a missing b`` prints ``a`` and ``b``."""
 
 
 _STRERROR = {
@@ -148,18 +155,18 @@ class ContainerView:
             return mfd
         try:
             if not stat.S_ISDIR(os.fstat(mfd).st_mode):
-                raise ViewError(f"{cmd}: {path}: Not a directory")
+                raise CommandFailedError(f"{cmd}: {path}: Not a directory")
             parent, _, name = target.rest.rpartition("/")
             if follow or name in ("", ".", ".."):
                 return sp.lookup(mfd, target.rest, sp.Policy.BENEATH, shown=path).fd
             pfd = sp.lookup(mfd, parent or ".", sp.Policy.BENEATH, shown=path).fd
             try:
                 if not stat.S_ISDIR(os.fstat(pfd).st_mode):
-                    raise ViewError(f"{cmd}: {path}: Not a directory")
+                    raise CommandFailedError(f"{cmd}: {path}: Not a directory")
                 # The last name is looked up in a directory we hold, without following it.
                 return os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
             except FileNotFoundError:
-                raise ViewError(f"{cmd}: {path}: No such file or directory") from None
+                raise CommandFailedError(f"{cmd}: {path}: No such file or directory") from None
             finally:
                 os.close(pfd)
         except SubPathError as exc:
@@ -168,7 +175,7 @@ class ContainerView:
                     f"{cmd}: {path}: leads outside the volume mounted at {target.mount.container_path} "
                     "(into the container's own filesystem, which imagevol does not model)"
                 ) from None
-            raise ViewError(f"{cmd}: {path}: {_STRERROR.get(exc.kind, exc.kind)}") from None
+            raise CommandFailedError(f"{cmd}: {path}: {_STRERROR.get(exc.kind, exc.kind)}") from None
         finally:
             os.close(mfd)
 
@@ -178,11 +185,11 @@ class ContainerView:
         try:
             mode = os.fstat(fd).st_mode
             if stat.S_ISDIR(mode):
-                raise ViewError(f"cat: {path}: Is a directory")
+                raise CommandFailedError(f"cat: {path}: Is a directory")
             if not stat.S_ISREG(mode):
                 # Never open a device node, FIFO or socket from an image: a block device would read
                 # the host's disk, a FIFO would block forever. Mounts are nodev for the same reason.
-                raise ViewError(f"cat: {path}: {_kind(mode)}: not opened (image volumes are mounted nodev)")
+                raise CommandFailedError(f"cat: {path}: {_kind(mode)}: not opened (image volumes are mounted nodev)")
             # Re-open the very inode we resolved, through its magic link (no name lookup).
             rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
             with open(rfd, "rb") as f:
@@ -209,7 +216,7 @@ class ContainerView:
         fd = self._open("readlink", path, follow=False)
         try:
             if not stat.S_ISLNK(os.fstat(fd).st_mode):
-                raise ViewError(f"readlink: {path}: not a symbolic link")
+                raise CommandFailedError(f"readlink: {path}: not a symbolic link")
             return os.readlink("", dir_fd=fd)
         finally:
             os.close(fd)
@@ -296,7 +303,8 @@ class ContainerView:
                     os.close(cfd)
 
     def run(self, argv: Sequence[str]) -> Iterator[bytes]:
-        """Run one file command; yields output chunks (raises ``ViewError``)."""
+        """Run one file command; yields output chunks. Raises :class:`CommandFailedError` after the
+        last operand when any failed, :class:`ViewError` at once when the view cannot run it."""
         if argv and argv[0] in WRITE_COMMANDS:
             self._refuse_write(argv[0], [a for a in argv[1:] if not a.startswith("-")])
         if not argv or argv[0] not in COMMANDS:
@@ -306,19 +314,25 @@ class ContainerView:
             )
         cmd, args = argv[0], [a for a in argv[1:] if not a.startswith("-")]
         if not args:
-            raise ViewError(f"{cmd}: missing operand")
+            raise CommandFailedError(f"{cmd}: missing operand")
+        failed = []
         for path in args:
-            if cmd == "cat":
-                yield self.cat(path)
-            elif cmd == "ls":
-                names = self.ls(path)
-                if len(args) > 1:
-                    yield f"{path}:\n".encode()
-                yield "".join(f"{n}\n" for n in names).encode()
-            elif cmd == "readlink":
-                yield (self.readlink(path) + "\n").encode()
-            else:
-                yield (self.stat(path) + "\n").encode()
+            try:
+                yield self._run_one(cmd, path, listing_many=len(args) > 1)
+            except CommandFailedError as exc:  # the next operand is still served, as by cat and ls
+                failed.append(str(exc))
+        if failed:
+            raise CommandFailedError("\n".join(failed))
+
+    def _run_one(self, cmd: str, path: str, *, listing_many: bool) -> bytes:
+        if cmd == "cat":
+            return self.cat(path)
+        if cmd == "ls":
+            names = self.ls(path)
+            return ((f"{path}:\n" if listing_many else "") + "".join(f"{n}\n" for n in names)).encode()
+        if cmd == "readlink":
+            return (self.readlink(path) + "\n").encode()
+        return (self.stat(path) + "\n").encode()
 
     def _refuse_write(self, cmd: str, args: list[str]) -> None:
         """A write into an image volume fails with ``Read-only file system``, as the ``ro`` mount
@@ -326,12 +340,12 @@ class ContainerView:
         which = WRITE_COMMANDS[cmd]
         targets = args[-1:] if which == "last" else args[1:] if which == "rest" else args
         if not targets:
-            raise ViewError(f"{cmd}: missing operand")
+            raise CommandFailedError(f"{cmd}: missing operand")
         errors = []
         for path in targets:
             self._target(cmd, path)  # outside every mount: says so
             errors.append(f"{cmd}: {path}: Read-only file system")
-        raise ViewError("\n".join(errors))
+        raise CommandFailedError("\n".join(errors))
 
 
 def _listing(fd: int) -> tuple[list[str], str]:
