@@ -388,3 +388,23 @@ def test_the_documented_scrape_config_is_valid(tmp_path: Path) -> None:
     assert yaml.safe_load(m.group(1))["scrape_configs"][0]["static_configs"][0]["targets"] == ["127.0.0.1:10255"]
     r = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("command", [["demo"], ["fixtures", "--demo"]])
+def test_demo_without_busybox_is_one_line_and_writes_no_layout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    import imagevol.testing.images as images
+    from imagevol.cli import main
+
+    monkeypatch.setattr(images, "host_busybox", lambda path=images.HOST_BUSYBOX: None)
+    target = tmp_path / "demo"
+    code = main(["--root", str(tmp_path / "node"), *command, str(target)])
+    err = capsys.readouterr().err
+    assert (code, err) == (
+        1,
+        f"error: cannot build the demo's debian stand-in: no BusyBox at {images.HOST_BUSYBOX}: install busybox-static\n",
+    )
+    # Nothing half-built is left: no layout, no registries.conf or Pod, no staging directory.
+    assert not target.exists() or not any(target.iterdir())
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("demo")] in ([], ["demo"])

@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import attrs
 
+from ..errors import ImageVolError
 from ..oci import (
     ANNOTATION_REF_NAME,
     ANNOTATION_TITLE,
@@ -316,10 +317,16 @@ class DemoImage(NamedTuple):
         return self.reference.removeprefix(self.prefix).lstrip("/:")
 
 
+class NoBusyBoxError(ImageVolError):
+    """The host has no BusyBox to make the demo's ``debian`` stand-in of."""
+
+
 def _build_host_debian_standin(builder: LayoutBuilder, ref_name: str) -> Descriptor:
     busybox = host_busybox()
     if busybox is None:
-        raise FileNotFoundError(f"no BusyBox at {HOST_BUSYBOX}: install busybox-static")
+        raise NoBusyBoxError(
+            f"cannot build the demo's debian stand-in: no BusyBox at {HOST_BUSYBOX}: install busybox-static"
+        )
     return build_debian_standin(builder, busybox, ref_name)
 
 
@@ -337,7 +344,7 @@ def build_demo_layout(path: str) -> dict[str, Descriptor]:
 
     The layout at ``path`` is replaced only when the new one differs (another BusyBox, say), and
     then whole: it is built next to it and renamed into place, so no stale blob stays and a failed
-    build leaves the old one. Raises ``FileNotFoundError`` when there is no BusyBox."""
+    build leaves the old one. Raises :class:`NoBusyBoxError` when there is no BusyBox."""
     path = os.path.abspath(path)
     staging = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.new"
     try:
@@ -381,6 +388,7 @@ __all__ = [
     "DemoImage",
     "Layer",
     "LayoutBuilder",
+    "NoBusyBoxError",
     "build_artifact_v2",
     "build_debian_standin",
     "build_demo_layout",
