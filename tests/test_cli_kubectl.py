@@ -394,7 +394,7 @@ def test_the_documented_scrape_config_is_valid(tmp_path: Path) -> None:
 def test_demo_without_busybox_is_one_line_and_writes_no_layout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: list[str]
 ) -> None:
-    import imagevol.testing.images as images
+    from imagevol.testing import images
     from imagevol.cli import main
 
     monkeypatch.setattr(images, "host_busybox", lambda path=images.HOST_BUSYBOX: None)
