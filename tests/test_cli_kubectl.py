@@ -394,8 +394,8 @@ def test_the_documented_scrape_config_is_valid(tmp_path: Path) -> None:
 def test_demo_without_busybox_is_one_line_and_writes_no_layout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: list[str]
 ) -> None:
-    from imagevol.testing import images
     from imagevol.cli import main
+    from imagevol.testing import images
 
     monkeypatch.setattr(images, "host_busybox", lambda path=images.HOST_BUSYBOX: None)
     target = tmp_path / "demo"
