@@ -403,7 +403,8 @@ def test_demo_without_busybox_is_one_line_and_writes_no_layout(
     err = capsys.readouterr().err
     assert (code, err) == (
         1,
-        f"error: cannot build the demo's debian stand-in: no BusyBox at {images.HOST_BUSYBOX}: install busybox-static\n",
+        "error: cannot build the demo's debian stand-in: "
+        f"no BusyBox at {images.HOST_BUSYBOX}: install busybox-static\n",
     )
     # Nothing half-built is left: no layout, no registries.conf or Pod, no staging directory.
     assert not target.exists() or not any(target.iterdir())
