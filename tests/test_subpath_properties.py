@@ -170,3 +170,23 @@ def test_whole_volume_spellings() -> None:
         assert sp.is_whole_volume(text), text
     for text in ("a", "./a", "..", ".a"):
         assert not sp.is_whole_volume(text), text
+
+
+@given(st.lists(st.sampled_from(["a", "é", "/", ".", "\x00", "\\", "n" * 40]), max_size=150))
+def test_validate_shortcut_agrees_with_the_rules(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    # validate() decides short ASCII paths without splitting them; every path, short or not, gets
+    # the answer the rules give.
+    elements = text.split("/")
+    if "\x00" in text or text.startswith("/") or ".." in elements:
+        expected = "invalid"
+    elif len(os.fsencode(text)) >= sp.PATH_MAX or any(len(os.fsencode(e)) > sp.NAME_MAX for e in elements):
+        expected = "toolong"
+    else:
+        expected = ""
+    try:
+        assert sp.validate(text) == text
+        got = ""
+    except SubPathError as exc:
+        got = exc.kind
+    assert got == expected

@@ -14,6 +14,7 @@ import errno
 import functools
 import os
 import platform
+from typing import Any
 
 O_PATH = getattr(os, "O_PATH", 0o10000000)
 AT_FDCWD = -100
@@ -51,9 +52,10 @@ _HOW_SIZE = ctypes.sizeof(_OpenHow)
 
 
 @functools.lru_cache(maxsize=64)
-def _how(flags: int, resolve: int, mode: int) -> _OpenHow:
-    # Cached: building the struct costs as much as the syscall's own path walk for short paths.
-    return _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+def _how(flags: int, resolve: int, mode: int) -> Any:
+    # Cached, and passed by reference (the reference keeps the struct alive): building the struct
+    # costs as much as the syscall's own path walk for short paths.
+    return ctypes.byref(_OpenHow(flags | os.O_CLOEXEC, mode, resolve))
 
 
 def openat2(
@@ -70,7 +72,7 @@ def openat2(
     if _NR < 0:
         raise OSError(errno.ENOSYS, "openat2 is not known on this architecture")
     raw = path if isinstance(path, bytes) else os.fsencode(path)
-    how = ctypes.byref(_how(flags, resolve, mode))
+    how = _how(flags, resolve, mode)
     for _ in range(MAX_RETRIES):
         fd: int = _syscall(_NR, dirfd, raw, how, _HOW_SIZE)
         if fd >= 0:

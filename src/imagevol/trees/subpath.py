@@ -93,6 +93,9 @@ def validate(sub_path: str) -> str:
     Absolute paths, ``..`` elements and NUL are ``invalid``; an element over 255 bytes or a path of
     4096 bytes or more is ``toolong``. Names are raw bytes: no normalisation, ``\\`` is a character.
     """
+    short = len(sub_path) <= NAME_MAX and sub_path.isascii()
+    if short and sub_path[:1] != "/" and ".." not in sub_path and "\x00" not in sub_path:
+        return sub_path  # decided without splitting: no element can be too long or be ".."
     if "\x00" in sub_path:
         raise _error("invalid", sub_path.replace("\x00", "\\x00"), "contains NUL")
     if sub_path[:1] == "/":
