@@ -50,7 +50,7 @@ from ..oci import (
 from ..oci.reference import Reference, parse_normalized
 from .image_db import ImageDatabase, ImageRecord, store_name
 from .sources.auth import ANONYMOUS, Keyring
-from .sources.base import Source
+from .sources.base import Source, ViewSource
 from .sources.layout import OCILayoutSource
 from .sources.mirrors import PullSource, RegistriesConfig
 from .store import ContentStore, mismatch
@@ -374,13 +374,18 @@ class _Meter:
             self.progress(self.done, self.total)
 
 
-def _fetch(source: Source, blob: Descriptor, meter: _Meter, cancel: threading.Event) -> Callable[[], Iterator[bytes]]:
+def _fetch(
+    source: Source, blob: Descriptor, meter: _Meter, cancel: threading.Event
+) -> Callable[[], Iterator[bytes | memoryview]]:
     if blob.data is not None:
         data = blob.data
         return lambda: iter((data,))
 
-    def chunks() -> Iterator[bytes]:
-        for chunk in source.fetch_blob(blob):
+    def chunks() -> Iterator[bytes | memoryview]:
+        # A registry lends views of one buffer (no allocation per read): the store hashes and
+        # writes each chunk before it asks for the next, which is all a view needs.
+        stream = source.fetch_blob_views(blob) if isinstance(source, ViewSource) else source.fetch_blob(blob)
+        for chunk in stream:
             if cancel.is_set():
                 raise _CancelledError()
             meter.add(len(chunk))
