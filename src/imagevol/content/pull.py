@@ -17,8 +17,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 
@@ -54,6 +53,9 @@ from .sources.base import Source, ViewSource
 from .sources.layout import OCILayoutSource
 from .sources.mirrors import PullSource, RegistriesConfig
 from .store import ContentStore, mismatch
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 #: Builds a registry source for one endpoint. Given the credentials that apply to its host.
 RegistryFactory = Callable[[PullSource, Keyring], Source]
@@ -292,6 +294,9 @@ class ImagePuller:
         rest = todo
         if len(rest) <= 1 or self.max_concurrent_downloads == 1:
             return fetched + sum(one(b) for b in rest)
+        # Imported here: an image with one layer (and a whole-process pull of it) never needs it.
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
         with ThreadPoolExecutor(max_workers=min(len(rest), self.max_concurrent_downloads)) as pool:
             futures: list[Future[bool]] = [pool.submit(one, b) for b in rest]
             wait(futures, return_when=FIRST_EXCEPTION)
