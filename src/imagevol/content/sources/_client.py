@@ -34,6 +34,7 @@ live in ``bounds``, ``transport``, ``challenge``, ``neterrors`` and ``oras``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import re
@@ -65,6 +66,8 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 IDEMPOTENT = frozenset({"GET", "HEAD"})
 MAX_REDIRECTS = 5
+#: A ``/v2/`` answer announcing at most this many bytes is read, to keep its connection.
+PING_DRAIN = 4096
 #: A token response larger than this is not a token response.
 MAX_TOKEN_RESPONSE = 1024 * 1024
 _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]{1,16384}$")
@@ -441,8 +444,13 @@ class RegistryClient:
             for i, scheme in enumerate(self.schemes):
                 url = f"{scheme}://{self.host}/v2/"
                 try:
-                    with self._send("GET", url, {}) as reply:  # its body is of no use: never read
-                        pass
+                    with self._send("GET", url, {}) as reply:
+                        # Its body is of no use: a short one (``{}``, an error list) is read, under
+                        # the bounds, so the connection serves the next request; others never are.
+                        length = reply.announced_length()
+                        if length is not None and length <= PING_DRAIN:
+                            with contextlib.suppress(TransportError):
+                                reply.read_all(PING_DRAIN)
                 except PullError as exc:
                     if i + 1 < len(self.schemes):
                         continue  # insecure registry: HTTPS failed, try plain HTTP
