@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import os
 import re
+import ssl
+import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
 
@@ -28,6 +30,7 @@ from imagevol.content.sources.auth import Credentials, Keyring
 from imagevol.content.sources.mirrors import RegistriesConfig
 from imagevol.content.sources.registry import RegistryAccess, RegistrySource
 from imagevol.content.store import ContentStore
+from imagevol.errors import PullError
 from imagevol.oci import OCI_MANIFEST, Descriptor, Digest
 from imagevol.oci.reference import parse_normalized
 from tests.helpers.rawhttp import Answer, Hit, raw_server, response
@@ -226,3 +229,65 @@ def test_the_raw_server_counts_connections() -> None:
             assert conn.getresponse().read() == b"x"
             conn.close()
     assert server.connections() == 2
+
+
+# --- TLS -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (and its key), made with openssl."""
+    from tests.helpers import peers
+
+    where = tmp_path_factory.mktemp("tls")
+    key, cert = str(where / "key.pem"), str(where / "cert.pem")
+    subprocess.run(
+        [peers.require("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+         "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+def _tls(certificate: tuple[str, str]) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*certificate)
+    return ctx
+
+
+def _pull_https(root: str, host: str, *, insecure: bool) -> ContentStore:
+    store = ContentStore(root)
+    conf = RegistriesConfig.from_dict({"registry": [{"prefix": host, "insecure": insecure}]})
+    access = RegistryAccess(timeouts=QUICK, retry=RETRY)
+    ImagePuller(store, conf, registry_factory=access).pull(f"{host}/lab/app:v1")
+    return store
+
+
+def test_an_insecure_registry_is_pulled_over_tls_without_verification(
+    tmp_path: object, certificate: tuple[str, str]
+) -> None:
+    image = tiny_image()
+    with raw_server(serve(image), tls=_tls(certificate)) as server:
+        store = _pull_https(str(tmp_path), server.host, insecure=True)
+    assert_stored(store, image)
+    assert len(server.hits) == 4 and server.connections() == 1  # all over TLS: no fallback to HTTP
+
+
+def test_a_certificate_nobody_trusts_is_refused_like_go(tmp_path: object, certificate: tuple[str, str]) -> None:
+    image = tiny_image()
+    with raw_server(serve(image), tls=_tls(certificate)) as server, pytest.raises(PullError) as exc:
+        _pull_https(str(tmp_path), server.host, insecure=False)
+    assert "tls: failed to verify certificate: x509: certificate signed by unknown authority" in str(exc.value)
+    assert server.hits == []
+    assert ContentStore(str(tmp_path)).fsck().clean and not list(ContentStore(str(tmp_path)).blobs())
+
+
+def test_certificates_are_checked_against_the_system_trust_store(
+    tmp_path: object, certificate: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SSL_CERT_FILE names the trust store, as for Go programs (containerd) on Linux."""
+    monkeypatch.setenv("SSL_CERT_FILE", certificate[0])
+    image = tiny_image()
+    with raw_server(serve(image), tls=_tls(certificate)) as server:
+        store = _pull_https(str(tmp_path), server.host, insecure=False)
+    assert_stored(store, image)

@@ -11,6 +11,7 @@ Nothing here listens anywhere but 127.0.0.1.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -59,10 +60,12 @@ def response(status: int, headers: Mapping[str, str], body: bytes, *, chunked: S
 
 
 class RawServer:
-    """Answers with ``answer``; ``hits`` lists the requests read, in order."""
+    """Answers with ``answer`` (over TLS when ``tls``, a server context, is given); ``hits`` lists
+    the requests read, in order."""
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Answer, tls: ssl.SSLContext | None = None) -> None:
         self.answer = answer
+        self.tls = tls
         self.hits: list[Hit] = []
         self._lock = threading.Lock()
         self._sock = socket.create_server((LOOPBACK, 0))
@@ -95,42 +98,48 @@ class RawServer:
             threading.Thread(target=self._handle, args=(conn, index), daemon=True).start()
             index += 1
 
-    def _handle(self, conn: socket.socket, index: int) -> None:
+    def _handle(self, raw: socket.socket, index: int) -> None:
+        with suppress(OSError):  # a client that hangs up, or speaks plain HTTP to TLS
+            conn = self.tls.wrap_socket(raw, server_side=True) if self.tls is not None else raw
+            with conn:
+                self._exchange(conn, index)
+        raw.close()
+
+    def _exchange(self, conn: socket.socket, index: int) -> None:
         buf = b""
-        with conn, suppress(OSError):
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                line, *fields = head.decode("latin-1").split("\r\n")
-                method, path, _ = line.split(" ", 2)
-                headers = {k.strip().lower(): v.strip() for k, _, v in (f.partition(":") for f in fields)}
-                length = int(headers.get("content-length", "0") or 0)
-                while len(buf) < length:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                buf = buf[length:]
-                hit = Hit(index, method, path, headers)
-                with self._lock:
-                    self.hits.append(hit)
-                pieces, close = self.answer(hit)
-                for piece in pieces:
-                    if isinstance(piece, float | int):
-                        time.sleep(piece)
-                    else:
-                        conn.sendall(piece)
-                if close:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
                     return
+                buf += data
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            line, *fields = head.decode("latin-1").split("\r\n")
+            method, path, _ = line.split(" ", 2)
+            headers = {k.strip().lower(): v.strip() for k, _, v in (f.partition(":") for f in fields)}
+            length = int(headers.get("content-length", "0") or 0)
+            while len(buf) < length:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            buf = buf[length:]
+            hit = Hit(index, method, path, headers)
+            with self._lock:
+                self.hits.append(hit)
+            pieces, close = self.answer(hit)
+            for piece in pieces:
+                if isinstance(piece, float | int):
+                    time.sleep(piece)
+                else:
+                    conn.sendall(piece)
+            if close:
+                return
 
 
 @contextmanager
-def raw_server(answer: Answer) -> Iterator[RawServer]:
-    server = RawServer(answer)
+def raw_server(answer: Answer, tls: ssl.SSLContext | None = None) -> Iterator[RawServer]:
+    server = RawServer(answer, tls)
     try:
         yield server
     finally:
