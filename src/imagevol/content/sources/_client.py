@@ -66,6 +66,8 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 IDEMPOTENT = frozenset({"GET", "HEAD"})
 MAX_REDIRECTS = 5
+#: The most one :meth:`Reply.read` returns (it allocates that much; callers loop anyway).
+READ_AT_ONCE = 1024 * 1024
 #: A ``/v2/`` answer announcing at most this many bytes is read, to keep its connection.
 PING_DRAIN = 4096
 #: A token response larger than this is not a token response.
@@ -166,9 +168,9 @@ class Reply:
     def read(self, size: int) -> bytes:
         """Up to ``size`` bytes as soon as some arrive; ``b""`` at the end. Raises
         :class:`TransportError` when the connection fails or the bounds cut it."""
-        buf = bytearray(size)
+        buf = bytearray(max(0, min(size, READ_AT_ONCE)))  # what one read can bring, not what was asked
         n = self.readinto(memoryview(buf))
-        return bytes(buf[:n]) if n < size else bytes(buf)
+        return bytes(buf[:n]) if n < len(buf) else bytes(buf)
 
     def readinto(self, buf: memoryview) -> int:
         """Read up to ``len(buf)`` bytes into ``buf`` as soon as some arrive (one read of the
@@ -251,8 +253,8 @@ def _readinto1(resp: http.client.HTTPResponse, buf: memoryview) -> int:
     is over. Chunked and close-delimited bodies go through ``read1``."""
     if resp.fp is None or not buf:
         return 0
-    length = resp.length
-    if resp.chunked or length is None or resp._method == "HEAD":  # type: ignore[attr-defined]
+    length = resp.length  # 0 for a HEAD, 204 or 304 answer (http.client knows they have no body)
+    if resp.chunked or length is None:
         data = resp.read1(len(buf))
         buf[: len(data)] = data
         return len(data)
