@@ -64,7 +64,7 @@ def serve(
         if basic and hit.header("Authorization") != token:
             raw = response(401, {"WWW-Authenticate": 'Basic realm="lab"'}, b'{"errors":[]}')
         elif hit.path == "/v2/":
-            raw = response(200, {"Content-Type": "application/json"}, ping_body)
+            raw = response(200, {"Content-Type": "application/json", "Set-Cookie": "session=s1; Path=/"}, ping_body)
         elif hit.path in ("/v2/lab/app/manifests/v1", f"/v2/lab/app/manifests/{image.manifest_digest}"):
             raw = response(200, {"Content-Type": OCI_MANIFEST}, image.manifest, chunked=chunked)
         elif (m := _BLOB.match(hit.path)) and m.group(1) in blobs:
@@ -110,6 +110,12 @@ def test_one_connection_serves_a_whole_pull(tmp_path: object) -> None:
     paths = [h.path for h in server.hits]
     assert paths[0] == "/v2/" and len(paths) == 4
     assert server.connections() == 1  # the ping's short body is read so that its connection goes on
+    for hit in server.hits:  # the bytes hashed are the bytes stored; the registry's cookie is not kept
+        assert (hit.header("Accept-Encoding"), hit.header("User-Agent"), hit.header("Cookie")) == (
+            "identity",
+            "imagevol",
+            "",
+        )
 
 
 def test_a_connection_the_server_closed_is_not_reused(tmp_path: object) -> None:
