@@ -84,10 +84,10 @@ def _split(raw: bytes, cuts: Sequence[int]) -> list[bytes]:
     return [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)], strict=True)]
 
 
-def pull(root: str, host: str, keyring: Keyring | None = None) -> ContentStore:
+def pull(root: str, host: str, keyring: Keyring | None = None, retry: RetryPolicy = RETRY) -> ContentStore:
     """Pull ``host``'s ``lab/app:v1`` into a content store at ``root``; return the store."""
     store = ContentStore(root)
-    access = RegistryAccess(plain_http=True, timeouts=QUICK, retry=RETRY)
+    access = RegistryAccess(plain_http=True, timeouts=QUICK, retry=retry)
     ImagePuller(store, RegistriesConfig(), registry_factory=access).pull(f"{host}/lab/app:v1", keyring)
     return store
 
@@ -125,6 +125,26 @@ def test_a_connection_the_server_closed_is_not_reused(tmp_path: object) -> None:
         store = pull(str(tmp_path), server.host)
     assert_stored(store, image)
     assert server.connections() == len(server.hits) == 4
+
+
+def test_a_kept_connection_closed_as_the_request_goes_out_is_replaced_once(tmp_path: object) -> None:
+    """The server hangs up on the second request of the first connection without a word (an idle
+    timeout racing the request): it is sent again on a new connection, not counted as a try (one
+    try is all the retry policy allows here)."""
+    image = tiny_image()
+    registry = serve(image)
+
+    def answer(hit: Hit) -> tuple[Sequence[bytes | float], bool]:
+        if hit.conn == 0 and "/manifests/" in hit.path:
+            return [], True
+        return registry(hit)
+
+    with raw_server(answer) as server:
+        store = pull(str(tmp_path), server.host, retry=RetryPolicy(attempts=1))
+    assert_stored(store, image)
+    manifests = [h.conn for h in server.hits if "/manifests/" in h.path]
+    assert manifests == [0, 1]
+    assert server.connections() == 2
 
 
 def test_an_answer_left_unread_never_becomes_the_next_answer(tmp_path: object) -> None:
