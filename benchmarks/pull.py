@@ -51,13 +51,15 @@ print(time.perf_counter() - start)
 # imagevol's CLI entry point (wherever its module lives: the console script's target), called
 # inside an interpreter that has already imported it; prints the call alone. The CLI imports a
 # command's modules when the command runs, so the same command runs first with --policy Never,
-# which fails before any transfer having imported everything a pull imports.
+# which fails before any transfer having imported the command and the node; the registry source,
+# which the node imports when its first pull reaches a registry, is imported next.
 _IMAGEVOL_IN_PROCESS = """
-import contextlib, importlib.metadata, io, sys, time
+import contextlib, importlib, importlib.metadata, io, sys, time
 (entry,) = importlib.metadata.entry_points(group="console_scripts", name="imagevol")
 main = entry.load()
 with contextlib.redirect_stderr(io.StringIO()):
     main([*sys.argv[1:], "--policy", "Never"])
+importlib.import_module("imagevol.content.sources.registry")
 start = time.perf_counter()
 status = main(sys.argv[1:])
 elapsed = time.perf_counter() - start

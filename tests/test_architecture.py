@@ -155,7 +155,7 @@ def test_light_imports_load_nothing_heavy(code: str) -> None:
 
 
 def test_the_heavy_probe_sees_heavy_imports() -> None:
-    loaded = _loaded_by("import imagevol; imagevol.Node; import imagevol.content.sources.registry")
+    loaded = _loaded_by("import imagevol; imagevol.Node; import imagevol.content.sources._oras")
     assert {"imagevol.node._node", "imagevol.content", "oras", "requests"} <= loaded
 
 

@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import os
+import pathlib
 import tarfile
 from collections.abc import Iterator
 
@@ -22,7 +23,7 @@ from imagevol.content.sources.auth import DOCKER_CONFIG_JSON, Credentials, Keyri
 from imagevol.content.sources.registry import RegistryAccess
 from imagevol.content.store import ContentStore
 from imagevol.errors import AuthenticationError, ImageNotFoundError, PlatformError
-from imagevol.oci import Descriptor, Index, Manifest, Platform, parse_manifest
+from imagevol.oci import Descriptor, Digest, Index, Manifest, Platform, parse_manifest
 from tests.helpers import peers
 
 TAGS = (
@@ -284,14 +285,15 @@ def test_bearer_anonymous_pull_when_the_token_server_allows(fixtures_layout: str
         assert reg.token_server.requests[before:] == [("repository:lab/v2:pull", False)]
 
 
-def test_oras_own_api_runs_through_the_safe_client(basic: peers.Registry) -> None:
-    """RegistryClient is oras-py's Registry: its methods work, with our auth, Accept and timeouts."""
+def test_oras_own_api_runs_through_the_safe_client(basic: peers.Registry, tmp_path: pathlib.Path) -> None:
+    """oras-py's Registry API over RegistryClient (client.oras): its methods work, with our auth,
+    Accept and timeouts, and the client still answers them itself, as when it was oras's Registry."""
     from imagevol.content.sources._client import RegistryClient
 
     client = RegistryClient(basic.host, plain_http=True, credentials=[Credentials(USER, PASSWORD)])
     mark = basic.mark()
-    assert client.get_tags(f"{basic.host}/lab/v2") == ["v1"]
-    manifest = client.get_manifest(f"{basic.host}/lab/v2:v1")
+    assert client.oras.get_tags(f"{basic.host}/lab/v2") == ["v1"]
+    manifest = getattr(client, "get_manifest")(f"{basic.host}/lab/v2:v1")  # noqa: B009 (forwarded at run time)
     assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
     entries = basic.access(mark)
     assert [(e.path, e.status) for e in entries] == [
@@ -299,4 +301,11 @@ def test_oras_own_api_runs_through_the_safe_client(basic: peers.Registry) -> Non
         ("/v2/lab/v2/tags/list", 200),
         ("/v2/lab/v2/manifests/v1", 200),
     ]
+    # A streamed oras call (download_blob reads with iter_content) gets the exact bytes.
+    layer = manifest["layers"][0]
+    out = tmp_path / "blob"
+    client.oras.download_blob(f"{basic.host}/lab/v2", layer["digest"], str(out))
+    assert Digest.of(out.read_bytes()) == Digest.parse(layer["digest"])
+    with pytest.raises(AttributeError):
+        getattr(client, "no_such_method")  # noqa: B009 (only oras's own names are forwarded)
     client.close()

@@ -49,9 +49,17 @@ HEAVY_STDLIB = ("dataclasses", "inspect", "ast", "socket", "ssl", "http", "email
 #: shutil, gettext and what those import).
 STDLIB_BUDGET = 50
 #: What a pull never needs: YAML (only for a pull secret), fsspec (the store is on the local
-#: disk), the metrics exposition and its HTTP server, the test kit.
+#: disk), the metrics exposition and its HTTP server, the test kit, and oras-py with the HTTP
+#: stack under it (the registry client is the standard library's http.client; oras-py's API is
+#: an adapter only its users import).
 NOT_FOR_A_PULL = ("yaml", "fsspec", "asyncio", "prometheus_client", "http.server", "hypothesis",
-                  "imagevol.api.bounded_yaml", "imagevol.testing", "imagevol.cli._pods")  # fmt: skip
+                  "imagevol.api.bounded_yaml", "imagevol.testing", "imagevol.cli._pods",
+                  "oras", "requests", "urllib3", "jsonschema", "jsonschema_specifications", "referencing",
+                  "charset_normalizer", "idna", "certifi", "http.cookiejar",
+                  "imagevol.content.sources._oras")  # fmt: skip
+#: The only packages from outside the standard library a pull may import: attrs, and the layer
+#: decompressors the node loads.
+PULL_THIRD_PARTY = {"attr", "attrs", "isal", "zstandard"}
 
 
 #: The environment of the commands: without the session's IMAGEVOL_REGISTRIES (a mirror file is
@@ -144,8 +152,18 @@ def reg(fixtures_layout: str) -> Iterator[peers.Registry]:
 def test_a_pull_imports_only_what_a_pull_needs(reg: peers.Registry, fresh_root: str) -> None:
     code, out, modules = added_modules("--root", fresh_root, "pull", f"{reg.host}/lab/v2:v1", "--plain-http")
     assert code == 0 and out.startswith("sha256:")
-    assert {"requests", "oras.provider", "imagevol.content.store"} <= set(modules)  # it did pull
+    assert {"http.client", "imagevol.content.sources._client", "imagevol.content.store"} <= set(modules)
     assert _heavy(modules, NOT_FOR_A_PULL) == []
+    assert {m.split(".")[0] for m in _outside_the_stdlib(modules)} <= PULL_THIRD_PARTY
+
+
+def test_the_pull_budget_sees_the_oras_adapter() -> None:
+    """The probe of the pull budget is not blind: oras-py's API, when used, loads what a pull must not."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, imagevol.content.sources._oras; print(' '.join(sys.modules))"],
+        capture_output=True, text=True, check=True, timeout=120, env=_ENV,
+    )  # fmt: skip
+    assert {"oras", "requests", "urllib3", "jsonschema"} <= set(_heavy(done.stdout.split(), NOT_FOR_A_PULL))
 
 
 def test_the_command_table_is_what_the_command_modules_define() -> None:

@@ -339,7 +339,7 @@ def node_from_args(args: argparse.Namespace) -> Node:
             metrics_mode=args.metrics_mode,
             admission_plugins=tuple(p for p in args.enable_admission_plugins.split(",") if p),
             platform=platform,
-            # The CLI's node reaches registries (oras-py, made safe: content/sources/registry.py).
+            # The CLI's node reaches registries (content/sources/registry.py, over http.client).
             registry_factory=DeferredRegistryAccess(plain_http=bool(getattr(args, "plain_http", False))),
             **({"max_blob_size": args.max_blob_size} if getattr(args, "max_blob_size", None) else {}),
         )

@@ -17,8 +17,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 
@@ -50,10 +49,13 @@ from ..oci import (
 from ..oci.reference import Reference, parse_normalized
 from .image_db import ImageDatabase, ImageRecord, store_name
 from .sources.auth import ANONYMOUS, Keyring
-from .sources.base import Source
+from .sources.base import Source, ViewSource
 from .sources.layout import OCILayoutSource
 from .sources.mirrors import PullSource, RegistriesConfig
 from .store import ContentStore, mismatch
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 #: Builds a registry source for one endpoint. Given the credentials that apply to its host.
 RegistryFactory = Callable[[PullSource, Keyring], Source]
@@ -292,6 +294,9 @@ class ImagePuller:
         rest = todo
         if len(rest) <= 1 or self.max_concurrent_downloads == 1:
             return fetched + sum(one(b) for b in rest)
+        # Imported here: an image with one layer (and a whole-process pull of it) never needs it.
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
         with ThreadPoolExecutor(max_workers=min(len(rest), self.max_concurrent_downloads)) as pool:
             futures: list[Future[bool]] = [pool.submit(one, b) for b in rest]
             wait(futures, return_when=FIRST_EXCEPTION)
@@ -374,13 +379,18 @@ class _Meter:
             self.progress(self.done, self.total)
 
 
-def _fetch(source: Source, blob: Descriptor, meter: _Meter, cancel: threading.Event) -> Callable[[], Iterator[bytes]]:
+def _fetch(
+    source: Source, blob: Descriptor, meter: _Meter, cancel: threading.Event
+) -> Callable[[], Iterator[bytes | memoryview]]:
     if blob.data is not None:
         data = blob.data
         return lambda: iter((data,))
 
-    def chunks() -> Iterator[bytes]:
-        for chunk in source.fetch_blob(blob):
+    def chunks() -> Iterator[bytes | memoryview]:
+        # A registry lends views of one buffer (no allocation per read): the store hashes and
+        # writes each chunk before it asks for the next, which is all a view needs.
+        stream = source.fetch_blob_views(blob) if isinstance(source, ViewSource) else source.fetch_blob(blob)
+        for chunk in stream:
             if cancel.is_set():
                 raise _CancelledError()
             meter.add(len(chunk))

@@ -197,7 +197,7 @@ class ContentStore:
         raw = self.read_blob(desc.digest, MAX_MANIFEST_BYTES)
         return parse_manifest(raw, desc.media_type)
 
-    def ingest(self, desc: Descriptor, chunks: Iterable[bytes] | None = None) -> None:
+    def ingest(self, desc: Descriptor, chunks: Iterable[bytes | memoryview] | None = None) -> None:
         """Store the blob ``desc`` from ``chunks`` (or from ``desc.data``), verified and atomically.
 
         If the blob is already present nothing is read. ``chunks`` is consumed only by the one
@@ -238,7 +238,9 @@ class ContentStore:
             self._write_verified(desc, fetch())
             return True
 
-    def _write_verified(self, desc: Descriptor, chunks: Iterable[bytes]) -> None:
+    def _write_verified(self, desc: Descriptor, chunks: Iterable[bytes | memoryview]) -> None:
+        # Each chunk is hashed and written before the next is asked for: a source may lend views
+        # of one buffer it reuses (the registry's blob stream).
         tmp = self._p("ingest", f"{desc.digest.hex}.{os.getpid()}.{uuid.uuid4().hex}.part")
         hasher = desc.digest.hasher()
         written = 0

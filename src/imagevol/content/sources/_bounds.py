@@ -9,8 +9,9 @@ why and shuts the guard's sockets down, which ends whatever read, TLS handshake 
 blocked on them (Go's ``context`` deadline does the same to a connection). The waiting thread then
 reports the guard's reason instead of whatever error the shut socket produced.
 
-The sockets come from :mod:`imagevol.content.sources._transport`, which registers every connection a guarded
-request opens or reuses.
+The sockets come from :mod:`imagevol.content.sources._transport`, which makes every socket of a
+guarded request itself and registers it, and registers a kept-alive connection again each time it
+serves another request.
 """
 
 from __future__ import annotations
@@ -272,7 +273,7 @@ _current = threading.local()
 
 
 def current() -> Guard | None:
-    """The guard of the request this thread is sending, if any (for the transport's hooks)."""
+    """The guard bound to this thread, if any (see :func:`bind`)."""
     guard: Guard | None = getattr(_current, "guard", None)
     return guard
 

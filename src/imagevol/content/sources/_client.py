@@ -1,13 +1,12 @@
-"""HTTP to one registry: oras-py's ``Registry`` with the safety it lacks (the oras-py gaps in
-docs/pulling.md).
+"""HTTP to one registry over the standard library: oras-py's request path, rebuilt with the
+safety it lacks (the oras-py gaps in docs/pulling.md) and without its import cost.
 
-:class:`RegistryClient` subclasses ``oras.provider.Registry`` (its session, with cookies refused, its
-``http``/``https`` prefix, its TLS switch and its auth-backend seam) and replaces the one method all
-of oras's calls go through, ``do_request``, which here returns a :class:`Reply`:
+:class:`RegistryClient` sends every request of a pull, over ``http.client`` connections kept
+alive per scheme and host (:mod:`imagevol.content.sources._transport`), and returns a :class:`Reply`:
 
 * every wait is bounded (gap 3): each try of a request has a deadline, each body a low-speed
   limit, each request with its retries an overall deadline, each blob a budget across its resumes
-  (:mod:`imagevol.content.sources._bounds`, enforced on the sockets by :mod:`imagevol.content.sources._transport`);
+  (:mod:`imagevol.content.sources._bounds`, enforced on the sockets the transport registers);
   bodies are read only through :class:`Reply`, under those bounds, and only up to a size limit;
 * no ``@retry`` decorator (gap 4): only idempotent requests are retried, a bounded number of times,
   with exponential backoff, on connection errors, 429 and 5xx;
@@ -17,67 +16,70 @@ of oras's calls go through, ``do_request``, which here returns a :class:`Reply`:
   no request is sent twice for auth (gap 6); Basic and Bearer challenges are told apart by their
   scheme (gap 5);
 * credentials come only from :class:`KeyringAuth` (what the caller or the Pod's pull secrets gave):
-  never from ``~/.docker/config.json``, ``ORAS_USER``/``ORAS_PASS`` or ``~/.netrc`` (gap 7);
+  never from ``~/.docker/config.json``, ``ORAS_USER``/``ORAS_PASS`` or ``~/.netrc``, and no proxy
+  variable or cookie is ever used (gap 7);
 * ``Accept-Encoding: identity``, so the bytes hashed are the bytes the registry stored;
 * failures read like containerd's (:mod:`imagevol.content.sources._neterrors`).
 
-Size: over 500 lines, because :class:`RegistryClient` replaces oras-py's request path as a whole
-(bounds, retries, redirects, authentication) and each step relies on the others (a :class:`Reply`
-is only read under its request's bounds, credentials only go to the registry's own host); the
-parts that stand alone already live in ``bounds``, ``transport``, ``challenge`` and ``neterrors``.
+oras-py's own API (``get_tags``, ``get_manifest``, ...) runs over the same client through
+:class:`~imagevol.content.sources._oras.OrasRegistry` (:attr:`RegistryClient.oras`), which alone
+imports oras-py and ``requests``: a pull imports neither.
+
+Size: over 500 lines, because :class:`RegistryClient` is one request path (bounds, retries,
+redirects, authentication) and each step relies on the others (a :class:`Reply` is only read under
+its request's bounds, credentials only go to the registry's own host); the parts that stand alone
+live in ``bounds``, ``transport``, ``challenge``, ``neterrors`` and ``oras``.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
-from urllib.parse import urljoin, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import attrs
-import oras.auth.base
-import oras.provider
-import requests
-import requests.structures
-import urllib3.exceptions
 
 from ..._text import goquote
 from ...errors import AuthenticationError, PullError, RegistryUnavailableError
 from . import _bounds as bounds
-from . import _transport as transport
 from ._bounds import Deadline, SpeedMeter, Timeouts, duration
 from ._challenge import Challenge, parse_challenges
 from ._neterrors import PLAIN_HTTP_ANSWER, describe, host_port, sanitize
+from ._transport import Connection, Pool
 from .auth import Credentials
 
-__all__ = ["KeyringAuth", "RegistryClient", "Reply", "RetryPolicy", "Timeouts", "TransportError"]
+if TYPE_CHECKING:
+    from ._oras import OrasRegistry
+
+__all__ = ["Headers", "KeyringAuth", "RegistryClient", "Reply", "RetryPolicy", "Timeouts", "TransportError"]
 
 #: Statuses worth another try: the registry (or a proxy in front of it) is overloaded or restarting.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 IDEMPOTENT = frozenset({"GET", "HEAD"})
 MAX_REDIRECTS = 5
+#: The most one :meth:`Reply.read` returns (it allocates that much; callers loop anyway).
+READ_AT_ONCE = 1024 * 1024
+#: A ``/v2/`` answer announcing at most this many bytes is read, to keep its connection.
+PING_DRAIN = 4096
 #: A token response larger than this is not a token response.
 MAX_TOKEN_RESPONSE = 1024 * 1024
-#: What oras's own (non-streaming) calls may read: the manifest limit.
-MAX_BUFFERED_BODY = 4 * 1024 * 1024
 _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]{1,16384}$")
 _SCOPE_PATH = re.compile(r"^/v2/(.+?)/(?:manifests|blobs|tags|referrers)(?:/|$)")
-#: Everything a request to a hostile server can raise from inside requests, urllib3, http.client,
-#: ssl and socket (ValueError: unparsable URLs and headers, IDNA errors).
-_TRANSPORT_ERRORS = (
-    requests.exceptions.RequestException,
-    urllib3.exceptions.HTTPError,
-    http.client.HTTPException,
-    OSError,
-    ValueError,
-)
+#: Everything a request to a hostile server can raise from inside http.client, ssl and socket
+#: (ValueError: unparsable URLs and headers, IDNA errors, a CR or LF in a header value).
+_TRANSPORT_ERRORS = (http.client.HTTPException, OSError, ValueError)
+#: What a kept-alive connection the server closed meanwhile raises before any answer: the
+#: request is sent again once, on a new connection (as Go's transport does).
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 #: Failures another try cannot fix: the TLS setup, a bad URL or a loop in redirects.
 _FATAL = ("tls: ", PLAIN_HTTP_ANSWER, "invalid URL", "unsupported protocol scheme", "stopped after")
 #: Go's ``context.DeadlineExceeded``, which containerd reports when a pull's context times out.
@@ -114,31 +116,69 @@ class TransportError(RegistryUnavailableError):
         return not self.cut and self.why.startswith(_FATAL)
 
 
+class Headers(Mapping[str, str]):
+    """Response header fields, looked up without regard to case; a field sent several times is
+    one value, its values joined with ", " (RFC 9110 section 5.3), as ``requests`` shows them."""
+
+    def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
+        self._map: dict[str, tuple[str, str]] = {}
+        for name, value in fields:
+            key = name.lower()
+            seen = self._map.get(key)
+            self._map[key] = (seen[0], f"{seen[1]}, {value}") if seen is not None else (name, value)
+
+    def __getitem__(self, name: str) -> str:
+        return self._map[name.lower()][1]
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self._map.values())
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def __repr__(self) -> str:
+        return f"Headers({dict(self.items())!r})"
+
+
 class Reply:
     """A registry's answer: status and headers, and a body read only under the request's bounds.
 
     ``body`` holds what :meth:`RegistryClient.request` read when asked to (at most the limit
     plus one byte, so an oversized body is recognised without reading it all); otherwise the body
-    is streamed with :meth:`read` and the reply closed when done (``with reply:``)."""
+    is streamed with :meth:`read` or :meth:`readinto` and the reply closed when done
+    (``with reply:``). A body read to its end gives its connection back for the next request; a
+    reply closed before that closes its connection."""
 
-    def __init__(self, resp: requests.Response, guard: bounds.Guard, method: str, url: str) -> None:
+    def __init__(
+        self, resp: http.client.HTTPResponse, conn: Connection, pool: Pool, guard: bounds.Guard, method: str, url: str
+    ) -> None:
         self._resp = resp
+        self._conn = conn
+        self._pool = pool
         self._guard = guard
+        self._closed = False
         self.method = method
         self.url = url
-        self.status_code: int = resp.status_code
+        self.status_code: int = resp.status
         # The reason phrase is the server's text and ends up in messages: kept, but capped.
-        self.reason: str = sanitize(resp.reason or "") or http.client.responses.get(resp.status_code, "")
-        self.headers: requests.structures.CaseInsensitiveDict[str] = resp.headers
+        self.reason: str = sanitize(resp.reason or "") or http.client.responses.get(resp.status, "")
+        self.headers = Headers(resp.getheaders())
         self.body = b""
 
     def read(self, size: int) -> bytes:
         """Up to ``size`` bytes as soon as some arrive; ``b""`` at the end. Raises
         :class:`TransportError` when the connection fails or the bounds cut it."""
+        buf = bytearray(max(0, min(size, READ_AT_ONCE)))  # what one read can bring, not what was asked
+        n = self.readinto(memoryview(buf))
+        return bytes(buf[:n]) if n < len(buf) else bytes(buf)
+
+    def readinto(self, buf: memoryview) -> int:
+        """Read up to ``len(buf)`` bytes into ``buf`` as soon as some arrive (one read of the
+        socket, no copy in between); 0 at the end. Raises :class:`TransportError` as :meth:`read`."""
         if self._guard.failure:
             raise self._cut()
         try:
-            data = _read1(self._resp, size)
+            n = _readinto1(self._resp, buf)
         except _TRANSPORT_ERRORS as exc:
             if self._guard.failure:
                 raise self._cut() from None
@@ -147,8 +187,8 @@ class Reply:
             raise self._cut()  # the watchdog shut the socket: a short read is not the end of the body
         meter = self._guard.meter
         if meter is not None:
-            meter.add(len(data))
-        return data
+            meter.add(n)
+        return n
 
     def read_all(self, limit: int, chunk: int = 64 * 1024) -> bytes:
         """The whole body, or its first ``limit + 1`` bytes when it is larger than ``limit``."""
@@ -157,16 +197,13 @@ class Reply:
             out += data
         return bytes(out)
 
-    @property
-    def response(self) -> requests.Response:
-        """The underlying ``requests`` response (for oras-py's methods)."""
-        return self._resp
-
     def detach_meter(self) -> None:
-        """Reads will bypass :meth:`read` (oras's ``iter_content``): keep only the deadline."""
+        """The body will be read at its reader's pace (oras's ``iter_content``): keep only the
+        deadline, not the low-speed limit."""
         self._guard.body_started(None)
 
     def announced_length(self) -> int | None:
+        """``Content-Length`` when it is a number."""
         value = self.headers.get("Content-Length", "").strip()
         return int(value) if value.isdigit() else None
 
@@ -177,9 +214,26 @@ class Reply:
             why = f"read tcp {where}: {why}"
         return TransportError(self.method, self.url, why, cut=True)
 
+    def discard(self) -> None:
+        """Drop the answer unread (a redirect's body, which could be endless): its connection is
+        closed, the request's bounds stay armed."""
+        if not self._closed:
+            self._closed = True
+            self._resp.close()
+            self._conn.close()
+
     def close(self) -> None:
-        self._guard.release()  # first: the connection may go back to the pool once closed
-        self._resp.close()
+        """End the request: its bounds are released, its connection kept for the next request
+        when the body was read to the end, else closed."""
+        self._guard.release()  # first: the connection may serve another request once pooled
+        if self._closed:
+            return
+        self._closed = True
+        if self._resp.isclosed() and self._conn.sock is not None and not self._resp.will_close:
+            self._pool.put(self._conn)
+        else:
+            self._resp.close()
+            self._conn.close()
 
     def __enter__(self) -> Reply:
         return self
@@ -188,8 +242,34 @@ class Reply:
         self.close()
 
 
-class KeyringAuth(oras.auth.base.AuthBackend):  # type: ignore[misc]
-    """An oras auth backend fed only with the credentials it is given (gap 7).
+def _readinto1(resp: http.client.HTTPResponse, buf: memoryview) -> int:
+    """One read of the body of ``resp`` into ``buf``.
+
+    ``HTTPResponse.readinto`` waits until ``buf`` is full, so a slow but acceptable registry would
+    look silent to the low-speed meter for as long as a whole buffer takes; ``read1`` returns what
+    has arrived but allocates each time. For a ``Content-Length`` body this does what ``read1``
+    does, into ``buf``: one read of the socket's buffered file, never past the announced length,
+    keeping ``resp.length`` so that http.client knows when the body (and the connection's turn)
+    is over. Chunked and close-delimited bodies go through ``read1``."""
+    if resp.fp is None or not buf:
+        return 0
+    length = resp.length  # 0 for a HEAD, 204 or 304 answer (http.client knows they have no body)
+    if resp.chunked or length is None:
+        data = resp.read1(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+    n: int = resp.fp.readinto1(buf[:length]) if length else 0
+    if n == 0 and length:
+        resp.close()
+        raise http.client.IncompleteRead(b"", length)
+    resp.length = length - n
+    if not resp.length:
+        resp.close()  # the whole body is in: the connection may serve the next request
+    return n
+
+
+class KeyringAuth:
+    """A client's credentials: only those it is given (gap 7).
 
     It remembers the registry's challenge; for ``Basic`` it sends the current credentials, for
     ``Bearer`` it fetches (and caches until expiry) one token per scope from the realm, sending
@@ -198,21 +278,14 @@ class KeyringAuth(oras.auth.base.AuthBackend):  # type: ignore[misc]
     """
 
     def __init__(self, credentials: Sequence[Credentials] = ()) -> None:
-        super().__init__()
         self.credentials = tuple(credentials)
         self.index = 0
         self.challenge: Challenge | None = None
         self._tokens: dict[str, tuple[str, float]] = {}
         self._lock = threading.RLock()
 
-    # oras-py reads ~/.docker/config.json (and credential helpers) through these two: never here.
-    def load_configs(self, container: Any = None, configs: Any = None) -> None:
-        return None
-
-    def _load_auth(self, hostname: str) -> bool:
-        return False
-
-    def _logout(self) -> None:
+    def logout(self) -> None:
+        """Forget every token."""
         with self._lock:
             self._tokens.clear()
 
@@ -252,12 +325,13 @@ class KeyringAuth(oras.auth.base.AuthBackend):  # type: ignore[misc]
             return self.index < len(self.credentials)
 
 
-class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
+class RegistryClient:
     """A client for one registry host. See the module docstring for what differs from oras-py.
 
     ``plain_http`` talks HTTP only; ``insecure`` (registries.conf) tries HTTPS without certificate
     verification first and falls back to HTTP, as containers-registries.conf(5) describes.
-    ``clock`` dates cached tokens; the bounds run on the watchdog's monotonic clock.
+    ``clock`` dates cached tokens; the bounds run on the watchdog's monotonic clock. HTTPS
+    certificates are checked against the system's trust store (as containerd does).
     """
 
     def __init__(
@@ -272,57 +346,47 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(hostname=host, insecure=plain_http, tls_verify=not insecure, auth_backend="basic")
         self.host = host
         self.prefix: str = "http" if plain_http else "https"
         self.schemes: tuple[str, ...] = ("http",) if plain_http else ("https", "http") if insecure else ("https",)
+        self.tls_verify = not insecure
         self.timeouts = timeouts or Timeouts()
         self.retry = retry or RetryPolicy()
         self.sleep = sleep
         self.clock = clock
-        # requests would otherwise add credentials from ~/.netrc and route through $*_PROXY.
-        self.session.trust_env = False
-        self.session.headers.update({"User-Agent": "imagevol", "Accept-Encoding": "identity"})
-        transport.mount(self.session)
-        # Replace oras's BasicAuth, which took ORAS_USER/ORAS_PASS from the environment.
+        self.headers = {"User-Agent": "imagevol", "Accept-Encoding": "identity"}
         self.auth = KeyringAuth(credentials)
-        self.auth.session = self.session
-        self.auth.prefix = self.prefix
-        self.auth._tls_verify = self._tls_verify
+        self._pool = Pool(connect_timeout=self.timeouts.connect, read_timeout=self.timeouts.read, verify=not insecure)
         self._ping_lock = threading.Lock()
         self._pinged = False
+        self._oras: OrasRegistry | None = None
 
     @property
     def base_url(self) -> str:
         return f"{self.prefix}://{self.host}"
 
-    # --- requests: imagevol's (request) and oras's seam (do_request) ----------------------------
+    @property
+    def oras(self) -> OrasRegistry:
+        """oras-py's ``Registry`` API (``get_tags``, ``get_manifest``, ...) over this client:
+        its requests get this client's auth, bounds and retries (imports oras-py on first use)."""
+        if self._oras is None:
+            from ._oras import OrasRegistry
 
-    def do_request(
-        self,
-        url: str,
-        method: str = "GET",
-        data: Any = None,
-        headers: dict[str, str] | None = None,
-        json: Any = None,
-        stream: bool = False,
-    ) -> requests.Response:
-        """oras-py's seam: every oras method sends through here, so its calls get imagevol's auth,
-        bounds and retries too. Without ``stream`` the body is read under the bounds (at most
-        4 MiB, the manifest limit; only for a 200 answer) before the response is returned; with
-        ``stream`` the caller has one try's deadline to read it. imagevol itself uses
-        :meth:`request`."""
-        reply = self.request(
-            url, method, headers, body_limit=None if stream else MAX_BUFFERED_BODY, data=data, json=json
-        )
-        if stream:
-            reply.detach_meter()
-            return reply.response
-        if len(reply.body) > MAX_BUFFERED_BODY:
-            raise PullError(f"{_op(method)} {goquote(url)}: response body exceeds {MAX_BUFFERED_BODY} bytes")
-        resp = reply.response
-        resp._content = reply.body  # what requests' .content/.json() then return
-        return resp
+            self._oras = OrasRegistry(self)
+        return self._oras
+
+    if not TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any:
+            # What this class was before it dropped oras-py's base class: an oras ``Registry``.
+            # Its public methods still answer here, through the adapter; nothing else does.
+            if name.startswith("_"):
+                raise AttributeError(name)
+            from ._oras import ORAS_METHODS
+
+            if name not in ORAS_METHODS:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            return getattr(self.oras, name)
 
     def request(
         self,
@@ -333,8 +397,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         body_limit: int | None = None,
         deadline: Deadline | None = None,
         meter: SpeedMeter | None = None,
-        data: Any = None,
-        json: Any = None,
+        body: Any = None,
     ) -> Reply:
         """Send one request with authentication, bounds and (for GET/HEAD) bounded retries.
 
@@ -342,8 +405,9 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         ``body_limit + 1`` bytes; none when ``Content-Length`` announces more) and the reply is
         closed; other answers are closed unread. Without it the reply is open: read it, close it.
         ``deadline`` and ``meter`` are a blob's budget and low-speed meter, which span its resumes.
-        Returns the reply whatever its status, except that a 401 which the credentials at hand
-        cannot answer raises :class:`AuthenticationError`."""
+        ``body`` (bytes or a binary file) is sent with the first hop only. Returns the reply
+        whatever its status, except that a 401 which the credentials at hand cannot answer raises
+        :class:`AuthenticationError`."""
         self.ping()
         scope = _scope_for(url, method)
         renewed = False
@@ -352,9 +416,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             auth = self._authorization(scope)
             if auth:
                 sent["Authorization"] = auth
-            reply = self._send(
-                method, url, sent, body_limit=body_limit, deadline=deadline, meter=meter, data=data, json=json
-            )
+            reply = self._send(method, url, sent, body_limit=body_limit, deadline=deadline, meter=meter, body=body)
             if reply.status_code != 401:
                 return reply
             reply.close()
@@ -384,8 +446,13 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             for i, scheme in enumerate(self.schemes):
                 url = f"{scheme}://{self.host}/v2/"
                 try:
-                    with self._send("GET", url, {}) as reply:  # its body is of no use: never read
-                        pass
+                    with self._send("GET", url, {}) as reply:
+                        # Its body is of no use: a short one (``{}``, an error list) is read, under
+                        # the bounds, so the connection serves the next request; others never are.
+                        length = reply.announced_length()
+                        if length is not None and length <= PING_DRAIN:
+                            with contextlib.suppress(TransportError):
+                                reply.read_all(PING_DRAIN)
                 except PullError as exc:
                     if i + 1 < len(self.schemes):
                         continue  # insecure registry: HTTPS failed, try plain HTTP
@@ -395,7 +462,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
                     raise (RegistryUnavailableError if isinstance(exc, RegistryUnavailableError) else PullError)(
                         text
                     ) from None
-                self.prefix = self.auth.prefix = scheme
+                self.prefix = scheme
                 if reply.status_code == 401:
                     self.auth.challenge = _pick(parse_challenges(reply.headers.get("WWW-Authenticate", "")))
                 self._pinged = True
@@ -461,10 +528,9 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         body_limit: int | None = None,
         deadline: Deadline | None = None,
         meter: SpeedMeter | None = None,
-        data: Any = None,
-        json: Any = None,
+        body: Any = None,
     ) -> Reply:
-        """Tries of one request (see :meth:`do_request`), each under a :class:`~.bounds.Guard`:
+        """Tries of one request (see :meth:`request`), each under a :class:`~.bounds.Guard`:
         ``Timeouts.request`` per try, ``RetryPolicy.deadline`` for all of them, ``deadline`` (a
         blob's budget) for everything including the body."""
         clock = bounds.WATCHDOG.clock
@@ -480,7 +546,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             reply: Reply | None = None
             error: TransportError | None = None
             try:
-                reply = self._exchange(method, url, headers, params, guard, data, json)
+                reply = self._exchange(method, url, headers, params, guard, body)
                 if reply.status_code not in RETRY_STATUSES and body_limit is None:
                     # The body is the caller's to read: from now on a blob's own budget and meter
                     # bound it; anything else keeps this try's deadline.
@@ -517,52 +583,57 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         headers: dict[str, str],
         params: dict[str, str] | None,
         guard: bounds.Guard,
-        data: Any = None,
-        json: Any = None,
+        body: Any = None,
     ) -> Reply:
         """One try: the request and its redirects (at most ``MAX_REDIRECTS``, bodies unread),
         all under ``guard``. ``Authorization`` goes only to the host it was meant for."""
-        current, sent = url, dict(headers)
-        for _hop in range(MAX_REDIRECTS + 1):
-            first = current == url
-            bounds.bind(guard)
-            try:
-                # Through the adapter, not Session.send: even with allow_redirects=False, requests
-                # reads a redirect's whole body (to prepare Response.next), and it could be endless.
-                prepared = self.session.prepare_request(
-                    requests.Request(
-                        method,
-                        current,
-                        headers=sent,
-                        params=params if first else None,
-                        data=data if first else None,
-                        json=json if first else None,
-                    )
-                )
-                resp = self.session.get_adapter(current).send(
-                    prepared,
-                    stream=True,
-                    timeout=(self.timeouts.connect, self.timeouts.read),
-                    verify=self._tls_verify,
-                    proxies={},
-                )
-            except _TRANSPORT_ERRORS as exc:
-                why = guard.failure or describe(exc, current, guard.endpoints())
-                raise TransportError(method, current, why, cut=bool(guard.failure)) from None
-            finally:
-                bounds.bind(None)
-            reply = Reply(resp, guard, method, current)
-            location = resp.headers.get("Location", "")
-            if resp.status_code not in REDIRECT_STATUSES or not location:
+        sent = dict(headers)
+        current = _with_query(url, params) if params else url
+        for hop in range(MAX_REDIRECTS + 1):
+            reply = self._open(method, current, sent, body if hop == 0 else None, guard)
+            location = reply.headers.get("Location", "")
+            if reply.status_code not in REDIRECT_STATUSES or not location:
                 return reply
-            resp.close()  # a redirect's body is never read: it could be endless
-            target = urljoin(resp.url or current, location)
+            reply.discard()  # a redirect's body is never read: it could be endless
+            target = urljoin(current, location)
             if urlsplit(target).scheme not in ("http", "https"):
                 raise TransportError(method, current, "unsupported protocol scheme in redirect")
             if not _same_origin(url, target):
                 sent.pop("Authorization", None)
             current = target
         raise TransportError(method, url, f"stopped after {MAX_REDIRECTS} redirects")
+
+    def _open(self, method: str, url: str, headers: dict[str, str], body: Any, guard: bounds.Guard) -> Reply:
+        """Send one request to ``url`` (exactly: no proxy, no credentials taken from the URL or
+        ``~/.netrc``) on a connection to its origin; its answer's status and headers."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise TransportError(method, url, "unsupported protocol scheme")
+        try:
+            port = parts.port
+        except ValueError:
+            raise TransportError(method, url, "invalid URL") from None
+        host = parts.hostname or ""
+        if not host:
+            raise TransportError(method, url, "invalid URL")
+        origin = (parts.scheme, host, port or (443 if parts.scheme == "https" else 80))
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # The Host field as the URL names it, without any user:password@ (never sent anywhere).
+        sent = {**self.headers, **headers, "Host": parts.netloc.rpartition("@")[2]}
+        for fresh in (False, True):
+            conn = self._pool.get(origin) if not fresh else self._pool.new(origin)
+            conn.serve(guard)
+            try:
+                conn.request(method, target, body=body, headers=sent)
+                resp = conn.getresponse()
+            except _TRANSPORT_ERRORS as exc:
+                conn.close()
+                if not fresh and conn.reused and isinstance(exc, _STALE) and not guard.failure and body is None:
+                    continue  # the server closed the idle connection as we reused it: once more, anew
+                why = guard.failure or describe(exc, url, guard.endpoints())
+                raise TransportError(method, url, why, cut=bool(guard.failure)) from None
+            return Reply(resp, conn, self._pool, guard, method, url)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _unauthorized_message(self, method: str, url: str) -> str:
         ch = self.auth.challenge
@@ -574,7 +645,8 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         return f"failed to authorize: unexpected status from {method} request to {url}: 401 Unauthorized"
 
     def close(self) -> None:
-        self.session.close()
+        """Close the client's idle connections."""
+        self._pool.close()
 
 
 def _pick(challenges: list[Challenge]) -> Challenge | None:
@@ -635,10 +707,6 @@ def _same_origin(first: str, second: str) -> bool:
     return upgrade and host_port(first).endswith(":80") and host_port(second).endswith(":443")
 
 
-def _read1(resp: requests.Response, size: int) -> bytes:
-    raw = resp.raw
-    # read1 returns what has arrived (up to size) instead of waiting for all of it, so the meter
-    # sees a trickle as it happens; urllib3 < 2.1 has no read1.
-    reader = getattr(raw, "read1", None)
-    data = reader(size, decode_content=False) if reader is not None else raw.read(size, decode_content=False)
-    return bytes(data)
+def _with_query(url: str, params: dict[str, str]) -> str:
+    """``url`` with ``params`` added to its query (form-encoded, as ``requests`` adds them)."""
+    return url + ("&" if urlsplit(url).query else "?") + urlencode(params)

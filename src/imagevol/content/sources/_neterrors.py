@@ -5,8 +5,11 @@ refused``, ``dial tcp: lookup registry.example: no such host``, ``http: server g
 HTTPS client``, ``tls: failed to verify certificate: x509: certificate signed by unknown authority``,
 ``read tcp ...: i/o timeout``, ``EOF``, ``unexpected EOF``. Never ``[Errno 111]``, never
 ``HTTPConnectionPool(host=...)`` or ``NewConnectionError(<urllib3...>)`` and never a traceback:
-:func:`describe` walks the exception chain that ``requests`` and urllib3 build and names the
-innermost cause, and :func:`sanitize` strips what slips through.
+:func:`describe` walks the exception chain (the registry client's :class:`DialError` around an
+``OSError``, ``http.client``'s and ``ssl``'s errors, or, for code that uses oras-py's own
+``requests`` session, what ``requests`` and urllib3 build) and names the innermost cause, and
+:func:`sanitize` strips what slips through. ``requests`` and urllib3 are never imported here: an
+exception of theirs can only exist once they are loaded, so they are looked up in ``sys.modules``.
 """
 
 from __future__ import annotations
@@ -17,11 +20,9 @@ import os
 import re
 import socket
 import ssl
+import sys
 from collections.abc import Iterator
 from urllib.parse import urlsplit
-
-import requests
-import urllib3.exceptions
 
 #: Go's wording when a TLS client gets a plain-HTTP answer (crypto/tls RecordHeaderError, as
 #: net/http reports it). OpenSSL cannot show us the bytes, but these are the reasons it gives when
@@ -34,13 +35,31 @@ _UNKNOWN_AUTHORITY = frozenset({2, 18, 19, 20, 21, 27})
 _EXPIRED = frozenset({9, 10})
 _HOSTNAME_MISMATCH = 62
 
-_DIAL = (
-    urllib3.exceptions.NewConnectionError,
-    urllib3.exceptions.ConnectTimeoutError,
-    urllib3.exceptions.NameResolutionError,
-    requests.exceptions.ConnectTimeout,
-)
-_TIMEOUT = (TimeoutError, socket.timeout, urllib3.exceptions.TimeoutError, requests.exceptions.Timeout)
+
+class DialError(OSError):
+    """The TCP connect (or the name lookup before it) failed; the ``OSError`` is its cause."""
+
+
+#: Class names of the exceptions that mean the same in urllib3 (``urllib3.exceptions``) and
+#: ``requests`` (``requests.exceptions``), by module.
+_FOREIGN = {
+    "dial": (("urllib3.exceptions", ("NewConnectionError", "ConnectTimeoutError", "NameResolutionError")),
+             ("requests.exceptions", ("ConnectTimeout",))),
+    "timeout": (("urllib3.exceptions", ("TimeoutError",)), ("requests.exceptions", ("Timeout",))),
+    "url": (("urllib3.exceptions", ("LocationParseError",)), ("requests.exceptions", ("InvalidURL",))),
+    "scheme": (("requests.exceptions", ("InvalidSchema", "MissingSchema")),),
+}  # fmt: skip
+
+
+def _kinds(kind: str, *own: type[BaseException]) -> tuple[type[BaseException], ...]:
+    """``own`` and the foreign classes of ``kind`` whose modules are loaded (none can be raised
+    before they are)."""
+    found: list[type[BaseException]] = list(own)
+    for module, names in _FOREIGN[kind]:
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            found += [getattr(loaded, n) for n in names if isinstance(getattr(loaded, n, None), type)]
+    return tuple(found)
 
 
 def describe(exc: BaseException, url: str = "", endpoints: str = "") -> str:
@@ -60,7 +79,7 @@ def describe(exc: BaseException, url: str = "", endpoints: str = "") -> str:
     for cause in chain:
         if isinstance(cause, socket.gaierror):
             return f"dial tcp: lookup {host}: {_lookup(cause)}"
-    dial = any(isinstance(c, _DIAL) for c in chain)
+    dial = any(isinstance(c, _kinds("dial", DialError)) for c in chain)
     where = f"dial tcp {target}" if dial else f"read tcp {endpoints or target}"
     where = where.rstrip()
     for cause in chain:
@@ -68,9 +87,11 @@ def describe(exc: BaseException, url: str = "", endpoints: str = "") -> str:
             if cause.errno in (errno.EPIPE, errno.ESHUTDOWN) and not dial:
                 return f"write tcp {endpoints or target}".rstrip() + f": write: {_strerror(cause.errno)}"
             return f"{where}: {'connect' if dial else 'read'}: {_strerror(cause.errno)}"
-    if any(isinstance(c, _TIMEOUT) for c in chain):
+    if any(isinstance(c, _kinds("timeout", TimeoutError, socket.timeout)) for c in chain):
         return f"{where}: i/o timeout"
     for cause in chain:
+        if isinstance(cause, http.client.InvalidURL):
+            return "invalid URL"
         if isinstance(cause, http.client.RemoteDisconnected):
             return "EOF"  # the connection closed before a status line (Go: `Get "...": EOF`)
         if isinstance(cause, http.client.IncompleteRead | ssl.SSLEOFError | ssl.SSLZeroReturnError):
@@ -80,9 +101,9 @@ def describe(exc: BaseException, url: str = "", endpoints: str = "") -> str:
         if isinstance(cause, http.client.HTTPException):
             return "net/http: HTTP/1.x transport connection broken: malformed HTTP response"
     for cause in chain:
-        if isinstance(cause, urllib3.exceptions.LocationParseError | requests.exceptions.InvalidURL):
+        if isinstance(cause, _kinds("url")):
             return "invalid URL"
-        if isinstance(cause, requests.exceptions.InvalidSchema | requests.exceptions.MissingSchema):
+        if isinstance(cause, _kinds("scheme")):
             return "unsupported protocol scheme"
     text = str(exc)
     if "IncompleteRead" in text or "Connection broken" in text:

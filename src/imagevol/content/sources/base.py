@@ -7,7 +7,7 @@ its digest and size before anything reaches the content store.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ...oci import Descriptor
 from ..ranges import RangedReader
@@ -47,4 +47,14 @@ class Source(Protocol):
 
     def close(self) -> None:
         """Release connections and files (the puller calls it when done with the source)."""
+        ...
+
+
+@runtime_checkable
+class ViewSource(Protocol):
+    """A source that can also lend a blob's bytes without copying them (the registry's)."""
+
+    def fetch_blob_views(self, desc: Descriptor) -> Iterator[memoryview]:
+        """The blob's bytes as views of one buffer the source reuses: each is valid only until
+        the next is asked for, so the caller must be done with it by then (unverified)."""
         ...

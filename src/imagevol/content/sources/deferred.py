@@ -1,9 +1,10 @@
 """The registry factory a node uses by default, without the cost of the registry stack up front.
 
-:class:`~imagevol.content.sources.registry.RegistryAccess` brings oras-py, requests and urllib3
-with it: about a third of a second of imports, which every CLI command that builds a node would pay
-even when it pulls nothing (``get pods``, ``describe``, ``sync`` at rest). This factory imports it
-when the first pull reaches a registry, and then is that factory.
+:class:`~imagevol.content.sources.registry.RegistryAccess` brings the registry client with it
+(``http.client``, ``email``'s header parser and ``ssl``: a few hundredths of a second of imports),
+which every CLI command that builds a node would pay even when it pulls nothing (``get pods``,
+``describe``, ``sync`` at rest). This factory imports it when the first pull reaches a registry,
+and then is that factory.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ a tie, the first entry in the file. The matched part of the name is replaced by 
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from typing import Any
 
@@ -118,6 +117,8 @@ class RegistriesConfig:
     @classmethod
     def load(cls, path: str) -> RegistriesConfig:
         """Read a registries.conf file (TOML); ``oci-layout:`` paths are relative to it."""
+        import tomllib  # only when there is a file to read (a pull without one skips it)
+
         with open(path, "rb") as f:
             try:
                 data = tomllib.load(f)

@@ -1,9 +1,11 @@
 """A registry as a content source: one repository's manifests and blobs over the OCI distribution
-API, through :class:`~imagevol.content.sources._client.RegistryClient` (oras-py, made safe).
+API, through :class:`~imagevol.content.sources._client.RegistryClient` (oras-py's request path,
+made safe, over the standard library).
 
 Every answer is hostile input. Manifests are read up to 4 MiB and refused beyond (announced or
 actual), hashed, and checked against the digest asked for and against ``Docker-Content-Digest``.
-Blobs are streamed in 1 MiB reads (oras-py uses 8 KiB, gap 2) with their ``Content-Length``,
+Blobs are streamed in reads of up to 1 MiB (oras-py uses 8 KiB, gap 2), each straight from the
+socket into one buffer the blob reuses (no allocation per read), with their ``Content-Length``,
 ``Content-Range`` and ``Content-Encoding`` checked and never more bytes than the descriptor
 declares; the content store hashes and counts while writing, so a corrupt blob is never stored. A
 dropped or stalled transfer is resumed with ``Range`` from the last byte received (gap 2), a bounded
@@ -123,7 +125,15 @@ class RegistrySource:
     # --- blobs ----------------------------------------------------------------------------------
 
     def fetch_blob(self, desc: Descriptor) -> Iterator[bytes]:
-        """The blob's bytes, resumed with ``Range`` after a dropped or stalled transfer.
+        """The blob's bytes, resumed with ``Range`` after a dropped or stalled transfer (see
+        :meth:`fetch_blob_views`; these chunks are copies, the caller may keep them)."""
+        for view in self.fetch_blob_views(desc):
+            yield bytes(view)
+
+    def fetch_blob_views(self, desc: Descriptor) -> Iterator[memoryview]:
+        """The blob's bytes as views of one buffer, each valid only until the next is asked for
+        (the content store hashes and writes each before asking), resumed with ``Range`` after a
+        dropped or stalled transfer.
 
         Bounded four ways, none of them reset by a resume: the blob's budget
         (:meth:`Timeouts.blob_budget`) and its low-speed meter, tries without a byte
@@ -139,6 +149,7 @@ class RegistrySource:
         offset = 0
         drops = stalled = 0
         progressed_at = clock()
+        buf = memoryview(bytearray(min(self.chunk_size, max(1, desc.size))))
         while True:
             before = offset
             headers = {"Range": f"bytes={offset}-"} if offset else {}
@@ -148,14 +159,15 @@ class RegistrySource:
                 skip = self._check_blob_response(reply, desc, offset, url)
                 while True:
                     try:
-                        chunk = reply.read(self.chunk_size)
+                        n = reply.readinto(buf)
                     except TransportError as exc:
                         failure = exc
                         break
-                    if not chunk:
+                    if not n:
                         break
+                    chunk = buf[:n]
                     if skip:  # the server ignored Range and started over: drop what we have
-                        cut = min(skip, len(chunk))
+                        cut = min(skip, n)
                         chunk, skip = chunk[cut:], skip - cut
                         if not chunk:
                             continue
