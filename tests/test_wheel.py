@@ -106,7 +106,7 @@ def _check_metadata(wheel: Path) -> None:
     assert "Provides-Extra: testing" in meta
     testing = [ln for ln in meta.splitlines() if ln.startswith("Requires-Dist:") and 'extra == "testing"' in ln]
     assert [ln.split()[1].split(">")[0].split(";")[0] for ln in testing] == ["hypothesis"], testing
-    assert re.search(r"\[console_scripts\]\nimagevol = imagevol\.cli:main", eps), eps
+    assert re.search(r"\[console_scripts\]\nimagevol = imagevol\.cli:run", eps), eps
     assert re.search(r"\[pytest11\]\nimagevol = imagevol\.testing\.pytest_plugin", eps), eps
     shipped = {"imagevol/testing/data/layers.json", "imagevol/testing/data/subpath.json", "imagevol/py.typed"}
     assert shipped <= set(names)

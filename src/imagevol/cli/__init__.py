@@ -1,4 +1,5 @@
-"""The ``imagevol`` command line (``imagevol = "imagevol.cli:main"``).
+"""The ``imagevol`` command line (``imagevol = "imagevol.cli:run"``; :func:`main` runs one command
+and returns its status, for tests and callers that stay in their process).
 
 :mod:`~imagevol.cli._main` builds the parser from a light table of the commands and dispatches to
 one small function per command; the command modules (``_apply``, ``_pods``, ``_exec``, ``_images``,
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._main import build_parser, main
+from ._main import build_parser, main, run
 
 if TYPE_CHECKING:
     from ._common import Command
@@ -31,4 +32,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "main", "run"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
+from ._main import run
 
-from ._main import main
-
-sys.exit(main())
+run()
