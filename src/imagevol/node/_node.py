@@ -242,7 +242,7 @@ class Node:
         metrics = KubeletMetrics.from_json(
             self.state.read_json("metrics.json"), self.gates.image_volume_metrics_stability
         )
-        if self.runtime.lazy.enabled or self.runtime.lazy.state():
+        if self.runtime.lazy_in_use and (self.runtime.lazy.enabled or self.runtime.lazy.state()):
             metrics.collectors = (self.runtime.lazy.collect,)
         return metrics
 

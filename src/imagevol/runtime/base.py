@@ -24,13 +24,14 @@ the CRI's own bookkeeping (trees, sub paths, bundles, runc) lives in other modul
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
@@ -60,16 +61,19 @@ from ..errors import (
     RegistryUnavailableError,
     SubPathError,
 )
-from ..lazy import Policy as LazyPolicy
 from ..oci import Digest, Manifest
 from ..oci.reference import parse_normalized
 from ..trees import subpath as sp
-from ..trees.partial import REVOKED, Label
 from ..trees.snapshots import PARTIAL, Snapshot, SnapshotKey, Snapshots
-from ._lazy import OFF, FullTreeExistsError, LazyMounts, one_line, reason_kind
-from .oci_spec import PROPAGATION_OPTION, VolumeMount
-from .real import BundleBuilder, load_process, save_process
-from .runc import Runc
+
+if TYPE_CHECKING:
+    # Imported where they are used: a node that only pulls or lists never loads the lazy-pull
+    # machinery, the OCI runtime spec or runc's driver (about a tenth of a pull's start-up).
+    from ..trees.partial import Label
+    from ._lazy import LazyMounts
+    from .oci_spec import VolumeMount
+    from .real import BundleBuilder
+    from .runc import Runc
 
 #: The file beside a container's record that keeps its process fields (command, args, env...).
 _PROCESS = ".process"
@@ -96,7 +100,7 @@ class Runtime:
         backend: sp.Backend = sp.Backend.AUTO,
         *,
         run_containers: bool = False,
-        lazy: str = OFF,
+        lazy: str = "off",
         keychain: Callable[[], Keyring] | None = None,
     ) -> None:
         self.state_dir = state_dir
@@ -105,12 +109,40 @@ class Runtime:
         self.backend = backend
         #: Containers run on the OCI runtime (``runc``) rather than being simulated.
         self.run_containers = run_containers
-        self.oci = Runc(os.path.join(state_dir, "oci"))
-        self._bundles = BundleBuilder(self)
         self._containers = os.path.join(state_dir, "containers")
         os.makedirs(self._containers, mode=0o700, exist_ok=True)
-        #: Lazy sub paths (``--lazy``): partial trees, fetched by range (:mod:`._lazy`).
-        self.lazy = LazyMounts(lazy, puller, snapshots, state_dir, keychain=keychain)
+        self._lazy_mode = lazy
+        self._keychain = keychain
+        if lazy != "off":
+            _ = self.lazy  # a lazy mode takes over the puller's layer pulls from the start
+
+    @property
+    def lazy_in_use(self) -> bool:
+        """Whether lazy mode is on, or was on for this node (its state is kept): without either,
+        nothing of the lazy machinery needs loading."""
+        if self._lazy_mode != "off":
+            return True
+        return os.path.exists(os.path.join(self.state_dir, "lazy.json"))
+
+    @functools.cached_property
+    def lazy(self) -> LazyMounts:
+        """Lazy sub paths (``--lazy``): partial trees, fetched by range (:mod:`._lazy`)."""
+        from ._lazy import LazyMounts
+
+        return LazyMounts(self._lazy_mode, self.puller, self.snapshots, self.state_dir, keychain=self._keychain)
+
+    @functools.cached_property
+    def oci(self) -> Runc:
+        """The OCI runtime (``runc``) that runs real containers."""
+        from .runc import Runc
+
+        return Runc(os.path.join(self.state_dir, "oci"))
+
+    @functools.cached_property
+    def _bundles(self) -> BundleBuilder:
+        from .real import BundleBuilder
+
+        return BundleBuilder(self)
 
     @property
     def resolver(self) -> ImagePuller:
@@ -215,6 +247,8 @@ class Runtime:
                 if key in wanted:
                     continue
                 if key.kind == PARTIAL:
+                    from ..trees.partial import REVOKED
+
                     label = self.lazy.partial.label(key)
                     if label is not None and label.image in names and label.trust != REVOKED:
                         continue  # a sub path of an image still pulled
@@ -348,9 +382,13 @@ class Runtime:
         return os.path.join(self._containers, container_id + suffix)
 
     def _save_process(self, container_id: str, config: ContainerConfig) -> None:
+        from .real import save_process
+
         save_process(self._path(container_id, _PROCESS), config)
 
     def _load_process(self, container_id: str) -> dict[str, Any]:
+        from .real import load_process
+
         return load_process(self._path(container_id, _PROCESS))
 
     def _save(self, record: ContainerStatus) -> None:
@@ -427,7 +465,9 @@ class Runtime:
             raise ImageVolumeMountFailedError(self.artifact_message(record))
         sub_path = mount.image_sub_path if self.honours_sub_path else ""
         note = ""
-        if self.lazy.enabled and not record.artifact and not sp.is_whole_volume(sub_path):
+        if self._lazy_mode != "off" and self.lazy.enabled and not record.artifact and not sp.is_whole_volume(sub_path):
+            from ._lazy import FullTreeExistsError, one_line, reason_kind
+
             try:
                 return self._mount_lazy(record, mount, holder)
             except ImageVolumeMountFailedError:
@@ -449,14 +489,18 @@ class Runtime:
     def _mount_lazy(self, record: ImageRecord, mount: Mount, holder: str) -> MountStatus:
         """A partial tree of the sub path (:mod:`._lazy`), then the sub path resolved again on it
         by the fd-based resolver, as a second gate, and mounted from its handle."""
+        from .. import lazy
+
         assert mount.image is not None
         manifest = self.puller.manifest_of(record)
         plan = self.snapshots.plan(record.manifest_digest, manifest)
         if self.snapshots.get(plan.key) is not None:
+            from ._lazy import FullTreeExistsError
+
             raise FullTreeExistsError()
         try:
             result = self.lazy.mount(
-                record, manifest, plan.diff_ids, plan.key, mount.image_sub_path, LazyPolicy(self.policy.value), holder
+                record, manifest, plan.diff_ids, plan.key, mount.image_sub_path, lazy.Policy(self.policy.value), holder
             )
         except SubPathError as exc:
             base = self._base_status(mount, record, plan.key)
@@ -544,6 +588,8 @@ class Runtime:
     ) -> list[VolumeMount]:
         """The OCI mounts of one staged image volume: containerd binds it recursively, read-only,
         ``nosuid``/``nodev``, with the mount's propagation (``WithMounts``)."""
+        from .oci_spec import PROPAGATION_OPTION, VolumeMount
+
         options = ("rbind", "ro", "nosuid", "nodev", PROPAGATION_OPTION.get(propagation, "rprivate"))
         return [VolumeMount(mount.container_path, source, options)]
 

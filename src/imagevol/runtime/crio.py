@@ -4,6 +4,7 @@ OCI artifacts laid out per file with a path-prefix sub-path filter."""
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -14,7 +15,9 @@ from ..oci import Manifest
 from ..trees import subpath as sp
 from ..trees.artifacts import artifact_file_name
 from .base import Runtime, _digest12
-from .oci_spec import PROPAGATION_OPTION, VolumeMount
+
+if TYPE_CHECKING:
+    from .oci_spec import VolumeMount
 
 
 class CrioRuntime(Runtime):
@@ -41,6 +44,8 @@ class CrioRuntime(Runtime):
         """CRI-O's mounts: an image directory as an overlay with lower dirs only (the staged source
         over an empty directory: read-only by construction, no upper dir); a file as a read-only
         bind; an artifact as one read-only bind per blob file."""
+        from .oci_spec import PROPAGATION_OPTION, VolumeMount
+
         if mount.artifact:
             flags = ("bind", "ro", "nosuid", "nodev", "rprivate")
             return [VolumeMount(f"{mount.container_path.rstrip('/')}/{f}", f"{source}/{f}", flags) for f in files]

@@ -34,7 +34,10 @@ class Runtime(Protocol):
 
     puller: ImagePuller
     snapshots: Snapshots
-    oci: Runc
+
+    @property
+    def oci(self) -> Runc:
+        """The OCI runtime driver."""
 
     def _find_local(self, spec: ImageSpec) -> ImageRecord | None: ...
 
