@@ -51,14 +51,13 @@ STDLIB_BUDGET = 50
 #: What a pull never needs: YAML (only for a pull secret), fsspec (the store is on the local
 #: disk), the metrics exposition and its HTTP server, the test kit, and oras-py with the HTTP
 #: stack under it (the registry client is the standard library's http.client; oras-py's API is
-#: an adapter only its users import), nor the lazy-pull machinery, runc's driver or the OCI spec.
+#: an adapter only its users import), nor runc's driver or the OCI spec builder.
 NOT_FOR_A_PULL = ("yaml", "fsspec", "asyncio", "prometheus_client", "http.server", "hypothesis",
                   "imagevol.api.bounded_yaml", "imagevol.testing", "imagevol.cli._pods",
                   "oras", "requests", "urllib3", "jsonschema", "jsonschema_specifications", "referencing",
                   "charset_normalizer", "idna", "certifi", "http.cookiejar",
                   "imagevol.content.sources._oras",
-                  "imagevol.runtime._lazy", "imagevol.runtime.real", "imagevol.runtime.runc",
-                  "imagevol.runtime.oci_spec", "imagevol.trees.partial")  # fmt: skip
+                  "imagevol.runtime.real", "imagevol.runtime.runc", "imagevol.runtime.oci_spec")  # fmt: skip
 #: The only packages from outside the standard library a pull may import: attrs, and the layer
 #: decompressors the node loads.
 PULL_THIRD_PARTY = {"attr", "attrs", "isal", "zstandard"}
