@@ -46,6 +46,60 @@ def test_a_changed_header_byte_fails_the_checksum(where: int, delta: int) -> Non
     assert info.value.kind in ("invalid_archive", "unsupported")
 
 
+def _with_checksum(header: bytes, value: int) -> bytes:
+    block = bytearray(header[:512])
+    block[148:156] = b"%06o\0 " % value
+    return bytes(block) + header[512:]
+
+
+@given(
+    st.lists(
+        st.tuples(st.text(alphabet="abé\x80/", min_size=1, max_size=40).filter(lambda n: n.strip("/")),
+                  st.one_of(st.integers(-300, 300), st.just("signed"))),
+        min_size=1, max_size=6,
+    )
+)  # fmt: skip
+def test_the_remembered_checksum_accepts_exactly_what_the_full_check_accepts(
+    headers: list[tuple[str, int | str]],
+) -> None:
+    """One reader (its memo of checksum fields warm from the earlier headers) against the full
+    check on each header alone: the unsigned sum, the signed sum of old tars, nothing else."""
+    blocks = []
+    verdicts = []
+    for name, delta in headers:
+        good = fix_checksum(raw_header(f"d/{name}".replace("//", "/"), size=0))[:512]
+        unsigned = tarstream._byte_sum(good) - sum(good[148:156]) + 8 * 0x20
+        if delta == "signed":  # what a tar that summed signed chars wrote
+            value = unsigned - 256 * sum(1 for b in good if b & 0x80)
+        else:
+            assert isinstance(delta, int)
+            value = max(0, unsigned + delta)
+        block = _with_checksum(good, value)
+        field = block[148:156]
+        blocks.append(block)
+        verdicts.append(tarstream._checksum_ok(block, tarstream.parse_number(field), field))
+    reader = TarReader(iter([b"".join(blocks) + end_of_archive(), b""]).__next__)
+    for ok in verdicts:
+        if ok:
+            assert reader.next() is not None
+        else:
+            with pytest.raises(LayerError, match="checksum"):
+                reader.next()
+            return
+
+
+def test_a_checksum_field_seen_before_is_no_pass_for_another_header() -> None:
+    # Two headers with the same checksum field: the first right, the second not (one byte more).
+    first = fix_checksum(raw_header("a/b", size=0))[:512]
+    second = bytearray(raw_header("a/c", size=0)[:512])
+    second[148:156] = first[148:156]
+    assert tarstream._byte_sum(bytes(second)) != tarstream._byte_sum(first)
+    reader = TarReader(iter([first + bytes(second) + end_of_archive(), b""]).__next__)
+    assert reader.next() is not None
+    with pytest.raises(LayerError, match="checksum"):
+        reader.next()
+
+
 # --- reading in any chunking ------------------------------------------------------------------------
 
 names = st.text(alphabet="ab/", min_size=1, max_size=6).filter(lambda n: n.strip("/") and "//" not in n)

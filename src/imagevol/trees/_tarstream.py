@@ -213,6 +213,18 @@ class _Numbers(dict[bytes, int]):
         return value
 
 
+class _Checksums(dict[bytes, int]):
+    """For a header's checksum field: the byte sum of the 512-byte block that makes it right
+    (:func:`_checksum_ok`'s common case, the field counted as eight spaces), remembered like
+    :class:`_Numbers` (valid fields only, at most :data:`_MAX_NUMBERS`)."""
+
+    def __missing__(self, field: bytes) -> int:
+        value = parse_number(field) + sum(field) - 8 * 0x20
+        if len(self) < _MAX_NUMBERS:
+            self[field] = value
+        return value
+
+
 class TarReader:
     """Members of a tar stream read from ``source`` (a callable returning the next chunk, ``b""``
     at the end). After :meth:`next` returns a regular file, its data is consumed by
@@ -227,7 +239,7 @@ class TarReader:
         self._data_left = 0  # data bytes of the current member not yet consumed
         self._pad_left = 0  # then this many padding bytes
         self._numbers = _Numbers()
-        self._checksums = _Numbers()  # apart: they vary more, and would crowd out the others
+        self._checksums = _Checksums()  # apart: they vary more, and would crowd out the numbers
         self.ended = False
 
     # --- buffer -------------------------------------------------------------------------------
@@ -381,9 +393,12 @@ class TarReader:
                 name_f, mode_f, uid_f, gid_f, size_f, mtime_f, chksum, typeflag, link_f,
                 magic, version, _uname, _gname, devmajor_f, devminor_f, prefix_f, _pad,
             ) = _HEADER.unpack(block)  # fmt: skip
-            # _checksum_ok's common case written out (the field counts as eight spaces).
-            stored = checksums[chksum]
-            if _byte_sum(block) - sum(chksum) + 8 * 0x20 != stored and not _checksum_ok(block, stored, chksum):
+            # _checksum_ok's common case written out: the unsigned byte sum (_byte_sum, inlined)
+            # against the sum the checksum field asks for; anything else takes the full check.
+            want = checksums[chksum]
+            if (adler32(block[:256], 0) & 0xFFFF) + (adler32(block[256:], 0) & 0xFFFF) != want and not _checksum_ok(
+                block, parse_number(chksum), chksum
+            ):
                 raise _bad("tar header checksum mismatch")
             kind = typeflag.decode("latin-1")
             size = numbers[size_f]
