@@ -59,9 +59,14 @@ _UNSUPPORTED_NAMES = {
     "D": "GNU dump directory",
 }
 
-#: name mode uid gid size mtime chksum type linkname magic version uname gname devmajor devminor
+#: name mode uid gid size mtime chksum type linkname magic version, then (not unpacked: sliced from
+#: the block when a member needs them) uname(32) gname(32) devmajor(8) devminor(8)
 #: prefix(155; star: prefix(131) atime ctime) pad(12; star: trailer at 508)
-_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12s")
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s247x")
+_DEVMAJOR = slice(329, 337)
+_DEVMINOR = slice(337, 345)
+_PREFIX = 345
+_PREFIX_END = 500
 _ZERO = bytes(BLOCK)
 _OCTAL = b"01234567"
 _USTAR = b"ustar\x00"
@@ -389,10 +394,9 @@ class TarReader:
                     raise _bad("an extended header is not followed by a member")
                 self.ended = True
                 return None
-            (
-                name_f, mode_f, uid_f, gid_f, size_f, mtime_f, chksum, typeflag, link_f,
-                magic, version, _uname, _gname, devmajor_f, devminor_f, prefix_f, _pad,
-            ) = _HEADER.unpack(block)  # fmt: skip
+            name_f, mode_f, uid_f, gid_f, size_f, mtime_f, chksum, typeflag, link_f, magic, version = _HEADER.unpack(
+                block
+            )
             # _checksum_ok's common case written out: the unsigned byte sum (_byte_sum, inlined)
             # against the sum the checksum field asks for; anything else takes the full check.
             want = checksums[chksum]
@@ -427,8 +431,9 @@ class TarReader:
             raw_name = name_f.partition(b"\0")[0]
             if magic == _USTAR:
                 # ustar/PAX carry a name prefix; star uses a shorter one (its trailer is at 508).
-                if prefix_f[0]:
-                    raw_prefix = _cstr(prefix_f[:131] if block[508:512] == b"tar\0" else prefix_f)
+                if block[_PREFIX]:
+                    end = _PREFIX + 131 if block[508:512] == b"tar\0" else _PREFIX_END
+                    raw_prefix = _cstr(block[_PREFIX:end])
                     raw_name = raw_prefix + b"/" + raw_name
             elif not (magic == _GNU_MAGIC and version == _GNU_VERSION):
                 magic = b""  # V7: no device numbers
@@ -455,8 +460,8 @@ class TarReader:
             self._pad_left = -size % BLOCK
             devmajor = devminor = 0
             if magic and kind in (CHR, BLK):
-                devmajor = parse_number(devmajor_f)
-                devminor = parse_number(devminor_f)
+                devmajor = parse_number(block[_DEVMAJOR])
+                devminor = parse_number(block[_DEVMINOR])
             return Member(kind, name, linkname, size, mode, uid, gid, mtime_ns, devmajor, devminor, xattrs)
 
 
