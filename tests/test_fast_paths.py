@@ -220,3 +220,44 @@ def test_clean_name_shortcut_agrees_with_the_rules(elements: list[str]) -> None:
     except LayerError as exc:
         got = exc.kind
     assert got == expected
+
+
+# --- the header fields sliced from the block ---------------------------------------------------------
+
+
+@given(
+    st.integers(1, 154),
+    st.integers(1, 99),
+    st.integers(0, 2**21 - 1),
+    st.integers(0, 2**21 - 1),
+    st.sampled_from([tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.REGTYPE]),
+)
+def test_the_prefix_and_device_numbers_read_as_tarfile_reads_them(
+    head: int, tail: int, major: int, minor: int, kind: bytes
+) -> None:
+    info = tarfile.TarInfo("p" * head + "/" + "n" * tail + ("" if head + tail > 99 else "/x" * 50))
+    info.type, info.devmajor, info.devminor = kind, major, minor
+    header = info.tobuf(tarfile.USTAR_FORMAT)  # names over 100 bytes are split into the prefix
+    [m] = _read_members(header + end_of_archive())
+    back = tarfile.TarInfo.frombuf(header[:512], "utf-8", "surrogateescape")
+    assert m.name == back.name
+    if kind != tarfile.REGTYPE:
+        assert (m.devmajor, m.devminor) == (major, minor)
+
+
+def test_a_star_header_uses_the_short_prefix() -> None:
+    # star keeps atime and ctime after a 131-byte prefix, and "tar\0" at 508: they are no part of the name.
+    header = bytearray(raw_header("file", size=0)[:512])
+    header[345:476] = b"p" * 131
+    header[476:488] = b"14000000000\0"  # star's atime, where a ustar prefix would go on
+    header[508:512] = b"tar\0"
+    [m] = _read_members(fix_checksum(bytes(header)) + end_of_archive())
+    assert m.name == "p" * 131 + "/file"
+
+
+def _read_members(data: bytes) -> list[tarstream.Member]:
+    reader = TarReader(iter([data, b""]).__next__)
+    out = []
+    while (m := reader.next()) is not None:
+        out.append(m)
+    return out
