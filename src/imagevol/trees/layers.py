@@ -76,9 +76,12 @@ class ApplyOptions:
     preserve_owner: bool = attrs.field(factory=lambda: os.geteuid() == 0)
     #: Create files and FIFOs without write bits (a tree that will be published read-only).
     strip_write_bits: bool = False
-    #: Decompress in a background thread, to overlap with the writes on another CPU (only when the
-    #: process may run on more than one: on one CPU the thread could only add switches).
-    threaded: bool = True
+    #: Decompress and hash in a background thread beside the applier (only when the process may
+    #: run on more than one CPU). Off by default: the thread needs the GIL back after each of its C
+    #: calls, and CPython gives it back to the applier, which releases it for a few microseconds
+    #: around every system call, so the thread mostly runs while the applier waits for it; measured
+    #: (docs/benchmarks.md), the thread made gzip, zstd and plain layers slower and costlier.
+    threaded: bool = False
 
 
 # --- public entry points ------------------------------------------------------------------------
