@@ -14,8 +14,8 @@
   the diff ID of the uncompressed stream when asked) and decompressing them, inline or, when asked,
   in a thread that feeds a queue of at most ``depth`` chunks. Those calls release the GIL, but the
   thread needs it back between them, and CPython hands it back to the applier, which releases it
-  only for the few microseconds of each system call: the thread runs mostly while the applier
-  waits for it, so the layer applier uses it only on request (``ApplyOptions.threaded``).
+  only for the few microseconds of each system call: the thread overlaps little with the applier,
+  so the layer applier uses it only on request (``ApplyOptions.threaded``).
 """
 
 from __future__ import annotations

@@ -79,8 +79,8 @@ class ApplyOptions:
     #: Decompress and hash in a background thread beside the applier (only when the process may
     #: run on more than one CPU). Off by default: the thread needs the GIL back after each of its C
     #: calls, and CPython gives it back to the applier, which releases it for a few microseconds
-    #: around every system call, so the thread mostly runs while the applier waits for it; measured
-    #: (docs/benchmarks.md), the thread made gzip, zstd and plain layers slower and costlier.
+    #: around every system call, so the thread overlaps little with the applier; measured
+    #: (docs/benchmarks.md), it was no faster and cost more CPU time.
     threaded: bool = False
 
 
