@@ -91,3 +91,23 @@ def test_the_runner_updates_from_stored_results(tmp_path: pytest.TempPathFactory
     assert "Updated by `benchmarks/run --update unpack`" in text
     with pytest.raises(SystemExit):
         _runner.main(["--render", "--update", "--results", results_dir, "--out", out])  # names are required
+
+
+def test_each_updates_stamp_keeps_the_benchmarks_it_still_dates() -> None:
+    old = _report.render(synthetic(), MACHINE)
+    new = _report.render(synthetic()[:1], LATER)
+    first = _update.update(old, new, ["unpack"], LATER)
+    later = attrs.evolve(LATER, date="2030-02-04 05:06 UTC", commit="0123456789ab")
+    both = _update.update(first, new, ["unpack", "pull"], later)
+    stamps = [x for x in both.splitlines() if x.startswith(_update.UPDATED)]
+    assert stamps == ["Updated by `benchmarks/run --update unpack pull` on 2030-02-04 05:06 UTC, commit 0123456789ab: "
+                      "their sections and targets."]  # fmt: skip
+    # A later update of another benchmark leaves the earlier stamp for the rest.
+    third = _update.update(both, new, ["pull"], attrs.evolve(later, date="2030-02-05 06:07 UTC"))
+    stamps = [x for x in third.splitlines() if x.startswith(_update.UPDATED)]
+    assert stamps == [
+        "Updated by `benchmarks/run --update pull` on 2030-02-05 06:07 UTC, commit 0123456789ab: "
+        "their sections and targets.",
+        "Updated by `benchmarks/run --update unpack` on 2030-02-04 05:06 UTC, commit 0123456789ab: "
+        "their sections and targets.",
+    ]

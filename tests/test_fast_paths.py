@@ -46,6 +46,60 @@ def test_a_changed_header_byte_fails_the_checksum(where: int, delta: int) -> Non
     assert info.value.kind in ("invalid_archive", "unsupported")
 
 
+def _with_checksum(header: bytes, value: int) -> bytes:
+    block = bytearray(header[:512])
+    block[148:156] = b"%06o\0 " % value
+    return bytes(block) + header[512:]
+
+
+@given(
+    st.lists(
+        st.tuples(st.text(alphabet="abé\x80/", min_size=1, max_size=40).filter(lambda n: n.strip("/")),
+                  st.one_of(st.integers(-300, 300), st.just("signed"))),
+        min_size=1, max_size=6,
+    )
+)  # fmt: skip
+def test_the_remembered_checksum_accepts_exactly_what_the_full_check_accepts(
+    headers: list[tuple[str, int | str]],
+) -> None:
+    """One reader (its memo of checksum fields warm from the earlier headers) against the full
+    check on each header alone: the unsigned sum, the signed sum of old tars, nothing else."""
+    blocks = []
+    verdicts = []
+    for name, delta in headers:
+        good = fix_checksum(raw_header(f"d/{name}".replace("//", "/"), size=0))[:512]
+        unsigned = tarstream._byte_sum(good) - sum(good[148:156]) + 8 * 0x20
+        if delta == "signed":  # what a tar that summed signed chars wrote
+            value = unsigned - 256 * sum(1 for b in good if b & 0x80)
+        else:
+            assert isinstance(delta, int)
+            value = max(0, unsigned + delta)
+        block = _with_checksum(good, value)
+        field = block[148:156]
+        blocks.append(block)
+        verdicts.append(tarstream._checksum_ok(block, tarstream.parse_number(field), field))
+    reader = TarReader(iter([b"".join(blocks) + end_of_archive(), b""]).__next__)
+    for ok in verdicts:
+        if ok:
+            assert reader.next() is not None
+        else:
+            with pytest.raises(LayerError, match="checksum"):
+                reader.next()
+            return
+
+
+def test_a_checksum_field_seen_before_is_no_pass_for_another_header() -> None:
+    # Two headers with the same checksum field: the first right, the second not (one byte more).
+    first = fix_checksum(raw_header("a/b", size=0))[:512]
+    second = bytearray(raw_header("a/c", size=0)[:512])
+    second[148:156] = first[148:156]
+    assert tarstream._byte_sum(bytes(second)) != tarstream._byte_sum(first)
+    reader = TarReader(iter([first + bytes(second) + end_of_archive(), b""]).__next__)
+    assert reader.next() is not None
+    with pytest.raises(LayerError, match="checksum"):
+        reader.next()
+
+
 # --- reading in any chunking ------------------------------------------------------------------------
 
 names = st.text(alphabet="ab/", min_size=1, max_size=6).filter(lambda n: n.strip("/") and "//" not in n)
@@ -166,3 +220,44 @@ def test_clean_name_shortcut_agrees_with_the_rules(elements: list[str]) -> None:
     except LayerError as exc:
         got = exc.kind
     assert got == expected
+
+
+# --- the header fields sliced from the block ---------------------------------------------------------
+
+
+@given(
+    st.integers(1, 154),
+    st.integers(1, 99),
+    st.integers(0, 2**21 - 1),
+    st.integers(0, 2**21 - 1),
+    st.sampled_from([tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.REGTYPE]),
+)
+def test_the_prefix_and_device_numbers_read_as_tarfile_reads_them(
+    head: int, tail: int, major: int, minor: int, kind: bytes
+) -> None:
+    info = tarfile.TarInfo("p" * head + "/" + "n" * tail + ("" if head + tail > 99 else "/x" * 50))
+    info.type, info.devmajor, info.devminor = kind, major, minor
+    header = info.tobuf(tarfile.USTAR_FORMAT)  # names over 100 bytes are split into the prefix
+    [m] = _read_members(header + end_of_archive())
+    back = tarfile.TarInfo.frombuf(header[:512], "utf-8", "surrogateescape")
+    assert m.name == back.name
+    if kind != tarfile.REGTYPE:
+        assert (m.devmajor, m.devminor) == (major, minor)
+
+
+def test_a_star_header_uses_the_short_prefix() -> None:
+    # star keeps atime and ctime after a 131-byte prefix, and "tar\0" at 508: they are no part of the name.
+    header = bytearray(raw_header("file", size=0)[:512])
+    header[345:476] = b"p" * 131
+    header[476:488] = b"14000000000\0"  # star's atime, where a ustar prefix would go on
+    header[508:512] = b"tar\0"
+    [m] = _read_members(fix_checksum(bytes(header)) + end_of_archive())
+    assert m.name == "p" * 131 + "/file"
+
+
+def _read_members(data: bytes) -> list[tarstream.Member]:
+    reader = TarReader(iter([data, b""]).__next__)
+    out = []
+    while (m := reader.next()) is not None:
+        out.append(m)
+    return out

@@ -13,6 +13,7 @@ import pytest
 from imagevol.errors import LayerError
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes, zstd_bytes
 from imagevol.trees import _decompress as decompress
+from imagevol.trees import layers
 from imagevol.trees._tarstream import TarReader, parse_number, parse_pax_time
 from imagevol.trees.layers import ApplyOptions, LayerLimits
 from tests.helpers.layerkit import (
@@ -203,6 +204,25 @@ LAYER = build_layer([D("d"), F("d/f", "payload" * 1000)])
 def test_compressions(box: Sandbox, blob: bytes, threaded: bool) -> None:
     box.apply(blob, options=ApplyOptions(threaded=threaded))
     assert box.read("d/f") == "payload" * 1000
+
+
+@pytest.mark.parametrize(("cpus", "asked", "thread"), [(1, True, False), (2, True, True), (2, False, False)])
+def test_the_thread_runs_only_when_asked_for_and_a_second_cpu_may_be_used(
+    box: Sandbox, monkeypatch: pytest.MonkeyPatch, cpus: int, asked: bool, thread: bool
+) -> None:
+    started: list[bool] = []
+    real = decompress.ChunkPipe.__init__
+
+    def spy(self: decompress.ChunkPipe, *args: object, **kwargs: object) -> None:
+        started.append(bool(kwargs.get("threaded")))
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(layers, "_cpus", lambda: cpus)
+    monkeypatch.setattr(decompress.ChunkPipe, "__init__", spy)
+    box.apply(gzip_bytes(LAYER), options=ApplyOptions(threaded=asked))
+    assert started == [thread]
+    assert box.read("d/f") == "payload" * 1000
+    assert ApplyOptions().threaded is False  # inline unless asked (docs/benchmarks.md says why)
 
 
 @pytest.mark.parametrize(

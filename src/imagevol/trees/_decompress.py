@@ -10,9 +10,12 @@
   deflate with the same checks (header, CRC-32 and length trailer of every member), 2-2.5x faster.
   Multi-member gzip streams are read to the end (as ``gzip -d`` does); NUL padding after a member
   is skipped and anything else after it is an error.
-* :class:`ChunkPipe` runs the reading, hashing (the caller's verifying reader, and the diff ID of
-  the uncompressed stream when asked) and decompression in a thread that feeds a queue of at most
-  ``depth`` chunks: these release the GIL, so they overlap with the applier's writes on a second CPU.
+* :class:`ChunkPipe` hands out the chunks after reading, hashing (the caller's verifying reader, and
+  the diff ID of the uncompressed stream when asked) and decompressing them, inline or, when asked,
+  in a thread that feeds a queue of at most ``depth`` chunks. Those calls release the GIL, but the
+  thread needs it back between them, and CPython hands it back to the applier, which releases it
+  only for the few microseconds of each system call: the thread overlaps little with the applier,
+  so the layer applier uses it only on request (``ApplyOptions.threaded``).
 """
 
 from __future__ import annotations
@@ -260,7 +263,7 @@ class ChunkPipe:
         self, blob: IO[bytes], limit: int, *, depth: int = 4, threaded: bool = True, hasher: Any = None
     ) -> None:
         # The hash is updated by the producer, so with a thread it runs there too (hashlib
-        # releases the GIL on large buffers): the diff ID costs the applier almost nothing.
+        # releases the GIL on large buffers).
         self._chunks = decompressed(blob, limit, hasher=hasher)
         self._threaded = threaded
         self._done = False

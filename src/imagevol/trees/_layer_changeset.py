@@ -170,22 +170,29 @@ class ChangesetApplier:
     def run(self, reader: TarReader) -> None:
         max_entries = self.max_entries
         stats = self.stats
-        while True:
-            m = reader.next()
-            if m is None:
-                break
-            stats.entries += 1
-            if stats.entries > max_entries:
-                raise LayerError("too_large", f"layer has more than {max_entries} entries")
-            self.current = m.name
-            try:
-                self.entry(m, reader)
-            except LayerEntryError:
-                raise
-            except LayerError as exc:
-                raise LayerEntryError(exc.kind, str(exc), m.name) from None
-            finally:
-                self.tree.end_entry()
+        entry = self.entry
+        next_member = reader.next
+        tree = self.tree
+        retired = tree.retired
+        m: Member | None = None
+        try:
+            while (m := next_member()) is not None:
+                stats.entries += 1
+                if stats.entries > max_entries:
+                    raise LayerError("too_large", f"layer has more than {max_entries} entries")
+                try:
+                    entry(m, reader)
+                except LayerEntryError:
+                    raise
+                except LayerError as exc:
+                    raise LayerEntryError(exc.kind, str(exc), m.name) from None
+                finally:
+                    if retired:
+                        tree.end_entry()
+        except BaseException:
+            # The member being applied, or the last one read when reading the next one failed.
+            self.current = m.name if m is not None else ""
+            raise
         self.current = ""
         self.finish()
 
@@ -219,10 +226,13 @@ class ChangesetApplier:
         dir_fd, real_parent = found
         if real_parent not in self.touched:
             self.touch(dir_fd, real_parent)
-        real = (*real_parent, base)
         if kind == REG:
-            self.regular(m, reader, dir_fd, base, real)
-        elif kind == DIR:
+            self.regular(m, reader, dir_fd, base, real_parent)
+            if self.track:
+                self.mark_upper((*real_parent, base))
+            return
+        real = (*real_parent, base)
+        if kind == DIR:
             try:
                 os.mkdir(base, 0o700, dir_fd=dir_fd)
             except FileExistsError:
@@ -243,19 +253,23 @@ class ChangesetApplier:
         if self.track:
             self.mark_upper(real)
 
-    def regular(self, m: Member, reader: TarReader, dir_fd: int, base: str, real: tuple[str, ...]) -> None:
+    def regular(self, m: Member, reader: TarReader, dir_fd: int, base: str, real_parent: tuple[str, ...]) -> None:
         mode = m.mode & self.file_mask
         # create_or_replace, written out: this is the hot path (one call per file of the layer).
         try:
             fd = os.open(base, CREATE_NEW, mode, dir_fd=dir_fd)
         except FileExistsError:
-            self.replace(dir_fd, base, real)
+            self.replace(dir_fd, base, (*real_parent, base))
             fd = os.open(base, CREATE_NEW, mode, dir_fd=dir_fd)
         try:
             if m.size:
                 reader.copy_to(fd)
                 self.stats.bytes += m.size
-            owner = self._owner(m)
+            owner = None
+            if self.owner:  # _owner(), written out
+                ids = (m.uid, m.gid)
+                if ids != self.default_ids:
+                    owner = ids
             if owner is None and not m.xattrs and not mode & self.umask:
                 # Nothing but the times to set: what restore() would do, without its dispatch.
                 os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))

@@ -13,14 +13,11 @@ kernel resolves to that very inode), or, for a symlink, by its name in a directo
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from collections.abc import Mapping
 
 from ._layer_tree import Tree
-
-log = logging.getLogger("imagevol.layers")
 
 #: Set-uid and set-gid: stripped from every file and directory (privilege escalation).
 SETID = stat.S_ISUID | stat.S_ISGID
@@ -73,7 +70,9 @@ def _set_xattrs(entry: int | str, xattrs: Mapping[str, bytes]) -> None:
             try:
                 os.setxattr(entry, name, value)
             except OSError:
-                log.debug("ignoring xattr %r that this filesystem refuses", name)
+                import logging  # here: only a refused xattr needs it, not every unpack
+
+                logging.getLogger("imagevol.layers").debug("ignoring xattr %r that this filesystem refuses", name)
 
 
 class BuildState:

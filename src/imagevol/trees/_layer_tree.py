@@ -34,7 +34,9 @@ class Tree:
         self.root_fd = root_fd
         self.max_depth = max_depth
         self._cache: dict[tuple[str, ...], tuple[int, tuple[str, ...]]] = {}
-        self._retired: list[int] = []
+        #: Directory fds to close once the entry being applied is done (:meth:`end_entry`); the
+        #: applier looks at it after each entry and calls :meth:`end_entry` only when it holds any.
+        self.retired: list[int] = []
         #: Called as (dir fd, real path of the dir, real path of the new child) before a missing
         #: parent is created in an existing directory.
         self.on_implicit_mkdir: Callable[[int, tuple[str, ...], tuple[str, ...]], None] | None = None
@@ -47,15 +49,15 @@ class Tree:
     def invalidate(self) -> None:
         """Forget the cached directories (their fds close after the current entry)."""
         # The fds may still be in use by the entry being applied: they are closed after it.
-        self._retired.extend(fd for fd, _ in self._cache.values())
+        self.retired.extend(fd for fd, _ in self._cache.values())
         self._cache.clear()
 
     def end_entry(self) -> None:
         """The entry being applied is done: close the fds :meth:`invalidate` retired."""
-        if self._retired:
-            for fd in self._retired:
+        if self.retired:
+            for fd in self.retired:
                 os.close(fd)
-            self._retired.clear()
+            self.retired.clear()
 
     def parent(self, parts: tuple[str, ...], *, create: bool) -> tuple[int, tuple[str, ...]] | None:
         """(fd, real path) of the directory ``parts``, resolved in root. Missing directories are
@@ -95,7 +97,7 @@ class Tree:
             raise
         if len(self._cache) >= self.MAX_CACHED:
             oldest = next(iter(self._cache))
-            self._retired.append(self._cache.pop(oldest)[0])
+            self.retired.append(self._cache.pop(oldest)[0])
         self._cache[parts] = found
         return found
 

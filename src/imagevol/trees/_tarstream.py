@@ -59,9 +59,10 @@ _UNSUPPORTED_NAMES = {
     "D": "GNU dump directory",
 }
 
-#: name mode uid gid size mtime chksum type linkname magic version uname gname devmajor devminor
-#: prefix(155; star: prefix(131) atime ctime) pad(12; star: trailer at 508)
-_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12s")
+#: name mode uid gid size mtime chksum type linkname magic version; then, sliced from the block when
+#: a member needs them, uname gname devmajor(329) devminor(337) prefix(345, 155 bytes; star: 131,
+#: then atime ctime) pad (star: trailer at 508)
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s247x")
 _ZERO = bytes(BLOCK)
 _OCTAL = b"01234567"
 _USTAR = b"ustar\x00"
@@ -201,16 +202,26 @@ def _pax_int(records: dict[str, str], key: str, default: int) -> int:
 
 
 class _Numbers(dict[bytes, int]):
-    """:func:`parse_number` of header fields, remembered: the mode, owner, mtime and size fields of
-    a layer repeat a handful of values, and a dict lookup costs a tenth of a parse. Only valid
-    fields are remembered (an invalid one raises every time it is looked up), and at most
-    :data:`_MAX_NUMBERS` of them, so a hostile layer cannot grow the memo."""
+    """:func:`parse_number` of header fields (or ``parse`` of them), remembered: the mode, owner,
+    mtime and size fields of a layer repeat a handful of values, and a dict lookup costs a tenth of
+    a parse. Only valid fields are remembered (an invalid one raises every time it is looked up),
+    and at most :data:`_MAX_NUMBERS` of them, so a hostile layer cannot grow the memo."""
+
+    def __init__(self, parse: Callable[[bytes], int] = parse_number) -> None:
+        super().__init__()
+        self._parse = parse
 
     def __missing__(self, field: bytes) -> int:
-        value = parse_number(field)
+        value = self._parse(field)
         if len(self) < _MAX_NUMBERS:
             self[field] = value
         return value
+
+
+def _checksum_want(field: bytes) -> int:
+    """The byte sum of a header block that its checksum field makes right (:func:`_checksum_ok`'s
+    common case: the field itself counts as eight spaces)."""
+    return parse_number(field) + sum(field) - 8 * 0x20
 
 
 class TarReader:
@@ -227,7 +238,7 @@ class TarReader:
         self._data_left = 0  # data bytes of the current member not yet consumed
         self._pad_left = 0  # then this many padding bytes
         self._numbers = _Numbers()
-        self._checksums = _Numbers()  # apart: they vary more, and would crowd out the others
+        self._checksums = _Numbers(_checksum_want)  # apart: they vary more, would crowd out the others
         self.ended = False
 
     # --- buffer -------------------------------------------------------------------------------
@@ -377,13 +388,15 @@ class TarReader:
                     raise _bad("an extended header is not followed by a member")
                 self.ended = True
                 return None
-            (
-                name_f, mode_f, uid_f, gid_f, size_f, mtime_f, chksum, typeflag, link_f,
-                magic, version, _uname, _gname, devmajor_f, devminor_f, prefix_f, _pad,
-            ) = _HEADER.unpack(block)  # fmt: skip
-            # _checksum_ok's common case written out (the field counts as eight spaces).
-            stored = checksums[chksum]
-            if _byte_sum(block) - sum(chksum) + 8 * 0x20 != stored and not _checksum_ok(block, stored, chksum):
+            name_f, mode_f, uid_f, gid_f, size_f, mtime_f, chksum, typeflag, link_f, magic, version = _HEADER.unpack(
+                block
+            )
+            # _checksum_ok's common case written out: the unsigned byte sum (_byte_sum, inlined)
+            # against the sum the checksum field asks for; anything else takes the full check.
+            want = checksums[chksum]
+            if (adler32(block[:256], 0) & 0xFFFF) + (adler32(block[256:], 0) & 0xFFFF) != want and not _checksum_ok(
+                block, parse_number(chksum), chksum
+            ):
                 raise _bad("tar header checksum mismatch")
             kind = typeflag.decode("latin-1")
             size = numbers[size_f]
@@ -412,8 +425,8 @@ class TarReader:
             raw_name = name_f.partition(b"\0")[0]
             if magic == _USTAR:
                 # ustar/PAX carry a name prefix; star uses a shorter one (its trailer is at 508).
-                if prefix_f[0]:
-                    raw_prefix = _cstr(prefix_f[:131] if block[508:512] == b"tar\0" else prefix_f)
+                if block[345]:
+                    raw_prefix = _cstr(block[345 : 476 if block[508:512] == b"tar\0" else 500])
                     raw_name = raw_prefix + b"/" + raw_name
             elif not (magic == _GNU_MAGIC and version == _GNU_VERSION):
                 magic = b""  # V7: no device numbers
@@ -440,8 +453,8 @@ class TarReader:
             self._pad_left = -size % BLOCK
             devmajor = devminor = 0
             if magic and kind in (CHR, BLK):
-                devmajor = parse_number(devmajor_f)
-                devminor = parse_number(devminor_f)
+                devmajor = parse_number(block[329:337])
+                devminor = parse_number(block[337:345])
             return Member(kind, name, linkname, size, mode, uid, gid, mtime_ns, devmajor, devminor, xattrs)
 
 

@@ -17,7 +17,6 @@ This module keeps the public names: :func:`apply_layers`, :func:`apply_layer_fd`
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from collections.abc import Iterable, Sequence
 from typing import IO
@@ -58,8 +57,6 @@ __all__ = [
     "write_all",
 ]
 
-log = logging.getLogger(__name__)
-
 
 @attrs.frozen
 class LayerLimits:
@@ -79,8 +76,12 @@ class ApplyOptions:
     preserve_owner: bool = attrs.field(factory=lambda: os.geteuid() == 0)
     #: Create files and FIFOs without write bits (a tree that will be published read-only).
     strip_write_bits: bool = False
-    #: Decompress in a background thread (overlaps with the writes on another CPU).
-    threaded: bool = True
+    #: Decompress and hash in a background thread beside the applier (only when the process may
+    #: run on more than one CPU). Off by default: the thread needs the GIL back after each of its C
+    #: calls, and CPython gives it back to the applier, which releases it for a few microseconds
+    #: around every system call, so the thread overlaps little with the applier; measured
+    #: (docs/benchmarks.md), it was no faster and cost more CPU time.
+    threaded: bool = False
 
 
 # --- public entry points ------------------------------------------------------------------------
@@ -138,7 +139,7 @@ def apply_layer_fd(
     limits = options.limits
     tree = Tree(root_fd, max_depth=limits.max_depth)
     hasher = hashlib.new(diff_algorithm) if diff_algorithm else None
-    pipe = ChunkPipe(blob, limits.max_bytes, threaded=options.threaded, hasher=hasher)
+    pipe = ChunkPipe(blob, limits.max_bytes, threaded=options.threaded and _cpus() > 1, hasher=hasher)
     applier: ChangesetApplier | None = None
     try:
         reader = TarReader(pipe.read)
@@ -162,8 +163,21 @@ def apply_layer_fd(
         # The pipe has returned its end: the producer hashed every chunk before handing it over.
         stats.diff_id = Digest(diff_algorithm, hasher.hexdigest())
     if stats.skipped_devices:
-        log.info("skipped %d device node(s), e.g. %r", len(stats.skipped_devices), stats.skipped_devices[0])
+        import logging  # here: an unpack that has nothing to report does not import logging
+
+        logging.getLogger(__name__).info(
+            "skipped %d device node(s), e.g. %r", len(stats.skipped_devices), stats.skipped_devices[0]
+        )
     return stats
+
+
+def _cpus() -> int:
+    """How many CPUs this process may run on now (its affinity mask, which ``taskset`` and cgroup
+    cpusets narrow), not how many the machine has."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - Linux has it
+        return os.cpu_count() or 1
 
 
 #: The walker's kinds that are layer kinds too; any other failure of the OS is ``io``.
