@@ -236,3 +236,11 @@ class LazyUnsupportedError(LazyFormatError):
 
     def __init__(self, message: str) -> None:
         super().__init__("unsupported", message)
+
+
+# --- the test kit ---------------------------------------------------------------------------------
+
+
+class NoBusyBoxError(ImageVolError):
+    """The host has no BusyBox (Debian's ``busybox-static``) to make the demo's ``debian``
+    stand-in of (``imagevol demo``, ``imagevol fixtures --demo``)."""

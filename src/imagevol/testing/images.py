@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import attrs
 
-from ..errors import ImageVolError
+from ..errors import NoBusyBoxError
 from ..oci import (
     ANNOTATION_REF_NAME,
     ANNOTATION_TITLE,
@@ -317,10 +317,6 @@ class DemoImage(NamedTuple):
         return self.reference.removeprefix(self.prefix).lstrip("/:")
 
 
-class NoBusyBoxError(ImageVolError):
-    """The host has no BusyBox to make the demo's ``debian`` stand-in of."""
-
-
 def _build_host_debian_standin(builder: LayoutBuilder, ref_name: str) -> Descriptor:
     busybox = host_busybox()
     if busybox is None:
@@ -388,7 +384,6 @@ __all__ = [
     "DemoImage",
     "Layer",
     "LayoutBuilder",
-    "NoBusyBoxError",
     "build_artifact_v2",
     "build_debian_standin",
     "build_demo_layout",
