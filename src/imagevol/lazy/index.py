@@ -36,7 +36,7 @@ import attrs
 
 from ..errors import LayerError
 from ..oci import Digest
-from . import rules
+from . import _gc, rules
 from .toc import Entry
 
 Path = tuple[str, ...]
@@ -269,9 +269,10 @@ def build_index(layers: Sequence[Iterable[Entry]], limits: IndexLimits = IndexLi
     """Apply ``layers`` (bottom first; each the entries of one layer in tar order) to an empty
     index. Raises ``LayerError`` with the kind a full pull of the same layers would raise."""
     index = MergedIndex(limits)
-    for number, entries in enumerate(layers):
-        _Layer(index, number).run(entries)
-        index.layers += 1
+    with _gc.paused():
+        for number, entries in enumerate(layers):
+            _Layer(index, number).run(entries)
+            index.layers += 1
     return index
 
 

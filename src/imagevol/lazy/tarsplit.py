@@ -47,7 +47,7 @@ def _records(pieces: Iterable[bytes]) -> Iterator[tuple[int, dict[str, object]]]
         if len(line) > MAX_LINE:
             raise bad("tar-split line too long", "too_large")
         record = load_json(line, "tar-split line")
-        if not isinstance(record, dict) or set(record) - _KEYS:
+        if type(record) is not dict or not record.keys() <= _KEYS:
             raise bad(f"tar-split line {position} is not a tar-split entry")
         kind, where = record.get("type"), record.get("position")
         # Positions count the lines; type 1 is a file, 2 raw bytes (JSON's true is no number).
