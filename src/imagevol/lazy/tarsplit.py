@@ -141,20 +141,14 @@ class _Stream:
     file: header-only members carry no data, whatever their header says)."""
 
     def __init__(self, pieces: Iterable[bytes], entries: Sequence[Entry], max_bytes: int) -> None:
-        self._chunks = self._generate(pieces)
+        self._records = _records(pieces)
         self._entries = entries
         self._budget = max_bytes
+        #: Zero bytes still to come for the current file's contents.
+        self._zeros = 0
         self.files = 0
 
-    def _generate(self, pieces: Iterable[bytes]) -> Iterator[bytes]:
-        for kind, name, size, data in _records(pieces):
-            if kind == 2:
-                if data:
-                    yield data
-            else:
-                yield from self._file(name, size)
-
-    def _file(self, name: object, size: int) -> Iterator[bytes]:
+    def _file(self, name: object, size: int) -> None:
         if self.files >= len(self._entries):
             raise LazyFormatError("mismatch", "the tar-split has more files than the TOC lists")
         entry = self._entries[self.files]
@@ -165,17 +159,28 @@ class _Stream:
         self._budget -= size
         if self._budget < 0:
             raise bad("the tar-split's files are larger than the layer limit", "too_large")
-        while size:
-            step = min(size, len(_ZEROS))
-            # The same zero buffer every time: a tar reader skips contents without copying them.
-            yield _ZEROS if step == len(_ZEROS) else _ZEROS[:step]
-            size -= step
+        self._zeros = size
 
     def read(self) -> bytes:
-        return next(self._chunks, b"")
+        """The next chunk of the tar, ``b""`` at its end. (A plain method rather than nested
+        generators: the tar reader asks for two chunks per member.)"""
+        while not self._zeros:
+            record = next(self._records, None)
+            if record is None:
+                return b""
+            kind, name, size, data = record
+            if kind == 2:
+                if data:
+                    return data
+            else:
+                self._file(name, size)
+        step = min(self._zeros, len(_ZEROS))
+        self._zeros -= step
+        # The same zero buffer for every whole MiB: a tar reader skips contents without copying them.
+        return _ZEROS if step == len(_ZEROS) else _ZEROS[:step]
 
     def drain(self) -> None:
-        for _ in self._chunks:
+        while self.read():
             pass
 
 
