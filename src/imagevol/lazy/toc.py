@@ -207,6 +207,13 @@ def _int(obj: Mapping[str, Any], key: str, where: str, *, minimum: int = 0) -> i
 _SHA256_TEXT = re.compile(r"sha256:[0-9a-f]{64}")
 
 
+def _sha256(text: str) -> Digest | None:
+    """The digest ``text`` spells when it is a well-formed sha256 one, else None."""
+    if len(text) == 71 and _SHA256_TEXT.fullmatch(text):
+        return Digest("sha256", text[7:])
+    return None
+
+
 def _digest(obj: Mapping[str, Any], key: str, where: str) -> Digest | None:
     text = obj.get(key, "")
     if type(text) is str and len(text) == 71 and _SHA256_TEXT.fullmatch(text):
@@ -292,14 +299,12 @@ class _File:
     fields: _Fields
     end_offset: int  # zstd:chunked endOffset
     pieces: list[_Piece]
+    name: str = attrs.field(init=False)
+    size: int = attrs.field(init=False)
 
-    @property
-    def name(self) -> str:
-        return self.fields[0]
-
-    @property
-    def size(self) -> int:
-        return self.fields[7]
+    def __attrs_post_init__(self) -> None:
+        self.name = self.fields[0]
+        self.size = self.fields[7]
 
 
 #: The type of every known entry field: JSON strings and integers (Go decodes TOCs into a typed
@@ -381,7 +386,10 @@ def parse_toc(
                 raise bad(f"the files of the layer add up to more than {limits.max_layer_bytes} bytes", "too_large")
             if fields[11] is None:
                 raise bad(f"TOC entry {i}: regular file {fields[0]!r} without a digest")
-            current = _File(fields, _int(item, "endOffset", f"TOC entry {i}"), [_piece(item, i)])
+            end_offset: int = item.get("endOffset", 0)
+            if end_offset < 0:
+                raise bad(f"TOC entry {i}: 'endOffset' is not an integer in range")
+            current = _File(fields, end_offset, [_piece(item, i)])
             files.append(current)
         else:
             entry = Entry(*fields)
@@ -416,7 +424,10 @@ def _fields(item: dict[str, Any], kind: str, i: int, limits: TocLimits) -> _Fiel
     gid: int = get("gid", 0)
     mtime_ns = parse_time(get("modtime", ""), where)
     xattrs = _xattrs(item, where) if "xattrs" in item else None
-    digest = _digest(item, "digest", where) if "digest" in item else None
+    text = get("digest")
+    digest = _sha256(text) if text is not None else None
+    if digest is None and text:
+        digest = _digest(item, "digest", where)
     # Checked although unused, as containers/storage decodes them.
     if "accesstime" in item:
         parse_time(item["accesstime"], where)
@@ -475,7 +486,10 @@ def _piece(item: dict[str, Any], i: int) -> _Piece:
     size: int = get("chunkSize", 0)
     if chunk_offset < 0 or size < 0:
         raise bad(f"TOC entry {i}: {'chunkOffset' if chunk_offset < 0 else 'chunkSize'!r} is not an integer in range")
-    digest = _digest(item, "chunkDigest", f"TOC entry {i}") if "chunkDigest" in item else None
+    text = get("chunkDigest")
+    digest = _sha256(text) if text is not None else None
+    if digest is None and text:
+        digest = _digest(item, "chunkDigest", f"TOC entry {i}")
     inner_offset: int = get("innerOffset", 0)
     if inner_offset < 0:
         raise bad(f"TOC entry {i}: 'innerOffset' is not an integer in range")
@@ -557,5 +571,7 @@ def _member_ends(pieces: Sequence[_Piece], payload_end: int) -> None:
 
 
 def _finish(f: _File) -> Entry:
-    chunks = tuple(Chunk(p.offset, p.end, p.chunk_offset, p.size, p.digest, p.zeros, p.inner_offset) for p in f.pieces)
+    chunks = tuple(
+        [Chunk(p.offset, p.end, p.chunk_offset, p.size, p.digest, p.zeros, p.inner_offset) for p in f.pieces]
+    )
     return Entry(*f.fields, chunks)
