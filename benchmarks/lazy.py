@@ -9,7 +9,9 @@ apply`` process on a fresh node, ``--lazy toc`` against ``--lazy off``, interlea
 variant, mode by mode, run after run). Per process: wall time to ``Running``, peak RSS, the bytes
 the registry served (its access log), and the bytes the node wrote (the content store, the lazy
 cache, the trees). Median and spread (min to max) of ``--runs`` runs; the load average before and
-after is printed and kept.
+after is printed and kept. The Pod's container image is a one-file image in the same registry, so
+that ``apply`` ends with the container running and nothing reaches the network; the package's
+bytecode is written first (``_measure.compile_imagevol``), as an installed wheel has it.
 
 Targets: for the TOC formats, at most 1 % of the full pull's bytes served and 10 % of its time; for
 plain gzip (which must be pulled whole), the tree written cut to the sub path (at most 1 % of the
@@ -38,7 +40,7 @@ from collections.abc import Sequence
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from benchmarks import _results  # noqa: E402
+from benchmarks import _measure, _results  # noqa: E402
 from imagevol.testing.images import Layer, LayoutBuilder  # noqa: E402
 from imagevol.testing.lazy_layers import LazyLayer, add_lazy_image, estargz_layer, zstd_chunked_layer  # noqa: E402
 from imagevol.testing.tarbuild import TarEntry  # noqa: E402
@@ -106,17 +108,22 @@ def build(cache: str, scale: float) -> str:
     return layout
 
 
-def _imagevol() -> list[str]:
-    script = os.path.join(os.path.dirname(sys.executable), "imagevol")
-    if os.path.exists(script):
-        return [script]
-    return [sys.executable, "-c", "import sys; from imagevol.cli import main; sys.exit(main())"]
+APP_REPO = "bench/app"
 
 
-def _pod(ref: str) -> str:
+def _app_layout(work: str) -> str:
+    """A one-file image for the Pod's container (tag ``app``)."""
+    layout = os.path.join(work, "app-layout")
+    builder = LayoutBuilder(layout)
+    builder.add_image([Layer((TarEntry("bin/", "dir"), TarEntry("bin/app", "file", b"app\n")))], tag="app")
+    builder.save()
+    return layout
+
+
+def _pod(ref: str, app: str) -> str:
     return (
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bench\nspec:\n  containers:\n  - name: c\n"
-        "    image: busybox\n    volumeMounts:\n    - name: v\n      mountPath: /v\n"
+        f"    image: {app}\n    volumeMounts:\n    - name: v\n      mountPath: /v\n"
         f"      subPath: {SUB_PATH}\n  volumes:\n  - name: v\n    image:\n"
         f"      reference: {ref}\n      pullPolicy: IfNotPresent\n"
     )
@@ -143,9 +150,9 @@ def run_once(work: str, reg: peers.Registry, variant: str, mode: str, n: int) ->
         f.write(f'[[registry]]\nlocation = "{reg.host}"\ninsecure = true\n')
     pod = root + ".pod.yaml"
     with open(pod, "w") as f:
-        f.write(_pod(f"{reg.host}/bench/lazy:{_tag(variant)}"))
+        f.write(_pod(f"{reg.host}/bench/lazy:{_tag(variant)}", f"{reg.host}/{APP_REPO}:v1"))
     mark = reg.mark()
-    cmd = [*_imagevol(), "--root", root, "--registries", conf, "--lazy", mode, "apply", "-f", pod]
+    cmd = [*_measure.imagevol_command(), "--root", root, "--registries", conf, "--lazy", mode, "apply", "-f", pod]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -190,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     cache = args.cache or os.path.join(cache_home, "imagevol-bench", f"lazy-{args.scale:g}")
     layout = build(cache, args.scale)
+    _measure.compile_imagevol()
     load_before = os.getloadavg()
     work = tempfile.mkdtemp(prefix="imagevol-bench-lazy-")
     samples: dict[tuple[str, str], list[dict[str, float]]] = {}
@@ -197,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with peers.registry() as reg:
             for variant in VARIANTS:
                 peers.skopeo_copy(layout, _tag(variant), reg, "bench/lazy", _tag(variant))
+            peers.skopeo_copy(_app_layout(work), "app", reg, APP_REPO)
             for n in range(max(1, args.runs)):
                 for variant in VARIANTS:
                     for mode in ("off", "toc"):

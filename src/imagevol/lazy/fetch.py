@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 
 from ..errors import LazyDigestError, LazyUnsupportedError
 from ..oci import TAR_LAYER_COMPRESSION, Descriptor
-from . import estargz, zstdchunked
+from . import _gc, estargz, zstdchunked
 from .members import MemberReader
 from .ranges import ByteRange, RangedReader, read_coalesced
 from .toc import DEFAULT_LIMITS, Chunk, Entry, LayerToc, TocFormat, TocLimits, bad
@@ -59,9 +59,10 @@ def read_layer_toc(
         raise LazyUnsupportedError("layer has no table of contents")
     if reader.size != desc.size:
         raise bad(f"the blob has {reader.size} bytes, its descriptor says {desc.size}", "range")
-    if fmt is TocFormat.ZSTD_CHUNKED:
-        return zstdchunked.read_toc(desc, reader, limits=limits, members=members)
-    return estargz.read_toc(desc, reader, limits=limits, tail=tail)
+    with _gc.paused():
+        if fmt is TocFormat.ZSTD_CHUNKED:
+            return zstdchunked.read_toc(desc, reader, limits=limits, members=members)
+        return estargz.read_toc(desc, reader, limits=limits, tail=tail)
 
 
 def payload_ranges(entry: Entry) -> list[ByteRange]:

@@ -36,7 +36,7 @@ import attrs
 
 from ..errors import LayerError
 from ..oci import Digest
-from . import rules
+from . import _gc, rules
 from .toc import Entry
 
 Path = tuple[str, ...]
@@ -185,6 +185,21 @@ class MergedIndex:
 
     # --- in-root parent resolution (the applier's walk) ---------------------------------------------
 
+    def _plain_parent(self, parts: Path) -> tuple[_Inode, Path] | None:
+        """:meth:`parent`'s answer when every element of ``parts`` is a directory that exists and
+        no length or depth limit can apply (nearly every entry of a layer): then nothing is made,
+        no symlink is followed and the real path is ``parts`` itself. None otherwise."""
+        node = self.root
+        for name in parts:
+            assert node.children is not None
+            child = node.children.get(name)
+            if child is None or child.type != "dir":
+                return None  # missing, a symlink, a file, or "..": the full walk decides
+            node = child
+        if len(parts) > self.limits.max_depth or not _short(parts):
+            return None
+        return node, tuple(parts)
+
     def parent(
         self, parts: Path, *, create: bool, on_create: Callable[[Path], None] | None = None
     ) -> tuple[_Inode, Path] | None:
@@ -192,6 +207,9 @@ class MergedIndex:
         made (0755, implicit) when ``create``, else None is returned. A component that is not a
         directory is ``notdir``, the 41st symlink ``loop``, a name over 255 bytes, a real path of
         4096 bytes or more or deeper than the limit ``toolong``."""
+        found = self._plain_parent(parts)
+        if found is not None:
+            return found
         stack: list[tuple[str, _Inode]] = []
         pending = list(reversed(parts))
         follows = 0
@@ -238,6 +256,13 @@ class MergedIndex:
         return (stack[-1][1] if stack else self.root), tuple(n for n, _ in stack)
 
 
+def _short(parts: Path) -> bool:
+    """Whether ``parts`` is too short for any length rule to apply: a character encodes to at most
+    four bytes, so neither a name nor the whole real path can reach its limit."""
+    total = sum(map(len, parts)) + len(parts)
+    return total <= rules.NAME_MAX // 4 or (4 * total < rules.PATH_MAX and 4 * max(map(len, parts)) <= rules.NAME_MAX)
+
+
 def _parts(path: str | Path) -> Path:
     if isinstance(path, tuple):
         return path
@@ -269,9 +294,10 @@ def build_index(layers: Sequence[Iterable[Entry]], limits: IndexLimits = IndexLi
     """Apply ``layers`` (bottom first; each the entries of one layer in tar order) to an empty
     index. Raises ``LayerError`` with the kind a full pull of the same layers would raise."""
     index = MergedIndex(limits)
-    for number, entries in enumerate(layers):
-        _Layer(index, number).run(entries)
-        index.layers += 1
+    with _gc.paused():
+        for number, entries in enumerate(layers):
+            _Layer(index, number).run(entries)
+            index.layers += 1
     return index
 
 

@@ -119,6 +119,29 @@ def check_members_match(entries: Sequence[Entry], members: Iterable[MemberLike],
 
 
 def _same(entry: Entry, member: MemberLike, time_slack_ns: int) -> None:
+    kind = TAR_TYPES.get(member.type)
+    size = member.size if kind == "reg" else 0
+    # The common case in one comparison, without building an entry per member; any difference
+    # (or an unsupported type) goes the long way, which names what differs.
+    if (
+        kind is not None
+        and entry.name == member.name
+        and entry.type == kind
+        and entry.linkname == member.linkname
+        and entry.mode == member.mode
+        and entry.uid == member.uid
+        and entry.gid == member.gid
+        and entry.size == size
+        and kind not in ("char", "block")
+        and not entry.xattrs
+        and not member.xattrs
+        and abs(entry.mtime_ns - member.mtime_ns) <= time_slack_ns
+    ):
+        return
+    _differences(entry, member, time_slack_ns)
+
+
+def _differences(entry: Entry, member: MemberLike, time_slack_ns: int) -> None:
     got = entry_of(member)
     fields = ["name", "type", "linkname", "mode", "uid", "gid", "size"]
     if got.type in ("char", "block"):

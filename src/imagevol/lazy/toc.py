@@ -16,6 +16,11 @@ parser therefore refuses, before anything is fetched or indexed:
   applier's byte limit. Digests then verify every byte fetched against what the TOC promised;
   these checks make sure the promises themselves are coherent, so no range can reach into the TOC,
   another file's bytes, or past the end of the blob.
+
+Size: over 500 lines, because the three lists above are one parser's: every field is typed in one
+pass and then read once by the rule that needs it (a TOC holds tens of thousands of entries, so
+the parser is written for speed), and splitting the rules from the reading would put each check
+in a module apart from the field it guards.
 """
 
 from __future__ import annotations
@@ -152,11 +157,13 @@ class _DuplicateKeyError(ValueError):
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise _DuplicateKeyError(key)
-        obj[key] = value
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKeyError(key)
+            seen.add(key)
     return obj
 
 
@@ -164,10 +171,15 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+#: One strict decoder for every document: ``json.loads`` with hooks builds a new one per call,
+#: which costs more than decoding a tar-split line.
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique, parse_constant=_no_constant)
+
+
 def load_json(raw: bytes, what: str) -> Any:
     """Parse JSON strictly: UTF-8 only, no duplicate keys, no ``NaN``/``Infinity``."""
     try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique, parse_constant=_no_constant)
+        return _DECODER.decode(raw.decode("utf-8"))
     except _DuplicateKeyError as exc:
         raise bad(f"{what} has a duplicate key {exc.args[0]!r}") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -176,6 +188,8 @@ def load_json(raw: bytes, what: str) -> Any:
 
 def _text(obj: Mapping[str, Any], key: str, where: str) -> str:
     value = obj.get(key, "")
+    if type(value) is str and value.isascii():
+        return value  # the common case: nothing to check further
     if not isinstance(value, str):
         raise bad(f"{where}: {key!r} is not a string")
     try:
@@ -188,12 +202,27 @@ def _text(obj: Mapping[str, Any], key: str, where: str) -> str:
 
 def _int(obj: Mapping[str, Any], key: str, where: str, *, minimum: int = 0) -> int:
     value = obj.get(key, 0)
-    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= _INT64_MAX:
+    # type() rather than isinstance(): JSON's true and false are bools, which are ints to Python.
+    if type(value) is not int or not minimum <= value <= _INT64_MAX:
         raise bad(f"{where}: {key!r} is not an integer in range")
     return value
 
 
+#: The digest nearly every TOC uses, recognised without the general parser.
+_SHA256_TEXT = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _sha256(text: str) -> Digest | None:
+    """The digest ``text`` spells when it is a well-formed sha256 one, else None."""
+    if len(text) == 71 and _SHA256_TEXT.fullmatch(text):
+        return Digest("sha256", text[7:])
+    return None
+
+
 def _digest(obj: Mapping[str, Any], key: str, where: str) -> Digest | None:
+    text = obj.get(key, "")
+    if type(text) is str and len(text) == 71 and _SHA256_TEXT.fullmatch(text):
+        return Digest("sha256", text[7:])
     text = _text(obj, key, where)
     if not text:
         return None
@@ -266,11 +295,61 @@ class _Piece:
     end: int = 0
 
 
+#: An entry's fields in :class:`Entry` order, up to ``digest`` (a file's chunks come later).
+_Fields = tuple[str, str, str, int, int, int, int, int, int, int, "dict[str, bytes] | None", "Digest | None"]
+
+
 @attrs.define
 class _File:
-    entry: Entry
+    fields: _Fields
     end_offset: int  # zstd:chunked endOffset
     pieces: list[_Piece]
+    name: str = attrs.field(init=False)
+    size: int = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.name = self.fields[0]
+        self.size = self.fields[7]
+
+
+#: The type of every known entry field: JSON strings and integers (Go decodes TOCs into a typed
+#: struct, so a value of another type refuses the whole TOC there too). ``xattrs`` is checked apart.
+_STRING_KEYS = frozenset(
+    {"name", "type", "modtime", "linkName", "digest", "chunkDigest", "accesstime", "changetime", "chunkType",
+     "userName", "groupName"}
+)  # fmt: skip
+_INT_KEYS = frozenset(
+    {"size", "mode", "uid", "gid", "devMajor", "devMinor", "offset", "endOffset", "chunkOffset", "chunkSize",
+     "innerOffset"}
+)  # fmt: skip
+
+
+def _check_types(item: dict[str, Any], i: int) -> None:
+    """Every field of ``item`` has its type: strings valid Unicode, integers within 64 bits. One
+    pass over the fields present, so the code that reads them needs no checks of its own but the
+    range of each number."""
+    for key, value in item.items():
+        kind = type(value)
+        if kind is str:
+            if key in _STRING_KEYS and (value.isascii() or _unicode_ok(value)):
+                continue
+        elif kind is int:
+            if key in _INT_KEYS and -_INT64_MAX <= value <= _INT64_MAX:
+                continue
+        elif key == "xattrs":
+            continue
+        where = f"TOC entry {i}"
+        if key in _STRING_KEYS:
+            _text(item, key, where)  # raises, naming what is wrong
+        raise bad(f"{where}: {key!r} is not an integer in range")
+
+
+def _unicode_ok(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_toc(
@@ -294,27 +373,32 @@ def parse_toc(
     keys = _ENTRY_KEYS[fmt]
     total = 0
     for i, item in enumerate(items):
-        where = f"TOC entry {i}"
-        if not isinstance(item, dict) or set(item) - keys:
-            raise bad(f"{where} is not an object of the known fields")
-        kind = _text(item, "type", where)
+        if type(item) is not dict or not item.keys() <= keys:
+            raise bad(f"TOC entry {i} is not an object of the known fields")
+        _check_types(item, i)
+        kind = item.get("type", "")
         if kind == "chunk":
-            if current is None or _text(item, "name", where) != current.entry.name:
-                raise bad(f"{where}: chunk entry that does not follow its regular file")
-            current.pieces.append(_piece(item, fmt, where, first=False))
+            if current is None or item.get("name", "") != current.fields[0]:
+                raise bad(f"TOC entry {i}: chunk entry that does not follow its regular file")
+            current.pieces.append(_piece(item, i))
             continue
         current = None
-        entry = _entry(item, kind, where, limits)
-        if kind == "reg" and entry.size > 0:
-            total += entry.size
+        fields = _fields(item, kind, i, limits)
+        size = fields[7]
+        if kind == "reg" and size > 0:
+            total += size
             if total > limits.max_layer_bytes:
                 raise bad(f"the files of the layer add up to more than {limits.max_layer_bytes} bytes", "too_large")
-            if entry.digest is None:
-                raise bad(f"{where}: regular file {entry.name!r} without a digest")
-            current = _File(entry, _int(item, "endOffset", where), [_piece(item, fmt, where, first=True)])
+            if fields[11] is None:
+                raise bad(f"TOC entry {i}: regular file {fields[0]!r} without a digest")
+            end_offset: int = item.get("endOffset", 0)
+            if end_offset < 0:
+                raise bad(f"TOC entry {i}: 'endOffset' is not an integer in range")
+            current = _File(fields, end_offset, [_piece(item, i)])
             files.append(current)
         else:
-            _no_payload(item, entry, where)
+            entry = Entry(*fields)
+            _no_payload(item, entry, f"TOC entry {i}")
             files.append(entry)
     data = [f for f in files if isinstance(f, _File)]
     if fmt is TocFormat.ZSTD_CHUNKED:
@@ -324,49 +408,61 @@ def parse_toc(
     return [f if isinstance(f, Entry) else _finish(f) for f in files], tar_split
 
 
-def _entry(item: Mapping[str, Any], kind: str, where: str, limits: TocLimits) -> Entry:
+def _fields(item: dict[str, Any], kind: str, i: int, limits: TocLimits) -> _Fields:
+    """The fields of a non-chunk entry whose types :func:`_check_types` checked."""
+    where = f"TOC entry {i}"
     if kind not in TYPES:
         raise bad(f"{where}: unknown entry type {kind!r}")
-    name = _text(item, "name", where)
-    entry = Entry(
-        name=name,
-        type=kind,
-        linkname=_text(item, "linkName", where),
-        mode=_int(item, "mode", where, minimum=-_INT64_MAX),
-        uid=_int(item, "uid", where, minimum=-_INT64_MAX),
-        gid=_int(item, "gid", where, minimum=-_INT64_MAX),
-        mtime_ns=parse_time(_text(item, "modtime", where), where),
-        size=_int(item, "size", where) if kind == "reg" else 0,
-        devmajor=_int(item, "devMajor", where),
-        devminor=_int(item, "devMinor", where),
-        xattrs=_xattrs(item, where),
-        digest=_digest(item, "digest", where),
-    )
-    parse_time(_text(item, "accesstime", where), where)
-    parse_time(_text(item, "changetime", where), where)
-    _text(item, "userName", where)
-    _text(item, "groupName", where)
+    get = item.get
+    name: str = get("name", "")
+    linkname: str = get("linkName", "")
+    size = 0
+    if kind == "reg":
+        size = get("size", 0)
+        if size < 0:
+            raise bad(f"{where}: 'size' is not an integer in range")
+    devmajor: int = get("devMajor", 0)
+    devminor: int = get("devMinor", 0)
+    if devmajor < 0 or devminor < 0:
+        raise bad(f"{where}: {'devMajor' if devmajor < 0 else 'devMinor'!r} is not an integer in range")
+    uid: int = get("uid", 0)
+    gid: int = get("gid", 0)
+    mtime_ns = parse_time(get("modtime", ""), where)
+    xattrs = _xattrs(item, where) if "xattrs" in item else None
+    text = get("digest")
+    digest = _sha256(text) if text is not None else None
+    if digest is None and text:
+        digest = _digest(item, "digest", where)
+    # Checked although unused, as containers/storage decodes them.
+    if "accesstime" in item:
+        parse_time(item["accesstime"], where)
+    if "changetime" in item:
+        parse_time(item["changetime"], where)
     try:
-        check_names(entry, limits.max_depth)
+        _check_names(name, kind, linkname, uid, gid, mtime_ns, limits.max_depth)
     except LayerError as exc:
         raise LazyFormatError(exc.kind, f"{where}: {exc}") from None
-    return entry
+    return (name, kind, linkname, get("mode", 0), uid, gid, mtime_ns, size, devmajor, devminor, xattrs, digest)
 
 
 def check_names(entry: Entry, max_depth: int) -> None:
     """The applier's per-entry rules (:mod:`.rules`), which need no tree: raises ``LayerError``."""
-    parts = rules.clean_name(entry.name)
-    rules.check_entry(entry.name, parts, uid=entry.uid, gid=entry.gid, mtime_ns=entry.mtime_ns, max_depth=max_depth)
+    _check_names(entry.name, entry.type, entry.linkname, entry.uid, entry.gid, entry.mtime_ns, max_depth)
+
+
+def _check_names(name: str, kind: str, linkname: str, uid: int, gid: int, mtime_ns: int, max_depth: int) -> None:
+    parts = rules.clean_name(name)
+    rules.check_entry(name, parts, uid=uid, gid=gid, mtime_ns=mtime_ns, max_depth=max_depth)
     if not parts:
-        if entry.type != "dir":
-            raise LayerError("invalid_name", f"{entry.name!r}: refusing to change the type of the root directory")
+        if kind != "dir":
+            raise LayerError("invalid_name", f"{name!r}: refusing to change the type of the root directory")
         return
-    if rules.whiteout_of(entry.name, parts) is not None:
+    if rules.whiteout_of(name, parts) is not None:
         return
-    if entry.type == "symlink":
-        rules.check_symlink_target(entry.name, entry.linkname)
-    elif entry.type == "hardlink" and not rules.clean_name(entry.linkname, what="link target"):
-        raise LayerError("invalid_link", f"{entry.name!r}: hardlink to the root directory")
+    if kind == "symlink":
+        rules.check_symlink_target(name, linkname)
+    elif kind == "hardlink" and not rules.clean_name(linkname, what="link target"):
+        raise LayerError("invalid_link", f"{name!r}: hardlink to the root directory")
 
 
 def _no_payload(item: Mapping[str, Any], entry: Entry, where: str) -> None:
@@ -380,41 +476,49 @@ def _no_payload(item: Mapping[str, Any], entry: Entry, where: str) -> None:
         raise bad(f"{where}: empty {entry.type} entry {entry.name!r} with a content digest")
 
 
-def _piece(item: Mapping[str, Any], fmt: TocFormat, where: str, *, first: bool) -> _Piece:
-    chunk_type = _text(item, "chunkType", where)
+def _piece(item: dict[str, Any], i: int) -> _Piece:
+    """One chunk of a file (its first, from the file's own entry, or a ``chunk`` entry)."""
+    get = item.get
+    chunk_type = get("chunkType", "")
     if chunk_type not in ("", "zeros"):
-        raise bad(f"{where}: unknown chunk type {chunk_type!r}")
-    offset = _int(item, "offset", where)
-    if offset <= 0:
-        raise bad(f"{where}: payload without an offset")
-    return _Piece(
-        offset=offset,
-        chunk_offset=_int(item, "chunkOffset", where),
-        size=_int(item, "chunkSize", where),
-        digest=_digest(item, "chunkDigest", where),
-        zeros=chunk_type == "zeros",
-        inner_offset=_int(item, "innerOffset", where),
-    )
+        raise bad(f"TOC entry {i}: unknown chunk type {chunk_type!r}")
+    offset: int = get("offset", 0)
+    if offset < 0:
+        raise bad(f"TOC entry {i}: 'offset' is not an integer in range")
+    if offset == 0:
+        raise bad(f"TOC entry {i}: payload without an offset")
+    chunk_offset: int = get("chunkOffset", 0)
+    size: int = get("chunkSize", 0)
+    if chunk_offset < 0 or size < 0:
+        raise bad(f"TOC entry {i}: {'chunkOffset' if chunk_offset < 0 else 'chunkSize'!r} is not an integer in range")
+    text = get("chunkDigest")
+    digest = _sha256(text) if text is not None else None
+    if digest is None and text:
+        digest = _digest(item, "chunkDigest", f"TOC entry {i}")
+    inner_offset: int = get("innerOffset", 0)
+    if inner_offset < 0:
+        raise bad(f"TOC entry {i}: 'innerOffset' is not an integer in range")
+    return _Piece(offset, chunk_offset, size, digest, chunk_type == "zeros", inner_offset)
 
 
 def _sizes(f: _File, *, open_end: bool) -> None:
     """Chunks must tile the file: the first at 0, each where the previous ended, the sizes adding
     up to the file's size. ``open_end``: a size of 0 means "to the end of the file" (eStargz)."""
     pieces = f.pieces
-    name = f.entry.name
-    if len(pieces) == 1 and pieces[0].size in (0, f.entry.size):
-        pieces[0].size = f.entry.size
+    name = f.name
+    if len(pieces) == 1 and pieces[0].size in (0, f.size):
+        pieces[0].size = f.size
     pos = 0
     for i, p in enumerate(pieces):
         if p.chunk_offset != pos:
             raise bad(f"chunks of {name!r} do not tile the file")
         if p.size == 0 and open_end and i == len(pieces) - 1:
-            p.size = f.entry.size - pos
+            p.size = f.size - pos
         if p.size <= 0:
             raise bad(f"chunk of {name!r} with no size")
         pos += p.size
-    if pos != f.entry.size:
-        raise bad(f"chunks of {name!r} add up to {pos} bytes, not {f.entry.size}")
+    if pos != f.size:
+        raise bad(f"chunks of {name!r} add up to {pos} bytes, not {f.size}")
 
 
 def _zstd_ranges(files: Sequence[_File], payload_end: int) -> None:
@@ -422,7 +526,7 @@ def _zstd_ranges(files: Sequence[_File], payload_end: int) -> None:
     the payload area, and are cut by its chunks' offsets, which strictly increase."""
     previous = 0
     for f in files:
-        name = f.entry.name
+        name = f.name
         if len(f.pieces) > 1 and not f.pieces[0].size:
             raise bad(f"chunk entries after {name!r}, which declares no chunk size")
         _sizes(f, open_end=False)
@@ -449,11 +553,11 @@ def _estargz_ranges(files: Sequence[_File], payload_end: int) -> None:
         _sizes(f, open_end=True)
         for p in f.pieces:
             if p.digest is None:
-                raise bad(f"chunk of {f.entry.name!r} without a digest")
+                raise bad(f"chunk of {f.name!r} without a digest")
             if p.zeros:
-                raise bad(f"chunk of {f.entry.name!r} has a zstd:chunked chunk type")
+                raise bad(f"chunk of {f.name!r} has a zstd:chunked chunk type")
             if pieces and (p.offset, p.inner_offset) <= (pieces[-1].offset, pieces[-1].inner_offset):
-                raise bad(f"chunks of {f.entry.name!r} overlap or go backwards")
+                raise bad(f"chunks of {f.name!r} overlap or go backwards")
             pieces.append(p)
     if pieces and pieces[-1].offset >= payload_end:
         raise bad("a chunk lies past the payload area")
@@ -472,5 +576,7 @@ def _member_ends(pieces: Sequence[_Piece], payload_end: int) -> None:
 
 
 def _finish(f: _File) -> Entry:
-    chunks = tuple(Chunk(p.offset, p.end, p.chunk_offset, p.size, p.digest, p.zeros, p.inner_offset) for p in f.pieces)
-    return attrs.evolve(f.entry, chunks=chunks)
+    chunks = tuple(
+        [Chunk(p.offset, p.end, p.chunk_offset, p.size, p.digest, p.zeros, p.inner_offset) for p in f.pieces]
+    )
+    return Entry(*f.fields, chunks)

@@ -35,7 +35,7 @@ import zstandard
 from ..errors import LazyDigestError, LazyUnsupportedError, ManifestError
 from ..oci import Descriptor, Digest
 from .members import MemberReader
-from .ranges import ByteRange, RangedReader, read_exact
+from .ranges import ByteRange, RangedReader, read_coalesced
 from .tarsplit import check_tar_split
 from .toc import DEFAULT_LIMITS, LayerToc, TocFormat, TocLimits, bad, parse_toc
 
@@ -140,7 +140,10 @@ def read_toc(
     if pin.tar_split is not None and members is not None:
         # Only worth its bytes when it can be checked against the TOC.
         wanted.append(ByteRange(pin.tar_split.offset - 8, pin.tar_split.length + 8))
-    answers = read_exact(reader, wanted)
+    # One range: the tar-split's frame follows the TOC's directly. (Two adjacent ranges would be
+    # merged into one by the registry, which some readers take as a registry that cannot serve
+    # several ranges at once, and ask again range by range.)
+    answers = read_coalesced(reader, wanted)
     compressed = _skippable(answers[0], "TOC")
     if Digest.of(compressed, pin.toc_digest.algorithm) != pin.toc_digest:
         raise LazyDigestError("validating the TOC: its digest does not match the layer's annotation")
