@@ -153,6 +153,24 @@ def test_the_real_registry_serves_many_ranges_in_one_multipart_answer(
 
 
 @pytest.mark.peers
+def test_touching_ranges_are_one_single_range_request(pushed: tuple[peers.Registry, Descriptor, Descriptor]) -> None:
+    reg, plain, _ = pushed
+    ranges = [ByteRange(100, 50), ByteRange(150, 30), ByteRange(120, 10)]  # one span, 100-179
+    mark = reg.mark()
+    source = _source(reg.host, "lab/plain")
+    try:
+        reader = source.ranged_reader(plain)
+        assert reader.read_ranges(ranges) == [BLOB[r.offset : r.end] for r in ranges]
+        # The plain 206 answer to one span is no sign that several ranges cannot be served.
+        assert isinstance(reader, RegistryBlobReader) and reader.multi
+        assert reader.read_ranges(_ranges()) == [BLOB[r.offset : r.end] for r in _ranges()]
+    finally:
+        source.close()
+    assert [g.status for g in peers.blob_gets(reg.access(mark))] == [206, 206]  # one request each
+    assert reader.bytes_fetched < 80 + sum(r.length for r in _ranges()) + 12 * 200
+
+
+@pytest.mark.peers
 def test_a_zstd_chunked_toc_and_one_file_come_from_the_registry_by_range(
     pushed: tuple[peers.Registry, Descriptor, Descriptor],
 ) -> None:
