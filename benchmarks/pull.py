@@ -48,15 +48,14 @@ registry.download_blob(f"{host}/{repo}", digest, out)
 print(time.perf_counter() - start)
 """
 
-# imagevol's CLI entry point (wherever its module lives: the console script's target), called
-# inside an interpreter that has already imported it; prints the call alone. The CLI imports a
+# imagevol's CLI (``imagevol.cli.main``: what the console script's ``run`` calls before it exits),
+# called inside an interpreter that has already imported it; prints the call alone. The CLI imports a
 # command's modules when the command runs, so the same command runs first with --policy Never,
 # which fails before any transfer having imported the command and the node; the registry source,
 # which the node imports when its first pull reaches a registry, is imported next.
 _IMAGEVOL_IN_PROCESS = """
-import contextlib, importlib, importlib.metadata, io, sys, time
-(entry,) = importlib.metadata.entry_points(group="console_scripts", name="imagevol")
-main = entry.load()
+import contextlib, importlib, io, sys, time
+from imagevol.cli import main
 with contextlib.redirect_stderr(io.StringIO()):
     main([*sys.argv[1:], "--policy", "Never"])
 importlib.import_module("imagevol.content.sources.registry")
