@@ -46,6 +46,19 @@ class ByteRange:
         return f"{self.offset}-{self.end - 1}"
 
 
+def coalesce(ranges: Sequence[ByteRange], *, gap: int = 1024) -> list[ByteRange]:
+    """The ranges sorted and merged where they overlap or lie less than ``gap`` bytes apart (the
+    bytes in between are cheaper than another range; containers/storage merges below 1 KiB)."""
+    merged: list[ByteRange] = []
+    for r in sorted(ranges):
+        if merged and r.offset - merged[-1].end < gap:
+            last = merged[-1]
+            merged[-1] = ByteRange(last.offset, max(last.end, r.end) - last.offset)
+        else:
+            merged.append(r)
+    return merged
+
+
 @runtime_checkable
 class RangedReader(Protocol):
     """A blob that can be read by byte ranges. ``read_ranges`` returns one ``bytes`` per range,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..content.ranges import ByteRange, BytesReader, FileReader, RangedReader
+from ..content.ranges import ByteRange, BytesReader, FileReader, RangedReader, coalesce
 from ..errors import LazyFormatError
 
 __all__ = [
@@ -43,19 +43,6 @@ def read_exact(reader: RangedReader, ranges: Sequence[ByteRange]) -> list[bytes]
         if len(data) != r.length:
             raise LazyFormatError("range", f"range {r.header()}: got {len(data)} bytes instead of {r.length}")
     return answers
-
-
-def coalesce(ranges: Sequence[ByteRange], *, gap: int = 1024) -> list[ByteRange]:
-    """The ranges sorted and merged where they overlap or lie less than ``gap`` bytes apart (the
-    bytes in between are cheaper than another range; containers/storage merges below 1 KiB)."""
-    merged: list[ByteRange] = []
-    for r in sorted(ranges):
-        if merged and r.offset - merged[-1].end < gap:
-            last = merged[-1]
-            merged[-1] = ByteRange(last.offset, max(last.end, r.end) - last.offset)
-        else:
-            merged.append(r)
-    return merged
 
 
 def read_coalesced(reader: RangedReader, ranges: Sequence[ByteRange], *, gap: int = 1024) -> list[bytes]:

@@ -140,9 +140,7 @@ def read_toc(
     if pin.tar_split is not None and members is not None:
         # Only worth its bytes when it can be checked against the TOC.
         wanted.append(ByteRange(pin.tar_split.offset - 8, pin.tar_split.length + 8))
-    # One range: the tar-split's frame follows the TOC's directly. (Two adjacent ranges would be
-    # merged into one by the registry, which some readers take as a registry that cannot serve
-    # several ranges at once, and ask again range by range.)
+    # One range: the tar-split's frame follows the TOC's directly, so one span serves both.
     answers = read_coalesced(reader, wanted)
     compressed = _skippable(answers[0], "TOC")
     if Digest.of(compressed, pin.toc_digest.algorithm) != pin.toc_digest:

@@ -31,7 +31,7 @@ import bisect
 from collections.abc import Callable, Sequence
 
 from ...errors import ImageNotFoundError, ImageVolError, LazyFormatError, PullError, RegistryUnavailableError
-from ..ranges import ByteRange
+from ..ranges import ByteRange, coalesce
 from . import _bounds as bounds
 from . import _multipart as multipart
 from ._bounds import Deadline, SpeedMeter, duration
@@ -161,7 +161,7 @@ class RegistryBlobReader:
     def _multi(self, batch: Sequence[ByteRange]) -> list[bytes] | None:
         """The answers for ``batch`` (sorted) from one request, or None when the registry showed
         it does not serve several ranges at once."""
-        spans = _merge(batch)
+        spans = coalesce(batch, gap=1)  # a Range header lists disjoint ranges: touching ones merge
         if len(spans) == 1:
             # Touching ranges (a TOC and the tar-split behind it) are one span: a single range,
             # whose plain 206 answer says nothing about the registry's multi-range support.
@@ -190,18 +190,6 @@ class RegistryBlobReader:
             base, data = parts[i]
             out.append(data[r.offset - base : r.end - base])
         return out
-
-
-def _merge(batch: Sequence[ByteRange]) -> list[ByteRange]:
-    """Sorted ranges with overlapping or touching ones merged (a Range header lists disjoint ones)."""
-    spans: list[ByteRange] = []
-    for r in sorted(batch):
-        if spans and r.offset <= spans[-1].end:
-            last = spans[-1]
-            spans[-1] = ByteRange(last.offset, max(last.end, r.end) - last.offset)
-        else:
-            spans.append(r)
-    return spans
 
 
 def _status_error(url: str, reply: Reply) -> ImageVolError:
