@@ -87,7 +87,7 @@ class LazyMounts:
         mode: str,
         puller: ImagePuller,
         snapshots: Snapshots,
-        state_dir: str,
+        state_file: str,
         *,
         keychain: Callable[[], Keyring] | None = None,
     ) -> None:
@@ -100,7 +100,8 @@ class LazyMounts:
         store = puller.store
         self.cache = LayerCache(os.path.join(store.root, "lazy"))
         self.partial = PartialTrees(snapshots, self.cache)
-        self._state = os.path.join(state_dir, "lazy.json")
+        #: The counters, notes and pending completions of the lazy mode (JSON), kept by the node.
+        self._state = state_file
         #: Keyrings of the pulls made by this process, by image record name.
         self.keyrings: dict[str, Keyring] = {}
         #: TOCs verified by this process, by layer (a pull's are used again by its mounts: the

@@ -112,6 +112,7 @@ class Runtime:
         self._containers = os.path.join(state_dir, "containers")
         os.makedirs(self._containers, mode=0o700, exist_ok=True)
         self._lazy_mode = lazy
+        self._lazy_state = os.path.join(state_dir, "lazy.json")
         self._keychain = keychain
         if lazy != "off":
             _ = self.lazy  # a lazy mode takes over the puller's layer pulls from the start
@@ -122,14 +123,14 @@ class Runtime:
         nothing of the lazy machinery needs loading."""
         if self._lazy_mode != "off":
             return True
-        return os.path.exists(os.path.join(self.state_dir, "lazy.json"))
+        return os.path.exists(self._lazy_state)
 
     @functools.cached_property
     def lazy(self) -> LazyMounts:
         """Lazy sub paths (``--lazy``): partial trees, fetched by range (:mod:`._lazy`)."""
         from ._lazy import LazyMounts
 
-        return LazyMounts(self._lazy_mode, self.puller, self.snapshots, self.state_dir, keychain=self._keychain)
+        return LazyMounts(self._lazy_mode, self.puller, self.snapshots, self._lazy_state, keychain=self._keychain)
 
     @functools.cached_property
     def oci(self) -> Runc:
