@@ -28,34 +28,19 @@ if __package__ in (None, ""):  # run as a script: make the package importable
 from benchmarks import _measure, _results
 from benchmarks._measure import Candidate, Series
 from imagevol.testing.demo import registries_conf
+from imagevol.testing.pods import container, image_volume, pod_doc, to_yaml
 
 TARGET_SECONDS = 1.0
 DESIGN_PODS = 5000
 BATCH = 1000  # Pods per `apply` (a request body is bounded: 3 MiB)
 IMAGE = "quay.io/crio/artifact:v2"
-POD = """\
-apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-spec:
-  containers:
-  - name: shell
-    image: debian
-    volumeMounts:
-    - name: volume
-      mountPath: /volume
-      subPath: dir
-  volumes:
-  - name: volume
-    image:
-      reference: {image}
-      pullPolicy: IfNotPresent
-"""
 
 
 def pods_yaml(first: int, count: int) -> str:
-    return "---\n".join(POD.format(name=f"pod-{i:05d}", image=IMAGE) for i in range(first, first + count))
+    """Pods ``pod-NNNNN`` from ``first``, each mounting the sub path ``dir`` of :data:`IMAGE`."""
+    volume = image_volume("volume", IMAGE, "IfNotPresent")
+    shell = container("shell", ("volume", "/volume", "dir"))
+    return to_yaml(*(pod_doc(f"pod-{i:05d}", [shell], [volume]) for i in range(first, first + count)))
 
 
 def _pods(n: int) -> str:
