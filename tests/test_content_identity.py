@@ -57,6 +57,7 @@ from imagevol.oci import (
 )
 from imagevol.testing.images import Layer, LayoutBuilder
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes, zstd_bytes
+from imagevol.trees._decompress import MODES
 from imagevol.trees.layers import ApplyOptions, apply_layers
 from imagevol.trees.snapshots import SnapshotKey, Snapshots, plan_for
 from tests.helpers import peers
@@ -555,9 +556,9 @@ def test_snapshot_keys_that_do_not_parse(text: str) -> None:
 
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
-@pytest.mark.parametrize("threaded", [True, False])
+@pytest.mark.parametrize("mode", MODES)
 def test_the_diff_id_is_the_digest_of_the_whole_uncompressed_stream(
-    tmp_path: object, compression: str, threaded: bool
+    tmp_path: object, compression: str, mode: str
 ) -> None:
     tar = build_layer(GOOD) + b"\0" * 4096 + b"after the end marker"  # read (and hashed) to the end
     compress, _ = _COMPRESS[compression]
@@ -568,11 +569,11 @@ def test_the_diff_id_is_the_digest_of_the_whole_uncompressed_stream(
         root = f"{tmp_path}/{algorithm}"
         os.mkdir(root)
         with open(path, "rb") as f:
-            [stats] = apply_layers(root, [f], ApplyOptions(threaded=threaded), [Digest.of(tar, algorithm)])
+            [stats] = apply_layers(root, [f], ApplyOptions(decompress=mode), [Digest.of(tar, algorithm)])
         assert stats.diff_id == Digest.of(tar, algorithm)
     os.mkdir(f"{tmp_path}/bad")
     with open(path, "rb") as f, pytest.raises(DiffIDMismatchError, match="wrong diff id calculated on extraction"):
-        apply_layers(f"{tmp_path}/bad", [f], ApplyOptions(threaded=threaded), [Digest.of(build_layer(GOOD))])
+        apply_layers(f"{tmp_path}/bad", [f], ApplyOptions(decompress=mode), [Digest.of(build_layer(GOOD))])
 
 
 @pytest.mark.parametrize(

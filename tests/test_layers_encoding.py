@@ -6,6 +6,7 @@ import gzip
 import io
 import os
 import tarfile
+import threading
 import zlib
 
 import pytest
@@ -13,7 +14,8 @@ import pytest
 from imagevol.errors import LayerError
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes, zstd_bytes
 from imagevol.trees import _decompress as decompress
-from imagevol.trees import layers
+from imagevol.trees import _forked
+from imagevol.trees._decompress import MODES
 from imagevol.trees._tarstream import TarReader, parse_number, parse_pax_time
 from imagevol.trees.layers import ApplyOptions, LayerLimits
 from tests.helpers.layerkit import (
@@ -186,7 +188,8 @@ def test_xattrs_user_namespace_only(box: Sandbox) -> None:
 # --- compression ---------------------------------------------------------------------------------
 
 
-LAYER = build_layer([D("d"), F("d/f", "payload" * 1000)])
+LAYER_ENTRIES = [D("d"), F("d/f", "payload" * 1000)]
+LAYER = build_layer(LAYER_ENTRIES)
 
 
 @pytest.mark.parametrize(
@@ -200,29 +203,63 @@ LAYER = build_layer([D("d"), F("d/f", "payload" * 1000)])
     ],
     ids=["plain", "gzip", "zstd", "multi-member", "padded"],
 )
-@pytest.mark.parametrize("threaded", [True, False])
-def test_compressions(box: Sandbox, blob: bytes, threaded: bool) -> None:
-    box.apply(blob, options=ApplyOptions(threaded=threaded))
+@pytest.mark.parametrize("mode", MODES)
+def test_compressions(box: Sandbox, blob: bytes, mode: str) -> None:
+    box.apply(blob, options=ApplyOptions(decompress=mode))
     assert box.read("d/f") == "payload" * 1000
 
 
-@pytest.mark.parametrize(("cpus", "asked", "thread"), [(1, True, False), (2, True, True), (2, False, False)])
-def test_the_thread_runs_only_when_asked_for_and_a_second_cpu_may_be_used(
-    box: Sandbox, monkeypatch: pytest.MonkeyPatch, cpus: int, asked: bool, thread: bool
+#: A layer longer than one chunk once compressed (random bytes do not compress).
+_BIG = [D("d"), F("d/big", os.urandom(decompress.CHUNK)), F("d/f", "payload" * 1000)]
+
+
+@pytest.mark.parametrize(
+    ("mode", "cpus", "threads", "small", "worker"),
+    [
+        ("auto", 2, False, False, "process"),
+        ("auto", 1, False, False, "inline"),  # nothing would run beside the applier
+        ("auto", 2, True, False, "inline"),  # forking beside another thread is not safe
+        ("auto", 2, False, True, "inline"),  # the layer fits one chunk: the fork would cost more
+        ("process", 1, False, True, "process"),
+        ("process", 2, True, False, "inline"),
+        ("thread", 2, False, False, "thread"),
+        ("thread", 1, False, False, "inline"),
+        ("inline", 2, False, False, "inline"),
+    ],
+)
+def test_where_the_blob_is_decompressed(
+    box: Sandbox, monkeypatch: pytest.MonkeyPatch, mode: str, cpus: int, threads: bool, small: bool, worker: str
 ) -> None:
-    started: list[bool] = []
+    seen: list[str] = []
     real = decompress.ChunkPipe.__init__
 
     def spy(self: decompress.ChunkPipe, *args: object, **kwargs: object) -> None:
-        started.append(bool(kwargs.get("threaded")))
         real(self, *args, **kwargs)  # type: ignore[arg-type]
+        seen.append(self.mode)
 
-    monkeypatch.setattr(layers, "_cpus", lambda: cpus)
+    monkeypatch.setattr(decompress, "cpus", lambda: cpus)
+    monkeypatch.setattr(decompress, "fork_is_safe", lambda: not threads)  # fork_is_safe's own test: below
     monkeypatch.setattr(decompress.ChunkPipe, "__init__", spy)
-    box.apply(gzip_bytes(LAYER), options=ApplyOptions(threaded=asked))
-    assert started == [thread]
+    box.apply(gzip_bytes(build_layer(LAYER_ENTRIES if small else _BIG)), options=ApplyOptions(decompress=mode))
+    assert seen == [worker]
     assert box.read("d/f") == "payload" * 1000
-    assert ApplyOptions().threaded is False  # inline unless asked (docs/benchmarks.md says why)
+    assert ApplyOptions().decompress == "auto"
+
+
+def test_forking_is_safe_only_without_other_threads() -> None:
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert not _forked.fork_is_safe()
+    finally:
+        stop.set()
+        other.join()
+
+
+def test_an_unknown_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="decompress"):
+        ApplyOptions(decompress="gpu")
 
 
 @pytest.mark.parametrize(

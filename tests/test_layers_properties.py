@@ -22,6 +22,7 @@ from imagevol.testing.listing import listing, render
 from imagevol.testing.model import ModelError, apply_layers_model, writes_through_whited_out_links
 from imagevol.testing.strategies import LAYER_NAMES, LayerStack, hostile_layer_stacks, layer_entries, layer_paths
 from imagevol.testing.tarbuild import TarEntry, build_layer, gzip_bytes, zstd_bytes
+from imagevol.trees._decompress import MODES
 from imagevol.trees.layers import ApplyOptions, apply_layer_fd, apply_layers
 from imagevol.trees.snapshots import publish_tree
 from tests.helpers.layerkit import Sandbox
@@ -84,13 +85,13 @@ def _rm(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _result(blobs: list[bytes], threaded: bool = True) -> tuple[str, str]:
+def _result(blobs: list[bytes], mode: str = "inline") -> tuple[str, str]:
     tmp = tempfile.mkdtemp(prefix="imagevol-prop-")
     try:
         root = os.path.join(tmp, "r")
         os.makedirs(root)
         try:
-            apply_layers(root, [io.BytesIO(b) for b in blobs], ApplyOptions(threaded=threaded))
+            apply_layers(root, [io.BytesIO(b) for b in blobs], ApplyOptions(decompress=mode))
         except LayerError as exc:
             return exc.kind, ""
         items = listing(root)
@@ -110,12 +111,12 @@ def _strip_now(text: str) -> str:
     return "\n".join(out)
 
 
-@given(stack=hostile_layer_stacks(), threaded=st.booleans())
-def test_result_independent_of_compression_and_thread(stack: LayerStack, threaded: bool) -> None:
+@given(stack=hostile_layer_stacks(), mode=st.sampled_from(MODES))
+def test_result_independent_of_compression_and_where_it_is_decompressed(stack: LayerStack, mode: str) -> None:
     tars = [build_layer(layer) for layer in stack.layers]
     plain = _result(tars)
     for compress in (gzip_bytes, zstd_bytes):
-        other = _result([compress(t) for t in tars], threaded)
+        other = _result([compress(t) for t in tars], mode)
         assert (other[0], _strip_now(other[1])) == (plain[0], _strip_now(plain[1]))
 
 

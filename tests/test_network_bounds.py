@@ -503,6 +503,34 @@ def _blocked_recv(sock: socket.socket) -> threading.Event:
     return done
 
 
+def test_the_watchdog_thread_ends_with_the_last_guard_and_comes_back_with_the_next() -> None:
+    dog = Watchdog()
+    first, second = Guard(Deadline.after(60, "late")), Guard(Deadline.after(60, "late"))
+    dog.arm(first)
+    dog.arm(second)
+    dog.arm(first)  # re-armed (its body started): still one guard
+    thread = dog._thread
+    assert thread is not None and thread.is_alive()
+    first.release()
+    first.release()  # twice is once
+    thread.join(0.2)
+    assert thread.is_alive()  # the second guard is still watched
+    second.release()
+    thread.join(5)
+    assert not thread.is_alive() and dog._thread is None
+    # A process done with the network runs no watchdog thread (it may fork); the next request
+    # gets one again, and it still fires.
+    third = Guard(Deadline.after(0.05, "late"))
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.settimeout(10)
+        done = _blocked_recv(ours)
+        third.watch(_Conn(third), ours)
+        dog.arm(third)
+        assert done.wait(3) and third.failure == "late"
+    third.release()
+
+
 def test_a_guard_wakes_a_blocked_read_at_its_deadline() -> None:
     dog = Watchdog()
     guard = Guard(Deadline.after(0.1, "late"))

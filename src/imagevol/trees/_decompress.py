@@ -1,4 +1,4 @@
-"""The uncompressed bytes of a layer blob, in bounded chunks, optionally from a background thread.
+"""The uncompressed bytes of a layer blob, in bounded chunks, optionally from a thread or a child process.
 
 * The compression is sniffed from the magic bytes, as containerd does, so a mislabelled media type
   cannot smuggle another format past: gzip (``1f 8b``), zstd (``28 b5 2f fd``), else plain tar.
@@ -11,15 +11,18 @@
   Multi-member gzip streams are read to the end (as ``gzip -d`` does); NUL padding after a member
   is skipped and anything else after it is an error.
 * :class:`ChunkPipe` hands out the chunks after reading, hashing (the caller's verifying reader, and
-  the diff ID of the uncompressed stream when asked) and decompressing them, inline or, when asked,
-  in a thread that feeds a queue of at most ``depth`` chunks. Those calls release the GIL, but the
-  thread needs it back between them, and CPython hands it back to the applier, which releases it
-  only for the few microseconds of each system call: the thread overlaps little with the applier,
-  so the layer applier uses it only on request (``ApplyOptions.threaded``).
+  the diff ID of the uncompressed stream when asked) and decompressing them: inline, in a thread
+  that feeds a queue of at most ``depth`` chunks, or in a forked child process that writes them to
+  a pipe (:mod:`imagevol.trees._forked`). The C calls release the GIL, but a thread needs it back
+  between them, and CPython hands it back to the applier, which releases it only for the few
+  microseconds of each system call: a thread overlaps little with the applier. A child process
+  overlaps fully on a second CPU, as GNU tar's ``gzip -d`` child does, so that is what ``auto``
+  (``ApplyOptions.decompress``'s default) picks when it can.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import zlib
@@ -28,6 +31,7 @@ from types import ModuleType
 from typing import IO, Any
 
 from ..errors import LayerError
+from ._forked import ForkedChunks, fork_is_safe
 
 CHUNK = 256 * 1024  # small enough that the bounded queue and allocator stay a few MiB
 GZIP_MAGIC = b"\x1f\x8b"
@@ -217,12 +221,13 @@ class _Prefixed:
 
 
 def decompressed(
-    blob: IO[bytes], limit: int, gzip_module: ModuleType | None = None, *, hasher: Any = None
+    blob: IO[bytes], limit: int, gzip_module: ModuleType | None = None, *, hasher: Any = None, head: bytes = b""
 ) -> Generator[bytes, None, None]:
     """The uncompressed chunks of ``blob`` (each at most :data:`CHUNK` bytes), raising
     ``LayerError("too_large")`` as soon as more than ``limit`` bytes came out. Every chunk goes
-    into ``hasher`` (a ``hashlib`` object) before it is yielded: the layer's diff ID."""
-    head = _read_full(blob, 4)
+    into ``hasher`` (a ``hashlib`` object) before it is yielded: the layer's diff ID. ``head`` is
+    the blob's first bytes if the caller has read them already (all of them if fewer than 4)."""
+    head = head or _read_full(blob, 4)
     kind = sniff(head)
     chunks: Iterator[bytes]
     if kind == "gzip":
@@ -251,27 +256,72 @@ def _plain(blob: IO[bytes], head: bytes) -> Iterator[bytes]:
 
 _END = b""
 
+#: How :class:`ChunkPipe` runs the producer: ``inline`` (in the caller's reads), ``thread`` (a
+#: thread beside the caller), ``process`` (a forked child beside the caller), or ``auto``.
+MODES = ("auto", "inline", "thread", "process")
+
+
+def cpus() -> int:
+    """How many CPUs this process may run on now (its affinity mask, which ``taskset`` and cgroup
+    cpusets narrow), not how many the machine has."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - Linux has it
+        return os.cpu_count() or 1
+
+
+def _worker(mode: str, head: bytes) -> str:
+    """The producer's place for ``mode``, given the blob's first bytes.
+
+    ``auto`` forks a producer when it can overlap with the caller: the process may use a second CPU,
+    runs one thread (:func:`fork_is_safe`), and the blob is longer than its first chunk (for a small
+    layer the fork costs more than it saves). Otherwise inline: a thread overlaps too little with
+    the applier to pay its hand-overs (see the module's docstring), so it runs only when asked for,
+    and only with a second CPU. ``process`` forks whenever forking is safe."""
+    if mode == "auto":
+        return "process" if len(head) == CHUNK and cpus() > 1 and fork_is_safe() else "inline"
+    if mode == "thread":
+        return "thread" if cpus() > 1 else "inline"
+    if mode == "process":
+        return "process" if fork_is_safe() else "inline"
+    if mode == "inline":
+        return "inline"
+    raise ValueError(f"unknown decompression mode {mode!r} (one of {', '.join(MODES)})")
+
 
 class ChunkPipe:
-    """Chunks of :func:`decompressed` produced by a daemon thread into a bounded queue.
+    """The chunks of :func:`decompressed`, produced inline, by a daemon thread into a bounded queue,
+    or by a forked child through a pipe (``mode``, see :func:`_worker`).
 
-    ``read()`` returns the next chunk (``b""`` at the end) and re-raises whatever the producer raised
-    (a ``LayerError``, a digest mismatch from a verifying reader, an ``OSError``). ``close()`` stops
-    the producer early and waits for it, so no thread outlives the layer."""
+    ``read()`` returns the next chunk (``b""`` at the end) and raises whatever the producer raised
+    (a ``LayerError``, a digest mismatch from a verifying reader, an ``OSError``). After the end,
+    :meth:`hexdigest` is the digest of the uncompressed stream (``hasher``'s). ``close()`` stops the
+    producer early and waits for it, so no thread or process outlives the layer."""
 
     def __init__(
-        self, blob: IO[bytes], limit: int, *, depth: int = 4, threaded: bool = True, hasher: Any = None
+        self, blob: IO[bytes], limit: int, *, depth: int = 4, mode: str = "thread", hasher: Any = None
     ) -> None:
-        # The hash is updated by the producer, so with a thread it runs there too (hashlib
-        # releases the GIL on large buffers).
-        self._chunks = decompressed(blob, limit, hasher=hasher)
-        self._threaded = threaded
+        head = _read_full(blob, CHUNK)
+        self.mode = _worker(mode, head)
+        # The hash is updated by the producer, where it runs (hashlib releases the GIL on large
+        # buffers; in a child it is the child's copy of ``hasher``, whose hex comes back).
+        self._hasher = hasher
+        self._chunks = decompressed(blob, limit, hasher=hasher, head=head)
         self._done = False
-        if threaded:
+        self._forked: ForkedChunks | None = None
+        if self.mode == "process":
+            self._forked = ForkedChunks(self._chunks, hasher.hexdigest if hasher is not None else str)
+        elif self.mode == "thread":
             self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._produce, name="imagevol-decompress", daemon=True)
             self._thread.start()
+
+    def hexdigest(self) -> str:
+        """The hex digest of every chunk returned (``hasher``'s), once ``read()`` returned the end."""
+        if self._forked is not None:
+            return self._forked.result
+        return str(self._hasher.hexdigest()) if self._hasher is not None else ""
 
     def _produce(self) -> None:
         try:
@@ -296,7 +346,9 @@ class ChunkPipe:
     def read(self) -> bytes:
         if self._done:
             return _END
-        if not self._threaded:
+        if self._forked is not None:
+            return self._forked.read()
+        if self.mode == "inline":
             try:
                 return next(self._chunks)
             except StopIteration:
@@ -311,7 +363,10 @@ class ChunkPipe:
         return item
 
     def close(self) -> None:
-        if not self._threaded:
+        if self._forked is not None:
+            self._forked.close()
+            return
+        if self.mode == "inline":
             self._chunks.close()
             return
         self._stop.set()

@@ -28,7 +28,7 @@ from ..errors import DiffIDMismatchError, LayerError
 from ..lazy.rules import OPAQUE_WHITEOUT, WHITEOUT_PREFIX, clean_name
 from ..oci import Digest
 from . import _inroot
-from ._decompress import ChunkPipe
+from ._decompress import MODES, ChunkPipe
 from ._inroot import MAX_SYMLINK_FOLLOWS, NAME_MAX, PATH_MAX, lstat_at
 from ._layer_changeset import ChangesetApplier, LayerEntryError, LayerStats
 from ._layer_metadata import BuildState
@@ -76,12 +76,12 @@ class ApplyOptions:
     preserve_owner: bool = attrs.field(factory=lambda: os.geteuid() == 0)
     #: Create files and FIFOs without write bits (a tree that will be published read-only).
     strip_write_bits: bool = False
-    #: Decompress and hash in a background thread beside the applier (only when the process may
-    #: run on more than one CPU). Off by default: the thread needs the GIL back after each of its C
-    #: calls, and CPython gives it back to the applier, which releases it for a few microseconds
-    #: around every system call, so the thread overlaps little with the applier; measured
-    #: (docs/benchmarks.md), it was no faster and cost more CPU time.
-    threaded: bool = False
+    #: Where the blob is decompressed and hashed: ``auto`` (a forked child process beside the
+    #: applier when the process may use a second CPU and runs a single thread, and the layer is
+    #: larger than one chunk; else inline), ``inline``, ``thread`` or ``process``. A child runs on
+    #: the second CPU while the applier works, as GNU tar's ``gzip -d`` does; a thread barely overlaps
+    #: with the applier, because it needs the GIL back after each C call (docs/benchmarks.md).
+    decompress: str = attrs.field(default="auto", validator=attrs.validators.in_(MODES))
 
 
 # --- public entry points ------------------------------------------------------------------------
@@ -139,7 +139,7 @@ def apply_layer_fd(
     limits = options.limits
     tree = Tree(root_fd, max_depth=limits.max_depth)
     hasher = hashlib.new(diff_algorithm) if diff_algorithm else None
-    pipe = ChunkPipe(blob, limits.max_bytes, threaded=options.threaded and _cpus() > 1, hasher=hasher)
+    pipe = ChunkPipe(blob, limits.max_bytes, mode=options.decompress, hasher=hasher)
     applier: ChangesetApplier | None = None
     try:
         reader = TarReader(pipe.read)
@@ -159,9 +159,9 @@ def apply_layer_fd(
     finally:
         pipe.close()
         tree.close()
-    if hasher is not None and diff_algorithm is not None:
+    if diff_algorithm is not None:
         # The pipe has returned its end: the producer hashed every chunk before handing it over.
-        stats.diff_id = Digest(diff_algorithm, hasher.hexdigest())
+        stats.diff_id = Digest(diff_algorithm, pipe.hexdigest())
     if stats.skipped_devices:
         import logging  # here: an unpack that has nothing to report does not import logging
 
@@ -169,15 +169,6 @@ def apply_layer_fd(
             "skipped %d device node(s), e.g. %r", len(stats.skipped_devices), stats.skipped_devices[0]
         )
     return stats
-
-
-def _cpus() -> int:
-    """How many CPUs this process may run on now (its affinity mask, which ``taskset`` and cgroup
-    cpusets narrow), not how many the machine has."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - Linux has it
-        return os.cpu_count() or 1
 
 
 #: The walker's kinds that are layer kinds too; any other failure of the OS is ``io``.

@@ -196,17 +196,22 @@ class PartialTrees:
             lazy.IndexLimits(limits.max_entries, limits.max_depth, (os.geteuid(), os.getegid())),
         )
 
+    def _pipe(self, blob: IO[bytes], hasher: Any = None) -> ChunkPipe:
+        """A stored blob's uncompressed chunks, produced where the node's options say."""
+        options = self.snapshots.options
+        return ChunkPipe(blob, options.limits.max_bytes, mode=options.decompress, hasher=hasher)
+
     def _plain_entries(self, layer: LayerSource, i: int, count: int) -> list[lazy.Entry]:
         hasher = hashlib.new(layer.diff_id.algorithm)
         with self.snapshots.open_layer(layer.desc) as blob:
-            pipe = ChunkPipe(blob, self.snapshots.options.limits.max_bytes, hasher=hasher)
+            pipe = self._pipe(blob, hasher)
             try:
                 reader = TarReader(pipe.read)
                 entries = lazy.entries_from_members(iter(reader.next, None))
                 reader.drain()
             finally:
                 pipe.close()
-        got = Digest(layer.diff_id.algorithm, hasher.hexdigest())
+        got = Digest(layer.diff_id.algorithm, pipe.hexdigest())
         if got != layer.diff_id:
             raise DiffIDMismatchError(
                 f"wrong diff id calculated on extraction {goquote(str(got))}: the image config names "
@@ -232,14 +237,14 @@ class PartialTrees:
         slack = 999_999_999 if toc.format is lazy.TocFormat.ESTARGZ else 0
         hasher = hashlib.new(diff_id.algorithm)
         with self.snapshots.open_layer(desc) as blob:
-            pipe = ChunkPipe(blob, self.snapshots.options.limits.max_bytes, hasher=hasher)
+            pipe = self._pipe(blob, hasher)
             try:
                 tar = TarReader(pipe.read)
                 lazy.check_members_match(toc.entries, iter(tar.next, None), time_slack_ns=slack)
                 tar.drain()
             finally:
                 pipe.close()
-        got = Digest(diff_id.algorithm, hasher.hexdigest())
+        got = Digest(diff_id.algorithm, pipe.hexdigest())
         if got != diff_id:
             raise DiffIDMismatchError(
                 f"wrong diff id calculated on extraction {goquote(str(got))}: the image config names "
@@ -382,7 +387,7 @@ class PartialTrees:
     def _extract(self, layer: LayerSource, wanted: set[int], number: int, scratch: str) -> None:
         """Copy the members ``wanted`` (by ordinal) out of a stored blob, read and verified again."""
         with self.snapshots.open_layer(layer.desc) as blob:
-            pipe = ChunkPipe(blob, self.snapshots.options.limits.max_bytes)
+            pipe = self._pipe(blob)
             try:
                 reader = TarReader(pipe.read)
                 for ordinal, _member in enumerate(iter(reader.next, None)):

@@ -140,6 +140,7 @@ class Guard:
         self._lock = threading.Lock()
         self._handles: list[tuple[Owner, socket.socket, int]] = []
         self._endpoints = ""
+        self._dog: Watchdog | None = None  # the watchdog that armed it
 
     def watch(self, conn: Owner, sock: socket.socket) -> None:
         """``conn`` carries this request over ``sock`` now; cut it if the guard fires (at once if
@@ -202,10 +203,13 @@ class Guard:
     def release(self) -> None:
         """The request is over: never fire from now on."""
         with self._lock:
-            self.active = False
+            armed, self.active = self.active, False
             for _, spare, _ in self._handles:
                 spare.close()
             self._handles.clear()
+            dog = self._dog
+        if armed and dog is not None:
+            dog.released()
 
 
 def _addr(address: Any) -> str:
@@ -220,7 +224,10 @@ _COMPACT_AT = 1024
 
 class Watchdog:
     """One daemon thread that fires guards when they are due. Cheap when idle: it sleeps until
-    the earliest due time; releasing a guard costs nothing (stale entries are skipped)."""
+    the earliest due time; releasing a guard costs nothing (stale entries are skipped). The thread
+    ends when the last armed guard is released and starts again with the next: a process that is
+    done with the network runs no thread of ours, so it may fork (a layer's decompressing child,
+    :mod:`imagevol.trees._forked`)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -228,11 +235,16 @@ class Watchdog:
         self._heap: list[tuple[float, int, Guard]] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
+        self._armed = 0  # guards armed and not released yet
 
     def arm(self, guard: Guard) -> None:
         """Start (or re-schedule) watching ``guard``."""
         with guard._lock:
-            guard.active = True
+            first, guard.active = not guard.active, True
+            guard._dog = self
+        if first:
+            with self._cond:
+                self._armed += 1
         due = guard.due()
         if not math.isfinite(due):
             return
@@ -247,10 +259,21 @@ class Watchdog:
                 self._thread.start()
             self._cond.notify()
 
+    def released(self) -> None:
+        """One armed guard was released (:meth:`Guard.release`)."""
+        with self._cond:
+            self._armed -= 1
+            if self._armed == 0:
+                self._heap.clear()  # only released guards were left in it
+                self._cond.notify()
+
     def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._heap or self._heap[0][0] > self.clock():
+                    if not self._heap and self._armed == 0:
+                        self._thread = None  # under the lock: the next arm() starts another
+                        return
                     wait = self._heap[0][0] - self.clock() if self._heap else None
                     self._cond.wait(None if wait is None else max(0.0, min(wait, 3600.0)))
                 _, _, guard = heapq.heappop(self._heap)
