@@ -33,10 +33,12 @@ print(json.dumps(sorted(set(sys.modules) - before)))
 """
 
 #: Every imagevol module an unpack needs: the package, the error types and text helpers, the OCI
-#: model (the diff ID is a Digest), the name rules shared with the lazy index, and the applier.
+#: model (the diff ID is a Digest), the name rules shared with the lazy index, and the applier (with
+#: the decompressing child it forks for a layer larger than one chunk).
 UNPACK = {
     "imagevol", "imagevol._exports", "imagevol._text", "imagevol.errors", "imagevol.lazy", "imagevol.lazy.rules",
-    "imagevol.oci", "imagevol.oci._model", "imagevol.trees", "imagevol.trees._decompress", "imagevol.trees._inroot",
+    "imagevol.oci", "imagevol.oci._model", "imagevol.trees", "imagevol.trees._decompress", "imagevol.trees._forked",
+    "imagevol.trees._inroot",
     "imagevol.trees._layer_changeset", "imagevol.trees._layer_metadata", "imagevol.trees._layer_primitives",
     "imagevol.trees._layer_tree", "imagevol.trees._openat2", "imagevol.trees._remove_tree",
     "imagevol.trees._tarstream", "imagevol.trees.layers",

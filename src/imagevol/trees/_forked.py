@@ -30,9 +30,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import fcntl
-import json
 import os
-import signal
 import threading
 from collections.abc import Callable, Iterable
 
@@ -96,6 +94,8 @@ class ForkedChunks:
             size += len(part)
         self._reap(kill=size > _MAX_STATUS)  # a child still writing an oversized record is stopped
         raw = b"".join(parts)
+        import json  # here and in the child: an unpack that forks nothing does not import it
+
         try:
             status = json.loads(raw) if raw and size <= _MAX_STATUS else None
         except ValueError:
@@ -111,6 +111,8 @@ class ForkedChunks:
             return
         pid, self._pid = self._pid, 0
         if kill:
+            import signal  # here: its enums cost a few milliseconds at start-up
+
             with contextlib.suppress(ProcessLookupError):  # it was already gone
                 os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
@@ -133,6 +135,8 @@ def _child(chunks: Iterable[bytes], result: Callable[[], str], data: int, status
     # Closed first: the parent reads the status once it has seen the end of the data.
     os.close(data)
     try:
+        import json
+
         raw = json.dumps(record).encode()
         while raw:
             raw = raw[os.write(status, raw) :]
