@@ -18,7 +18,7 @@ from imagevol.testing.tarbuild import build_layer, gzip_bytes, zstd_bytes
 from imagevol.trees import _decompress, _forked
 from imagevol.trees._decompress import CHUNK, ChunkPipe
 from imagevol.trees._forked import ForkedChunks
-from imagevol.trees.layers import ApplyOptions, LayerEntryError, LayerLimits
+from imagevol.trees.layers import ApplyOptions, LayerEntryError, LayerLimits, apply_layers
 from imagevol.trees.snapshots import Snapshots
 from tests.helpers.layerkit import D, F, Sandbox
 from tests.helpers.snapshots import GOOD, image_plan
@@ -233,3 +233,40 @@ def test_an_unreadable_status_is_an_error(raw: bytes, monkeypatch: pytest.Monkey
     with pytest.raises(LayerError, match="ended without a result"):
         _read_all(chunks)
     assert _gone(pid)
+
+
+def test_without_a_process_to_be_had_the_layer_unpacks_inline(box: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[int] = []
+    real_pipe = os.pipe
+
+    def pipe() -> tuple[int, int]:
+        fds = real_pipe()
+        opened.extend(fds)
+        return fds
+
+    def no_fork() -> int:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "pipe", pipe)
+    monkeypatch.setattr(os, "fork", no_fork)
+    box.apply(gzip_bytes(build_layer([D("d"), F("d/f", os.urandom(2 * CHUNK))])), options=PROCESS)
+    assert os.path.getsize(os.path.join(box.root, "d/f")) == 2 * CHUNK
+    assert len(opened) == 4
+    for fd in opened:  # the pipes made for the child were closed again
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            os.fstat(fd)
+
+
+def test_a_blob_that_fails_at_once_leaves_no_descriptor_open(box: Sandbox) -> None:
+    class Broken(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: object) -> int:
+            raise OSError(errno.EIO, "Input/output error")
+
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(LayerError, match="Input/output error") as raised:
+        apply_layers(box.root, [io.BufferedReader(Broken())], PROCESS)
+    assert raised.value.kind == "io"
+    assert set(os.listdir("/proc/self/fd")) == before

@@ -310,8 +310,11 @@ class ChunkPipe:
         self._done = False
         self._forked: ForkedChunks | None = None
         if self.mode == "process":
-            self._forked = ForkedChunks(self._chunks, hasher.hexdigest if hasher is not None else str)
-        elif self.mode == "thread":
+            try:
+                self._forked = ForkedChunks(self._chunks, hasher.hexdigest if hasher is not None else str)
+            except OSError:  # no process to be had (EAGAIN, ENOMEM): the same work, inline
+                self.mode = "inline"
+        if self.mode == "thread":
             self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._produce, name="imagevol-decompress", daemon=True)

@@ -56,10 +56,20 @@ class ForkedChunks:
 
     def __init__(self, chunks: Iterable[bytes], result: Callable[[], str]) -> None:
         data_r, data_w = os.pipe()
-        status_r, status_w = os.pipe()
+        try:
+            status_r, status_w = os.pipe()
+        except OSError:
+            os.close(data_r)
+            os.close(data_w)
+            raise
         with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size: the default size works too
             fcntl.fcntl(data_w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # out of processes or memory: nothing was started
+            for fd in (data_r, data_w, status_r, status_w):
+                os.close(fd)
+            raise
         if pid == 0:  # pragma: no cover - the child's coverage is not collected
             code = 1
             try:

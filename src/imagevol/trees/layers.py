@@ -139,9 +139,10 @@ def apply_layer_fd(
     limits = options.limits
     tree = Tree(root_fd, max_depth=limits.max_depth)
     hasher = hashlib.new(diff_algorithm) if diff_algorithm else None
-    pipe = ChunkPipe(blob, limits.max_bytes, mode=options.decompress, hasher=hasher)
+    pipe: ChunkPipe | None = None
     applier: ChangesetApplier | None = None
     try:
+        pipe = ChunkPipe(blob, limits.max_bytes, mode=options.decompress, hasher=hasher)
         reader = TarReader(pipe.read)
         applier = ChangesetApplier(
             tree,
@@ -157,7 +158,8 @@ def apply_layer_fd(
     except OSError as exc:
         raise _os_error(exc, applier.current if applier else "") from None
     finally:
-        pipe.close()
+        if pipe is not None:
+            pipe.close()
         tree.close()
     if diff_algorithm is not None:
         # The pipe has returned its end: the producer hashed every chunk before handing it over.
