@@ -270,3 +270,13 @@ def test_a_blob_that_fails_at_once_leaves_no_descriptor_open(box: Sandbox) -> No
         apply_layers(box.root, [io.BufferedReader(Broken())], PROCESS)
     assert raised.value.kind == "io"
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_process_that_ignores_sigchld_still_gets_its_layer(box: Sandbox) -> None:
+    # With SIGCHLD ignored the kernel reaps children itself; waiting for one is then an error.
+    old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        box.apply(gzip_bytes(build_layer([F("f", os.urandom(2 * CHUNK))])), options=PROCESS)
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+    assert os.path.getsize(os.path.join(box.root, "f")) == 2 * CHUNK

@@ -125,7 +125,8 @@ class ForkedChunks:
 
             with contextlib.suppress(ProcessLookupError):  # it was already gone
                 os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        with contextlib.suppress(ChildProcessError):  # reaped already: SIGCHLD is ignored in this process
+            os.waitpid(pid, 0)
         os.close(self._data)
         os.close(self._status)
 
