@@ -209,8 +209,8 @@ def test_compressions(box: Sandbox, blob: bytes, mode: str) -> None:
     assert box.read("d/f") == "payload" * 1000
 
 
-#: A layer longer than one chunk once compressed (random bytes do not compress).
-_BIG = [D("d"), F("d/big", os.urandom(decompress.CHUNK)), F("d/f", "payload" * 1000)]
+#: A layer longer than FORK_ABOVE once compressed (random bytes do not compress).
+_BIG = [D("d"), F("d/big", os.urandom(decompress.FORK_ABOVE)), F("d/f", "payload" * 1000)]
 
 
 @pytest.mark.parametrize(
@@ -219,7 +219,7 @@ _BIG = [D("d"), F("d/big", os.urandom(decompress.CHUNK)), F("d/f", "payload" * 1
         ("auto", 2, False, False, "process"),
         ("auto", 1, False, False, "inline"),  # nothing would run beside the applier
         ("auto", 2, True, False, "inline"),  # forking beside another thread is not safe
-        ("auto", 2, False, True, "inline"),  # the layer fits one chunk: the fork would cost more
+        ("auto", 2, False, True, "inline"),  # a small layer: the fork would cost more than it saves
         ("process", 1, False, True, "process"),
         ("process", 2, True, False, "inline"),
         ("thread", 2, False, False, "thread"),
@@ -347,3 +347,14 @@ def test_zstd_frame_walker_follows_real_streams() -> None:
             cut = decompress.ZstdFrames()
             cut.feed(blob[:-1])
             assert not cut.complete()
+
+
+@pytest.mark.parametrize("compress", [gzip_bytes, zstd_bytes, bytes], ids=["gzip", "zstd", "plain"])
+@pytest.mark.parametrize("split", [1, 3, 4, 5, decompress.CHUNK + 1, decompress.FORK_ABOVE, 10**9])
+def test_bytes_read_ahead_are_decompressed_as_if_never_taken(compress: object, split: int) -> None:
+    # ChunkPipe reads up to FORK_ABOVE bytes to choose where to decompress, then hands them back.
+    tar = build_layer([F("a", os.urandom(decompress.FORK_ABOVE)), F("b", "text " * 200_000)])
+    blob: bytes = compress(tar)  # type: ignore[operator]
+    chunks = list(decompress.decompressed(io.BytesIO(blob[split:]), 1 << 30, head=blob[:split]))
+    assert b"".join(chunks) == tar
+    assert max(len(c) for c in chunks) <= decompress.CHUNK

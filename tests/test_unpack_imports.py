@@ -34,7 +34,7 @@ print(json.dumps(sorted(set(sys.modules) - before)))
 
 #: Every imagevol module an unpack needs: the package, the error types and text helpers, the OCI
 #: model (the diff ID is a Digest), the name rules shared with the lazy index, and the applier (with
-#: the decompressing child it forks for a layer larger than one chunk).
+#: the decompressing child it forks for a layer larger than 1 MiB).
 UNPACK = {
     "imagevol", "imagevol._exports", "imagevol._text", "imagevol.errors", "imagevol.lazy", "imagevol.lazy.rules",
     "imagevol.oci", "imagevol.oci._model", "imagevol.trees", "imagevol.trees._decompress", "imagevol.trees._forked",

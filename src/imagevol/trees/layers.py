@@ -78,7 +78,7 @@ class ApplyOptions:
     strip_write_bits: bool = False
     #: Where the blob is decompressed and hashed: ``auto`` (a forked child process beside the
     #: applier when the process may use a second CPU and runs a single thread, and the layer is
-    #: larger than one chunk; else inline), ``inline``, ``thread`` or ``process``. A child runs on
+    #: larger than 1 MiB; else inline), ``inline``, ``thread`` or ``process``. A child runs on
     #: the second CPU while the applier works, as GNU tar's ``gzip -d`` does; a thread barely overlaps
     #: with the applier, because it needs the GIL back after each C call (docs/benchmarks.md).
     decompress: str = attrs.field(default="auto", validator=attrs.validators.in_(MODES))
