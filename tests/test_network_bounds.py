@@ -520,20 +520,10 @@ def test_the_watchdog_thread_ends_with_the_last_guard_and_comes_back_with_the_ne
     assert not thread.is_alive() and dog._thread is None
     # A process done with the network runs no watchdog thread (it may fork); the next request
     # gets one again, and it still fires.
-    third = Guard(Deadline.after(0.05, "late"))
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        ours.settimeout(10)
-        done = _blocked_recv(ours)
-        third.watch(_Conn(third), ours)
-        dog.arm(third)
-        assert done.wait(3) and third.failure == "late"
-    third.release()
+    _fires_on_a_blocked_read(dog, Guard(Deadline.after(0.05, "late")))
 
 
-def test_a_guard_wakes_a_blocked_read_at_its_deadline() -> None:
-    dog = Watchdog()
-    guard = Guard(Deadline.after(0.1, "late"))
+def _fires_on_a_blocked_read(dog: Watchdog, guard: Guard) -> None:
     ours, theirs = socket.socketpair()
     with ours, theirs:
         ours.settimeout(10)
@@ -541,6 +531,11 @@ def test_a_guard_wakes_a_blocked_read_at_its_deadline() -> None:
         guard.watch(_Conn(guard), ours)
         dog.arm(guard)
         assert done.wait(3) and guard.failure == "late"
+    guard.release()
+
+
+def test_a_guard_wakes_a_blocked_read_at_its_deadline() -> None:
+    _fires_on_a_blocked_read(Watchdog(), Guard(Deadline.after(0.1, "late")))
 
 
 def test_a_guard_never_cuts_a_connection_that_moved_on_or_after_release() -> None:
