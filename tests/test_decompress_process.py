@@ -7,8 +7,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +19,7 @@ import pytest
 from imagevol.errors import DigestMismatchError, LayerError
 from imagevol.testing.tarbuild import build_layer, gzip_bytes, zstd_bytes
 from imagevol.trees import _decompress, _forked
-from imagevol.trees._decompress import CHUNK, ChunkPipe
+from imagevol.trees._decompress import CHUNK, FORK_ABOVE, ChunkPipe
 from imagevol.trees._forked import ForkedChunks
 from imagevol.trees.layers import ApplyOptions, LayerEntryError, LayerLimits, apply_layers
 from imagevol.trees.snapshots import Snapshots
@@ -280,3 +283,57 @@ def test_a_process_that_ignores_sigchld_still_gets_its_layer(box: Sandbox) -> No
     finally:
         signal.signal(signal.SIGCHLD, old)
     assert os.path.getsize(os.path.join(box.root, "f")) == 2 * CHUNK
+
+
+# --- a node that pulled from a registry ------------------------------------------------------------
+
+#: ``imagevol apply`` of the Pod file ARGV[2] on the node root ARGV[1] (registries.conf ARGV[3]),
+#: recording where each layer was decompressed; prints the modes as JSON on its last line.
+_APPLY_PROBE = """
+import json, sys
+from imagevol.cli import main
+from imagevol.trees import _decompress
+seen = []
+real = _decompress.ChunkPipe.__init__
+def spy(self, *args, **kwargs):
+    real(self, *args, **kwargs)
+    seen.append(self.mode)
+_decompress.ChunkPipe.__init__ = spy
+code = main(["--root", sys.argv[1], "--registries", sys.argv[3], "apply", "-f", sys.argv[2]])
+print(json.dumps([code, seen]))
+"""
+
+
+def test_a_node_that_pulled_from_a_registry_still_decompresses_in_a_child(tmp_path: object) -> None:
+    """The registry client's watchdog thread ends with the pull, so the same process may fork for
+    the unpack (it would fall back to inline beside a live thread)."""
+    from imagevol.testing.images import Layer, LayoutBuilder
+    from imagevol.testing.pods import container, image_volume, pod_doc, to_yaml
+    from tests.helpers import peers
+    from tests.helpers.fixture_node import container_image_registries
+
+    big = os.urandom(2 * FORK_ABOVE)
+    layout = f"{tmp_path}/layout"
+    builder = LayoutBuilder(layout)
+    builder.add_image([Layer((F("big", big), F("small", "small\n")))], tag="big")
+    builder.save()
+    with peers.registry() as reg:
+        peers.skopeo_copy(layout, "big", reg, "forked/big")
+        conf = f"{tmp_path}/registries.conf"
+        with open(conf, "w") as f:
+            f.write(f'[[registry]]\nlocation = "{reg.host}"\ninsecure = true\n' + container_image_registries())
+        pod = pod_doc("p", [container("shell", ("v", "/volume", ""))], [image_volume("v", f"{reg.host}/forked/big:v1")])
+        manifest = f"{tmp_path}/pod.yaml"
+        with open(manifest, "w") as f:
+            f.write(to_yaml(pod))
+        root = f"{tmp_path}/node"
+        probe = [sys.executable, "-c", _APPLY_PROBE, root, manifest, conf]
+        done = subprocess.run(probe, check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    code, modes = json.loads(done.stdout.strip().splitlines()[-1])
+    assert code == 0, done.stdout
+    # The image volume's layer, larger than FORK_ABOVE, in a child.
+    assert "process" in modes, modes
+    cli = [sys.executable, "-m", "imagevol.cli", "--root", root, "--registries", conf]
+    run = subprocess.run([*cli, "exec", "p", "--", "cat", "/volume/small"], check=False, capture_output=True, text=True)
+    assert run.stdout == "small\n", run.stderr
