@@ -661,11 +661,12 @@ class _Bench:
         primary = "imagevol applier, per entry"
         text = (
             f"In process (labelled as such: no peer runs here). A {n:,}-entry uncompressed layer of {size} B files"
-            f" in directories of {per_dir}, applied by `imagevol.apply_layers` with nothing decompressed beside it (inline),"
-            " against a bare Python loop making the same system calls per file (open with `O_CREAT|O_EXCL`, write,"
-            " futimens, close; mkdir and open per directory). CPU time (user + system) per entry, the median of"
-            f" {self.runs} rounds alternating the two. The difference is the Python work imagevol does per entry:"
-            " parsing and checking the header, validating the name, resolving the parent, dispatching."
+            f" in directories of {per_dir}, applied by `imagevol.apply_layers` with nothing decompressed beside"
+            " it (inline), against a bare Python loop making the same system calls per file (open with"
+            " `O_CREAT|O_EXCL`, write, futimens, close; mkdir and open per directory). CPU time (user + system)"
+            f" per entry, the median of {self.runs} rounds alternating the two. The difference is the Python work"
+            " imagevol does per entry: parsing and checking the header, validating the name, resolving the parent,"
+            " dispatching."
         )
         section = _results.Section(
             id="entries",
