@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import subprocess
+import sys
 import tarfile
 import threading
 import zlib
@@ -358,3 +360,23 @@ def test_bytes_read_ahead_are_decompressed_as_if_never_taken(compress: object, s
     chunks = list(decompress.decompressed(io.BytesIO(blob[split:]), 1 << 30, head=blob[:split]))
     assert b"".join(chunks) == tar
     assert max(len(c) for c in chunks) <= decompress.CHUNK
+
+
+#: Starts a thread through libc (one threading does not count) and prints what fork_is_safe says
+#: before and after, in a process of its own: the thread sleeps until that process ends.
+_C_THREAD = """
+import ctypes, threading
+from imagevol.trees._forked import fork_is_safe
+libc = ctypes.CDLL(None)
+create = libc.pthread_create
+create.argtypes = [ctypes.POINTER(ctypes.c_ulong), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+before = fork_is_safe()
+tid = ctypes.c_ulong()
+assert create(ctypes.byref(tid), None, ctypes.cast(libc.pause, ctypes.c_void_p), None) == 0
+print(before, threading.active_count(), fork_is_safe())
+"""
+
+
+def test_a_thread_python_does_not_know_of_also_forbids_the_fork() -> None:
+    done = subprocess.run([sys.executable, "-c", _C_THREAD], capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.split() == ["True", "1", "False"]

@@ -45,8 +45,14 @@ _MAX_STATUS = 1024 * 1024
 
 
 def fork_is_safe() -> bool:
-    """Whether this process may fork a producer now: it can fork, and it runs no other thread."""
-    return hasattr(os, "fork") and threading.active_count() == 1
+    """Whether this process may fork a producer now: it can fork, and it runs no other thread,
+    neither one of Python's nor one a C library started (those only the kernel lists)."""
+    if not hasattr(os, "fork") or threading.active_count() != 1:
+        return False
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:  # no /proc: Python's own count is all there is
+        return True
 
 
 class ForkedChunks:
