@@ -64,12 +64,13 @@ from ..errors import (
 from ..oci import Digest, Manifest
 from ..oci.reference import parse_normalized
 from ..trees import subpath as sp
-from ..trees.snapshots import PARTIAL, Snapshot, SnapshotKey, Snapshots
 
 if TYPE_CHECKING:
     # Imported where they are used: a node that only pulls or lists never loads the lazy-pull
-    # machinery, the OCI runtime spec or runc's driver (about a tenth of a pull's start-up).
+    # machinery, the OCI runtime spec or runc's driver (about a tenth of a pull's start-up), nor
+    # the snapshotter and the layer applier under it (a fifth of a pull's imports).
     from ..trees.partial import Label
+    from ..trees.snapshots import Snapshot, SnapshotKey, Snapshots
     from ._lazy import LazyMounts
     from .oci_spec import VolumeMount
     from .real import BundleBuilder
@@ -96,7 +97,7 @@ class Runtime:
         self,
         state_dir: str,
         puller: ImagePuller,
-        snapshots: Snapshots,
+        snapshots: Snapshots | Callable[[], Snapshots],
         backend: sp.Backend = sp.Backend.AUTO,
         *,
         run_containers: bool = False,
@@ -105,7 +106,7 @@ class Runtime:
     ) -> None:
         self.state_dir = state_dir
         self.puller = puller
-        self.snapshots = snapshots
+        self._snapshots = snapshots
         self.backend = backend
         #: Containers run on the OCI runtime (``runc``) rather than being simulated.
         self.run_containers = run_containers
@@ -114,8 +115,19 @@ class Runtime:
         self._lazy_mode = lazy
         self._lazy_state = os.path.join(state_dir, "lazy.json")
         self._keychain = keychain
+        #: Keyrings of the pulls made by this process, by image record name: layers a lazy pull
+        #: left in the registry are fetched later with them (the lazy mode reads this mapping;
+        #: kept here so that a pull records its keyring without loading the lazy mode).
+        self.keyrings: dict[str, Keyring] = {}
         if lazy != "off":
             _ = self.lazy  # a lazy mode takes over the puller's layer pulls from the start
+
+    @functools.cached_property
+    def snapshots(self) -> Snapshots:
+        """The node's trees: given, or made by the factory given on first use (a runtime that only
+        pulls never needs them, nor loads the layer applier)."""
+        given = self._snapshots
+        return given() if callable(given) else given
 
     @property
     def lazy_in_use(self) -> bool:
@@ -130,7 +142,14 @@ class Runtime:
         """Lazy sub paths (``--lazy``): partial trees, fetched by range (:mod:`._lazy`)."""
         from ._lazy import LazyMounts
 
-        return LazyMounts(self._lazy_mode, self.puller, self.snapshots, self._lazy_state, keychain=self._keychain)
+        return LazyMounts(
+            self._lazy_mode,
+            self.puller,
+            self.snapshots,
+            self._lazy_state,
+            keychain=self._keychain,
+            keyrings=self.keyrings,
+        )
 
     @functools.cached_property
     def oci(self) -> Runc:
@@ -159,7 +178,7 @@ class Runtime:
         try:
             result = self.puller.pull(reference, keyring)
             # Layers a lazy pull left in the registry are fetched later with these credentials.
-            self.lazy.keyrings[result.record.name] = keyring or Keyring()
+            self.keyrings[result.record.name] = keyring or Keyring()
         except RegistryUnavailableError as exc:
             if self.reports_registry_unavailable:
                 raise
@@ -240,6 +259,8 @@ class Runtime:
         """Remove every tree that no image record names and no container holds: a chain shared by
         two images stays until neither is left; a tree still mounted stays until released. Runs
         under the exclusive ``gc`` lock, so no pull can write a record naming a tree meanwhile."""
+        from ..trees.snapshots import PARTIAL
+
         removed = []
         with self.puller.store.locks.hold("gc"):
             wanted = {self.snapshot_key(r) for r in self.puller.image_db.all()}
@@ -268,6 +289,8 @@ class Runtime:
         of ``config``, or fail and hold nothing. The container's image is recorded in its status
         (``image``, ``image_ref``, ``image_id``); its root filesystem and process are the OCI
         runtime's business, when the node runs containers (``start_container``)."""
+        from ..trees.snapshots import SnapshotKey
+
         image = self.container_image(config.image)
         container_id = secrets.token_hex(32)
         mounted: list[MountStatus] = []
@@ -333,6 +356,8 @@ class Runtime:
 
     def remove_container(self, container_id: str) -> None:
         """``RemoveContainer``: release its mounts (leases on its snapshots) and forget it."""
+        from ..trees.snapshots import SnapshotKey
+
         record = self.container_status(container_id)
         if record is None:
             return
@@ -567,6 +592,8 @@ class Runtime:
         time (``RESOLVE_NO_SYMLINKS`` plus the inode: a swap since then fails instead of being
         followed). Raises :class:`ImageVolError`; also for a lazily built tree a completion
         revoked (the container loses the view rather than keep reading unproven content)."""
+        from ..trees.snapshots import SnapshotKey
+
         self.lazy.check_not_revoked(status)
         tree = self.snapshots.get(SnapshotKey.parse(status.snapshot))
         if tree is None:
@@ -666,6 +693,8 @@ def _latest(records: Iterable[ImageRecord]) -> ImageRecord | None:
 def _digest12(base: MountStatus) -> str:
     """Twelve hex digits of the digest the mounted image was pulled by (of its tree key for mounts
     recorded without one)."""
+    from ..trees.snapshots import SnapshotKey
+
     _, _, digest = base.image_ref.rpartition("@")
     with contextlib.suppress(ImageVolError):
         return Digest.parse(digest).hex[:12]
