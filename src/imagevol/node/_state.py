@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import re
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from .._text import strerror
@@ -83,7 +82,7 @@ class NodeState:
         with contextlib.suppress(OSError), open(path, "rb") as f:
             if f.read(len(data) + 1) == data:
                 return os.fstat(f.fileno()), False
-        tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+        tmp = f"{path}.{os.getpid()}.{os.urandom(16).hex()}.tmp"
         try:
             with open(tmp, "wb") as f:
                 f.write(data)

@@ -27,9 +27,7 @@ import contextlib
 import functools
 import json
 import os
-import secrets
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -289,6 +287,8 @@ class Runtime:
         of ``config``, or fail and hold nothing. The container's image is recorded in its status
         (``image``, ``image_ref``, ``image_id``); its root filesystem and process are the OCI
         runtime's business, when the node runs containers (``start_container``)."""
+        import secrets
+
         from ..trees.snapshots import SnapshotKey
 
         image = self.container_image(config.image)
@@ -418,7 +418,7 @@ class Runtime:
         return load_process(self._path(container_id, _PROCESS))
 
     def _save(self, record: ContainerStatus) -> None:
-        tmp = os.path.join(self._containers, f".{record.id}.{uuid.uuid4().hex}.tmp")
+        tmp = os.path.join(self._containers, f".{record.id}.{os.urandom(16).hex()}.tmp")
         try:
             with open(tmp, "w") as f:
                 json.dump(record.to_json(), f)
