@@ -69,16 +69,17 @@ PULL_THIRD_PARTY = {"attr", "attrs"}
 #: kubelet's image manager (policy, events, metrics), the runtime profiles (their pull and image
 #: status) and the node that builds them. Not the API server's admission, defaults, validation or
 #: YAML, the kubelet's Pod sync and status, the snapshotter and the layer applier (a pull makes no
-#: tree), the lazy mode (the runtime keeps a pull's keyring itself), nor the test kit.
+#: tree), the lazy mode (the runtime keeps a pull's keyring itself) and its range reads, the OCI
+#: layout source (only for an ``oci-layout:`` mirror), nor the test kit.
 PULL = LIGHT | {
     "imagevol.api.features", "imagevol.cli._images",
     "imagevol.content", "imagevol.content._localfs", "imagevol.content.image_db", "imagevol.content.locks",
     "imagevol.content.progress", "imagevol.content.pull", "imagevol.content.ranges", "imagevol.content.store",
     "imagevol.content.sources", "imagevol.content.sources._bounds", "imagevol.content.sources._challenge",
-    "imagevol.content.sources._client", "imagevol.content.sources._multipart",
+    "imagevol.content.sources._client",
     "imagevol.content.sources._neterrors", "imagevol.content.sources._transport", "imagevol.content.sources.auth",
-    "imagevol.content.sources.base", "imagevol.content.sources.deferred", "imagevol.content.sources.layout",
-    "imagevol.content.sources.mirrors", "imagevol.content.sources.ranged", "imagevol.content.sources.registry",
+    "imagevol.content.sources.base", "imagevol.content.sources.deferred",
+    "imagevol.content.sources.mirrors", "imagevol.content.sources.registry",
     "imagevol.cri", "imagevol.cri._services", "imagevol.cri._values", "imagevol.errors",
     "imagevol.kubelet", "imagevol.kubelet.events", "imagevol.kubelet.image_manager", "imagevol.kubelet.metrics",
     "imagevol.node._config", "imagevol.node._node", "imagevol.node._state",
