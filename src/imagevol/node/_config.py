@@ -7,7 +7,7 @@ plugin is named)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -23,6 +23,12 @@ from ..oci import Platform
 from ..runtime import DEFAULT_PROFILE, PROFILE_NAMES
 from ..trees import subpath as sp
 from ._defaults import DEFAULT_FEATURE_GATES, default_root
+
+
+def _as_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    # ``tuple`` itself would do, but attrs reads a converter's signature, and the signature of a
+    # builtin is parsed from its text (a tenth of what building the node's modules costs).
+    return tuple(value)
 
 
 @attrs.frozen
@@ -47,7 +53,7 @@ class NodeConfig:
     kubelet_feature_gates: str | None = None
     metrics_mode: str = "upstream"
     #: Mutating admission plugins of the API server (``AlwaysPullImages``, R3.12).
-    admission_plugins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    admission_plugins: tuple[str, ...] = attrs.field(default=(), converter=_as_tuple)
     platform: Platform | None = None
     clock: Callable[[], float] | None = None
     #: How the node reaches registries; ``None`` means ``RegistryAccess()`` unless ``hermetic``.
