@@ -242,7 +242,11 @@ class Runtime:
 
     def complete_lazy(self) -> list[tuple[SnapshotKey, Label]]:
         """``--lazy toc+complete``: prove or revoke the partial trees of every image this node
-        holds (:meth:`._lazy.LazyMounts.complete_all`). Runs on each ``sync``; a no-op otherwise."""
+        holds (:meth:`._lazy.LazyMounts.complete_all`). Runs on each ``sync``; a no-op otherwise,
+        which does not make the lazy mode (its directories): a ``sync`` on a node at rest, even on
+        a read-only root, writes nothing."""
+        if self._lazy_mode != "toc+complete":
+            return []
         return self.lazy.complete_all()
 
     def snapshot_key(self, record: ImageRecord) -> SnapshotKey | None:
@@ -377,7 +381,7 @@ class Runtime:
                 record = ContainerStatus.from_json(json.load(f))
         except FileNotFoundError:
             return None
-        record = attrs.evolve(record, mounts=tuple(self.lazy.live(m) for m in record.mounts))
+        record = attrs.evolve(record, mounts=tuple(self._live(m) for m in record.mounts))
         if not os.path.isdir(self.oci.bundle(container_id)):
             return record
         run = self.oci.status(container_id)
@@ -586,15 +590,22 @@ class Runtime:
         """Mount an artifact's file or directory (this profile's layout of an artifact)."""
         raise ImageVolumeMountFailedError("artifacts are not supported")
 
+    def _live(self, status: MountStatus) -> MountStatus:
+        """A mount's status as of now (:meth:`._lazy.LazyMounts.live`): only a partial tree's
+        trust changes after its mount, so only such a mount makes the lazy mode to ask it."""
+        return self.lazy.live(status) if _on_partial_tree(status) else status
+
     def open_mount(self, status: MountStatus) -> int:
         """An ``O_PATH`` fd on what ``status`` mounts, re-opened from the snapshot's root along the
         recorded symlink-free path and checked to be the very inode that was resolved at create
         time (``RESOLVE_NO_SYMLINKS`` plus the inode: a swap since then fails instead of being
         followed). Raises :class:`ImageVolError`; also for a lazily built tree a completion
         revoked (the container loses the view rather than keep reading unproven content)."""
+        from ..trees.partial import REVOKED
         from ..trees.snapshots import SnapshotKey
 
-        self.lazy.check_not_revoked(status)
+        if _on_partial_tree(status) or status.trust == REVOKED:  # only lazy mode revokes a tree
+            self.lazy.check_not_revoked(status)
         tree = self.snapshots.get(SnapshotKey.parse(status.snapshot))
         if tree is None:
             raise ImageVolError(f"the image volume mounted at {status.container_path} is gone")
@@ -646,6 +657,16 @@ class Runtime:
     def sub_path_message(self, exc: SubPathError, base: MountStatus, mount: Mount) -> str:
         """The error text for a sub path that cannot be resolved (per profile's wording)."""
         return str(exc)
+
+
+def _on_partial_tree(status: MountStatus) -> bool:
+    """Whether ``status`` mounts a partial tree (lazy mode's): the only kind whose trust changes."""
+    from ..trees.snapshots import PARTIAL, SnapshotKey
+
+    try:
+        return SnapshotKey.parse(status.snapshot).kind == PARTIAL
+    except ImageVolError:
+        return False
 
 
 def _is_digest(text: str) -> bool:
