@@ -1,5 +1,6 @@
 """How the ``imagevol`` command ends (``imagevol.cli.run``): its exit status is the command's, its
-output and exit handlers are complete, and a thread the command left running is waited for."""
+output and exit handlers are complete, and a thread the command left running is waited for (a
+daemon thread is not, as the interpreter would not wait for it either)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,34 @@ def test_a_thread_left_running_is_waited_for() -> None:
         "    return 3\n"
     )
     assert (done.returncode, done.stdout) == (3, "thread done\n")
+
+
+def test_a_daemon_thread_left_running_does_not_bring_back_the_teardown() -> None:
+    # The registry client's watchdog is such a thread: a pull leaves it waiting. The interpreter
+    # would not wait for it either, so the process ends without tearing its modules down (the
+    # object below would say so from its finaliser, which only that teardown runs).
+    done = _run(
+        "import os, threading, time\n"
+        "class Said:\n"
+        "    def __del__(self):\n"
+        "        os.write(1, b'torn down\\n')\n"
+        "said = Said()\n"
+        "def main():\n"
+        "    threading.Thread(target=time.sleep, args=(60,), name='watchdog', daemon=True).start()\n"
+        "    print('done')\n"
+        "    return 4\n"
+    )
+    assert (done.returncode, done.stdout) == (4, "done\n")
+
+
+def test_the_teardown_check_sees_a_normal_exit() -> None:
+    """Without the early exit the finaliser above speaks: the test before this one can fail."""
+    script = (
+        "import os\nclass Said:\n    def __del__(self):\n        os.write(1, b'torn down\\n')\n"
+        "said = Said()\nraise SystemExit(4)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout) == (4, "torn down\n")
 
 
 def test_a_reader_that_went_away_is_not_an_error() -> None:

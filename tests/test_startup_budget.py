@@ -51,16 +51,42 @@ STDLIB_BUDGET = 50
 #: What a pull never needs: YAML (only for a pull secret), fsspec (the store is on the local
 #: disk), the metrics exposition and its HTTP server, the test kit, and oras-py with the HTTP
 #: stack under it (the registry client is the standard library's http.client; oras-py's API is
-#: an adapter only its users import), nor runc's driver or the OCI spec builder.
+#: an adapter only its users import), nor runc's driver or the OCI spec builder; nor what only
+#: Pods and trees need (admission, Pod sync, the snapshotter, the lazy mode, the layer formats).
 NOT_FOR_A_PULL = ("yaml", "fsspec", "asyncio", "prometheus_client", "http.server", "hypothesis",
                   "imagevol.api.bounded_yaml", "imagevol.testing", "imagevol.cli._pods",
                   "oras", "requests", "urllib3", "jsonschema", "jsonschema_specifications", "referencing",
                   "charset_normalizer", "idna", "certifi", "http.cookiejar",
                   "imagevol.content.sources._oras",
-                  "imagevol.runtime.real", "imagevol.runtime.runc", "imagevol.runtime.oci_spec")  # fmt: skip
-#: The only packages from outside the standard library a pull may import: attrs, and the layer
-#: decompressors the node loads.
-PULL_THIRD_PARTY = {"attr", "attrs", "isal", "zstandard"}
+                  "imagevol.runtime.real", "imagevol.runtime.runc", "imagevol.runtime.oci_spec",
+                  "imagevol.api.admission", "imagevol.api.models", "imagevol.kubelet.pod_sync",
+                  "imagevol.trees.snapshots", "imagevol.runtime._lazy", "imagevol.lazy",
+                  "uuid", "secrets", "tarfile", "zstandard", "isal")  # fmt: skip
+#: The only packages from outside the standard library a pull may import: attrs.
+PULL_THIRD_PARTY = {"attr", "attrs"}
+#: The imagevol modules of a pull from a registry, exactly: the CLI's and the node's defaults, the
+#: pull command, the content store and the puller with the registry client, the CRI values, the
+#: kubelet's image manager (policy, events, metrics), the runtime profiles (their pull and image
+#: status) and the node that builds them. Not the API server's admission, defaults, validation or
+#: YAML, the kubelet's Pod sync and status, the snapshotter and the layer applier (a pull makes no
+#: tree), the lazy mode (the runtime keeps a pull's keyring itself) and its range reads, the OCI
+#: layout source (only for an ``oci-layout:`` mirror), nor the test kit.
+PULL = LIGHT | {
+    "imagevol.api.features", "imagevol.cli._images",
+    "imagevol.content", "imagevol.content._localfs", "imagevol.content.image_db", "imagevol.content.locks",
+    "imagevol.content.progress", "imagevol.content.pull", "imagevol.content.ranges", "imagevol.content.store",
+    "imagevol.content.sources", "imagevol.content.sources._bounds", "imagevol.content.sources._challenge",
+    "imagevol.content.sources._client",
+    "imagevol.content.sources._neterrors", "imagevol.content.sources._transport", "imagevol.content.sources.auth",
+    "imagevol.content.sources.base", "imagevol.content.sources.deferred",
+    "imagevol.content.sources.mirrors", "imagevol.content.sources.registry",
+    "imagevol.cri", "imagevol.cri._services", "imagevol.cri._values", "imagevol.errors",
+    "imagevol.kubelet", "imagevol.kubelet.events", "imagevol.kubelet.image_manager", "imagevol.kubelet.metrics",
+    "imagevol.node._config", "imagevol.node._node", "imagevol.node._state",
+    "imagevol.oci", "imagevol.oci._model", "imagevol.oci.reference",
+    "imagevol.runtime.base", "imagevol.runtime.containerd", "imagevol.runtime.crio", "imagevol.runtime.profiles",
+    "imagevol.trees", "imagevol.trees._inroot", "imagevol.trees._openat2", "imagevol.trees.subpath",
+}  # fmt: skip
 
 
 #: The environment of the commands: without the session's IMAGEVOL_REGISTRIES (a mirror file is
@@ -154,8 +180,11 @@ def test_a_pull_imports_only_what_a_pull_needs(reg: peers.Registry, fresh_root: 
     code, out, modules = added_modules("--root", fresh_root, "pull", f"{reg.host}/lab/v2:v1", "--plain-http")
     assert code == 0 and out.startswith("sha256:")
     assert {"http.client", "imagevol.content.sources._client", "imagevol.content.store"} <= set(modules)
+    assert {m for m in modules if m.startswith("imagevol")} == PULL
     assert _heavy(modules, NOT_FOR_A_PULL) == []
     assert {m.split(".")[0] for m in _outside_the_stdlib(modules)} <= PULL_THIRD_PARTY
+    # Nothing of the trees is made either: the first command that mounts the image makes them.
+    assert "snapshots" not in os.listdir(fresh_root)
 
 
 def test_the_pull_budget_sees_the_oras_adapter() -> None:

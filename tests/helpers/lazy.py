@@ -248,7 +248,7 @@ def view_of(fd: int) -> View:
     st = os.fstat(fd)
     if not stat.S_ISDIR(st.st_mode):
         kind = _KINDS.get(stat.S_IFMT(st.st_mode), "other")
-        if kind != "reg":  # a FIFO is never opened: that would wait for a writer
+        if kind != "reg":  # a sub path naming a FIFO (or a device): never opened, it could block forever
             return {".": (kind, stat.S_IMODE(st.st_mode), b"", (), None)}
         with open(f"/proc/self/fd/{fd}", "rb") as f:
             return {".": ("reg", stat.S_IMODE(st.st_mode), f.read(), (), st.st_mtime_ns)}

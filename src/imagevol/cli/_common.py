@@ -315,8 +315,9 @@ def node_never_ran(args: argparse.Namespace) -> bool:
     return True
 
 
-def node_from_args(args: argparse.Namespace) -> Node:
-    """The node the global options describe (``--root``, ``--registries``, ``--runtime``...)."""
+def node_from_args(args: argparse.Namespace, *, snapshots_on_demand: bool = False) -> Node:
+    """The node the global options describe (``--root``, ``--registries``, ``--runtime``...);
+    ``snapshots_on_demand`` for a command that may never use a tree (:class:`~imagevol.node.Node`)."""
     from ..content.sources.deferred import DeferredRegistryAccess
     from ..node import Node, NodeConfig
     from ..oci import Platform
@@ -326,24 +327,23 @@ def node_from_args(args: argparse.Namespace) -> Node:
     if registries is None and os.path.exists(os.path.join(root, "registries.conf")):
         registries = os.path.join(root, "registries.conf")
     platform = Platform.parse(args.platform) if args.platform else None
-    return Node(
-        NodeConfig(
-            root=root,
-            registries=registries,
-            runtime=args.runtime,
-            run_containers=bool(args.run_containers or os.environ.get("IMAGEVOL_RUN_CONTAINERS") == "1"),
-            lazy=getattr(args, "lazy", "off"),
-            k8s_version=args.k8s_version,
-            feature_gates=args.feature_gates,
-            kubelet_feature_gates=args.kubelet_feature_gates,
-            metrics_mode=args.metrics_mode,
-            admission_plugins=tuple(p for p in args.enable_admission_plugins.split(",") if p),
-            platform=platform,
-            # The CLI's node reaches registries (content/sources/registry.py, over http.client).
-            registry_factory=DeferredRegistryAccess(plain_http=bool(getattr(args, "plain_http", False))),
-            **({"max_blob_size": args.max_blob_size} if getattr(args, "max_blob_size", None) else {}),
-        )
+    config = NodeConfig(
+        root=root,
+        registries=registries,
+        runtime=args.runtime,
+        run_containers=bool(args.run_containers or os.environ.get("IMAGEVOL_RUN_CONTAINERS") == "1"),
+        lazy=getattr(args, "lazy", "off"),
+        k8s_version=args.k8s_version,
+        feature_gates=args.feature_gates,
+        kubelet_feature_gates=args.kubelet_feature_gates,
+        metrics_mode=args.metrics_mode,
+        admission_plugins=tuple(p for p in args.enable_admission_plugins.split(",") if p),
+        platform=platform,
+        # The CLI's node reaches registries (content/sources/registry.py, over http.client).
+        registry_factory=DeferredRegistryAccess(plain_http=bool(getattr(args, "plain_http", False))),
+        **({"max_blob_size": args.max_blob_size} if getattr(args, "max_blob_size", None) else {}),
     )
+    return Node(config, snapshots_on_demand=snapshots_on_demand)
 
 
 def get_pods(node: Node, args: argparse.Namespace, names: Sequence[str] = ()) -> list[PodRecord]:

@@ -72,7 +72,9 @@ def pull(args: argparse.Namespace, out: TextIO) -> int:
     from ..kubelet.events import EventRecorder
     from ..kubelet.image_manager import Backoff, ImageManager
 
-    node = node_from_args(args)
+    # A pull fills the content store and the image records: the trees are made by the first
+    # command that mounts the image (and the snapshotter's crash recovery runs then).
+    node = node_from_args(args, snapshots_on_demand=True)
     keyring = _pull_keyring(node, args)
     bar = ProgressBar(sys.stderr, args.reference) if sys.stderr.isatty() else None
     node.puller.progress = bar

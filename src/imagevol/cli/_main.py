@@ -242,13 +242,18 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
 def run() -> NoReturn:
     """The ``imagevol`` command: :func:`main`, then exit with its status.
 
-    When the command left no other thread running, the process ends as soon as the exit handlers
-    have run and the output is flushed: tearing down every imported module would add about 40 ms
-    to each call, and nothing of the command is left to finish (its files are closed and renamed
-    into place by then). A thread still running gets the interpreter's own exit, which waits."""
+    When the command left no thread running that the interpreter would wait for, the process ends
+    as soon as the exit handlers have run and the output is flushed: tearing down every imported
+    module would add about 40 ms to each call, and nothing of the command is left to finish (its
+    files are closed and renamed into place by then). A daemon thread (the registry client's
+    watchdog, which a pull from a registry starts) is no reason to wait: the interpreter stops it
+    at exit either way. A thread still running that is not a daemon gets the interpreter's own
+    exit, which waits for it."""
     code = main()
     threading = sys.modules.get("threading")  # not imported: no thread was started
-    if threading is not None and threading.active_count() > 1:
+    if threading is not None and any(
+        not t.daemon for t in threading.enumerate() if t is not threading.current_thread()
+    ):
         sys.exit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

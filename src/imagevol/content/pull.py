@@ -50,7 +50,6 @@ from ..oci.reference import Reference, parse_normalized
 from .image_db import ImageDatabase, ImageRecord, store_name
 from .sources.auth import ANONYMOUS, Keyring
 from .sources.base import Source, ViewSource
-from .sources.layout import OCILayoutSource
 from .sources.mirrors import PullSource, RegistriesConfig
 from .store import ContentStore, mismatch
 
@@ -181,6 +180,8 @@ class ImagePuller:
 
     def _source(self, spec: PullSource, keyring: Keyring) -> Source:
         if spec.endpoint.is_layout:
+            from .sources.layout import OCILayoutSource  # only for an oci-layout: mirror
+
             return OCILayoutSource(spec.endpoint.layout_path, spec.layout_ref_name, spec.reference.digest)
         if self.registry_factory is None:
             raise ImageNotFoundError(f"{spec.endpoint.location}: no registry access configured")

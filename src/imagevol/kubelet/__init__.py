@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING
 from .._exports import lazy_exports
 
 if TYPE_CHECKING:
-    from .pod_sync import METRICS_MODES, ContainerState, Kubelet, PodRecord, VolumeResult
+    from .metrics import METRICS_MODES
+    from .pod_sync import ContainerState, Kubelet, PodRecord, VolumeResult
 
 __getattr__, __dir__ = lazy_exports(
     globals(),
-    {name: ".pod_sync" for name in ("METRICS_MODES", "ContainerState", "Kubelet", "PodRecord", "VolumeResult")},
+    {"METRICS_MODES": ".metrics"}
+    | {name: ".pod_sync" for name in ("ContainerState", "Kubelet", "PodRecord", "VolumeResult")},
 )
 
 __all__ = ["METRICS_MODES", "ContainerState", "Kubelet", "PodRecord", "VolumeResult"]

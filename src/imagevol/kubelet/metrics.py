@@ -22,6 +22,11 @@ SUCCEEDED = "kubelet_image_volume_mounted_succeed"
 ERRORS = "kubelet_image_volume_mounted_errors"
 PULL_DURATION = "kubelet_image_pull_duration_seconds"
 
+#: How image-volume mounts are counted (``--metrics-mode``). R6.4: ``upstream`` reproduces the
+#: known over-count of kubernetes PR #138460, ``fixed`` counts only start attempts that reached the
+#: runtime's CreateContainer (:class:`~imagevol.kubelet.pod_sync.Kubelet`).
+METRICS_MODES = ("upstream", "fixed")
+
 _HELP = {
     REQUESTED: "Number of requested image volumes.",
     SUCCEEDED: "Number of successful image volume mounts.",

@@ -48,11 +48,7 @@ from . import restarts
 from ._envvars import container_env, effective_sub_path
 from .events import NORMAL, WARNING, Event, EventRecorder, container_field_path
 from .image_manager import Backoff, ImageManager
-from .metrics import KubeletMetrics
-
-#: R6.4: ``upstream`` reproduces the known over-count of kubernetes PR #138460, ``fixed`` counts
-#: only start attempts that reached the runtime's CreateContainer.
-METRICS_MODES = ("upstream", "fixed")
+from .metrics import METRICS_MODES, KubeletMetrics
 
 
 @attrs.define

@@ -12,30 +12,23 @@ node lock, and everything is written by rename.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .._text import goquote, strerror
-from ..api.admission import ADMISSION_PLUGINS, admit
-from ..api.constants import DEFAULT_VERSION
-from ..api.dump import pod_to_dict
 from ..api.features import FeatureGates
-from ..api.limits import check_stored_size
-from ..api.load import load_documents
-from ..api.models import Pod, Secret
-from ..api.validation import validate_secret
 from ..content.locks import NamedLocks
-from ..content.pull import ImagePuller, RegistryFactory
+from ..content.pull import ImagePuller
 from ..content.sources.mirrors import RegistriesConfig
-from ..content.store import DEFAULT_MAX_BLOB_SIZE, ContentStore
+from ..content.store import ContentStore
 from ..cri import Keyring
 from ..errors import (
-    ConfigError,
     ImageVolError,
     NodeStateError,
     PodNotFoundError,
@@ -45,96 +38,22 @@ from ..errors import (
 from ..kubelet.events import WARNING, EventRecorder
 from ..kubelet.image_manager import Backoff, ImageManager
 from ..kubelet.metrics import KubeletMetrics
-from ..kubelet.pod_sync import METRICS_MODES, Kubelet, PodRecord
-from ..kubelet.restarts import container_backoff
-from ..kubelet.status import NODE_NAME, event_object, pod_object
-from ..oci import Platform
-from ..runtime import DEFAULT_PROFILE, PROFILE_NAMES
 from ..runtime.base import Runtime
 from ..runtime.profiles import runtime_class
-from ..trees import subpath as sp
-from ..trees.snapshots import Snapshots
-from ._defaults import DEFAULT_FEATURE_GATES, default_root
-from ._index import PodIndex, PodSummary
+from ._config import NodeConfig
 from ._state import NodeState
+
+if TYPE_CHECKING:
+    # Imported where they are used: a node that only pulls (``imagevol pull``) needs neither the
+    # API server's admission and decoding nor the kubelet's Pod sync, nor the trees of the
+    # snapshotter, and never loads them (docs/pulling.md, "Start-up").
+    from ..api.models import Pod, Secret
+    from ..kubelet.pod_sync import Kubelet, PodRecord
+    from ..trees.snapshots import Snapshots
+    from ._index import PodIndex, PodSummary
 
 #: The API's default ``terminationGracePeriodSeconds``.
 DEFAULT_GRACE = 30.0
-
-
-@attrs.frozen
-class NodeConfig:
-    """How a :class:`Node` is built: its root directory, where it pulls from, its runtime profile,
-    Kubernetes version and feature gates. Values are checked when the configuration is built
-    (:class:`~imagevol.errors.ConfigError`), before anything is created under the root.
-
-    A node pulls from registries over the network, as the CLI's does, through ``registry_factory``
-    (``RegistryAccess()`` when not given); ``hermetic=True`` keeps it offline: only OCI layouts
-    (``oci-layout:`` locations in ``registries``) are read, and a pull that would need a registry
-    fails with ``no registry access configured``."""
-
-    root: str = attrs.field(factory=default_root)
-    registries: str | None = None
-    runtime: str = DEFAULT_PROFILE
-    #: Run the Pods' containers on the OCI runtime (runc, as root) instead of simulating them.
-    run_containers: bool = False
-    k8s_version: str = DEFAULT_VERSION
-    feature_gates: str = DEFAULT_FEATURE_GATES
-    #: The kubelet's gates, when they differ from the API server's (R0.3, R5.8).
-    kubelet_feature_gates: str | None = None
-    metrics_mode: str = "upstream"
-    #: Mutating admission plugins of the API server (``AlwaysPullImages``, R3.12).
-    admission_plugins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    platform: Platform | None = None
-    clock: Callable[[], float] | None = None
-    #: How the node reaches registries; ``None`` means ``RegistryAccess()`` unless ``hermetic``.
-    registry_factory: RegistryFactory | None = None
-    #: Never reach a registry: pull from OCI layouts only (tests, offline demos).
-    hermetic: bool = False
-    subpath_backend: sp.Backend = sp.Backend.AUTO
-    #: Credentials the node itself has (like a kubelet credential provider), tried after the
-    #: Pod's pull secrets.
-    node_keyring: Keyring = attrs.field(factory=Keyring)
-    #: An fsspec filesystem for the content store (local disk when None).
-    content_fs: Any = None
-    content_root: str | None = None
-    #: The largest blob the content store accepts, in bytes.
-    max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
-    #: Lazy sub paths (docs/lazy.md): ``off`` (what every runtime does), ``toc`` (mount a sub path
-    #: from a partial tree, fetching only its bytes where layers have a table of contents), or
-    #: ``toc+complete`` (the same, then the rest is fetched and verified in the background).
-    lazy: str = "off"
-
-    def __attrs_post_init__(self) -> None:
-        problems = []
-        if not isinstance(self.root, str | os.PathLike) or not os.fspath(self.root):
-            problems.append("root must be a directory path")
-        if self.runtime not in PROFILE_NAMES:
-            problems.append(f"unknown runtime profile {self.runtime!r} (known: {', '.join(PROFILE_NAMES)})")
-        if self.metrics_mode not in METRICS_MODES:
-            problems.append(f"unknown metrics mode {self.metrics_mode!r} (known: {', '.join(METRICS_MODES)})")
-        unknown = sorted(set(self.admission_plugins) - set(ADMISSION_PLUGINS))
-        if unknown:
-            problems.append(
-                f"unknown admission plugin(s): {', '.join(unknown)} (known: {', '.join(ADMISSION_PLUGINS)})"
-            )
-        if isinstance(self.max_blob_size, bool) or not isinstance(self.max_blob_size, int) or self.max_blob_size <= 0:
-            problems.append(f"max_blob_size must be a positive number of bytes, not {self.max_blob_size!r}")
-        if self.platform is not None and not isinstance(self.platform, Platform):
-            problems.append(f"platform must be a Platform (Platform.parse('linux/amd64')), not {self.platform!r}")
-        if not isinstance(self.subpath_backend, sp.Backend):
-            problems.append(f"subpath_backend must be a Backend, not {self.subpath_backend!r}")
-        if self.hermetic and self.registry_factory is not None:
-            problems.append("a hermetic node takes no registry_factory")
-        try:
-            # The gates depend on the version: both are parsed together, as the node will.
-            FeatureGates.for_version(self.k8s_version, self.feature_gates)
-            if self.kubelet_feature_gates is not None:
-                FeatureGates.for_version(self.k8s_version, self.kubelet_feature_gates)
-        except ValueError as exc:
-            problems.append(str(exc))
-        if problems:
-            raise ConfigError("; ".join(problems))
 
 
 @attrs.frozen
@@ -162,9 +81,14 @@ class Node:
     """One simulated node under ``config.root``: the API server's admission, the kubelet and a
     container runtime, with state shared by every ``Node`` (and CLI invocation) on the same root.
     A node holds no open files between calls; ``with Node(config) as node:`` reads well and closes
-    nothing that a later ``Node`` on the same root needs."""
+    nothing that a later ``Node`` on the same root needs.
 
-    def __init__(self, config: NodeConfig | None = None) -> None:
+    Building a node starts its snapshotter, which removes what a crashed tree build left behind;
+    ``snapshots_on_demand=True`` starts it at the first use of a tree instead (still before any
+    tree is read or built), for a caller that may never use one: ``imagevol pull`` only fills the
+    content store, and so loads nothing of the trees."""
+
+    def __init__(self, config: NodeConfig | None = None, *, snapshots_on_demand: bool = False) -> None:
         self.config = config or NodeConfig()
         self.root = os.path.abspath(self.config.root)
         try:
@@ -194,16 +118,29 @@ class Node:
 
             factory = DeferredRegistryAccess()
         self.puller = ImagePuller(self.store, registries, platform=self.config.platform, registry_factory=factory)
-        self.snapshots = Snapshots(os.path.join(self.root, "snapshots"), self.store)
         self.runtime: Runtime = runtime_class(self.config.runtime)(
             os.path.join(self.root, "runtime"),
             self.puller,
-            self.snapshots,
+            self._make_snapshots,
             self.config.subpath_backend,
             run_containers=self.config.run_containers,
             lazy=self.config.lazy,
             keychain=self.keychain,
         )
+        if not snapshots_on_demand:
+            _ = self.snapshots
+
+    @functools.cached_property
+    def snapshots(self) -> Snapshots:
+        """The node's trees (the snapshotter): made when the node is built, or on first use (by
+        this node or its runtime) with ``snapshots_on_demand``. Making them recovers what an
+        interrupted build left behind, before any tree is read or built."""
+        return self.runtime.snapshots
+
+    def _make_snapshots(self) -> Snapshots:
+        from ..trees.snapshots import Snapshots
+
+        return Snapshots(os.path.join(self.root, "snapshots"), self.store)
 
     def __enter__(self) -> Node:
         return self
@@ -249,6 +186,9 @@ class Node:
     @contextlib.contextmanager
     def _session(self) -> Iterator[Kubelet]:
         """A kubelet bound to the persisted backoff and metrics, saved back afterwards."""
+        from ..kubelet.pod_sync import Kubelet
+        from ..kubelet.restarts import container_backoff
+
         with self.locks.hold("node"):
             state = self.state.read_json("node.json")
             backoff = Backoff.from_json(state.get("backoff", {}))
@@ -282,6 +222,8 @@ class Node:
 
     def put_secret(self, secret: Secret) -> None:
         """Store a Secret (the API server's validation and size limit first)."""
+        from ..api.validation import validate_secret
+
         ns = secret.metadata.namespace or "default"
         secret = attrs.evolve(secret, metadata=attrs.evolve(secret.metadata, namespace=ns))
         validate_secret(secret, self.gates.minor)
@@ -347,6 +289,9 @@ class Node:
         kubelet first syncs it, then Pods, admitted (API server) and synced once (kubelet).
         Every document is decoded and checked before the first is applied; the first failure
         raises. The CLI's ``apply`` reports each document on its own instead."""
+        from ..api.load import load_documents
+        from ..api.models import Pod, Secret
+
         docs = list(load_documents(text))
         for doc in docs:
             check_apply_name(doc)
@@ -357,6 +302,8 @@ class Node:
         """Apply one decoded object as ``kubectl apply`` would: a Secret is stored
         (``created``, ``configured`` or ``unchanged``), a Pod created and synced, or, when a Pod of
         that name exists with the same spec, synced again (``unchanged``)."""
+        from ..api.models import Secret
+
         check_apply_name(obj)
         ns = obj.metadata.namespace or "default"
         if isinstance(obj, Secret):
@@ -396,6 +343,11 @@ class Node:
                     "... (delete the Pod first: imagevol delete pod NAME)"
                 ],
             )
+        from ..api.admission import admit
+        from ..api.dump import pod_to_dict
+        from ..api.limits import check_stored_size
+        from ..kubelet.pod_sync import PodRecord
+
         admitted = admit(pod, self.gates, admission_plugins=self.config.admission_plugins)
         check_stored_size(pod_to_dict(admitted))  # before anything is pulled, stored or run
         with self._session() as kubelet:
@@ -409,10 +361,14 @@ class Node:
         """The Pod as the API server returns it, status included (``kubectl get pod -o json``):
         container IDs carry this node's runtime, and with the kubelet's ``ImageVolumeWithDigest``
         gate on, each image-volume mount reports the exact image it shows."""
+        from ..kubelet.status import NODE_NAME, pod_object
+
         return pod_object(record, node_name=NODE_NAME, runtime=self.runtime.name)
 
     def event_objects(self, record: PodRecord) -> list[dict[str, Any]]:
         """The Pod's events as ``v1 Event`` objects (``kubectl get events -o json``)."""
+        from ..kubelet.status import NODE_NAME, event_object
+
         return [event_object(e, record, node_name=NODE_NAME) for e in record.events]
 
     def sync_pod(self, name: str, namespace: str = "default") -> PodRecord:
@@ -482,6 +438,8 @@ def check_apply_name(obj: Pod | Secret) -> None:
 
 
 def _same_spec(a: Pod, b: Pod) -> bool:
+    from ..api.dump import pod_to_dict
+
     da, db = pod_to_dict(a)["spec"], pod_to_dict(b)["spec"]
     return bool(da == db) or _defaults_only(da, db)
 

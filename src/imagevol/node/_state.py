@@ -30,16 +30,18 @@ import hashlib
 import json
 import os
 import re
-import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._text import strerror
-from ..api.limits import check_stored_size
-from ..api.models import ObjectMeta, Secret
 from ..content.locks import NamedLocks
 from ..errors import ImageVolError, NodeStateError
-from ..kubelet.pod_sync import PodRecord
-from ._index import INDEX_FILE, PodIndex, PodSummary, Signature, signature
+
+if TYPE_CHECKING:
+    # Imported by the methods that read or write Pods and Secrets: the node's clock, backoff and
+    # metric files (all a pull reads) need neither the API's objects nor the kubelet's records.
+    from ..api.models import Secret
+    from ..kubelet.pod_sync import PodRecord
+    from ._index import PodIndex, Signature
 
 #: A state file's name: the SHA-256 of ``<namespace>/<name>``.
 _STATE_FILE = re.compile(r"[0-9a-f]{64}\.json")
@@ -80,7 +82,7 @@ class NodeState:
         with contextlib.suppress(OSError), open(path, "rb") as f:
             if f.read(len(data) + 1) == data:
                 return os.fstat(f.fileno()), False
-        tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+        tmp = f"{path}.{os.getpid()}.{os.urandom(16).hex()}.tmp"
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -142,12 +144,16 @@ class NodeState:
             "type": secret.type,
             "data": {k: base64.b64encode(v).decode() for k, v in secret.data.items()},
         }
+        from ..api.limits import check_stored_size
+
         check_stored_size(obj)
         with self.locks.hold("node"):
             self.write_json(self.state_name("secrets", ns, secret.metadata.name), obj)
 
     def get_secret(self, name: str, namespace: str) -> Secret | None:
         """The Secret stored under ``namespace/name``, None if there is none."""
+        from ..api.models import ObjectMeta, Secret
+
         obj = self.read_json(self.state_name("secrets", namespace, name))
         if obj.get("name") != name or obj.get("namespace") != namespace:
             return None
@@ -164,6 +170,8 @@ class NodeState:
 
     def secrets(self) -> list[Secret]:
         """Every stored Secret (unreadable files are skipped)."""
+        from ..api.models import ObjectMeta, Secret
+
         out = []
         for fname in sorted(os.listdir(os.path.join(self.root, "secrets"))):
             if not _STATE_FILE.fullmatch(fname):
@@ -182,6 +190,8 @@ class NodeState:
     def save_pod(self, record: PodRecord, index: PodIndex | None = None) -> bool:
         """Write the Pod's record unless the file holds it already (the caller holds the node
         lock); whether it was written. ``index`` learns the record's summary."""
+        from ._index import PodSummary, signature
+
         fname = self.state_name("pods", record.pod.namespace, record.pod.name)
         st, written = self._write(fname, _encode(record.to_json()))
         if index is not None:
@@ -198,6 +208,9 @@ class NodeState:
 
     def _load_pod_signed(self, fname: str) -> tuple[PodRecord, Signature] | None:
         """The record in ``fname`` and the signature of the file it came from."""
+        from ..kubelet.pod_sync import PodRecord
+        from ._index import signature
+
         loaded = self._read(fname)
         if loaded is None:
             return None
@@ -244,6 +257,8 @@ class NodeState:
             gc.enable()
 
     def _pod_index(self) -> PodIndex:
+        from ._index import PodIndex, PodSummary, signature
+
         cached = PodIndex.parse(self._read_index())
         entries = {}
         for entry in self._pod_files():
@@ -264,6 +279,8 @@ class NodeState:
 
     def _read_index(self) -> Any:
         """The index file's content; None when it is missing, unreadable or torn (then rebuilt)."""
+        from ._index import INDEX_FILE
+
         try:
             loaded = self._read(INDEX_FILE)
             return None if loaded is None else json.loads(loaded[0])
@@ -273,6 +290,8 @@ class NodeState:
     def save_index(self, index: PodIndex) -> None:
         """Write the index if it changed. Best effort: the index is a cache that every reader
         checks, so a full or read-only disk only means the next reader recomputes it."""
+        from ._index import INDEX_FILE
+
         if not index.dirty:
             return
         with contextlib.suppress(OSError):

@@ -90,6 +90,7 @@ class LazyMounts:
         state_file: str,
         *,
         keychain: Callable[[], Keyring] | None = None,
+        keyrings: dict[str, Keyring] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown lazy mode {mode!r}: choose from {', '.join(MODES)}")
@@ -102,8 +103,9 @@ class LazyMounts:
         self.partial = PartialTrees(snapshots, self.cache)
         #: The counters, notes and pending completions of the lazy mode (JSON), kept by the node.
         self._state = state_file
-        #: Keyrings of the pulls made by this process, by image record name.
-        self.keyrings: dict[str, Keyring] = {}
+        #: Keyrings of the pulls made by this process, by image record name: the runtime's own
+        #: mapping, which its pulls fill without loading this module.
+        self.keyrings: dict[str, Keyring] = {} if keyrings is None else keyrings
         #: TOCs verified by this process, by layer (a pull's are used again by its mounts: the
         #: check against the tar-split is the costly part, and the bytes are the same).
         #: Keyed by blob and annotations: another manifest may pin another TOC for the same blob.

@@ -27,9 +27,7 @@ import contextlib
 import functools
 import json
 import os
-import secrets
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -64,12 +62,13 @@ from ..errors import (
 from ..oci import Digest, Manifest
 from ..oci.reference import parse_normalized
 from ..trees import subpath as sp
-from ..trees.snapshots import PARTIAL, Snapshot, SnapshotKey, Snapshots
 
 if TYPE_CHECKING:
     # Imported where they are used: a node that only pulls or lists never loads the lazy-pull
-    # machinery, the OCI runtime spec or runc's driver (about a tenth of a pull's start-up).
+    # machinery, the OCI runtime spec or runc's driver (about a tenth of a pull's start-up), nor
+    # the snapshotter and the layer applier under it (a fifth of a pull's imports).
     from ..trees.partial import Label
+    from ..trees.snapshots import Snapshot, SnapshotKey, Snapshots
     from ._lazy import LazyMounts
     from .oci_spec import VolumeMount
     from .real import BundleBuilder
@@ -96,7 +95,7 @@ class Runtime:
         self,
         state_dir: str,
         puller: ImagePuller,
-        snapshots: Snapshots,
+        snapshots: Snapshots | Callable[[], Snapshots],
         backend: sp.Backend = sp.Backend.AUTO,
         *,
         run_containers: bool = False,
@@ -105,7 +104,7 @@ class Runtime:
     ) -> None:
         self.state_dir = state_dir
         self.puller = puller
-        self.snapshots = snapshots
+        self._snapshots = snapshots
         self.backend = backend
         #: Containers run on the OCI runtime (``runc``) rather than being simulated.
         self.run_containers = run_containers
@@ -114,8 +113,19 @@ class Runtime:
         self._lazy_mode = lazy
         self._lazy_state = os.path.join(state_dir, "lazy.json")
         self._keychain = keychain
+        #: Keyrings of the pulls made by this process, by image record name: layers a lazy pull
+        #: left in the registry are fetched later with them (the lazy mode reads this mapping;
+        #: kept here so that a pull records its keyring without loading the lazy mode).
+        self.keyrings: dict[str, Keyring] = {}
         if lazy != "off":
             _ = self.lazy  # a lazy mode takes over the puller's layer pulls from the start
+
+    @functools.cached_property
+    def snapshots(self) -> Snapshots:
+        """The node's trees: given, or made by the factory given on first use (a runtime that only
+        pulls never needs them, nor loads the layer applier)."""
+        given = self._snapshots
+        return given() if callable(given) else given
 
     @property
     def lazy_in_use(self) -> bool:
@@ -130,7 +140,14 @@ class Runtime:
         """Lazy sub paths (``--lazy``): partial trees, fetched by range (:mod:`._lazy`)."""
         from ._lazy import LazyMounts
 
-        return LazyMounts(self._lazy_mode, self.puller, self.snapshots, self._lazy_state, keychain=self._keychain)
+        return LazyMounts(
+            self._lazy_mode,
+            self.puller,
+            self.snapshots,
+            self._lazy_state,
+            keychain=self._keychain,
+            keyrings=self.keyrings,
+        )
 
     @functools.cached_property
     def oci(self) -> Runc:
@@ -159,7 +176,7 @@ class Runtime:
         try:
             result = self.puller.pull(reference, keyring)
             # Layers a lazy pull left in the registry are fetched later with these credentials.
-            self.lazy.keyrings[result.record.name] = keyring or Keyring()
+            self.keyrings[result.record.name] = keyring or Keyring()
         except RegistryUnavailableError as exc:
             if self.reports_registry_unavailable:
                 raise
@@ -225,7 +242,11 @@ class Runtime:
 
     def complete_lazy(self) -> list[tuple[SnapshotKey, Label]]:
         """``--lazy toc+complete``: prove or revoke the partial trees of every image this node
-        holds (:meth:`._lazy.LazyMounts.complete_all`). Runs on each ``sync``; a no-op otherwise."""
+        holds (:meth:`._lazy.LazyMounts.complete_all`). Runs on each ``sync``; a no-op otherwise,
+        which does not make the lazy mode (its directories): a ``sync`` on a node at rest, even on
+        a read-only root, writes nothing."""
+        if self._lazy_mode != "toc+complete":
+            return []
         return self.lazy.complete_all()
 
     def snapshot_key(self, record: ImageRecord) -> SnapshotKey | None:
@@ -240,6 +261,8 @@ class Runtime:
         """Remove every tree that no image record names and no container holds: a chain shared by
         two images stays until neither is left; a tree still mounted stays until released. Runs
         under the exclusive ``gc`` lock, so no pull can write a record naming a tree meanwhile."""
+        from ..trees.snapshots import PARTIAL
+
         removed = []
         with self.puller.store.locks.hold("gc"):
             wanted = {self.snapshot_key(r) for r in self.puller.image_db.all()}
@@ -268,6 +291,10 @@ class Runtime:
         of ``config``, or fail and hold nothing. The container's image is recorded in its status
         (``image``, ``image_ref``, ``image_id``); its root filesystem and process are the OCI
         runtime's business, when the node runs containers (``start_container``)."""
+        import secrets
+
+        from ..trees.snapshots import SnapshotKey
+
         image = self.container_image(config.image)
         container_id = secrets.token_hex(32)
         mounted: list[MountStatus] = []
@@ -333,6 +360,8 @@ class Runtime:
 
     def remove_container(self, container_id: str) -> None:
         """``RemoveContainer``: release its mounts (leases on its snapshots) and forget it."""
+        from ..trees.snapshots import SnapshotKey
+
         record = self.container_status(container_id)
         if record is None:
             return
@@ -352,7 +381,7 @@ class Runtime:
                 record = ContainerStatus.from_json(json.load(f))
         except FileNotFoundError:
             return None
-        record = attrs.evolve(record, mounts=tuple(self.lazy.live(m) for m in record.mounts))
+        record = attrs.evolve(record, mounts=tuple(self._live(m) for m in record.mounts))
         if not os.path.isdir(self.oci.bundle(container_id)):
             return record
         run = self.oci.status(container_id)
@@ -393,7 +422,7 @@ class Runtime:
         return load_process(self._path(container_id, _PROCESS))
 
     def _save(self, record: ContainerStatus) -> None:
-        tmp = os.path.join(self._containers, f".{record.id}.{uuid.uuid4().hex}.tmp")
+        tmp = os.path.join(self._containers, f".{record.id}.{os.urandom(16).hex()}.tmp")
         try:
             with open(tmp, "w") as f:
                 json.dump(record.to_json(), f)
@@ -561,13 +590,22 @@ class Runtime:
         """Mount an artifact's file or directory (this profile's layout of an artifact)."""
         raise ImageVolumeMountFailedError("artifacts are not supported")
 
+    def _live(self, status: MountStatus) -> MountStatus:
+        """A mount's status as of now (:meth:`._lazy.LazyMounts.live`): only a partial tree's
+        trust changes after its mount, so only such a mount makes the lazy mode to ask it."""
+        return self.lazy.live(status) if _on_partial_tree(status) else status
+
     def open_mount(self, status: MountStatus) -> int:
         """An ``O_PATH`` fd on what ``status`` mounts, re-opened from the snapshot's root along the
         recorded symlink-free path and checked to be the very inode that was resolved at create
         time (``RESOLVE_NO_SYMLINKS`` plus the inode: a swap since then fails instead of being
         followed). Raises :class:`ImageVolError`; also for a lazily built tree a completion
         revoked (the container loses the view rather than keep reading unproven content)."""
-        self.lazy.check_not_revoked(status)
+        from ..trees.partial import REVOKED
+        from ..trees.snapshots import SnapshotKey
+
+        if _on_partial_tree(status) or status.trust == REVOKED:  # only lazy mode revokes a tree
+            self.lazy.check_not_revoked(status)
         tree = self.snapshots.get(SnapshotKey.parse(status.snapshot))
         if tree is None:
             raise ImageVolError(f"the image volume mounted at {status.container_path} is gone")
@@ -621,6 +659,16 @@ class Runtime:
         return str(exc)
 
 
+def _on_partial_tree(status: MountStatus) -> bool:
+    """Whether ``status`` mounts a partial tree (lazy mode's): the only kind whose trust changes."""
+    from ..trees.snapshots import PARTIAL, SnapshotKey
+
+    try:
+        return SnapshotKey.parse(status.snapshot).kind == PARTIAL
+    except ImageVolError:
+        return False
+
+
 def _is_digest(text: str) -> bool:
     try:
         Digest.parse(text)
@@ -666,6 +714,8 @@ def _latest(records: Iterable[ImageRecord]) -> ImageRecord | None:
 def _digest12(base: MountStatus) -> str:
     """Twelve hex digits of the digest the mounted image was pulled by (of its tree key for mounts
     recorded without one)."""
+    from ..trees.snapshots import SnapshotKey
+
     _, _, digest = base.image_ref.rpartition("@")
     with contextlib.suppress(ImageVolError):
         return Digest.parse(digest).hex[:12]

@@ -13,7 +13,6 @@ from ..cri import Mount, MountStatus
 from ..errors import ImageVolumeMountFailedError, SubPathError
 from ..oci import Manifest
 from ..trees import subpath as sp
-from ..trees.artifacts import artifact_file_name
 from .base import Runtime, _digest12
 
 if TYPE_CHECKING:
@@ -78,6 +77,8 @@ class CrioRuntime(Runtime):
             f"{ImageVolumeMountFailedError.sentinel}: sub path {goquote(sub)} does not exist in OCI "
             f"artifact volume {goquote(mount.image.image)}"
         )
+        from ..trees.artifacts import artifact_file_name
+
         prefix = go_clean(sub) + "/"
         # The filter works on the names as the annotations spell them, as CRI-O's does.
         if not any(artifact_file_name(layer).startswith(prefix) for layer in manifest.layers):

@@ -33,7 +33,10 @@ class Runtime(Protocol):
     """What a bundle needs of the runtime (:class:`imagevol.runtime.base.Runtime` and profiles)."""
 
     puller: ImagePuller
-    snapshots: Snapshots
+
+    @property
+    def snapshots(self) -> Snapshots:
+        """The node's trees."""
 
     @property
     def oci(self) -> Runc:

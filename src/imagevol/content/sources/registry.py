@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -36,7 +37,10 @@ from ._bounds import Deadline, SpeedMeter, duration
 from ._client import DEADLINE_EXCEEDED, RegistryClient, Reply, RetryPolicy, Timeouts, TransportError
 from .auth import Credentials, Keyring
 from .mirrors import PullSource
-from .ranged import RegistryBlobReader
+
+if TYPE_CHECKING:
+    # Range reads serve lazy sub paths only: a pull never loads them (nor their multipart parser).
+    from .ranged import RegistryBlobReader
 
 CHUNK = 1024 * 1024
 DEFAULT_MAX_RESUMES = 5
@@ -228,6 +232,8 @@ class RegistrySource:
 
     def ranged_reader(self, desc: Descriptor, on_fetch: Callable[[int], None] | None = None) -> RegistryBlobReader:
         """Byte ranges of the blob ``desc`` (lazy sub paths), through this source's client."""
+        from .ranged import RegistryBlobReader
+
         return RegistryBlobReader(self.client, self._url("blobs", str(desc.digest)), desc.size, on_fetch=on_fetch)
 
     def credentials_used(self) -> Credentials | None:
