@@ -36,8 +36,10 @@ from collections.abc import Callable, Iterable
 
 from ..errors import ImageVolError, LayerError
 
-#: What the parent asks of one read of the pipe.
-READ_SIZE = 256 * 1024
+#: What the parent asks of one read of the pipe. Reads of up to 256 KiB came back in every size,
+#: and the allocator kept what they left between small objects: the applier's peak RSS varied by
+#: up to 6 MiB from run to run on a 438 MB layer (21.4-21.7 MiB with 64 KiB reads, same speed).
+READ_SIZE = 64 * 1024
 #: The pipe's capacity asked for (the unprivileged maximum by default): the child runs ahead by this.
 _PIPE_SIZE = 1024 * 1024
 #: Bound of the status record (an error message quotes a member's name at most).
