@@ -21,7 +21,7 @@ from imagevol.testing.lazy_layers import LazyLayer, add_lazy_image
 from imagevol.testing.tarbuild import TarEntry
 from tests.helpers.clock import FakeClock
 from tests.helpers.fixture_node import make_node
-from tests.helpers.layerkit import D, F, H, S
+from tests.helpers.layerkit import D, F, H, S, W
 from tests.helpers.lazy import layer_of, mount, mount_status, vector_entries, write_layout
 from tests.helpers.paths import VECTORS
 
@@ -140,6 +140,22 @@ def test_a_sub_path_naming_a_fifo_looks_the_same_lazily(tmp: str, profile: str) 
     fifo = TarEntry("a", type="fifo", mode=0o644)
     notes = compare(tmp, [layer_of([F("b", b"x"), fifo], "zstd:chunked")], ["a"], profile)
     assert notes == (["partial tree of 1 layer(s)"] if profile == "crio" else [])
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize(
+    "top",
+    [[W("a/.wh..wh..opq")], [W("a/.wh.a"), W("a/.wh.b")], [W("a/b/.wh..wh..opq")]],
+    ids=["opaque", "whiteouts", "nested-opaque"],
+)
+def test_a_directory_only_lower_files_made_looks_the_same_lazily_once_emptied(
+    tmp: str, profile: str, top: list[TarEntry]
+) -> None:
+    """``a`` (and ``a/b``) exist only as the parents of a lower layer's files, and an upper layer
+    empties them: the full tree keeps them as empty implicit directories, and so must a partial
+    tree, though nothing in its closure lies below them (the generated stacks above found it)."""
+    lower = layer_of([F("a/a", b"x"), F("a/b/c", b"y")], "zstd:chunked")
+    compare(tmp, [lower, layer_of(top, "zstd:chunked")], ["a", "a/b", "."], profile)
 
 
 # --- every sub-path vector ---------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from ..lazy.cache import LayerCache
 from ..oci import Descriptor, Digest
 from ._decompress import ChunkPipe
 from ._layer_metadata import BuildState
+from ._layer_tree import Tree
 from ._partial_tar import TarStream, synthetic_tar
 from ._tarstream import TarReader
 from .layers import apply_layer_fd
@@ -303,11 +304,27 @@ class PartialTrees:
             fetched, opener = self._payloads(layers, closure, scratch)
             stream = TarStream(synthetic_tar(closure, opener))
             apply_layer_fd(root_fd, io.BufferedReader(stream, 1 << 20), self.snapshots.options, state)
+            self._make_empty_implicit_dirs(root_fd, closure)
             return fetched
         finally:
             for name in os.listdir(scratch):
                 os.unlink(os.path.join(scratch, name))
             os.rmdir(scratch)
+
+    def _make_empty_implicit_dirs(self, root_fd: int, closure: lazy.Closure) -> None:
+        """The synthetic tar leaves implicit directories out, for the applier makes each as the
+        missing parent of what lies below it. One with nothing below it in the closure is a
+        directory an opaque marker or whiteouts emptied after a lower layer's files made it:
+        the full build has it (0755, the builder's), so it is made here the same way, in root."""
+        # A closure holds every ancestor of each of its entries: a parent of one has something below.
+        below = {node.path.rpartition("/")[0] for node in closure.nodes if "/" in node.path}
+        tree = Tree(root_fd, max_depth=self.snapshots.options.limits.max_depth)
+        try:
+            for node in closure.nodes:
+                if node.type == "dir" and node.implicit and node.path != "." and node.path not in below:
+                    tree.parent(tuple(node.path.split("/")), create=True)
+        finally:
+            tree.close()
 
     def _payloads(
         self, layers: Sequence[LayerSource], closure: lazy.Closure, scratch: str
