@@ -221,6 +221,18 @@ def test_a_status_record_names_only_imagevols_errors_or_oserror(record: dict[str
     assert type(exc) is LayerError and exc.kind == "io"
 
 
+def test_a_status_record_sets_plain_attributes_only() -> None:
+    record: dict[str, object] = {
+        "module": "imagevol.errors",
+        "name": "LayerError",
+        "args": ["corrupt layer stream: bad"],
+        "attrs": {"kind": "invalid_archive", "__class__": "x", "__dict__": {}, "_private": 1},
+    }
+    exc = _forked._rebuild(record)
+    assert type(exc) is LayerError and exc.kind == "invalid_archive" and str(exc) == "corrupt layer stream: bad"
+    assert vars(exc) == {"kind": "invalid_archive"}
+
+
 @pytest.mark.parametrize("raw", [b"", b"{", b"[]", b'{"result": 1}', b'{"error": "x"}', b"x" * (2 << 20)])
 def test_an_unreadable_status_is_an_error(raw: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     def child(chunks: object, result: object, data: int, status: int) -> int:

@@ -211,5 +211,6 @@ def _rebuild(record: dict[str, object]) -> BaseException:
     exc = found.__new__(found)
     exc.args = args
     for key, value in attrs.items():
-        setattr(exc, str(key), value)
+        if not str(key).startswith("_"):  # plain attributes only, as the child sends them
+            setattr(exc, str(key), value)
     return exc
