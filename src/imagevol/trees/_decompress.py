@@ -305,7 +305,7 @@ class ChunkPipe:
     producer early and waits for it, so no thread or process outlives the layer."""
 
     def __init__(
-        self, blob: IO[bytes], limit: int, *, depth: int = 4, mode: str = "thread", hasher: Any = None
+        self, blob: IO[bytes], limit: int, *, depth: int = 4, mode: str = "auto", hasher: Any = None
     ) -> None:
         head = _read_full(blob, FORK_ABOVE)
         self.mode = _worker(mode, head)
