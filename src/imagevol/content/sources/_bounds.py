@@ -241,7 +241,8 @@ class Watchdog:
         """Start (or re-schedule) watching ``guard``."""
         with guard._lock:
             first, guard.active = not guard.active, True
-            guard._dog = self
+            if first:  # counted by the watchdog that armed it first, which its release tells
+                guard._dog = self
         if first:
             with self._cond:
                 self._armed += 1
