@@ -304,9 +304,7 @@ class ChunkPipe:
     :meth:`hexdigest` is the digest of the uncompressed stream (``hasher``'s). ``close()`` stops the
     producer early and waits for it, so no thread or process outlives the layer."""
 
-    def __init__(
-        self, blob: IO[bytes], limit: int, *, depth: int = 4, mode: str = "auto", hasher: Any = None
-    ) -> None:
+    def __init__(self, blob: IO[bytes], limit: int, *, depth: int = 4, mode: str = "auto", hasher: Any = None) -> None:
         head = _read_full(blob, FORK_ABOVE)
         self.mode = _worker(mode, head)
         # The hash is updated by the producer, where it runs (hashlib releases the GIL on large
