@@ -158,6 +158,33 @@ def test_a_directory_only_lower_files_made_looks_the_same_lazily_once_emptied(
     compare(tmp, [lower, layer_of(top, "zstd:chunked")], ["a", "a/b", "."], profile)
 
 
+def _open_under(directory: str) -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own descriptor, closed since
+            continue
+        if target.startswith(directory + "/"):
+            found.append(target)
+    return found
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_a_lazy_node_keeps_no_layer_blob_open(tmp: str, profile: str) -> None:
+    """The lazy pull reads each TOC by range and the mount fetches its files by range from the OCI
+    layout; both close the layout's blob files when they are done (a node that kept them open ran
+    out of descriptors after enough images)."""
+    layers = [layer_of(BASE, "zstd:chunked"), layer_of(TOP, "estargz")]
+    layout = os.path.join(tmp, "layout")
+    write_layout(layout, layers)
+    node = make_node(os.path.join(tmp, "lazy"), layout, FakeClock(), runtime=profile, lazy="toc")
+    state, message, view = mount(node, "data/models", "p0")
+    assert state == "running", message
+    assert view is not None and view["new.txt"][2] == b"from the upper layer"
+    assert _open_under(layout) == []
+
+
 # --- every sub-path vector ---------------------------------------------------------------------------------
 
 

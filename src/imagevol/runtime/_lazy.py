@@ -133,7 +133,10 @@ class LazyMounts:
                 if lazy.toc_format(desc) is None:
                     continue
                 inner = source.ranged_reader(desc, on_fetch=self.count_fetched)
-                self._read_toc(desc, self.cache.reader(desc.digest, inner, desc.size))
+                try:
+                    self._read_toc(desc, self.cache.reader(desc.digest, inner, desc.size))
+                finally:
+                    _close_reader(inner)  # a mount opens its own: a node keeps no blob open
             except ImageVolError as exc:
                 self.note(desc.digest, exc)
                 continue
@@ -449,6 +452,7 @@ class _Remote:
         while self._current is not None:
             try:
                 reader = self._current.ranged_reader(desc, on_fetch=self.owner.count_fetched)
+                self.stack.callback(_close_reader, reader)  # closed with the mount's sources
                 check = getattr(reader, "check", None)
                 if check is not None:
                     check()
@@ -457,6 +461,13 @@ class _Remote:
                 errors.append(str(exc))
                 self._current = next(self._sources, None)
         raise PullError(f"no source serves {desc.digest} by range: {'; '.join(errors) or 'no source configured'}")
+
+
+def _close_reader(reader: RangedReader) -> None:
+    """Close a source's ranged reader if it holds something (a layout's blob file does)."""
+    close = getattr(reader, "close", None)
+    if close is not None:
+        close()
 
 
 class _OnDemand:
