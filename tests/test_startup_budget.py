@@ -65,14 +65,15 @@ NOT_FOR_A_PULL = ("yaml", "fsspec", "asyncio", "prometheus_client", "http.server
 #: The only packages from outside the standard library a pull may import: attrs.
 PULL_THIRD_PARTY = {"attr", "attrs"}
 #: The imagevol modules of a pull from a registry, exactly: the CLI's and the node's defaults, the
-#: pull command, the content store and the puller with the registry client, the CRI values, the
-#: kubelet's image manager (policy, events, metrics), the runtime profiles (their pull and image
-#: status) and the node that builds them. Not the API server's admission, defaults, validation or
-#: YAML, the kubelet's Pod sync and status, the snapshotter and the layer applier (a pull makes no
-#: tree), the lazy mode (the runtime keeps a pull's keyring itself) and its range reads, the OCI
-#: layout source (only for an ``oci-layout:`` mirror), nor the test kit.
+#: pull command, the content store (with its temporary names) and the puller with the registry
+#: client, the CRI values, the kubelet's image manager (policy, events, metrics), the runtime
+#: profiles (their pull and image status) and the node that builds them. Not the API server's
+#: admission, defaults, validation or YAML, the kubelet's Pod sync and status, the snapshotter and
+#: the layer applier (a pull makes no tree), the lazy mode (the runtime keeps a pull's keyring
+#: itself) and its range reads, the OCI layout source (only for an ``oci-layout:`` mirror), nor
+#: the test kit.
 PULL = LIGHT | {
-    "imagevol.api.features", "imagevol.cli._images",
+    "imagevol._tempname", "imagevol.api.features", "imagevol.cli._images",
     "imagevol.content", "imagevol.content._localfs", "imagevol.content.image_db", "imagevol.content.locks",
     "imagevol.content.progress", "imagevol.content.pull", "imagevol.content.ranges", "imagevol.content.store",
     "imagevol.content.sources", "imagevol.content.sources._bounds", "imagevol.content.sources._challenge",

@@ -29,6 +29,7 @@ from typing import IO, Any
 
 import attrs
 
+from .._tempname import nonce
 from .._text import goquote
 from ..errors import BlobNotFoundError, ContentError, DigestMismatchError, SizeMismatchError
 from ..oci import (
@@ -122,7 +123,7 @@ class ContentStore:
         self.recover()
 
     def _atomic_write(self, name: str, data: bytes) -> None:
-        tmp = self._p("ingest", f"{name}.{os.getpid()}.{_nonce()}.part")
+        tmp = self._p("ingest", f"{name}.{os.getpid()}.{nonce()}.part")
         with self.fs.open(tmp, "wb") as f:
             f.write(data)
             _fsync(f)
@@ -240,7 +241,7 @@ class ContentStore:
     def _write_verified(self, desc: Descriptor, chunks: Iterable[bytes | memoryview]) -> None:
         # Each chunk is hashed and written before the next is asked for: a source may lend views
         # of one buffer it reuses (the registry's blob stream).
-        tmp = self._p("ingest", f"{desc.digest.hex}.{os.getpid()}.{_nonce()}.part")
+        tmp = self._p("ingest", f"{desc.digest.hex}.{os.getpid()}.{nonce()}.part")
         hasher = desc.digest.hasher()
         written = 0
         ref = ingest_ref(desc)
@@ -515,12 +516,6 @@ def blob_kind(media_type: str) -> str:
     if media_type in IMAGE_CONFIG_TYPES - {""} or media_type == OCI_EMPTY or "config" in media_type:
         return "config"
     return "layer"
-
-
-def _nonce() -> str:
-    """128 random bits in hex, as ``uuid4().hex`` (without importing ``uuid``, which a pull
-    would load for nothing else)."""
-    return os.urandom(16).hex()
 
 
 def _fsync(f: Any) -> None:

@@ -21,9 +21,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import uuid
 from collections.abc import Iterable, Sequence
 
+from .._tempname import nonce
 from ..content.locks import process_alive
 from ..content.ranges import ByteRange, RangedReader
 from ..oci import Digest
@@ -140,7 +140,7 @@ class CachedReader:
 
 
 def _write_atomic(final: str, pieces: Iterable[bytes]) -> None:
-    tmp = os.path.join(os.path.dirname(final), f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
+    tmp = os.path.join(os.path.dirname(final), f".tmp-{os.getpid()}-{nonce()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -32,6 +32,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
+from .._tempname import nonce
 from .._text import strerror
 from ..content.locks import NamedLocks
 from ..errors import ImageVolError, NodeStateError
@@ -82,7 +83,7 @@ class NodeState:
         with contextlib.suppress(OSError), open(path, "rb") as f:
             if f.read(len(data) + 1) == data:
                 return os.fstat(f.fileno()), False
-        tmp = f"{path}.{os.getpid()}.{os.urandom(16).hex()}.tmp"
+        tmp = f"{path}.{os.getpid()}.{nonce()}.tmp"
         try:
             with open(tmp, "wb") as f:
                 f.write(data)

@@ -29,13 +29,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .. import lazy
+from .._tempname import nonce
 from ..content.image_db import ImageRecord
 from ..content.pull import ImagePuller
 from ..content.ranges import ByteRange, RangedReader
@@ -394,7 +394,7 @@ class LazyMounts:
         with self.snapshots.locks.hold("lazy-state"):
             state = self.state()
             change(state)
-            tmp = f"{self._state}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+            tmp = f"{self._state}.{os.getpid()}.{nonce()}.tmp"
             try:
                 with open(tmp, "w") as f:
                     json.dump(state, f, sort_keys=True)

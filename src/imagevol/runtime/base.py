@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
+from .._tempname import nonce
 from .._text import goquote
 from ..content.image_db import ImageRecord
 from ..content.pull import ImagePuller
@@ -422,7 +423,7 @@ class Runtime:
         return load_process(self._path(container_id, _PROCESS))
 
     def _save(self, record: ContainerStatus) -> None:
-        tmp = os.path.join(self._containers, f".{record.id}.{os.urandom(16).hex()}.tmp")
+        tmp = os.path.join(self._containers, f".{record.id}.{nonce()}.tmp")
         try:
             with open(tmp, "w") as f:
                 json.dump(record.to_json(), f)

@@ -39,13 +39,13 @@ import hashlib
 import io
 import json
 import os
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 import attrs
 
 from .. import lazy
+from .._tempname import nonce
 from .._text import goquote
 from ..content.ranges import ByteRange, FileReader, RangedReader
 from ..errors import DiffIDMismatchError, ImageVolError, LazyFormatError
@@ -161,7 +161,7 @@ class PartialTrees:
 
     def set_label(self, key: SnapshotKey, label: Label) -> None:
         """Store the trust label of a partial tree (atomically: temporary file and rename)."""
-        tmp = os.path.join(self._labels, f".{key.name}.{os.getpid()}.{uuid.uuid4().hex}")
+        tmp = os.path.join(self._labels, f".{key.name}.{os.getpid()}.{nonce()}")
         with open(tmp, "w") as f:
             json.dump(label.to_json(), f)
         os.rename(tmp, os.path.join(self._labels, key.name + ".json"))
@@ -298,7 +298,7 @@ class PartialTrees:
         layers: Sequence[LayerSource],
         closure: lazy.Closure,
     ) -> int:
-        scratch = os.path.join(self.snapshots.staging, f"{key.name}.{os.getpid()}.{uuid.uuid4().hex}.payloads")
+        scratch = os.path.join(self.snapshots.staging, f"{key.name}.{os.getpid()}.{nonce()}.payloads")
         os.mkdir(scratch, 0o700)
         try:
             fetched, opener = self._payloads(layers, closure, scratch)

@@ -46,12 +46,12 @@ import io
 import os
 import re
 import stat
-import uuid
 from collections.abc import Callable
 from typing import IO, Any, TypeVar
 
 import attrs
 
+from .._tempname import nonce
 from .._text import goquote
 from ..content.locks import NamedLocks
 from ..content.store import ContentStore, mismatch
@@ -350,7 +350,7 @@ class Snapshots:
             existing = self.get(key)
             if existing is not None:
                 return Snapshot(key, existing, artifact)
-            staging = os.path.join(self._staging, f"{key.name}.{os.getpid()}.{uuid.uuid4().hex}")
+            staging = os.path.join(self._staging, f"{key.name}.{os.getpid()}.{nonce()}")
             state = BuildState()
             warnings = publish_tree(self.path(key), staging, lambda root_fd: build(root_fd, state), state=state)
             return Snapshot(key, self.path(key), artifact, tuple(warnings))
@@ -469,7 +469,7 @@ class Snapshots:
         if path is None:
             return False
         # Rename first so that nobody ever sees a half-deleted tree under the key.
-        doomed = os.path.join(self._staging, f"{key.name}.{os.getpid()}.{uuid.uuid4().hex}")
+        doomed = os.path.join(self._staging, f"{key.name}.{os.getpid()}.{nonce()}")
         os.rename(path, doomed)
         rmtree(doomed)
         return True
