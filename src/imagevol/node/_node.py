@@ -12,7 +12,6 @@ node lock, and everything is written by rename.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -130,7 +129,7 @@ class Node:
         if not snapshots_on_demand:
             _ = self.snapshots
 
-    @functools.cached_property
+    @property
     def snapshots(self) -> Snapshots:
         """The node's trees (the snapshotter): made when the node is built, or on first use (by
         this node or its runtime) with ``snapshots_on_demand``. Making them recovers what an
