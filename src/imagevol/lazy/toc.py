@@ -221,8 +221,9 @@ def _sha256(text: str) -> Digest | None:
 
 def _digest(obj: Mapping[str, Any], key: str, where: str) -> Digest | None:
     text = obj.get(key, "")
-    if type(text) is str and len(text) == 71 and _SHA256_TEXT.fullmatch(text):
-        return Digest("sha256", text[7:])
+    found = _sha256(text) if type(text) is str else None
+    if found is not None:
+        return found
     text = _text(obj, key, where)
     if not text:
         return None
@@ -304,12 +305,14 @@ class _File:
     fields: _Fields
     end_offset: int  # zstd:chunked endOffset
     pieces: list[_Piece]
-    name: str = attrs.field(init=False)
-    size: int = attrs.field(init=False)
 
-    def __attrs_post_init__(self) -> None:
-        self.name = self.fields[0]
-        self.size = self.fields[7]
+    @property
+    def name(self) -> str:
+        return self.fields[0]
+
+    @property
+    def size(self) -> int:
+        return self.fields[7]
 
 
 #: The type of every known entry field: JSON strings and integers (Go decodes TOCs into a typed
@@ -378,7 +381,7 @@ def parse_toc(
         _check_types(item, i)
         kind = item.get("type", "")
         if kind == "chunk":
-            if current is None or item.get("name", "") != current.fields[0]:
+            if current is None or item.get("name", "") != current.name:
                 raise bad(f"TOC entry {i}: chunk entry that does not follow its regular file")
             current.pieces.append(_piece(item, i))
             continue
@@ -429,10 +432,7 @@ def _fields(item: dict[str, Any], kind: str, i: int, limits: TocLimits) -> _Fiel
     gid: int = get("gid", 0)
     mtime_ns = parse_time(get("modtime", ""), where)
     xattrs = _xattrs(item, where) if "xattrs" in item else None
-    text = get("digest")
-    digest = _sha256(text) if text is not None else None
-    if digest is None and text:
-        digest = _digest(item, "digest", where)
+    digest = _digest(item, "digest", where)
     # Checked although unused, as containers/storage decodes them.
     if "accesstime" in item:
         parse_time(item["accesstime"], where)
@@ -491,10 +491,7 @@ def _piece(item: dict[str, Any], i: int) -> _Piece:
     size: int = get("chunkSize", 0)
     if chunk_offset < 0 or size < 0:
         raise bad(f"TOC entry {i}: {'chunkOffset' if chunk_offset < 0 else 'chunkSize'!r} is not an integer in range")
-    text = get("chunkDigest")
-    digest = _sha256(text) if text is not None else None
-    if digest is None and text:
-        digest = _digest(item, "chunkDigest", f"TOC entry {i}")
+    digest = _digest(item, "chunkDigest", f"TOC entry {i}")
     inner_offset: int = get("innerOffset", 0)
     if inner_offset < 0:
         raise bad(f"TOC entry {i}: 'innerOffset' is not an integer in range")
