@@ -125,12 +125,8 @@ def _payload(record: dict[str, object], position: int) -> bytes:
         return b""
     if not isinstance(raw, str) or not raw.isascii():
         raise bad(f"tar-split line {position}: payload is not base64")
-    return _b64(raw.encode(), position)
-
-
-def _b64(raw: bytes, position: int) -> bytes:
     try:
-        return base64.b64decode(raw, validate=True)
+        return base64.b64decode(raw.encode(), validate=True)
     except binascii.Error:
         raise bad(f"tar-split line {position}: payload is not base64") from None
 
