@@ -73,7 +73,7 @@ PULL_THIRD_PARTY = {"attr", "attrs"}
 #: itself) and its range reads, the OCI layout source (only for an ``oci-layout:`` mirror), nor
 #: the test kit.
 PULL = LIGHT | {
-    "imagevol._tempname", "imagevol.api.features", "imagevol.cli._images",
+    "imagevol._gc", "imagevol._tempname", "imagevol.api.features", "imagevol.cli._images",
     "imagevol.content", "imagevol.content._localfs", "imagevol.content.image_db", "imagevol.content.locks",
     "imagevol.content.progress", "imagevol.content.pull", "imagevol.content.ranges", "imagevol.content.store",
     "imagevol.content.sources", "imagevol.content.sources._bounds", "imagevol.content.sources._challenge",

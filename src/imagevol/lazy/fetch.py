@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 
+from .. import _gc
 from ..errors import LazyDigestError, LazyUnsupportedError
 from ..oci import TAR_LAYER_COMPRESSION, Descriptor
-from . import _gc, estargz, zstdchunked
+from . import estargz, zstdchunked
 from .members import MemberReader
 from .ranges import ByteRange, RangedReader, read_coalesced
 from .toc import DEFAULT_LIMITS, Chunk, Entry, LayerToc, TocFormat, TocLimits, bad

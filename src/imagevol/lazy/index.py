@@ -34,9 +34,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import attrs
 
+from .. import _gc
 from ..errors import LayerError
 from ..oci import Digest
-from . import _gc, rules
+from . import rules
 from .toc import Entry
 
 Path = tuple[str, ...]

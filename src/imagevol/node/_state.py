@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import gc
 import hashlib
 import json
 import os
 import re
 from typing import TYPE_CHECKING, Any
 
+from .. import _gc
 from .._tempname import nonce
 from .._text import strerror
 from ..content.locks import NamedLocks
@@ -251,11 +251,8 @@ class NodeState:
         per Pod and one read per changed Pod."""
         # Tens of thousands of small containers are built here and none becomes garbage: the
         # cyclic collector's passes over them would cost more than the parse itself.
-        gc.disable()
-        try:
+        with _gc.paused():
             return self._pod_index()
-        finally:
-            gc.enable()
 
     def _pod_index(self) -> PodIndex:
         from ._index import PodIndex, PodSummary, signature
